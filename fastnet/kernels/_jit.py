@@ -1,0 +1,13 @@
+"""Shared compile options for the CPU kernels."""
+from functools import partial
+
+from numba import njit
+
+# NOTE: every fast-math flag except nnan/ninf: max pooling pads with -inf and the stable
+# softmax / sigmoid rely on exp() overflowing to inf and 1/inf == 0, which LLVM may
+# otherwise assume never happens.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# nogil: kernels called from several Python threads run concurrently.
+cpu_kernel = partial(njit, cache=True, nogil=True, fastmath=FASTMATH)
+cpu_parallel_kernel = partial(njit, cache=True, nogil=True, fastmath=FASTMATH, parallel=True)

@@ -1,0 +1,179 @@
+"""Activation kernels (CPU).
+
+Elementwise kernels take arrays of any shape (C-contiguous, same shape and dtype);
+softmax and log_softmax work on the last axis of a 2-D (N, C) array.
+Backward kernels overwrite their outputs; ``dx`` may alias ``dout``.
+Where the derivative is a function of the output (relu, sigmoid, tanh, softmax,
+log_softmax) backward takes the forward output ``out`` rather than the input.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._jit import FASTMATH, cpu_parallel_kernel
+
+# Codes for the activations that other kernels fuse into their epilogues (dense).
+ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def apply_activation(v, code):
+    """act(v) for a scalar, by code (0 identity, 1 relu, 2 sigmoid, 3 tanh)."""
+    if code == 1:
+        return v if v > 0 else type(v)(0)
+    if code == 2:
+        # NOTE: exp(-v) overflows to inf for v << 0 and 1 / inf == 0: no NaN, no branch.
+        one = type(v)(1)
+        return one / (one + np.exp(-v))
+    if code == 3:
+        return np.tanh(v)
+    return v
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def activation_grad(y, code):
+    """d act / d v expressed through the output y = act(v)."""
+    # NOTE: constants take y's type; a bare 1 or 0.5 would promote float32 to float64.
+    one = type(y)(1)
+    if code == 1:
+        return one if y > 0 else type(y)(0)
+    if code == 2:
+        return y * (one - y)
+    if code == 3:
+        return one - y * y
+    return one
+
+
+@cpu_parallel_kernel
+def _activation_forward(out, x, code):
+    for i in prange(x.size):
+        out[i] = apply_activation(x[i], code)
+
+
+@cpu_parallel_kernel
+def _activation_backward(dx, dout, out, code):
+    for i in prange(out.size):
+        dx[i] = dout[i] * activation_grad(out[i], code)
+
+
+def relu_forward(out, x):
+    """x (...) -> out (...) = max(x, 0)"""
+    _activation_forward(out.reshape(-1), x.reshape(-1), 1)
+
+
+def relu_backward(dx, dout, out):
+    """dout (...), out (...) -> dx (...) = dout * (out > 0)"""
+    _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 1)
+
+
+@cpu_parallel_kernel
+def _leaky_relu_forward(out, x, negative_slope):
+    slope = x.dtype.type(negative_slope)
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if v > 0 else v * slope
+
+
+@cpu_parallel_kernel
+def _leaky_relu_backward(dx, dout, x, negative_slope):
+    slope = x.dtype.type(negative_slope)
+    for i in prange(x.size):
+        g = dout[i]
+        dx[i] = g if x[i] > 0 else g * slope
+
+
+def leaky_relu_forward(out, x, negative_slope):
+    """x (...) -> out (...) = x if x > 0 else negative_slope * x"""
+    _leaky_relu_forward(out.reshape(-1), x.reshape(-1), negative_slope)
+
+
+def leaky_relu_backward(dx, dout, x, negative_slope):
+    """dout (...), x (...) -> dx (...); takes the input, since a negative slope makes
+    the output's sign ambiguous"""
+    _leaky_relu_backward(dx.reshape(-1), dout.reshape(-1), x.reshape(-1), negative_slope)
+
+
+def sigmoid_forward(out, x):
+    """x (...) -> out (...) = 1 / (1 + exp(-x))"""
+    _activation_forward(out.reshape(-1), x.reshape(-1), 2)
+
+
+def sigmoid_backward(dx, dout, out):
+    """dout (...), out (...) -> dx (...) = dout * out * (1 - out)"""
+    _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 2)
+
+
+def tanh_forward(out, x):
+    """x (...) -> out (...) = tanh(x)"""
+    _activation_forward(out.reshape(-1), x.reshape(-1), 3)
+
+
+def tanh_backward(dx, dout, out):
+    """dout (...), out (...) -> dx (...) = dout * (1 - out^2)"""
+    _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 3)
+
+
+@cpu_parallel_kernel
+def softmax_forward(out, x):
+    """x (N, C) -> out (N, C), softmax over C"""
+    n, c = x.shape
+    for i in prange(n):
+        # NOTE: subtracting the row max keeps exp() in range for logits of +-1e4;
+        # accumulators are typed like x (type(m)(0)) so float32 stays float32.
+        m = x[i, 0]
+        for j in range(1, c):
+            m = max(m, x[i, j])
+        s = type(m)(0)
+        for j in range(c):
+            e = np.exp(x[i, j] - m)
+            out[i, j] = e
+            s += e
+        inv = type(s)(1) / s
+        for j in range(c):
+            out[i, j] *= inv
+
+
+@cpu_parallel_kernel
+def softmax_backward(dx, dout, out):
+    """dout (N, C), out (N, C) -> dx (N, C) = out * (dout - sum(dout * out))"""
+    n, c = out.shape
+    for i in prange(n):
+        s = dout[i, 0] * out[i, 0]
+        for j in range(1, c):
+            s += dout[i, j] * out[i, j]
+        for j in range(c):
+            dx[i, j] = out[i, j] * (dout[i, j] - s)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def row_logsumexp(x, i):
+    """log(sum(exp(x[i, :]))) computed stably, in x's dtype."""
+    c = x.shape[1]
+    m = x[i, 0]
+    for j in range(1, c):
+        m = max(m, x[i, j])
+    s = type(m)(0)
+    for j in range(c):
+        s += np.exp(x[i, j] - m)
+    return m + np.log(s)
+
+
+@cpu_parallel_kernel
+def log_softmax_forward(out, x):
+    """x (N, C) -> out (N, C) = x - logsumexp(x) over C"""
+    n, c = x.shape
+    for i in prange(n):
+        lse = row_logsumexp(x, i)
+        for j in range(c):
+            out[i, j] = x[i, j] - lse
+
+
+@cpu_parallel_kernel
+def log_softmax_backward(dx, dout, out):
+    """dout (N, C), out (N, C) -> dx (N, C) = dout - exp(out) * sum(dout)"""
+    n, c = out.shape
+    for i in prange(n):
+        s = dout[i, 0]
+        for j in range(1, c):
+            s += dout[i, j]
+        for j in range(c):
+            dx[i, j] = dout[i, j] - np.exp(out[i, j]) * s

@@ -1,0 +1,62 @@
+"""Loss kernels (CPU), mean reduction, each fused with its backward.
+
+``*_forward(grad, ...)`` returns the loss as a Python float and, unless ``grad`` is
+None, overwrites ``grad`` with d loss / d input in the same pass: the gradient of a
+loss is what training needs next, and computing it from values already in registers
+is nearly free. There is no separate ``*_backward`` kernel for that reason.
+Sums are taken over fixed blocks, then the blocks in order, so the loss does not
+depend on the thread count.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import cpu_parallel_kernel
+from .activations import row_logsumexp
+
+_BLOCK = 4096
+
+
+@cpu_parallel_kernel
+def _softmax_cross_entropy(grad, row_loss, logits, labels):
+    n, c = logits.shape
+    inv_n = logits.dtype.type(1) / logits.dtype.type(n)
+    for i in prange(n):
+        # NOTE: log-sum-exp with the row max subtracted: finite for logits of +-1e4.
+        lse = row_logsumexp(logits, i)
+        y = labels[i]
+        row_loss[i] = lse - logits[i, y]
+        if grad is not None:
+            for j in range(c):
+                grad[i, j] = np.exp(logits[i, j] - lse) * inv_n
+            grad[i, y] -= inv_n
+
+
+def softmax_cross_entropy_forward(grad, logits, labels):
+    """logits (N, C), labels (N,) int in [0, C) -> loss = mean(logsumexp(logits) -
+    logits[label]); grad (N, C) | None <- (softmax(logits) - onehot(labels)) / N"""
+    row_loss = np.empty(logits.shape[0], dtype=logits.dtype)
+    _softmax_cross_entropy(grad, row_loss, logits, labels)
+    return float(row_loss.sum() / logits.shape[0])
+
+
+@cpu_parallel_kernel
+def _mse(grad, partial, pred, target):
+    size = pred.size
+    scale = pred.dtype.type(2) / pred.dtype.type(size)
+    for blk in prange(partial.size):
+        s = pred.dtype.type(0)
+        for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, size)):
+            d = pred[i] - target[i]
+            s += d * d
+            if grad is not None:
+                grad[i] = d * scale
+        partial[blk] = s
+
+
+def mse_forward(grad, pred, target):
+    """pred (...), target (...) -> loss = mean((pred - target)^2);
+    grad (...) | None <- 2 (pred - target) / pred.size"""
+    partial = np.empty((pred.size + _BLOCK - 1) // _BLOCK, dtype=pred.dtype)
+    g = None if grad is None else grad.reshape(-1)
+    _mse(g, partial, pred.reshape(-1), target.reshape(-1))
+    return float(partial.sum() / pred.size)

@@ -1,0 +1,116 @@
+"""2-D max / average pooling kernels (CPU), NCHW, parallel over (n, c) planes.
+
+``kernel_size``, ``stride`` and ``padding`` are (h, w) pairs, output sizes follow
+PyTorch's floor convention. Max pooling treats padding as -inf and records the argmax
+as the flat index ih*W + iw within the input plane (PyTorch's ``return_indices``);
+ties go to the first element in row-major window order. Average pooling divides by
+KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
+Backward kernels overwrite their outputs.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import cpu_parallel_kernel
+
+
+@cpu_parallel_kernel
+def _max_pool2d_forward(out, argmax, x, kh, kw, sh, sw, ph, pw):
+    n_, c_, oh_, ow_ = out.shape
+    h, w = x.shape[2], x.shape[3]
+    for nc in prange(n_ * c_):
+        n = nc // c_
+        c = nc % c_
+        for oh in range(oh_):
+            h0 = oh * sh - ph
+            i0, i1 = max(h0, 0), min(h0 + kh, h)
+            for ow in range(ow_):
+                w0 = ow * sw - pw
+                j0, j1 = max(w0, 0), min(w0 + kw, w)
+                # NOTE: padding acts as -inf (PyTorch): only in-image elements compete, and
+                # a window always holds at least one (padding <= kernel / 2).
+                best = x.dtype.type(-np.inf)
+                arg = -1
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        v = x[n, c, i, j]
+                        if v > best or arg < 0:  # strict: ties keep the first index
+                            best = v
+                            arg = i * w + j
+                out[n, c, oh, ow] = best
+                argmax[n, c, oh, ow] = arg
+
+
+@cpu_parallel_kernel
+def _max_pool2d_backward(dx, dout, argmax):
+    n_, c_, oh_, ow_ = dout.shape
+    w = dx.shape[3]
+    for nc in prange(n_ * c_):
+        n = nc // c_
+        c = nc % c_
+        dx[n, c] = 0
+        for oh in range(oh_):
+            for ow in range(ow_):
+                a = argmax[n, c, oh, ow]
+                dx[n, c, a // w, a % w] += dout[n, c, oh, ow]
+
+
+@cpu_parallel_kernel
+def _avg_pool2d_forward(out, x, kh, kw, sh, sw, ph, pw):
+    n_, c_, oh_, ow_ = out.shape
+    h, w = x.shape[2], x.shape[3]
+    inv = x.dtype.type(1) / x.dtype.type(kh * kw)
+    for nc in prange(n_ * c_):
+        n = nc // c_
+        c = nc % c_
+        for oh in range(oh_):
+            h0 = oh * sh - ph
+            i0, i1 = max(h0, 0), min(h0 + kh, h)
+            for ow in range(ow_):
+                w0 = ow * sw - pw
+                j0, j1 = max(w0, 0), min(w0 + kw, w)
+                s = x.dtype.type(0)
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        s += x[n, c, i, j]
+                out[n, c, oh, ow] = s * inv
+
+
+@cpu_parallel_kernel
+def _avg_pool2d_backward(dx, dout, kh, kw, sh, sw, ph, pw):
+    n_, c_, oh_, ow_ = dout.shape
+    h, w = dx.shape[2], dx.shape[3]
+    inv = dx.dtype.type(1) / dx.dtype.type(kh * kw)
+    for nc in prange(n_ * c_):
+        n = nc // c_
+        c = nc % c_
+        dx[n, c] = 0
+        for oh in range(oh_):
+            h0 = oh * sh - ph
+            i0, i1 = max(h0, 0), min(h0 + kh, h)
+            for ow in range(ow_):
+                w0 = ow * sw - pw
+                j0, j1 = max(w0, 0), min(w0 + kw, w)
+                g = dout[n, c, oh, ow] * inv
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        dx[n, c, i, j] += g
+
+
+def max_pool2d_forward(out, argmax, x, kernel_size, stride, padding):
+    """x (N, C, H, W) -> out (N, C, OH, OW), argmax (N, C, OH, OW) int32"""
+    _max_pool2d_forward(out, argmax, x, *kernel_size, *stride, *padding)
+
+
+def max_pool2d_backward(dx, dout, argmax):
+    """dout (N, C, OH, OW), argmax (N, C, OH, OW) -> dx (N, C, H, W)"""
+    _max_pool2d_backward(dx, dout, argmax)
+
+
+def avg_pool2d_forward(out, x, kernel_size, stride, padding):
+    """x (N, C, H, W) -> out (N, C, OH, OW)"""
+    _avg_pool2d_forward(out, x, *kernel_size, *stride, *padding)
+
+
+def avg_pool2d_backward(dx, dout, kernel_size, stride, padding):
+    """dout (N, C, OH, OW) -> dx (N, C, H, W)"""
+    _avg_pool2d_backward(dx, dout, *kernel_size, *stride, *padding)
