@@ -1,8 +1,20 @@
-"""fastnet: JIT-compiled neural-network kernels with thin PyTorch-style layers."""
+"""fastnet: JIT-compiled neural-network kernels with thin PyTorch-style layers.
+
+    import fastnet
+    from fastnet.layers import Sequential, Dense
+
+See README.md.
+"""
 from . import _threads
 
 _threads.configure()  # before any BLAS / Numba work: see fastnet/_threads.py
 
-from . import kernels  # noqa: E402
+from . import kernels, layers, losses, optim  # noqa: E402
+from ._rng import manual_seed  # noqa: E402
+from ._threads import threading_info  # noqa: E402
+from .device import Device, is_available  # noqa: E402
+from .serialization import load, save  # noqa: E402
 
 __version__ = "0.1.0"
+__all__ = ["layers", "losses", "optim", "kernels", "Device", "is_available", "manual_seed",
+           "save", "load", "threading_info"]

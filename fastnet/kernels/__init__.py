@@ -36,6 +36,7 @@ KERNELS = {
     "dropout_backward":              {"cpu": dropout.dropout_backward},
     "sgd_step":                      {"cpu": optim.sgd_step},
     "adam_step":                     {"cpu": optim.adam_step},
+    "accumulate":                    {"cpu": optim.accumulate},
 }
 
 _locked = {}

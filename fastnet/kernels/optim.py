@@ -64,3 +64,14 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
     bc2 = 1.0 - beta2 ** step
     _adam(param.reshape(-1), m.reshape(-1), v.reshape(-1), grad.reshape(-1), lr, beta1,
           beta2, eps, weight_decay, decoupled, lr / bc1, 1.0 / math.sqrt(bc2))
+
+
+@cpu_parallel_kernel
+def _accumulate(out, x):
+    for i in prange(out.size):
+        out[i] += x[i]
+
+
+def accumulate(out, x):
+    """out (...) += x (...): gradient accumulation across backward passes"""
+    _accumulate(out.reshape(-1), x.reshape(-1))

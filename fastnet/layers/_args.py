@@ -1,0 +1,31 @@
+"""Argument checks shared by the layer constructors."""
+
+
+def positive_int(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def pair(value, name, owner, minimum):
+    """An int or a pair of ints -> (h, w), each >= minimum."""
+    v = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or any(isinstance(e, bool) or not isinstance(e, int) or e < minimum for e in v)):
+        raise ValueError(
+            f"{owner}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}"
+        )
+    return (int(v[0]), int(v[1]))
+
+
+def check_spatial(layer, x, kernel_size, stride, padding):
+    """Output (OH, OW) of a sliding window over x (N, C, H, W); ValueError if empty."""
+    h, w = x.shape[2], x.shape[3]
+    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"{layer!r}: input of {h}x{w} is smaller than the {kernel_size[0]}x{kernel_size[1]} "
+            f"window with padding {padding[0]}x{padding[1]}; got input shape {tuple(x.shape)}"
+        )
+    return oh, ow

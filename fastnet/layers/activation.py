@@ -1,0 +1,114 @@
+from ..kernels import kernel
+from .module import Module, check_grad, check_input
+
+
+def _check_any(layer, x):
+    """Any shape with a leading batch axis, any float dtype."""
+    if getattr(x, "ndim", 0) < 1:
+        return check_input(layer, x, (None,))  # raises the right TypeError / ValueError
+    return check_input(layer, x, (None,) * x.ndim)
+
+
+class _Elementwise(Module):
+    """An activation whose derivative is a function of its output."""
+
+    op = ""
+
+    def forward(self, x):
+        x = _check_any(self, x)
+        out = self.device.empty(x.shape, x.dtype)
+        kernel(self.op + "_forward", self.device)(out, x)
+        if self.training:
+            self._saved = out
+        return out
+
+    def backward(self, grad_out):
+        out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(out.shape, out.dtype)
+        kernel(self.op + "_backward", self.device)(dx, grad_out, out)
+        return dx
+
+
+class ReLU(_Elementwise):
+    """max(x, 0)"""
+    op = "relu"
+
+
+class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x)), finite for any finite x"""
+    op = "sigmoid"
+
+
+class Tanh(_Elementwise):
+    op = "tanh"
+
+
+class _LastAxis(_Elementwise):
+    """softmax-like ops over the last axis of an input of any rank (PyTorch's dim=-1)."""
+
+    def __init__(self, dim=-1):
+        if dim != -1:
+            raise ValueError(
+                f"{type(self).__name__}: only dim=-1 (the last axis) is supported, got "
+                f"dim={dim!r}; move the axis last first"
+            )
+        self.dim = -1
+
+    def config(self):
+        return {"dim": self.dim}
+
+    def forward(self, x):
+        x = _check_any(self, x)
+        out = self.device.empty(x.shape, x.dtype)
+        kernel(self.op + "_forward", self.device)(out.reshape(-1, x.shape[-1]),
+                                                  x.reshape(-1, x.shape[-1]))
+        if self.training:
+            self._saved = out
+        return out
+
+    def backward(self, grad_out):
+        out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(out.shape, out.dtype)
+        c = out.shape[-1]
+        kernel(self.op + "_backward", self.device)(dx.reshape(-1, c), grad_out.reshape(-1, c),
+                                                   out.reshape(-1, c))
+        return dx
+
+
+class Softmax(_LastAxis):
+    """exp(x) / sum(exp(x)) over the last axis, stable for logits of +-1e4."""
+    op = "softmax"
+
+
+class LogSoftmax(_LastAxis):
+    """x - logsumexp(x) over the last axis, stable for logits of +-1e4."""
+    op = "log_softmax"
+
+
+class LeakyReLU(Module):
+    """x if x > 0 else negative_slope * x"""
+
+    def __init__(self, negative_slope=0.01):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+            raise TypeError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
+    def forward(self, x):
+        x = _check_any(self, x)
+        out = self.device.empty(x.shape, x.dtype)
+        kernel("leaky_relu_forward", self.device)(out, x, self.negative_slope)
+        if self.training:
+            self._saved = (x, out)
+        return out
+
+    def backward(self, grad_out):
+        x, out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(x.shape, x.dtype)
+        kernel("leaky_relu_backward", self.device)(dx, grad_out, x, self.negative_slope)
+        return dx

@@ -1,0 +1,57 @@
+from ..kernels import kernel
+from ._args import check_spatial, pair, positive_int
+from ._init import kaiming_uniform
+from .module import Module, Parameter, _float_dtype, check_grad, check_input
+
+
+class Conv2D(Module):
+    """2-D convolution over NCHW input; weight (out, in, kh, kw) as torch.nn.Conv2d.
+
+    ``kernel_size``, ``stride`` and ``padding`` are an int or an (h, w) pair; padding
+    is zeros. Forward keeps the im2col matrix for backward (training mode only).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 bias=True, dtype="float32"):
+        self.in_channels = positive_int(in_channels, "in_channels", "Conv2D")
+        self.out_channels = positive_int(out_channels, "out_channels", "Conv2D")
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", 1)
+        self.stride = pair(stride, "stride", "Conv2D", 1)
+        self.padding = pair(padding, "padding", "Conv2D", 0)
+        dtype = _float_dtype(dtype, "Conv2D")
+        kh, kw = self.kernel_size
+        fan_in = in_channels * kh * kw
+        self.weight = Parameter(kaiming_uniform((out_channels, in_channels, kh, kw), fan_in, dtype))
+        self.bias = Parameter(kaiming_uniform((out_channels,), fan_in, dtype)) if bias else None
+
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding, "bias": self.bias is not None}
+
+    def forward(self, x):
+        w = self.weight.data
+        x = check_input(self, x, (None, self.in_channels, None, None), w.dtype)
+        oh, ow = check_spatial(self, x, self.kernel_size, self.stride, self.padding)
+        n = x.shape[0]
+        kh, kw = self.kernel_size
+        out = self.device.empty((n, self.out_channels, oh, ow), w.dtype)
+        cols = self.device.empty((self.in_channels * kh * kw, n * oh * ow), w.dtype)
+        b = None if self.bias is None else self.bias.data
+        kernel("conv2d_forward", self.device)(out, cols, x, w, b, self.stride, self.padding)
+        if self.training:
+            self._saved = (x.shape, cols, out)
+        return out
+
+    def backward(self, grad_out):
+        x_shape, cols, out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(x_shape, out.dtype)
+        dw = self.weight.grad_slot(self.device)
+        db = None if self.bias is None else self.bias.grad_slot(self.device)
+        kernel("conv2d_backward", self.device)(dx, dw, db, grad_out, cols, self.weight.data,
+                                               self.stride, self.padding)
+        self.weight.grad_done(dw, self.device)
+        if db is not None:
+            self.bias.grad_done(db, self.device)
+        return dx

@@ -1,0 +1,53 @@
+from ..kernels import kernel
+from .module import Module, Parameter, _float_dtype, check_grad, check_input
+from ._init import kaiming_uniform
+from ..kernels.activations import ACTIVATIONS
+from ._args import positive_int
+
+
+class Dense(Module):
+    """y = act(x @ weight.T + bias); weight (out_features, in_features) as torch.nn.Linear.
+
+    ``activation`` (None, "relu", "sigmoid", "tanh") is fused into the GEMM's epilogue.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32"):
+        self.in_features = positive_int(in_features, "in_features", "Dense")
+        self.out_features = positive_int(out_features, "out_features", "Dense")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Dense: activation must be one of {sorted(a for a in ACTIVATIONS if a)} or "
+                f"None, got {activation!r}"
+            )
+        self.activation = activation
+        dtype = _float_dtype(dtype, "Dense")
+        self.weight = Parameter(kaiming_uniform((out_features, in_features), in_features, dtype))
+        self.bias = (Parameter(kaiming_uniform((out_features,), in_features, dtype))
+                     if bias else None)
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "activation": self.activation}
+
+    def forward(self, x):
+        w = self.weight.data
+        x = check_input(self, x, (None, self.in_features), w.dtype)
+        out = self.device.empty((x.shape[0], self.out_features), w.dtype)
+        b = None if self.bias is None else self.bias.data
+        kernel("dense_forward", self.device)(out, x, w, b, self.activation)
+        if self.training:
+            self._saved = (x, out)
+        return out
+
+    def backward(self, grad_out):
+        x, out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(x.shape, x.dtype)
+        dw = self.weight.grad_slot(self.device)
+        db = None if self.bias is None else self.bias.grad_slot(self.device)
+        kernel("dense_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data, out,
+                                              self.activation)
+        self.weight.grad_done(dw, self.device)
+        if db is not None:
+            self.bias.grad_done(db, self.device)
+        return dx

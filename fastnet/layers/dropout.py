@@ -1,0 +1,46 @@
+import numpy as np
+
+from .. import _rng
+from ..kernels import kernel
+from .activation import _check_any
+from .module import Module, check_grad
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the
+    rest by 1 / (1 - p); in eval mode, the identity.
+
+    Masks are reproducible: the layer draws a base seed from fastnet's generator when it
+    is built (``fastnet.manual_seed``) and derives the k-th call's mask from (seed, k).
+    """
+
+    def __init__(self, p=0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.seed = _rng.new_seed()
+        self.calls = 0
+
+    def config(self):
+        return {"p": self.p}
+
+    def forward(self, x):
+        x = _check_any(self, x)
+        if not self.training or self.p == 0:
+            return x
+        out = self.device.empty(x.shape, x.dtype)
+        mask = self.device.empty(x.shape, np.uint8)
+        seed = (self.seed + self.calls * 0x9E3779B97F4A7C15) % (1 << 64)
+        self.calls += 1
+        kernel("dropout_forward", self.device)(out, mask, x, self.p, seed)
+        self._saved = (mask, out)
+        return out
+
+    def backward(self, grad_out):
+        if not self.training or self.p == 0:
+            return grad_out
+        mask, out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(out.shape, out.dtype)
+        kernel("dropout_backward", self.device)(dx, grad_out, mask, self.p)
+        return dx

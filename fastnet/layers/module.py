@@ -1,0 +1,240 @@
+"""Module and Parameter: PyTorch's conventions over fastnet's kernels."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ..device import CPU, Device, to_numpy
+from ..kernels import kernel
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Parameter:
+    """A trainable array: ``.data`` and ``.grad`` (None until a backward writes it).
+
+    ``zero_grad()`` sets ``.grad`` to None, as PyTorch does by default; the next backward
+    then writes the gradient straight into a buffer kept from step to step (no
+    allocation, no add), and any further backward before the next ``zero_grad()``
+    accumulates into it.
+    """
+
+    __slots__ = ("data", "grad", "_buffer")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+        self._buffer = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def grad_slot(self, device):
+        """The array a backward kernel should overwrite with this parameter's gradient."""
+        if self.grad is None:
+            buf = self._buffer
+            if buf is None or buf.shape != self.data.shape or buf.dtype != self.data.dtype:
+                buf = self._buffer = device.empty(self.data.shape, self.data.dtype)
+            return buf
+        return device.empty(self.data.shape, self.data.dtype)
+
+    def grad_done(self, slot, device):
+        """Record the gradient a kernel wrote into ``slot`` (from ``grad_slot``)."""
+        if self.grad is None:
+            self.grad = slot
+        else:
+            kernel("accumulate", device)(self.grad, slot)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+def check_input(layer, x, shape, dtype=None):
+    """Validate a layer's input before any kernel runs; returns it C-contiguous.
+
+    ``shape`` is a tuple with None for free axes, e.g. (None, 784) or (None, 3, None, None);
+    ``dtype`` the dtype the layer's parameters force, or None for any float dtype.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{layer!r}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{layer!r}: expected a float32 or float64 array, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{layer!r}: expected {np.dtype(dtype)} input (the dtype of its parameters), got "
+            f"{x.dtype}; convert the input (x.astype(np.{np.dtype(dtype)})) or the model "
+            f"(model.to(np.{x.dtype}))"
+        )
+    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        want = "(" + ", ".join("N" if i == 0 and s is None else "*" if s is None else str(s)
+                               for i, s in enumerate(shape)) + ("," if len(shape) == 1 else "") + ")"
+        raise ValueError(f"{layer!r}: expected input of shape {want}, got {tuple(x.shape)}")
+    if x.size == 0:
+        raise ValueError(f"{layer!r}: got an empty input of shape {tuple(x.shape)}")
+    return np.ascontiguousarray(x)
+
+
+def check_grad(layer, grad, shape, dtype):
+    """Validate the gradient handed to backward: the forward output's shape and dtype."""
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"{layer!r}.backward: expected a numpy.ndarray, got {type(grad).__name__}")
+    if grad.shape != tuple(shape) or grad.dtype != dtype:
+        raise ValueError(
+            f"{layer!r}.backward: expected a gradient of shape {tuple(shape)} and dtype "
+            f"{dtype} (the forward output's), got {tuple(grad.shape)} {grad.dtype}"
+        )
+    return np.ascontiguousarray(grad)
+
+
+def _float_dtype(dtype, owner):
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{owner}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class Module:
+    """Base class of every layer.
+
+    Parameters and sub-modules are attributes; ``named_parameters`` walks them in the
+    order they were assigned, which gives PyTorch's state_dict keys ("0.weight").
+    """
+
+    training = True
+    device = CPU
+
+    # ---- the layer's own work -------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this layer (used by fastnet.save)."""
+        return {}
+
+    # ---- tree -----------------------------------------------------------------------
+    def named_children(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def children(self):
+        return [m for _, m in self.named_children()]
+
+    def named_parameters(self, prefix=""):
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self.named_children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        yield self
+        for child in self.children():
+            yield from child.modules()
+
+    # ---- modes, devices, dtypes ---------------------------------------------------
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            m.training = bool(mode)
+            if not mode:
+                m._clear_cache()
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _saved_for_backward(self):
+        saved = getattr(self, "_saved", None)
+        if saved is None:
+            raise RuntimeError(
+                f"{self!r}.backward: no forward pass to differentiate; call forward in "
+                "training mode (model.train()) before backward, once per forward"
+            )
+        self._saved = None
+        return saved
+
+    def _clear_cache(self):
+        """Drop what forward kept for backward."""
+        self._saved = None
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, target):
+        """Move to a device ("cpu") or convert to a dtype (np.float32 / np.float64)."""
+        if isinstance(target, (str, Device)):
+            device = Device(target)
+            for m in self.modules():
+                m.device = device
+                m._clear_cache()
+            for p in self.parameters():
+                p.data = device.asarray(p.data)
+                p.grad = None
+                p._buffer = None
+            return self
+        dtype = _float_dtype(target, type(self).__name__)
+        for m in self.modules():
+            m._clear_cache()
+        for p in self.parameters():
+            p.data = self.device.asarray(p.data, dtype=dtype)
+            p.grad = None
+            p._buffer = None
+        return self
+
+    # ---- state ----------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Parameter name -> a NumPy copy of its data, with PyTorch's keys."""
+        return OrderedDict((k, to_numpy(p.data).copy()) for k, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays (NumPy, or anything np.asarray takes: PyTorch CPU tensors, ...)
+        into the parameters. Shapes must match; values are converted to the model's
+        dtype. With ``strict`` the keys must match exactly."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
+        arrays = {}
+        for k, p in own.items():
+            if k not in state_dict:
+                continue
+            v = state_dict[k]
+            if hasattr(v, "detach"):  # a torch.Tensor
+                v = v.detach().cpu().numpy()
+            a = np.asarray(v)
+            if a.shape != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {k!r} has shape {a.shape}, "
+                    f"the model expects {p.shape}"
+                )
+            if not np.issubdtype(a.dtype, np.number):
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {k!r} is not numeric ({a.dtype})")
+            arrays[k] = a
+        for k, a in arrays.items():  # all checked first: a failed load changes nothing
+            p = own[k]
+            p.data = self.device.asarray(a, dtype=p.dtype).copy()
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"

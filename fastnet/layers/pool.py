@@ -1,0 +1,68 @@
+import numpy as np
+
+from ..kernels import kernel
+from ._args import check_spatial, pair
+from .module import Module, check_grad, check_input
+
+
+class _Pool2D(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name, 1)
+        self.padding = pair(padding, "padding", name, 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(
+                f"{name}: padding must be at most half the kernel size (as in PyTorch), got "
+                f"padding {self.padding} for kernel_size {self.kernel_size}"
+            )
+
+    def config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def _output(self, x):
+        x = check_input(self, x, (None, None, None, None))
+        oh, ow = check_spatial(self, x, self.kernel_size, self.stride, self.padding)
+        return x, self.device.empty(x.shape[:2] + (oh, ow), x.dtype)
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling over NCHW; stride defaults to the kernel size; padding acts as -inf;
+    the gradient goes to the first maximum of each window (PyTorch's tie rule)."""
+
+    def forward(self, x):
+        x, out = self._output(x)
+        argmax = self.device.empty(out.shape, np.int32)
+        kernel("max_pool2d_forward", self.device)(out, argmax, x, self.kernel_size,
+                                                  self.stride, self.padding)
+        if self.training:
+            self._saved = (x.shape, argmax, out)
+        return out
+
+    def backward(self, grad_out):
+        x_shape, argmax, out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(x_shape, out.dtype)
+        kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax)
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling over NCHW; divides by the full window, padding included
+    (PyTorch's count_include_pad=True)."""
+
+    def forward(self, x):
+        x, out = self._output(x)
+        kernel("avg_pool2d_forward", self.device)(out, x, self.kernel_size, self.stride,
+                                                  self.padding)
+        if self.training:
+            self._saved = (x.shape, out)
+        return out
+
+    def backward(self, grad_out):
+        x_shape, out = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        dx = self.device.empty(x_shape, out.dtype)
+        kernel("avg_pool2d_backward", self.device)(dx, grad_out, self.kernel_size,
+                                                   self.stride, self.padding)
+        return dx

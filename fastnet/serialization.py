@@ -1,0 +1,99 @@
+"""``fastnet.save(model, path)`` / ``fastnet.load(path)``.
+
+The file is a plain ``.npz``: one array per state_dict entry (PyTorch-style keys) plus
+``__fastnet__``, a JSON description of the architecture. It is written to a temporary
+file beside the target and renamed over it, so a crash never leaves a half-written
+model where a good one was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import layers as _layers
+from .layers.module import Module
+
+FORMAT = "fastnet-model"
+VERSION = 1
+_META = "__fastnet__"
+_REGISTRY = {name: getattr(_layers, name) for name in _layers.__all__
+             if name not in ("Module", "Parameter")}
+
+
+def _describe(module: Module) -> dict:
+    name = type(module).__name__
+    if _REGISTRY.get(name) is not type(module):
+        raise TypeError(
+            f"fastnet.save: cannot describe a {name}: only fastnet's own layers and "
+            "Sequential can be rebuilt; for a custom module save model.state_dict() instead"
+        )
+    if isinstance(module, _layers.Sequential):
+        return {"type": name, "layers": [_describe(m) for m in module]}
+    return {"type": name, "config": module.config()}
+
+
+def _build(desc: dict) -> Module:
+    cls = _REGISTRY.get(desc.get("type"))
+    if cls is None:
+        raise ValueError(f"fastnet.load: unknown layer type {desc.get('type')!r}")
+    if cls is _layers.Sequential:
+        return cls(*[_build(d) for d in desc["layers"]])
+    return cls(**desc.get("config", {}))
+
+
+def save(model: Module, path) -> None:
+    """Write ``model`` (architecture and parameters) to ``path`` (an .npz file)."""
+    if not isinstance(model, Module):
+        raise TypeError(f"fastnet.save: expected a fastnet Module, got {type(model).__name__}")
+    state = model.state_dict()
+    dtypes = {str(a.dtype) for a in state.values()}
+    meta = {"format": FORMAT, "version": VERSION, "model": _describe(model),
+            "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"}
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{_META: np.array(json.dumps(meta))}, **state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path) -> Module:
+    """Rebuild a model written by ``fastnet.save``."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if _META not in data.files:
+                raise ValueError(f"fastnet.load: {path} is an .npz file but not a fastnet model "
+                                 f"(no {_META} entry)")
+            meta = json.loads(str(data[_META]))
+            state = {k: data[k] for k in data.files if k != _META}
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        if str(e).startswith("fastnet.load"):
+            raise
+        raise ValueError(f"fastnet.load: {path} is not a readable fastnet model file "
+                         f"(truncated or not an .npz): {e}") from e
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"fastnet.load: {path} is not a readable fastnet model file "
+                         f"(truncated or corrupt): {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"fastnet.load: {path} is not a fastnet model file")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"fastnet.load: {path} has format version {meta.get('version')}; "
+                         f"this fastnet reads version {VERSION}")
+    model = _build(meta["model"])
+    model.to(np.dtype(meta.get("dtype", "float32")))
+    model.load_state_dict(state)
+    return model
