@@ -1,0 +1,139 @@
+"""``python -m fastnet ...``: the command-line entry point."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+
+
+def _progress(total, desc, enabled):
+    """A tqdm bar when tqdm is installed and wanted, else a silent stand-in."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        except ImportError:
+            pass
+
+    class _Quiet:
+        def update(self, n=1):
+            pass
+
+        def set_postfix_str(self, s):
+            pass
+
+        def close(self):
+            pass
+
+    return _Quiet()
+
+
+def accuracy(model, x, y, batch_size=256):
+    """Fraction of samples whose arg-max logit is the label (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        correct += int((logits.argmax(axis=1) == y[i:i + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(x)
+
+
+def train(args) -> int:
+    import fastnet
+    from fastnet.data import batches, load_digits, train_test_split
+    from fastnet.losses import CrossEntropyLoss
+    from fastnet.models import MODELS
+    from fastnet.optim import SGD, Adam
+
+    fastnet.manual_seed(args.seed)
+    try:
+        x, y = load_digits()
+    except ImportError as e:
+        print(f"fastnet train: {e}", file=sys.stderr)
+        return 2
+    x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction=0.2, seed=args.seed)
+    model = MODELS[args.model](in_shape=x.shape[1:], num_classes=10)
+    if args.optimizer == "sgd":
+        opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        opt = Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    loss_fn = CrossEntropyLoss()
+    rng = np.random.default_rng(args.seed)
+    n_params = sum(p.data.size for p in model.parameters())
+    print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
+          f"the 8x8 digits, {len(x_train)} train / {len(x_test)} test images, "
+          f"{args.optimizer} lr={args.lr} (cosine decay), batch {args.batch_size}, {args.epochs} epochs")
+    n_batches = -(-len(x_train) // args.batch_size)
+    for epoch in range(1, args.epochs + 1):
+        # cosine learning-rate decay from lr to 0 over the run
+        opt.lr = args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / args.epochs))
+        model.train()
+        bar = _progress(n_batches, f"epoch {epoch}/{args.epochs}", args.progress)
+        total_loss, correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        for xb, yb in batches(x_train, y_train, args.batch_size, shuffle=True, rng=rng):
+            opt.zero_grad()
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            model.backward(loss_fn.backward())
+            opt.step()
+            total_loss += loss * len(xb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            seen += len(xb)
+            bar.update()
+            bar.set_postfix_str(f"loss {loss:.4f}")
+        elapsed = time.perf_counter() - start
+        bar.close()
+        print(f"epoch {epoch:3d}/{args.epochs}  loss {total_loss / seen:.4f}  "
+              f"train acc {100 * correct / seen:6.2f}%  {seen / elapsed:9.0f} samples/s",
+              flush=True)
+    test_acc = accuracy(model, x_test, y_test)
+    print(f"test accuracy: {100 * test_acc:.2f}% ({len(x_test)} held-out images)")
+    if args.save:
+        fastnet.save(model, args.save)
+        print(f"saved model to {args.save}")
+    return 0
+
+
+def _positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _positive_float(s):
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m fastnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model on the embedded handwritten digits")
+    t.add_argument("--model", choices=["lenet", "mlp"], default="lenet")
+    t.add_argument("--epochs", type=_positive_int, default=30)
+    t.add_argument("--batch-size", type=_positive_int, default=32)
+    t.add_argument("--lr", type=_positive_float, default=0.05)
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                   help="sgd (momentum 0.9) or adam")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save", metavar="PATH", help="write the trained model here (.npz)")
+    t.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    t.set_defaults(func=train)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
