@@ -1,0 +1,83 @@
+"""Numba's thread pool and NumPy's BLAS share the CPU: the OpenMP wait policy that keeps
+them from stalling each other is the one libgomp really uses, and concurrent inference
+from several Python threads neither crashes nor changes answers (also under Numba's
+non-thread-safe workqueue layer)."""
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import fastnet
+from fastnet.models import lenet
+
+
+def _run(code, **env):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_DISPLAY_ENV")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+INTERLEAVED = """
+    import numpy as np, fastnet
+    from fastnet.layers import Dense
+    layer = Dense(784, 256, activation="relu")   # BLAS GEMM, then a Numba prange epilogue
+    x = np.ones((128, 784), np.float32)
+    for _ in range(20):
+        y = layer(x)
+        layer.backward(y)
+    print(fastnet.threading_info())
+"""
+
+
+def test_libgomp_runs_with_the_passive_wait_policy():
+    """OMP_DISPLAY_ENV makes libgomp print the settings it initialised with: a spin count
+    of 0 (idle workers sleep at once) shows fastnet set the policy before Numba loaded
+    libgomp; the default spins for 300000 iterations, which starves the BLAS threads."""
+    r = _run(INTERLEAVED, OMP_DISPLAY_ENV="VERBOSE")
+    assert r.returncode == 0, r.stderr
+    info = eval(r.stdout.strip().splitlines()[-1])
+    assert info["omp_wait_policy"] == "PASSIVE"
+    if info["threading_layer"] == "omp":
+        assert "GOMP_SPINCOUNT = '0'" in r.stderr, r.stderr
+    assert info["threading_layer"] in ("omp", "tbb", "workqueue")
+
+
+def test_a_wait_policy_set_by_the_user_is_kept():
+    r = _run(INTERLEAVED, OMP_WAIT_POLICY="ACTIVE")
+    assert r.returncode == 0, r.stderr
+    assert eval(r.stdout.strip().splitlines()[-1])["omp_wait_policy"] == "ACTIVE"
+
+
+def _concurrent_inference_matches_serial(n_threads=4, calls=24):
+    fastnet.manual_seed(0)
+    model = lenet().eval()
+    rng = np.random.default_rng(0)
+    inputs = [rng.random((int(rng.integers(1, 40)), 1, 8, 8), dtype=np.float32) for _ in range(calls)]
+    serial = [model(x) for x in inputs]
+    with ThreadPoolExecutor(n_threads) as pool:
+        for _ in range(3):
+            parallel = list(pool.map(model, inputs))
+            for a, b in zip(serial, parallel):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_inference_from_threads_matches_serial():
+    _concurrent_inference_matches_serial()
+
+
+def test_concurrent_inference_under_workqueue_layer():
+    """Numba's workqueue layer aborts the process on concurrent parallel launches; fastnet
+    must serialise its kernels there instead."""
+    r = _run("""
+        import fastnet
+        from tests.test_threads import _concurrent_inference_matches_serial
+        _concurrent_inference_matches_serial()
+        info = fastnet.threading_info()
+        assert info["threading_layer"] == "workqueue" and info["serialised"], info
+        print("ok")
+    """, NUMBA_THREADING_LAYER="workqueue", PYTHONPATH=os.getcwd())
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
