@@ -11,3 +11,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # nogil: kernels called from several Python threads run concurrently.
 cpu_kernel = partial(njit, cache=True, nogil=True, fastmath=FASTMATH)
 cpu_parallel_kernel = partial(njit, cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+
+# Without "reassoc", for kernels whose accuracy depends on evaluation order: LLVM would
+# otherwise rewrite (x - m) - logsum as x - (m + logsum) (see row_max_logsumexp).
+FASTMATH_ORDERED = FASTMATH - {"reassoc"}
+cpu_parallel_kernel_ordered = partial(njit, cache=True, nogil=True, fastmath=FASTMATH_ORDERED,
+                                      parallel=True)

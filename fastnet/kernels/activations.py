@@ -9,7 +9,7 @@ log_softmax) backward takes the forward output ``out`` rather than the input.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, cpu_parallel_kernel
+from ._jit import FASTMATH, cpu_parallel_kernel, cpu_parallel_kernel_ordered
 
 # Codes for the activations that other kernels fuse into their epilogues (dense).
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -145,8 +145,13 @@ def softmax_backward(dx, dout, out):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def row_logsumexp(x, i):
-    """log(sum(exp(x[i, :]))) computed stably, in x's dtype."""
+def row_max_logsumexp(x, i):
+    """(m, log(sum(exp(x[i, :] - m)))) with m the row max, in x's dtype.
+
+    NOTE: callers form (x - m) - logsum rather than x - (m + logsum): x - m is exact,
+    while m + logsum would round logsum to float32's spacing at m (1e-3 at m = 1e4).
+    Callers compile without "reassoc" so that LLVM keeps that order.
+    """
     c = x.shape[1]
     m = x[i, 0]
     for j in range(1, c):
@@ -154,17 +159,17 @@ def row_logsumexp(x, i):
     s = type(m)(0)
     for j in range(c):
         s += np.exp(x[i, j] - m)
-    return m + np.log(s)
+    return m, np.log(s)
 
 
-@cpu_parallel_kernel
+@cpu_parallel_kernel_ordered
 def log_softmax_forward(out, x):
     """x (N, C) -> out (N, C) = x - logsumexp(x) over C"""
     n, c = x.shape
     for i in prange(n):
-        lse = row_logsumexp(x, i)
+        m, logsum = row_max_logsumexp(x, i)
         for j in range(c):
-            out[i, j] = x[i, j] - lse
+            out[i, j] = (x[i, j] - m) - logsum
 
 
 @cpu_parallel_kernel

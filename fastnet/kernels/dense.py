@@ -59,13 +59,14 @@ def dense_forward(out, x, w, b, activation):
 
 def dense_backward(dx, dw, db, dout, x, w, out, activation):
     """dout (N, OUT), x (N, IN), w (OUT, IN), out (N, OUT) -> dx (N, IN) | None,
-    dw (OUT, IN), db (OUT,) | None"""
+    dw (OUT, IN), db (OUT,) | None; ``out`` (the forward output) may be None without
+    activation"""
     code = ACTIVATIONS[activation]
     g = dout
     if code != 0:
         g = np.empty_like(dout)
     if code != 0 or db is not None:
-        _activation_and_bias_grad(g, db, dout, out, code)
+        _activation_and_bias_grad(g, db, dout, dout if out is None else out, code)
     np.matmul(g.T, x, out=dw)
     if dx is not None:
         np.matmul(g, w, out=dx)

@@ -3,7 +3,7 @@
 The mask is a pure function of (seed, flat index) through a counter-based hash
 (SplitMix64's finaliser), not of a stateful generator: it is the same whatever the
 thread count or schedule, and another backend can reproduce it bit for bit.
-Element i is kept when the hash's top 24 bits are >= p * 2^24. Backward kernels
+Element i is kept when the hash's top 24 bits are >= round(p * 2^24). Backward kernels
 overwrite their outputs.
 """
 import numpy as np

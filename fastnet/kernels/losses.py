@@ -10,24 +10,25 @@ depend on the thread count.
 import numpy as np
 from numba import prange
 
-from ._jit import cpu_parallel_kernel
-from .activations import row_logsumexp
+from ._jit import cpu_parallel_kernel, cpu_parallel_kernel_ordered
+from .activations import row_max_logsumexp
 
 _BLOCK = 4096
 
 
-@cpu_parallel_kernel
+@cpu_parallel_kernel_ordered
 def _softmax_cross_entropy(grad, row_loss, logits, labels):
     n, c = logits.shape
     inv_n = logits.dtype.type(1) / logits.dtype.type(n)
     for i in prange(n):
-        # NOTE: log-sum-exp with the row max subtracted: finite for logits of +-1e4.
-        lse = row_logsumexp(logits, i)
+        # NOTE: log-sum-exp with the row max subtracted: finite and accurate for logits
+        # of +-1e4 (see row_max_logsumexp).
+        m, logsum = row_max_logsumexp(logits, i)
         y = labels[i]
-        row_loss[i] = lse - logits[i, y]
+        row_loss[i] = logsum - (logits[i, y] - m)
         if grad is not None:
             for j in range(c):
-                grad[i, j] = np.exp(logits[i, j] - lse) * inv_n
+                grad[i, j] = np.exp((logits[i, j] - m) - logsum) * inv_n
             grad[i, y] -= inv_n
 
 

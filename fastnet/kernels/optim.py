@@ -73,5 +73,5 @@ def _accumulate(out, x):
 
 
 def accumulate(out, x):
-    """out (...) += x (...): gradient accumulation across backward passes"""
+    """out (...), x (...) -> out (...) += x: gradient accumulation across backward passes"""
     _accumulate(out.reshape(-1), x.reshape(-1))

@@ -1,0 +1,179 @@
+"""Activation kernels. Elementwise: relu / sigmoid / tanh forward(out, x),
+backward(dx, dout, out); leaky_relu forward(out, x, slope), backward(dx, dout, x, slope).
+Row-wise over the last axis of (N, C): softmax / log_softmax forward(out, x),
+backward(dx, dout, out)."""
+import numpy as np
+import pytest
+
+from fastnet.kernels import kernel
+from tests import reference as ref
+from tests.gradcheck import check_backward
+
+SLOPE = 0.1
+# op -> (kernel forward(out, x), kernel backward(dx, dout, x, out), reference forward,
+#        reference backward(dout, x, out))
+ELEMENTWISE = {
+    "relu": (lambda o, x: kernel("relu_forward")(o, x),
+             lambda dx, g, x, o: kernel("relu_backward")(dx, g, o),
+             ref.relu_forward, lambda g, x, o: ref.relu_backward(g, o)),
+    "leaky_relu": (lambda o, x: kernel("leaky_relu_forward")(o, x, SLOPE),
+                   lambda dx, g, x, o: kernel("leaky_relu_backward")(dx, g, x, SLOPE),
+                   lambda x: ref.leaky_relu_forward(x, SLOPE),
+                   lambda g, x, o: ref.leaky_relu_backward(g, x, SLOPE)),
+    "sigmoid": (lambda o, x: kernel("sigmoid_forward")(o, x),
+                lambda dx, g, x, o: kernel("sigmoid_backward")(dx, g, o),
+                ref.sigmoid_forward, lambda g, x, o: ref.sigmoid_backward(g, o)),
+    "tanh": (lambda o, x: kernel("tanh_forward")(o, x),
+             lambda dx, g, x, o: kernel("tanh_backward")(dx, g, o),
+             ref.tanh_forward, lambda g, x, o: ref.tanh_backward(g, o)),
+}
+ROWWISE = {
+    "softmax": (ref.softmax_forward, ref.softmax_backward),
+    "log_softmax": (ref.log_softmax_forward, ref.log_softmax_backward),
+}
+# elementwise kernels take any shape: odd 1-D, batch-1 4-D, and one big enough to split
+EW_SHAPES = [(7,), (1, 3, 5, 2), (2049, 13)]
+ROW_SHAPES = [(5, 3), (1, 7), (4, 1), (130, 257)]
+
+
+def _ew_forward(op, x):
+    out = np.full_like(x, 123.0)
+    ELEMENTWISE[op][0](out, x)
+    return out
+
+
+def _row_forward(op, x):
+    out = np.full_like(x, 123.0)
+    kernel(f"{op}_forward")(out, x)
+    return out
+
+
+def _row_backward(op, dx, dout, out):
+    kernel(f"{op}_backward")(dx, dout, out)
+    return dx
+
+
+@pytest.mark.parametrize("shape", EW_SHAPES, ids=str)
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
+def test_elementwise_forward_matches_reference(rng, dtype, close, op, shape):
+    """Forward against the reference over values in [-6, 6] (plus exact zeros)."""
+    x = (rng.uniform(-6, 6, shape)).astype(dtype)
+    x.reshape(-1)[::5] = 0
+    close(_ew_forward(op, x), ELEMENTWISE[op][2](x))
+
+
+@pytest.mark.parametrize("shape", EW_SHAPES, ids=str)
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
+def test_elementwise_backward_matches_reference(rng, dtype, close, op, shape):
+    """Backward against the reference; dx pre-filled with garbage is overwritten."""
+    x = rng.uniform(-6, 6, shape).astype(dtype)
+    out = _ew_forward(op, x)
+    dout = rng.standard_normal(shape).astype(dtype)
+    dx = np.full_like(x, 123.0)
+    ELEMENTWISE[op][1](dx, dout, x, out)
+    close(dx, ELEMENTWISE[op][3](dout, x, out))
+
+
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
+def test_elementwise_backward_may_alias_dout(rng, dtype, close, op):
+    """dx may be the same array as dout."""
+    x = rng.uniform(-6, 6, (3, 37)).astype(dtype)
+    out = _ew_forward(op, x)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    want = ELEMENTWISE[op][3](dout, x, out)
+    ELEMENTWISE[op][1](dout, dout, x, out)
+    close(dout, want)
+
+
+@pytest.mark.parametrize("op", list(ELEMENTWISE))
+def test_elementwise_backward_matches_finite_differences(rng, op):
+    """float64 central differences of the kernel's own forward (x kept away from 0)."""
+    x = rng.uniform(0.1, 3, (2, 3, 4)) * rng.choice([-1.0, 1.0], (2, 3, 4))
+
+    def backward(dout, x):
+        dx = np.empty_like(x)
+        ELEMENTWISE[op][1](dx, dout, x, _ew_forward(op, x))
+        return (dx,)
+
+    check_backward(lambda x: _ew_forward(op, x), backward, [x], rng)
+
+
+def test_saturation_is_finite(dtype):
+    """sigmoid(+-1e4) is exactly 1 / 0, tanh(+-1e4) exactly +-1, no NaN or inf;
+    relu / leaky_relu of +-1e4 are exact; all in the input dtype."""
+    x = np.array([1e4, -1e4, 0.0, 88.0, -88.0, 1e30, -1e30], dtype)
+    s = _ew_forward("sigmoid", x)
+    assert s.dtype == dtype and np.all(np.isfinite(s))
+    np.testing.assert_array_equal(s[:3], [1.0, 0.0, 0.5])
+    close_ref = ref.sigmoid_forward(x)
+    np.testing.assert_allclose(s, close_ref, rtol=1e-6, atol=1e-30)
+    t = _ew_forward("tanh", x)
+    np.testing.assert_array_equal(t[[0, 1, 2, 5, 6]], [1.0, -1.0, 0.0, 1.0, -1.0])
+    np.testing.assert_array_equal(_ew_forward("relu", x), np.maximum(x, 0))
+    np.testing.assert_array_equal(_ew_forward("leaky_relu", x), np.where(x > 0, x, x * dtype.type(SLOPE)))
+    # the saturated derivative is 0, not NaN
+    dx = np.empty_like(x)
+    kernel("sigmoid_backward")(dx, np.ones_like(x), s)
+    assert np.all(np.isfinite(dx)) and dx[0] == 0 and dx[1] == 0
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_forward_matches_reference(rng, dtype, close, op, shape):
+    """softmax / log_softmax over the last axis against the logaddexp reference."""
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    out = _row_forward(op, x)
+    close(out, ROWWISE[op][0](x))
+    if op == "softmax":
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=10 * np.finfo(dtype).eps * shape[1])
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_backward_matches_reference(rng, dtype, close, op, shape):
+    """Backward against the explicit-Jacobian reference; garbage dx is overwritten."""
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    out = _row_forward(op, x)
+    dout = rng.standard_normal(shape).astype(dtype)
+    dx = _row_backward(op, np.full_like(x, 123.0), dout, out)
+    close(dx, ROWWISE[op][1](dout, out), scale=np.sqrt(shape[1]))
+
+
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_backward_may_alias_dout(rng, dtype, close, op):
+    """dx may be the same array as dout (the row sum is taken before any write)."""
+    x = rng.standard_normal((6, 11)).astype(dtype)
+    out = _row_forward(op, x)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    want = ROWWISE[op][1](dout, out)
+    _row_backward(op, dout, dout, out)
+    close(dout, want, scale=np.sqrt(11))
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (1, 5), (2, 1)], ids=str)
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_backward_matches_finite_differences(rng, op, shape):
+    """float64 central differences of softmax / log_softmax forward."""
+    x = rng.standard_normal(shape)
+
+    def backward(dout, x):
+        return (_row_backward(op, np.empty_like(x), dout, _row_forward(op, x)),)
+
+    check_backward(lambda x: _row_forward(op, x), backward, [x], rng)
+
+
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_extreme_logits(dtype, close, op):
+    """Logits of +-1e4 stay finite and correct to the dtype's usual tolerance: the row max
+    is subtracted, and x - max is exact, so values near 0 keep full precision."""
+    x = np.array([[1e4, -1e4, 0.0],
+                  [-1e4, -1e4, -1e4],
+                  [1e4, 1e4, -1e4],
+                  [-1e4, 0.0, 1e4 - 1.0]], dtype)
+    out = _row_forward(op, x)
+    assert out.dtype == dtype and np.all(np.isfinite(out))
+    dout = np.array([[1.0, 2.0, 3.0]] * 4, dtype)
+    dx = _row_backward(op, np.empty_like(x), dout, out)
+    assert np.all(np.isfinite(dx))
+    close(dx, ROWWISE[op][1](dout, out), err_msg="backward")
+    close(out, ROWWISE[op][0](x), err_msg="forward")

@@ -1,0 +1,173 @@
+"""Convolution kernels: im2col(cols, x, ks, stride, padding), col2im(dx, cols, ks, stride,
+padding), conv2d_forward(out, cols, x, w, b, stride, padding) and
+conv2d_backward(dx, dw, db, dout, cols, w, stride, padding), NCHW."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastnet.kernels import kernel
+from tests import reference as ref
+from tests.gradcheck import check_backward
+
+# (x shape, w shape, stride, padding)
+CASES = {
+    "3x3-s1-p1": ((2, 3, 7, 6), (4, 3, 3, 3), (1, 1), (1, 1)),
+    "nonsquare-s2x3-p1x0": ((2, 3, 9, 8), (5, 3, 3, 2), (2, 3), (1, 0)),
+    "1x1-s2x1": ((3, 4, 5, 7), (2, 4, 1, 1), (2, 1), (0, 0)),
+    "kernel-is-input": ((2, 2, 4, 5), (3, 2, 4, 5), (1, 1), (0, 0)),
+    "kernel-is-input-padded-s2": ((1, 3, 3, 3), (2, 3, 3, 3), (2, 2), (1, 1)),
+    "batch1-single-channel": ((1, 1, 5, 5), (1, 1, 2, 2), (1, 1), (0, 1)),
+    "stride-over-kernel": ((2, 2, 10, 11), (3, 2, 2, 3), (3, 4), (0, 1)),
+    "padding-over-half-kernel": ((2, 2, 3, 4), (2, 2, 2, 2), (1, 2), (2, 3)),
+    "large-batch9-c5": ((9, 5, 17, 15), (7, 5, 3, 4), (2, 1), (1, 2)),
+}
+IDS = list(CASES)
+
+
+def _out_hw(x_shape, w_shape, stride, padding):
+    return (ref.conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0]),
+            ref.conv_output_size(x_shape[3], w_shape[3], stride[1], padding[1]))
+
+
+def _cols_shape(x_shape, w_shape, stride, padding):
+    oh, ow = _out_hw(x_shape, w_shape, stride, padding)
+    return (x_shape[1] * w_shape[2] * w_shape[3], x_shape[0] * oh * ow)
+
+
+def _forward(x, w, b, stride, padding):
+    """-> (out, cols), both pre-filled with garbage."""
+    oh, ow = _out_hw(x.shape, w.shape, stride, padding)
+    out = np.full((x.shape[0], w.shape[0], oh, ow), 123.0, x.dtype)
+    cols = np.full(_cols_shape(x.shape, w.shape, stride, padding), 123.0, x.dtype)
+    kernel("conv2d_forward")(out, cols, x, w, b, stride, padding)
+    return out, cols
+
+
+def _data(rng, dtype, x_shape, w_shape):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+    w = (rng.standard_normal(w_shape) / np.sqrt(fan_in)).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_im2col_matches_reference(rng, dtype, case):
+    """im2col's layout, element by element, zeros in the padding (exact: it is a copy)."""
+    x_shape, w_shape, stride, padding = CASES[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    ks = w_shape[2:]
+    cols = np.full(_cols_shape(x_shape, w_shape, stride, padding), 123.0, dtype)
+    kernel("im2col")(cols, x, ks, stride, padding)
+    assert cols.dtype == dtype
+    np.testing.assert_array_equal(cols, ref.im2col(x, ks, stride, padding))
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_col2im_matches_reference_and_is_adjoint(rng, dtype, close, case):
+    """col2im sums overlaps like the loop reference, overwrites dx, and
+    <im2col(x), c> == <x, col2im(c)>."""
+    x_shape, w_shape, stride, padding = CASES[case]
+    ks = w_shape[2:]
+    c = rng.standard_normal(_cols_shape(x_shape, w_shape, stride, padding)).astype(dtype)
+    dx = np.full(x_shape, 123.0, dtype)
+    kernel("col2im")(dx, c, ks, stride, padding)
+    overlap = np.sqrt(np.prod(ks))  # up to KH*KW terms summed per element
+    close(dx, ref.col2im(c, x_shape, ks, stride, padding), scale=overlap)
+
+    x = rng.standard_normal(x_shape).astype(dtype)
+    cols = np.empty_like(c)
+    kernel("im2col")(cols, x, ks, stride, padding)
+    lhs = np.sum(cols.astype(np.float64) * c)
+    rhs = np.sum(x.astype(np.float64) * dx)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", IDS)
+def test_forward_matches_reference(rng, dtype, close, case, bias):
+    """conv2d_forward against the shifted-einsum reference; cols is left holding im2col(x)."""
+    x_shape, w_shape, stride, padding = CASES[case]
+    x, w, b = _data(rng, dtype, x_shape, w_shape)
+    b = b if bias else None
+    out, cols = _forward(x, w, b, stride, padding)
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+    close(out, ref.conv2d_forward(x, w, b, stride, padding), scale=np.sqrt(fan_in))
+    np.testing.assert_array_equal(cols, ref.im2col(x, w_shape[2:], stride, padding))
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_backward_matches_reference(rng, dtype, close, case):
+    """dx, dw, db against the reference; garbage-filled outputs are overwritten."""
+    x_shape, w_shape, stride, padding = CASES[case]
+    x, w, b = _data(rng, dtype, x_shape, w_shape)
+    out, cols = _forward(x, w, b, stride, padding)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = np.full(x.shape, 123.0, dtype)
+    dw = np.full(w.shape, 123.0, dtype)
+    db = np.full(b.shape, 123.0, dtype)
+    kernel("conv2d_backward")(dx, dw, db, dout, cols, w, stride, padding)
+    rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, stride, padding)
+    m = dout.shape[0] * dout.shape[2] * dout.shape[3]  # terms summed into dw, db
+    close(dx, rdx, scale=np.sqrt(w_shape[0] * w_shape[2] * w_shape[3]), err_msg="dx")
+    close(dw, rdw, scale=np.sqrt(m), err_msg="dw")
+    close(db, rdb, scale=np.sqrt(m), err_msg="db")
+
+
+def test_backward_dx_db_none(rng, dtype, close):
+    """dx=None and db=None: dw alone, and each of dx / db alone, are still right."""
+    x_shape, w_shape, stride, padding = CASES["nonsquare-s2x3-p1x0"]
+    x, w, _ = _data(rng, dtype, x_shape, w_shape)
+    out, cols = _forward(x, w, None, stride, padding)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, stride, padding)
+    bwd = kernel("conv2d_backward")
+    dw = np.full(w.shape, 123.0, dtype)
+    bwd(None, dw, None, dout, cols, w, stride, padding)
+    close(dw, rdw, scale=5.0, err_msg="dw")
+    dx = np.full(x.shape, 123.0, dtype)
+    bwd(dx, dw, None, dout, cols, w, stride, padding)
+    close(dx, rdx, scale=5.0, err_msg="dx")
+    db = np.full(w.shape[0], 123.0, dtype)
+    bwd(None, dw, db, dout, cols, w, stride, padding)
+    close(db, rdb, scale=5.0, err_msg="db")
+
+
+@pytest.mark.parametrize("case", ["3x3-s1-p1", "nonsquare-s2x3-p1x0", "padding-over-half-kernel",
+                                  "kernel-is-input-padded-s2"])
+def test_backward_matches_finite_differences(rng, case):
+    """float64 central differences of conv2d_forward for x, w and b (tiny shapes)."""
+    x_shape, w_shape, stride, padding = CASES[case]
+    # shrink to keep the number of forward calls small
+    x_shape = (min(x_shape[0], 2), min(x_shape[1], 2)) + x_shape[2:]
+    w_shape = (min(w_shape[0], 2), x_shape[1]) + w_shape[2:]
+    x, w, b = _data(rng, np.float64, x_shape, w_shape)
+
+    def backward(dout, x, w, b):
+        _, cols = _forward(x, w, b, stride, padding)
+        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+        kernel("conv2d_backward")(dx, dw, db, dout, cols, w, stride, padding)
+        return dx, dw, db
+
+    check_backward(lambda x, w, b: _forward(x, w, b, stride, padding)[0], backward,
+                   [x, w, b], rng, names=["x", "w", "b"])
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), o=st.integers(1, 3),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), eh=st.integers(0, 5), ew=st.integers(0, 5),
+       seed=st.integers(0, 2**16))
+def test_property_forward_backward_random_geometry(n, c, o, kh, kw, sh, sw, ph, pw, eh, ew, seed):
+    """Any geometry with H + 2*ph >= KH (float64): forward and backward match the reference."""
+    h, wd = max(kh - 2 * ph, 1) + eh, max(kw - 2 * pw, 1) + ew
+    rng = np.random.default_rng(seed)
+    x, w, b = _data(rng, np.float64, (n, c, h, wd), (o, c, kh, kw))
+    stride, padding = (sh, sw), (ph, pw)
+    out, cols = _forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(out, ref.conv2d_forward(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = np.full(x.shape, 123.0), np.full(w.shape, 123.0), np.full(b.shape, 123.0)
+    kernel("conv2d_backward")(dx, dw, db, dout, cols, w, stride, padding)
+    for got, want in zip((dx, dw, db), ref.conv2d_backward(dout, x, w, stride, padding)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

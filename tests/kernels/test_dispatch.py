@@ -1,0 +1,273 @@
+"""The dispatch table (fastnet.kernels.KERNELS / kernel()) and a float32-purity check of
+every compiled CPU kernel."""
+import inspect
+import re
+import types
+
+import numba
+import numpy as np
+import pytest
+from numba import prange
+from numba.core import types as nbtypes
+from numba.core.registry import CPUDispatcher
+
+from fastnet.kernels import KERNELS, activations, conv, dense, dropout, kernel, losses, optim, pool
+
+MODULES = [activations, conv, dense, dropout, losses, optim, pool]
+
+
+def test_every_op_has_a_cpu_kernel():
+    """Every row of the table has a callable "cpu" entry, and kernel(op) returns it."""
+    assert KERNELS
+    for op, row in KERNELS.items():
+        assert "cpu" in row and callable(row["cpu"]), op
+        assert callable(kernel(op)) and callable(kernel(op, "cpu"))
+
+
+def test_every_backward_has_its_forward():
+    """An op named *_backward has a matching *_forward in the table."""
+    for op in KERNELS:
+        if op.endswith("_backward"):
+            assert op[: -len("_backward")] + "_forward" in KERNELS, op
+
+
+def test_table_rows_name_their_kernels():
+    """Each cpu entry is the module function of the same name (the table is literal)."""
+    for op, row in KERNELS.items():
+        fn = row["cpu"]
+        name = getattr(fn, "__name__", None) or fn.py_func.__name__
+        assert name == op, f"{op} -> {name}"
+
+
+def test_every_public_kernel_is_in_the_table():
+    """Public *_forward / *_backward / *_step functions of the kernel modules are all dispatched."""
+    table = {id(row["cpu"]) for row in KERNELS.values()}
+    for mod in MODULES:
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or not re.search(r"_(forward|backward|step)$", name):
+                continue
+            if getattr(obj, "__module__", None) != mod.__name__ and not isinstance(obj, CPUDispatcher):
+                continue
+            assert id(obj) in table, f"{mod.__name__}.{name} is not in KERNELS"
+
+
+def test_every_kernel_has_a_docstring():
+    """Each public kernel carries its (shape) docstring."""
+    for op, row in KERNELS.items():
+        fn = row["cpu"]
+        doc = getattr(fn, "py_func", fn).__doc__
+        assert doc and doc.strip(), op
+
+
+def test_each_backward_sits_below_its_forward():
+    """In each module the public X_backward is defined right after X_forward."""
+    for mod in MODULES:
+        public = []
+        for name, obj in vars(mod).items():
+            fn = getattr(obj, "py_func", obj)
+            if (not name.startswith("_") and isinstance(fn, types.FunctionType)
+                    and fn.__module__ == mod.__name__):
+                public.append((fn.__code__.co_firstlineno, name))
+        order = [name for _, name in sorted(public)]
+        for k, name in enumerate(order):
+            if name.endswith("_backward"):
+                fwd = name[: -len("_backward")] + "_forward"
+                assert k > 0 and order[k - 1] == fwd, f"{mod.__name__}: {name} follows {order[:k][-1:]}"
+
+
+def test_serialised_dispatch_wraps_and_returns(monkeypatch):
+    """Under Numba's workqueue layer kernel() hands out a locking wrapper (one per kernel)
+    that passes the arguments through and returns the kernel's result."""
+    from fastnet import _threads
+    monkeypatch.setattr(_threads, "_SERIALISE", True)
+    fn = kernel("mse_forward")
+    assert fn is not KERNELS["mse_forward"]["cpu"] and kernel("mse_forward") is fn
+    pred, target = np.array([1.0, 2.0]), np.array([0.0, 0.0])
+    grad = np.empty(2)
+    assert fn(grad, pred, target) == 2.5
+    np.testing.assert_array_equal(grad, [1.0, 2.0])
+
+
+def _params(fn):
+    return list(inspect.signature(getattr(fn, "py_func", fn)).parameters)
+
+
+def test_cuda_signatures_match_cpu():
+    """Where an op has a "cuda" entry, its parameters are the cpu kernel's."""
+    rows = [(op, row) for op, row in KERNELS.items() if "cuda" in row]
+    if not rows:
+        pytest.skip("no CUDA kernels registered")
+    for op, row in rows:
+        assert _params(row["cuda"]) == _params(row["cpu"]), op
+
+
+def test_unknown_op_or_device_raises():
+    """kernel() names what is missing: an unknown op or device is a RuntimeError."""
+    with pytest.raises(RuntimeError, match="no_such_op"):
+        kernel("no_such_op")
+    with pytest.raises(RuntimeError, match="tpu"):
+        kernel("relu_forward", "tpu")
+
+
+def test_device_object_is_accepted():
+    """kernel(op, device) takes anything whose str() is the device name (fastnet.Device)."""
+    class Dev:
+        def __str__(self):
+            return "cpu"
+
+    x = np.array([-1.0, 2.0])
+    out = np.empty_like(x)
+    kernel("relu_forward", Dev())(out, x)
+    np.testing.assert_array_equal(out, [0.0, 2.0])
+
+
+# --------------------------------------------------------------------------------------
+# float32 purity: no double-precision arithmetic in any float32 specialization
+
+# fpext (float -> double) and any double arithmetic or f64 math intrinsic. fptrunc
+# (double -> float) is allowed: it is how Python-float hyper-parameters are cast to the
+# array's dtype once, outside the loops.
+DOUBLE_OP = re.compile(r"\b(fpext|fadd|fsub|fmul|fdiv|frem|fcmp|fneg)\b[^\n]*\bdouble\b"
+                       r"|\bcall\b[^\n]*\bdouble\b[^\n]*@llvm\.[a-z.]+\.f64\b")
+
+
+def _double_ops(llvm_ir):
+    return [m.group(0).strip()[:160] for m in DOUBLE_OP.finditer(llvm_ir)]
+
+
+def _exercise_float32():
+    """Run every op of the table on small float32 inputs (all None variants included);
+    returns the ops that were run."""
+    f = np.float32
+    r = np.random.default_rng(0)
+    run = set()
+
+    def call(op, *args):
+        run.add(op)
+        return kernel(op)(*args)
+
+    def a(*shape):
+        return r.standard_normal(shape).astype(f)
+
+    x, w, b = a(4, 6), a(5, 6), a(5)
+    y = np.empty((4, 5), f)
+    for act in (None, "relu"):
+        for bias in (b, None):
+            call("dense_forward", y, x, w, bias, act)
+            for dx, db in ((np.empty_like(x), np.empty_like(b)), (None, None)):
+                call("dense_backward", dx, np.empty_like(w), db, a(4, 5), x, w, y, act)
+
+    xi, wc = a(2, 3, 6, 5), a(4, 3, 3, 2)
+    ks, st, pd = (3, 2), (2, 1), (1, 1)
+    oh, ow = (6 + 2 - 3) // 2 + 1, (5 + 2 - 2) // 1 + 1
+    cols = np.empty((3 * 3 * 2, 2 * oh * ow), f)
+    call("im2col", cols, xi, ks, st, pd)
+    call("col2im", np.empty_like(xi), cols, ks, st, pd)
+    out = np.empty((2, 4, oh, ow), f)
+    for bias in (a(4), None):
+        call("conv2d_forward", out, cols, xi, wc, bias, st, pd)
+    for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
+        call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), cols, wc, st, pd)
+
+    pooled = np.empty((2, 3, oh, ow), f)
+    argmax = np.empty(pooled.shape, np.int32)
+    call("max_pool2d_forward", pooled, argmax, xi, ks, st, pd)
+    call("max_pool2d_backward", np.empty_like(xi), a(*pooled.shape), argmax)
+    call("avg_pool2d_forward", pooled, xi, ks, st, pd)
+    call("avg_pool2d_backward", np.empty_like(xi), a(*pooled.shape), ks, st, pd)
+
+    z, g = a(3, 7), a(3, 7)
+    for name in ("relu", "sigmoid", "tanh", "softmax", "log_softmax"):
+        o = np.empty_like(z)
+        call(f"{name}_forward", o, z)
+        call(f"{name}_backward", np.empty_like(z), g, o)
+    call("leaky_relu_forward", np.empty_like(z), z, 0.1)
+    call("leaky_relu_backward", np.empty_like(z), g, z, 0.1)
+
+    labels = np.array([0, 6, 3])
+    for grad in (np.empty_like(z), None):
+        call("softmax_cross_entropy_forward", grad, z, labels)
+        call("mse_forward", grad, z, g)
+
+    mask = np.empty(z.shape, np.uint8)
+    call("dropout_forward", np.empty_like(z), mask, z, 0.5, 3)
+    call("dropout_backward", np.empty_like(z), g, mask, 0.5)
+
+    p = a(10)
+    for vel in (np.zeros(10, f), None):
+        call("sgd_step", p, vel, a(10), 0.1, 0.9 if vel is not None else 0.0, 0.01, True)
+    for decoupled in (False, True):
+        call("adam_step", p, np.zeros(10, f), np.zeros(10, f), a(10), 1e-3, 0.9, 0.999, 1e-8,
+             0.01, 1, decoupled)
+    call("accumulate", p, a(10))
+    return run
+
+
+def _is_float32_signature(sig):
+    return any(isinstance(t, nbtypes.Array) and t.dtype == nbtypes.float32 for t in sig)
+
+
+def _float32_llvm(disp, sig):
+    """Optimised LLVM IR of disp's specialization for sig. A specialization loaded from
+    Numba's on-disk cache has no IR (inspect_llvm returns a stub), so those are
+    recompiled into a fresh, uncached dispatcher with the same options."""
+    if disp.stats.cache_hits.get(sig, 0) == 0:
+        ir = disp.inspect_llvm(sig)
+        if "define " in ir:
+            return ir
+    options = {k: v for k, v in disp.targetoptions.items() if k not in ("cache", "nopython")}
+    fresh = numba.njit(**options)(disp.py_func)
+    fresh.compile(sig)
+    return fresh.inspect_llvm(sig)
+
+
+def _kernel_dispatchers():
+    seen = {}
+    for mod in MODULES:
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == mod.__name__:
+                seen[id(obj)] = (f"{mod.__name__}.{name}", obj)
+    return list(seen.values())
+
+
+def test_detector_flags_float64_promotion():
+    """Self-test of the purity check: x[i] * 0.1 on float32 computes in double (flagged);
+    x.dtype.type(0.1) keeps it float32 (not flagged). (x * 0.5 is exact in float32 and
+    LLVM legitimately folds it back, so 0.1 is the honest probe.)"""
+    def promoted(out, x):
+        for i in prange(x.size):
+            out[i] = x[i] * 0.1
+
+    def typed(out, x):
+        c = x.dtype.type(0.1)
+        for i in prange(x.size):
+            out[i] = x[i] * c if x[i] > 0 else x.dtype.type(0)
+
+    x = np.ones(16, np.float32)
+    opts = dict(parallel=True, fastmath=activations.FASTMATH, nogil=True)
+    for fn, want in ((promoted, True), (typed, False)):
+        d = numba.njit(**opts)(fn)
+        d(np.empty_like(x), x)
+        (sig,) = d.signatures
+        assert bool(_double_ops(_float32_llvm(d, sig))) == want, fn.__name__
+
+
+def test_float32_kernels_do_no_double_arithmetic():
+    """After running every kernel on float32 inputs, no float32 specialization of any
+    Numba kernel in fastnet.kernels contains double-precision arithmetic."""
+    run = _exercise_float32()
+    assert run == set(KERNELS), f"not exercised: {set(KERNELS) - run}"
+    offenders = {}
+    for name, disp in _kernel_dispatchers():
+        if disp.targetoptions.get("inline") == "always":
+            continue  # inlined into the kernels below, checked through them
+        sigs = [s for s in disp.signatures if _is_float32_signature(s)]
+        assert sigs, f"{name} was never compiled for float32"
+        for sig in sigs:
+            ir = _float32_llvm(disp, sig)
+            assert "define " in ir, f"{name}{sig}: no LLVM IR to inspect"
+            found = _double_ops(ir)
+            if found:
+                offenders[f"{name}{sig}"] = found[:3]
+    assert not offenders, "double-precision arithmetic in float32 kernels:\n" + "\n".join(
+        f"{k}:\n    " + "\n    ".join(v) for k, v in offenders.items())

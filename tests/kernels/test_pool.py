@@ -1,0 +1,191 @@
+"""Pooling kernels, NCHW: max_pool2d_forward(out, argmax, x, ks, stride, padding),
+max_pool2d_backward(dx, dout, argmax), avg_pool2d_forward(out, x, ks, stride, padding),
+avg_pool2d_backward(dx, dout, ks, stride, padding). PyTorch semantics."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastnet.kernels import kernel
+from tests import reference as ref
+from tests.gradcheck import check_backward
+
+# (x shape, kernel, stride, padding), padding <= kernel / 2 as PyTorch requires
+CASES = {
+    "2x2-s2": ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
+    "3x3-s2-p1-odd": ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),
+    "nonsquare-3x2-s1x2-p1x1": ((1, 2, 5, 6), (3, 2), (1, 2), (1, 1)),
+    "overlap-s1-p1x0": ((2, 2, 5, 5), (3, 3), (1, 1), (1, 0)),
+    "1x1": ((2, 2, 3, 4), (1, 1), (1, 1), (0, 0)),
+    "1x1-s2x3": ((2, 2, 5, 4), (1, 1), (2, 3), (0, 0)),
+    "kernel-is-input": ((3, 2, 4, 5), (4, 5), (1, 1), (0, 0)),
+    "kernel-is-input-padded": ((3, 2, 4, 5), (4, 5), (2, 3), (2, 2)),
+    "stride-over-kernel": ((2, 2, 11, 10), (2, 2), (3, 4), (1, 0)),
+    "large-batch9-c5": ((9, 5, 17, 15), (3, 2), (2, 1), (1, 1)),
+}
+IDS = list(CASES)
+
+
+def _out_shape(x_shape, ks, stride, padding):
+    n, c, h, w = x_shape
+    return (n, c, ref.conv_output_size(h, ks[0], stride[0], padding[0]),
+            ref.conv_output_size(w, ks[1], stride[1], padding[1]))
+
+
+def _max_forward(x, ks, stride, padding):
+    shape = _out_shape(x.shape, ks, stride, padding)
+    out = np.full(shape, 123.0, x.dtype)
+    argmax = np.full(shape, 12345, np.int32)
+    kernel("max_pool2d_forward")(out, argmax, x, ks, stride, padding)
+    return out, argmax
+
+
+def _max_backward(dout, argmax, x_shape, dtype):
+    dx = np.full(x_shape, 123.0, dtype)
+    kernel("max_pool2d_backward")(dx, dout, argmax)
+    return dx
+
+
+def _avg_forward(x, ks, stride, padding):
+    out = np.full(_out_shape(x.shape, ks, stride, padding), 123.0, x.dtype)
+    kernel("avg_pool2d_forward")(out, x, ks, stride, padding)
+    return out
+
+
+def _avg_backward(dout, x_shape, ks, stride, padding):
+    dx = np.full(x_shape, 123.0, dout.dtype)
+    kernel("avg_pool2d_backward")(dx, dout, ks, stride, padding)
+    return dx
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_max_forward_matches_reference(rng, dtype, case):
+    """Max values and argmax (flat ih*W + iw, int32) match the reference exactly."""
+    x_shape, ks, stride, padding = CASES[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    out, argmax = _max_forward(x, ks, stride, padding)
+    rout, rarg = ref.max_pool2d_forward(x, ks, stride, padding)
+    assert out.dtype == dtype and argmax.dtype == np.int32
+    np.testing.assert_array_equal(out, rout)
+    np.testing.assert_array_equal(argmax, rarg)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_max_backward_matches_reference(rng, dtype, close, case):
+    """Gradient routed to the argmax (summed where windows overlap); dx overwritten."""
+    x_shape, ks, stride, padding = CASES[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    out, argmax = _max_forward(x, ks, stride, padding)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = _max_backward(dout, argmax, x_shape, dtype)
+    close(dx, ref.max_pool2d_backward(dout, argmax, x_shape), scale=np.sqrt(np.prod(ks)))
+
+
+@pytest.mark.parametrize("case", ["3x3-s2-p1-odd", "overlap-s1-p1x0", "kernel-is-input-padded"])
+def test_max_backward_matches_finite_differences(rng, case):
+    """float64 central differences of max_pool2d_forward (distinct random values)."""
+    x_shape, ks, stride, padding = CASES[case]
+    x_shape = (1, 2) + x_shape[2:]
+
+    def backward(dout, x):
+        _, argmax = _max_forward(x, ks, stride, padding)
+        return (_max_backward(dout, argmax, x.shape, x.dtype),)
+
+    x = rng.permutation(np.prod(x_shape)).reshape(x_shape) * 0.01  # distinct: no ties
+    check_backward(lambda x: _max_forward(x, ks, stride, padding)[0], backward, [x], rng)
+
+
+def test_max_ties_go_to_first_index(rng, dtype):
+    """With heavy ties (values in {0, 1, 2}) argmax is the first maximum in row-major
+    window order, like PyTorch; an all-equal input picks each window's first in-image element."""
+    for case in ("overlap-s1-p1x0", "3x3-s2-p1-odd", "kernel-is-input-padded", "large-batch9-c5"):
+        x_shape, ks, stride, padding = CASES[case]
+        x = rng.integers(0, 3, x_shape).astype(dtype)
+        out, argmax = _max_forward(x, ks, stride, padding)
+        rout, rarg = ref.max_pool2d_forward(x, ks, stride, padding)
+        np.testing.assert_array_equal(out, rout, err_msg=case)
+        np.testing.assert_array_equal(argmax, rarg, err_msg=case)
+
+    x = np.full((1, 1, 4, 4), 7.0, dtype)
+    out, argmax = _max_forward(x, (3, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 7.0))
+    # windows start at (-1, -1), (-1, 1), (1, -1), (1, 1): first in-image elements
+    np.testing.assert_array_equal(argmax[0, 0], [[0, 1], [4, 5]])
+
+
+def test_max_padding_never_wins(dtype):
+    """All-negative (and all -inf) inputs: padding is -inf, not 0, so outputs come from the
+    image and argmax points inside the window."""
+    x = -np.arange(1, 1 + 2 * 3 * 5 * 4, dtype=dtype).reshape(2, 3, 5, 4) - 100
+    out, argmax = _max_forward(x, (3, 3), (2, 1), (1, 1))
+    assert np.all(out < -100)
+    rout, rarg = ref.max_pool2d_forward(x, (3, 3), (2, 1), (1, 1))
+    np.testing.assert_array_equal(out, rout)
+    np.testing.assert_array_equal(argmax, rarg)
+    # the gradient lands only on image elements that some window selected
+    dx = _max_backward(np.ones_like(out), argmax, x.shape, dtype)
+    assert dx.sum() == out.size
+
+    x = np.full((1, 1, 3, 3), -np.inf, dtype)
+    out, argmax = _max_forward(x, (2, 2), (2, 2), (1, 1))
+    assert np.all(out == -np.inf)
+    np.testing.assert_array_equal(argmax[0, 0], [[0, 1], [3, 4]])
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_avg_forward_matches_reference(rng, dtype, close, case):
+    """Average pooling with count_include_pad=True (divides by KH*KW)."""
+    x_shape, ks, stride, padding = CASES[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    close(_avg_forward(x, ks, stride, padding), ref.avg_pool2d_forward(x, ks, stride, padding))
+
+
+def test_avg_counts_padding():
+    """A padded corner window of ones averages to (in-image count) / (KH*KW)."""
+    x = np.ones((1, 1, 2, 2), np.float64)
+    out = _avg_forward(x, (2, 2), (2, 2), (1, 1))
+    np.testing.assert_allclose(out[0, 0], np.full((2, 2), 0.25))
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_avg_backward_matches_reference(rng, dtype, close, case):
+    """Average-pool gradient against the reference; dx pre-filled with garbage is overwritten."""
+    x_shape, ks, stride, padding = CASES[case]
+    dout = rng.standard_normal(_out_shape(x_shape, ks, stride, padding)).astype(dtype)
+    close(_avg_backward(dout, x_shape, ks, stride, padding),
+          ref.avg_pool2d_backward(dout, x_shape, ks, stride, padding))
+
+
+@pytest.mark.parametrize("case", ["3x3-s2-p1-odd", "nonsquare-3x2-s1x2-p1x1", "kernel-is-input-padded"])
+def test_avg_backward_matches_finite_differences(rng, case):
+    """float64 central differences of avg_pool2d_forward."""
+    x_shape, ks, stride, padding = CASES[case]
+    x = rng.standard_normal((1, 2) + x_shape[2:])
+    check_backward(lambda x: _avg_forward(x, ks, stride, padding),
+                   lambda dout, x: (_avg_backward(dout, x.shape, ks, stride, padding),), [x], rng)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       sh=st.integers(1, 4), sw=st.integers(1, 4), eh=st.integers(0, 6), ew=st.integers(0, 6),
+       data=st.data())
+def test_property_random_geometry(n, c, kh, kw, sh, sw, eh, ew, data):
+    """Any geometry with padding <= kernel/2 (float64): max and avg, forward and backward."""
+    ph = data.draw(st.integers(0, kh // 2))
+    pw = data.draw(st.integers(0, kw // 2))
+    seed = data.draw(st.integers(0, 2**16))
+    h, w = max(kh - 2 * ph, 1) + eh, max(kw - 2 * pw, 1) + ew
+    ks, stride, padding = (kh, kw), (sh, sw), (ph, pw)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, (n, c, h, w)).astype(np.float64)  # ties included
+    out, argmax = _max_forward(x, ks, stride, padding)
+    rout, rarg = ref.max_pool2d_forward(x, ks, stride, padding)
+    np.testing.assert_array_equal(out, rout)
+    np.testing.assert_array_equal(argmax, rarg)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(_max_backward(dout, argmax, x.shape, x.dtype),
+                               ref.max_pool2d_backward(dout, argmax, x.shape), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_avg_forward(x, ks, stride, padding),
+                               ref.avg_pool2d_forward(x, ks, stride, padding), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_avg_backward(dout, x.shape, ks, stride, padding),
+                               ref.avg_pool2d_backward(dout, x.shape, ks, stride, padding),
+                               rtol=1e-12, atol=1e-12)

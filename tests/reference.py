@@ -1,0 +1,376 @@
+"""Plain-NumPy reference of every fastnet kernel, for the tests.
+
+Written differently from the kernels on purpose: direct loops, np.einsum, np.pad and
+strided slicing, explicit Jacobians; no im2col, no Numba, no import of fastnet.
+Every function returns new arrays. Arithmetic is done in float64 and the results are
+cast back to the dtype of the first floating-point input only when returned.
+``kernel_size``, ``stride`` and ``padding`` are ints or (h, w) pairs.
+"""
+import numpy as np
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def _pair(v):
+    if np.isscalar(v):
+        return int(v), int(v)
+    h, w = v
+    return int(h), int(w)
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """PyTorch's floor convention."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+# --------------------------------------------------------------------------------------
+# activations: x (...) elementwise; softmax / log_softmax over the last axis of (N, C)
+
+def _sigmoid64(x):
+    # 0.5 * (1 + tanh(x / 2)) is exactly the logistic function and never overflows.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _act64(v, activation):
+    if activation is None:
+        return v
+    if activation == "relu":
+        return np.where(v > 0, v, 0.0)
+    if activation == "sigmoid":
+        return _sigmoid64(v)
+    if activation == "tanh":
+        return np.tanh(v)
+    raise ValueError(activation)
+
+
+def _act_grad64(y, activation):
+    """d act / d v as a function of the output y."""
+    if activation is None:
+        return np.ones_like(y)
+    if activation == "relu":
+        return (y > 0).astype(np.float64)
+    if activation == "sigmoid":
+        return y * (1.0 - y)
+    if activation == "tanh":
+        return 1.0 - y * y
+    raise ValueError(activation)
+
+
+def relu_forward(x):
+    return _act64(_f64(x), "relu").astype(x.dtype)
+
+
+def relu_backward(dout, out):
+    return (_f64(dout) * _act_grad64(_f64(out), "relu")).astype(dout.dtype)
+
+
+def leaky_relu_forward(x, negative_slope):
+    x64 = _f64(x)
+    return np.where(x64 > 0, x64, negative_slope * x64).astype(x.dtype)
+
+
+def leaky_relu_backward(dout, x, negative_slope):
+    slope = np.where(_f64(x) > 0, 1.0, negative_slope)
+    return (_f64(dout) * slope).astype(dout.dtype)
+
+
+def sigmoid_forward(x):
+    return _sigmoid64(_f64(x)).astype(x.dtype)
+
+
+def sigmoid_backward(dout, out):
+    return (_f64(dout) * _act_grad64(_f64(out), "sigmoid")).astype(dout.dtype)
+
+
+def tanh_forward(x):
+    return np.tanh(_f64(x)).astype(x.dtype)
+
+
+def tanh_backward(dout, out):
+    return (_f64(dout) * _act_grad64(_f64(out), "tanh")).astype(dout.dtype)
+
+
+def _log_softmax64(x):
+    # logaddexp.reduce is a stable log-sum-exp that does not subtract the max explicitly.
+    return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
+
+
+def log_softmax_forward(x):
+    return _log_softmax64(_f64(x)).astype(x.dtype)
+
+
+def softmax_forward(x):
+    return np.exp(_log_softmax64(_f64(x))).astype(x.dtype)
+
+
+def softmax_backward(dout, out):
+    """Through the explicit Jacobian J[n, i, j] = s_i (delta_ij - s_j): dx = J^T dout."""
+    s = _f64(out)
+    eye = np.eye(s.shape[1])
+    jac = np.einsum("ni,ij->nij", s, eye) - np.einsum("ni,nj->nij", s, s)
+    return np.einsum("nij,ni->nj", jac, _f64(dout)).astype(dout.dtype)
+
+
+def log_softmax_backward(dout, out):
+    """Through the explicit Jacobian J[n, i, j] = delta_ij - softmax_j: dx = J^T dout."""
+    s = np.exp(_f64(out))
+    eye = np.eye(s.shape[1])
+    jac = eye[None, :, :] - s[:, None, :]
+    return np.einsum("nij,ni->nj", jac, _f64(dout)).astype(dout.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# dense: x (N, IN), w (OUT, IN), b (OUT,) | None -> y (N, OUT) = act(x @ w.T + b)
+
+def dense_forward(x, w, b, activation=None):
+    v = np.einsum("ni,oi->no", _f64(x), _f64(w))
+    if b is not None:
+        v = v + _f64(b)[None, :]
+    return _act64(v, activation).astype(x.dtype)
+
+
+def dense_backward(dout, x, w, y, activation=None):
+    """-> (dx, dw, db)"""
+    g = _f64(dout) * _act_grad64(_f64(y), activation)
+    dx = np.einsum("no,oi->ni", g, _f64(w))
+    dw = np.einsum("no,ni->oi", g, _f64(x))
+    db = g.sum(axis=0)
+    t = dout.dtype
+    return dx.astype(t), dw.astype(t), db.astype(t)
+
+
+# --------------------------------------------------------------------------------------
+# conv2d, NCHW: x (N, C, H, W), w (O, C, KH, KW), b (O,) | None -> y (N, O, OH, OW)
+
+def _window(a, i, j, oh, ow, sh, sw):
+    """a[..., i + sh*r, j + sw*q] for r < oh, q < ow: the input seen by kernel offset (i, j)."""
+    return a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """Sum over kernel offsets (i, j) of einsum(x_shifted, w[:, :, i, j])."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(wd, kw, sw, pw)
+    xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    w64 = _f64(w)
+    y = np.zeros((n, o, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            y += np.einsum("nchw,oc->nohw", _window(xp, i, j, oh, ow, sh, sw), w64[:, :, i, j])
+    if b is not None:
+        y += _f64(b)[None, :, None, None]
+    return y.astype(x.dtype)
+
+
+def conv2d_backward(dout, x, w, stride, padding):
+    """-> (dx, dw, db)"""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    _, _, h, wd = x.shape
+    _, _, kh, kw = w.shape
+    _, _, oh, ow = dout.shape
+    xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    g, w64 = _f64(dout), _f64(w)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w64)
+    for i in range(kh):
+        for j in range(kw):
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", g, _window(xp, i, j, oh, ow, sh, sw))
+            _window(dxp, i, j, oh, ow, sh, sw)[...] += np.einsum("nohw,oc->nchw", g, w64[:, :, i, j])
+    dx = dxp[:, :, ph:ph + h, pw:pw + wd]
+    db = g.sum(axis=(0, 2, 3))
+    t = dout.dtype
+    return dx.astype(t), dw.astype(t), db.astype(t)
+
+
+def im2col(x, kernel_size, stride, padding):
+    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), row (c*KH + i)*KW + j, column
+    (n*OH + oh)*OW + ow; built element by element."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n_, c_, h, w = x.shape
+    oh_, ow_ = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    cols = np.zeros((c_ * kh * kw, n_ * oh_ * ow_))
+    for c in range(c_):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(n_):
+                    for oh in range(oh_):
+                        for ow in range(ow_):
+                            ih, iw = oh * sh - ph + i, ow * sw - pw + j
+                            if 0 <= ih < h and 0 <= iw < w:
+                                cols[row, (n * oh_ + oh) * ow_ + ow] = x[n, c, ih, iw]
+    return cols.astype(x.dtype)
+
+
+def col2im(cols, x_shape, kernel_size, stride, padding):
+    """cols (C*KH*KW, N*OH*OW) -> dx (N, C, H, W), the adjoint of im2col, element by element."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n_, c_, h, w = x_shape
+    oh_, ow_ = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    dx = np.zeros(x_shape)
+    for c in range(c_):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(n_):
+                    for oh in range(oh_):
+                        for ow in range(ow_):
+                            ih, iw = oh * sh - ph + i, ow * sw - pw + j
+                            if 0 <= ih < h and 0 <= iw < w:
+                                dx[n, c, ih, iw] += float(cols[row, (n * oh_ + oh) * ow_ + ow])
+    return dx.astype(cols.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# pooling, NCHW
+
+def max_pool2d_forward(x, kernel_size, stride, padding):
+    """-> (out (N, C, OH, OW), argmax int64 flat ih*W + iw). PyTorch semantics: padding is
+    -inf (never selected), ties go to the first element in row-major window order."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n, c, h, w = x.shape
+    oh_, ow_ = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    x64 = _f64(x)
+    out = np.empty((n, c, oh_, ow_))
+    argmax = np.empty((n, c, oh_, ow_), dtype=np.int64)
+    for oh in range(oh_):
+        for ow in range(ow_):
+            # in-image positions of the window, in row-major order
+            pos = [(ih, iw)
+                   for ih in range(oh * sh - ph, oh * sh - ph + kh)
+                   for iw in range(ow * sw - pw, ow * sw - pw + kw)
+                   if 0 <= ih < h and 0 <= iw < w]
+            vals = np.stack([x64[:, :, ih, iw] for ih, iw in pos], axis=-1)  # (N, C, K)
+            k = np.argmax(vals, axis=-1)  # first occurrence of the maximum
+            flat = np.array([ih * w + iw for ih, iw in pos])
+            out[:, :, oh, ow] = np.take_along_axis(vals, k[..., None], axis=-1)[..., 0]
+            argmax[:, :, oh, ow] = flat[k]
+    return out.astype(x.dtype), argmax
+
+
+def max_pool2d_backward(dout, argmax, x_shape):
+    """dout routed to the argmax positions, summed where windows share one."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n, c, h * w))
+    g = _f64(dout).reshape(n, c, -1)
+    a = np.asarray(argmax, dtype=np.int64).reshape(n, c, -1)
+    for ni in range(n):
+        for ci in range(c):
+            np.add.at(dx[ni, ci], a[ni, ci], g[ni, ci])
+    return dx.reshape(x_shape).astype(dout.dtype)
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding):
+    """count_include_pad=True: zero padding, divide by KH*KW everywhere."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n, c, h, w = x.shape
+    oh_, ow_ = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    s = np.zeros((n, c, oh_, ow_))
+    for i in range(kh):
+        for j in range(kw):
+            s += _window(xp, i, j, oh_, ow_, sh, sw)
+    return (s / (kh * kw)).astype(x.dtype)
+
+
+def avg_pool2d_backward(dout, x_shape, kernel_size, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n, c, h, w = x_shape
+    _, _, oh_, ow_ = dout.shape
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    g = _f64(dout) / (kh * kw)
+    for i in range(kh):
+        for j in range(kw):
+            _window(dxp, i, j, oh_, ow_, sh, sw)[...] += g
+    return dxp[:, :, ph:ph + h, pw:pw + w].astype(dout.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# losses, mean reduction: -> (loss as a Python float, gradient w.r.t. the input)
+
+def softmax_cross_entropy(logits, labels):
+    """loss = mean(-log_softmax(logits)[label]); dlogits = (softmax - onehot) / N"""
+    z = _f64(logits)
+    n, c = z.shape
+    labels = np.asarray(labels, dtype=np.int64)
+    logp = _log_softmax64(z)
+    loss = -logp[np.arange(n), labels].mean()
+    onehot = np.eye(c)[labels]
+    grad = (np.exp(logp) - onehot) / n
+    return float(loss), grad.astype(logits.dtype)
+
+
+def mse(pred, target):
+    """loss = mean((pred - target)^2); dpred = 2 (pred - target) / size"""
+    d = _f64(pred) - _f64(target)
+    return float(np.mean(d * d)), (2.0 * d / d.size).astype(pred.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# dropout (inverted)
+
+def dropout_mask(shape, p, seed):
+    """The documented mask: element i (flat) is kept when the top 24 bits of
+    SplitMix64's finaliser of seed + i * 0x9E3779B97F4A7C15 are >= p * 2^24."""
+    size = int(np.prod(shape))
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed % (1 << 64)) + np.arange(size, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    bits = z >> np.uint64(40)
+    return (bits.astype(np.float64) >= p * float(1 << 24)).astype(np.uint8).reshape(shape)
+
+
+def dropout_forward(x, mask, p):
+    """x * mask / (1 - p); all zeros for p == 1"""
+    if p >= 1:
+        return np.zeros_like(x)
+    return (_f64(x) * (_f64(mask) != 0) / (1.0 - p)).astype(x.dtype)
+
+
+def dropout_backward(dout, mask, p):
+    return dropout_forward(dout, mask, p)
+
+
+# --------------------------------------------------------------------------------------
+# optimizers, torch.optim semantics, one step: -> new arrays
+
+def sgd_step(param, velocity, grad, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """torch.optim.SGD with dampening 0. ``velocity`` is None before the first step
+    (PyTorch then sets buf = g). -> (param, velocity) (velocity None when momentum == 0)"""
+    p, g = _f64(param), _f64(grad)
+    g = g + weight_decay * p
+    buf = None
+    if momentum != 0:
+        buf = g.copy() if velocity is None else momentum * _f64(velocity) + g
+        g = g + momentum * buf if nesterov else buf
+    p = p - lr * g
+    t = param.dtype
+    return p.astype(t), (None if buf is None else buf.astype(t))
+
+
+def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    """torch.optim.Adam (L2 decay added to the gradient) or AdamW (decoupled=True:
+    p *= 1 - lr*wd). ``step`` is 1-based. -> (param, m, v)"""
+    p, g = _f64(param), _f64(grad)
+    if decoupled:
+        p = p * (1.0 - lr * weight_decay)
+    else:
+        g = g + weight_decay * p
+    m = beta1 * _f64(m) + (1.0 - beta1) * g
+    v = beta2 * _f64(v) + (1.0 - beta2) * g * g
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    p = p - (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
+    t = param.dtype
+    return p.astype(t), m.astype(t), v.astype(t)
+
+
+def accumulate(out, x):
+    """out + x (gradient accumulation)"""
+    return (_f64(out) + _f64(x)).astype(out.dtype)
