@@ -15,7 +15,8 @@ def _progress(total, desc, enabled):
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+            return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                        mininterval=0.2)
         except ImportError:
             pass
 
@@ -23,7 +24,7 @@ def _progress(total, desc, enabled):
         def update(self, n=1):
             pass
 
-        def set_postfix_str(self, s):
+        def set_postfix_str(self, s, refresh=True):
             pass
 
         def close(self):
@@ -86,8 +87,8 @@ def train(args) -> int:
             total_loss += loss * len(xb)
             correct += int((logits.argmax(axis=1) == yb).sum())
             seen += len(xb)
+            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)  # drawn by update()
             bar.update()
-            bar.set_postfix_str(f"loss {loss:.4f}")
         elapsed = time.perf_counter() - start
         bar.close()
         print(f"epoch {epoch:3d}/{args.epochs}  loss {total_loss / seen:.4f}  "

@@ -9,7 +9,7 @@ log_softmax) backward takes the forward output ``out`` rather than the input.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, cpu_parallel_kernel, cpu_parallel_kernel_ordered
+from ._jit import FASTMATH, parallel_kernel, parallel_kernel_ordered
 
 # Codes for the activations that other kernels fuse into their epilogues (dense).
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -43,13 +43,13 @@ def activation_grad(y, code):
     return one
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _activation_forward(out, x, code):
     for i in prange(x.size):
         out[i] = apply_activation(x[i], code)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _activation_backward(dx, dout, out, code):
     for i in prange(out.size):
         dx[i] = dout[i] * activation_grad(out[i], code)
@@ -65,7 +65,7 @@ def relu_backward(dx, dout, out):
     _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 1)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _leaky_relu_forward(out, x, negative_slope):
     slope = x.dtype.type(negative_slope)
     for i in prange(x.size):
@@ -73,7 +73,7 @@ def _leaky_relu_forward(out, x, negative_slope):
         out[i] = v if v > 0 else v * slope
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _leaky_relu_backward(dx, dout, x, negative_slope):
     slope = x.dtype.type(negative_slope)
     for i in prange(x.size):
@@ -112,7 +112,7 @@ def tanh_backward(dx, dout, out):
     _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 3)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def softmax_forward(out, x):
     """x (N, C) -> out (N, C), softmax over C"""
     n, c = x.shape
@@ -132,7 +132,7 @@ def softmax_forward(out, x):
             out[i, j] *= inv
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def softmax_backward(dx, dout, out):
     """dout (N, C), out (N, C) -> dx (N, C) = out * (dout - sum(dout * out))"""
     n, c = out.shape
@@ -162,7 +162,7 @@ def row_max_logsumexp(x, i):
     return m, np.log(s)
 
 
-@cpu_parallel_kernel_ordered
+@parallel_kernel_ordered
 def log_softmax_forward(out, x):
     """x (N, C) -> out (N, C) = x - logsumexp(x) over C"""
     n, c = x.shape
@@ -172,7 +172,7 @@ def log_softmax_forward(out, x):
             out[i, j] = (x[i, j] - m) - logsum
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def log_softmax_backward(dx, dout, out):
     """dout (N, C), out (N, C) -> dx (N, C) = dout - exp(out) * sum(dout)"""
     n, c = out.shape

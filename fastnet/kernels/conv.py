@@ -10,7 +10,7 @@ their outputs; pass ``None`` for an output that is not needed.
 import numpy as np
 from numba import prange
 
-from ._jit import cpu_parallel_kernel
+from ._jit import parallel_kernel
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -18,7 +18,7 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _im2col(cols, x, kh, kw, sh, sw, ph, pw):
     n_, c_, h, w = x.shape
     oh_, ow_ = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -47,7 +47,7 @@ def _im2col(cols, x, kh, kw, sh, sw, ph, pw):
                     cols[k, col + ow] = 0
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _col2im(dx, cols, kh, kw, sh, sw, ph, pw):
     # NOTE: parallel over (n, c) planes; each plane gathers from its own KH*KW rows of
     # cols, so overlapping windows add up with no race and no np.add.at.
@@ -83,7 +83,7 @@ def col2im(dx, cols, kernel_size, stride, padding):
     _col2im(dx, cols, *kernel_size, *stride, *padding)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _gemm_to_nchw(out, y, b):
     # y (O, N*P) -> out (N, O, P) + b
     n_, o_, p_ = out.shape
@@ -97,7 +97,7 @@ def _gemm_to_nchw(out, y, b):
             out[n, o, p] = v
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _nchw_to_gemm(y, db, dout):
     # dout (N, O, P) -> y (O, N*P) and db = sum over n, p: one pass, parallel over o.
     n_, o_, p_ = dout.shape

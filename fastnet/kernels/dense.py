@@ -8,13 +8,13 @@ output that is not needed (``dx`` of a first layer, ``db`` without bias).
 import numpy as np
 from numba import prange
 
-from ._jit import cpu_parallel_kernel
+from ._jit import parallel_kernel
 from .activations import ACTIVATIONS, activation_grad, apply_activation
 
 _COL_BLOCK = 64
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _bias_activation(out, b, code):
     n, m = out.shape
     for i in prange(n):
@@ -25,7 +25,7 @@ def _bias_activation(out, b, code):
             out[i, j] = apply_activation(v, code)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _activation_and_bias_grad(g, db, dout, y, code):
     # g = dout * act'(y) and db = sum over rows of g, in one pass.
     # NOTE: parallel over column blocks, each summing its rows in order: race-free and

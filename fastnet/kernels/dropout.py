@@ -9,7 +9,7 @@ overwrite their outputs.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import cpu_parallel_kernel
+from ._jit import parallel_kernel
 
 _U24 = 1 << 24
 
@@ -24,7 +24,7 @@ def keep_bits(seed, i):
     return z >> np.uint64(40)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _dropout_forward(out, mask, x, threshold, scale, seed):
     s = x.dtype.type(scale)
     for i in prange(x.size):
@@ -33,7 +33,7 @@ def _dropout_forward(out, mask, x, threshold, scale, seed):
         out[i] = x[i] * s if keep else x.dtype.type(0)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _dropout_backward(dx, dout, mask, scale):
     s = dout.dtype.type(scale)
     for i in prange(dout.size):

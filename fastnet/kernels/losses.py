@@ -10,13 +10,13 @@ depend on the thread count.
 import numpy as np
 from numba import prange
 
-from ._jit import cpu_parallel_kernel, cpu_parallel_kernel_ordered
+from ._jit import parallel_kernel, parallel_kernel_ordered
 from .activations import row_max_logsumexp
 
 _BLOCK = 4096
 
 
-@cpu_parallel_kernel_ordered
+@parallel_kernel_ordered
 def _softmax_cross_entropy(grad, row_loss, logits, labels):
     n, c = logits.shape
     inv_n = logits.dtype.type(1) / logits.dtype.type(n)
@@ -40,7 +40,7 @@ def softmax_cross_entropy_forward(grad, logits, labels):
     return float(row_loss.sum() / logits.shape[0])
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _mse(grad, partial, pred, target):
     size = pred.size
     scale = pred.dtype.type(2) / pred.dtype.type(size)

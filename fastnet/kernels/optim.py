@@ -13,10 +13,10 @@ import numpy as np
 
 from numba import prange
 
-from ._jit import cpu_parallel_kernel
+from ._jit import parallel_kernel
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _sgd(param, velocity, grad, lr, momentum, weight_decay, nesterov):
     t = param.dtype.type
     lr, mu, wd = t(lr), t(momentum), t(weight_decay)
@@ -35,7 +35,7 @@ def sgd_step(param, velocity, grad, lr, momentum, weight_decay, nesterov):
     _sgd(param.reshape(-1), v, grad.reshape(-1), lr, momentum, weight_decay, nesterov)
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _adam(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
           step_size, inv_sqrt_bc2):
     t = param.dtype.type
@@ -66,7 +66,7 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
           beta2, eps, weight_decay, decoupled, lr / bc1, 1.0 / math.sqrt(bc2))
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _accumulate(out, x):
     for i in prange(out.size):
         out[i] += x[i]

@@ -10,10 +10,10 @@ Backward kernels overwrite their outputs.
 import numpy as np
 from numba import prange
 
-from ._jit import cpu_parallel_kernel
+from ._jit import parallel_kernel
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _max_pool2d_forward(out, argmax, x, kh, kw, sh, sw, ph, pw):
     n_, c_, oh_, ow_ = out.shape
     h, w = x.shape[2], x.shape[3]
@@ -40,7 +40,7 @@ def _max_pool2d_forward(out, argmax, x, kh, kw, sh, sw, ph, pw):
                 argmax[n, c, oh, ow] = arg
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _max_pool2d_backward(dx, dout, argmax):
     n_, c_, oh_, ow_ = dout.shape
     w = dx.shape[3]
@@ -54,7 +54,7 @@ def _max_pool2d_backward(dx, dout, argmax):
                 dx[n, c, a // w, a % w] += dout[n, c, oh, ow]
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _avg_pool2d_forward(out, x, kh, kw, sh, sw, ph, pw):
     n_, c_, oh_, ow_ = out.shape
     h, w = x.shape[2], x.shape[3]
@@ -75,7 +75,7 @@ def _avg_pool2d_forward(out, x, kh, kw, sh, sw, ph, pw):
                 out[n, c, oh, ow] = s * inv
 
 
-@cpu_parallel_kernel
+@parallel_kernel
 def _avg_pool2d_backward(dx, dout, kh, kw, sh, sw, ph, pw):
     n_, c_, oh_, ow_ = dout.shape
     h, w = dx.shape[2], dx.shape[3]
