@@ -50,13 +50,19 @@ class Optimizer:
             buf = state[name] = device_of(p.data).zeros(p.shape, p.dtype)
         return buf
 
-    def _check_grad(self, i, p):
-        g = p.grad
-        if g.shape != p.shape or g.dtype != p.dtype:
-            raise ValueError(
-                f"{type(self).__name__}.step: parameter {i} has shape {p.shape} {p.dtype} but "
-                f"its grad is {tuple(g.shape)} {g.dtype}"
-            )
+    def _updates(self):
+        """(index, parameter, its step count) for each parameter with a gradient, counted."""
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                continue
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(
+                    f"{type(self).__name__}.step: parameter {i} has shape {p.shape} {p.dtype} "
+                    f"but its grad is {tuple(g.shape)} {g.dtype}"
+                )
+            self.param_steps[i] += 1
+            yield i, p, self.param_steps[i]
 
     def state_dict(self):
         """Step count and per-parameter buffers (NumPy copies), for checkpoints."""
@@ -92,11 +98,7 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def step(self):
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            self._check_grad(i, p)
-            self.param_steps[i] += 1
+        for i, p, _ in self._updates():
             velocity = self._buffer(i, "momentum_buffer") if self.momentum else None
             kernel("sgd_step", device_of(p.data))(p.data, velocity, p.grad, self.lr,
                                                   self.momentum, self.weight_decay, self.nesterov)
@@ -119,12 +121,7 @@ class Adam(Optimizer):
         self.weight_decay = _number(weight_decay, "weight_decay", name)
 
     def step(self):
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            self._check_grad(i, p)
-            self.param_steps[i] += 1
-            step = self.param_steps[i]
+        for i, p, step in self._updates():
             kernel("adam_step", device_of(p.data))(
                 p.data, self._buffer(i, "exp_avg"), self._buffer(i, "exp_avg_sq"), p.grad,
                 self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay, step,

@@ -8,9 +8,16 @@ KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
 Backward kernels overwrite their outputs.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._jit import parallel_kernel
+
+
+@njit(inline="always")
+def window(o, stride, pad, k, size):
+    """[start, stop) of output position o's window, clipped to the input."""
+    start = o * stride - pad
+    return max(start, 0), min(start + k, size)
 
 
 @parallel_kernel
@@ -21,11 +28,9 @@ def _max_pool2d_forward(out, argmax, x, kh, kw, sh, sw, ph, pw):
         n = nc // c_
         c = nc % c_
         for oh in range(oh_):
-            h0 = oh * sh - ph
-            i0, i1 = max(h0, 0), min(h0 + kh, h)
+            i0, i1 = window(oh, sh, ph, kh, h)
             for ow in range(ow_):
-                w0 = ow * sw - pw
-                j0, j1 = max(w0, 0), min(w0 + kw, w)
+                j0, j1 = window(ow, sw, pw, kw, w)
                 # NOTE: padding acts as -inf (PyTorch): only in-image elements compete, and
                 # a window always holds at least one (padding <= kernel / 2).
                 best = x.dtype.type(-np.inf)
@@ -63,11 +68,9 @@ def _avg_pool2d_forward(out, x, kh, kw, sh, sw, ph, pw):
         n = nc // c_
         c = nc % c_
         for oh in range(oh_):
-            h0 = oh * sh - ph
-            i0, i1 = max(h0, 0), min(h0 + kh, h)
+            i0, i1 = window(oh, sh, ph, kh, h)
             for ow in range(ow_):
-                w0 = ow * sw - pw
-                j0, j1 = max(w0, 0), min(w0 + kw, w)
+                j0, j1 = window(ow, sw, pw, kw, w)
                 s = x.dtype.type(0)
                 for i in range(i0, i1):
                     for j in range(j0, j1):
@@ -85,11 +88,9 @@ def _avg_pool2d_backward(dx, dout, kh, kw, sh, sw, ph, pw):
         c = nc % c_
         dx[n, c] = 0
         for oh in range(oh_):
-            h0 = oh * sh - ph
-            i0, i1 = max(h0, 0), min(h0 + kh, h)
+            i0, i1 = window(oh, sh, ph, kh, h)
             for ow in range(ow_):
-                w0 = ow * sw - pw
-                j0, j1 = max(w0, 0), min(w0 + kw, w)
+                j0, j1 = window(ow, sw, pw, kw, w)
                 g = dout[n, c, oh, ow] * inv
                 for i in range(i0, i1):
                     for j in range(j0, j1):

@@ -14,10 +14,15 @@ class _Elementwise(Module):
 
     op = ""
 
+    @staticmethod
+    def _view(a):
+        """How the kernel sees an array (any shape for elementwise kernels)."""
+        return a
+
     def forward(self, x):
         x = _check_any(self, x)
         out = self.device.empty(x.shape, x.dtype)
-        kernel(self.op + "_forward", self.device)(out, x)
+        kernel(self.op + "_forward", self.device)(self._view(out), self._view(x))
         if self.training:
             self._saved = out
         return out
@@ -26,7 +31,8 @@ class _Elementwise(Module):
         out = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out.shape, out.dtype)
         dx = self.device.empty(out.shape, out.dtype)
-        kernel(self.op + "_backward", self.device)(dx, grad_out, out)
+        kernel(self.op + "_backward", self.device)(self._view(dx), self._view(grad_out),
+                                                   self._view(out))
         return dx
 
 
@@ -58,23 +64,9 @@ class _LastAxis(_Elementwise):
     def config(self):
         return {"dim": self.dim}
 
-    def forward(self, x):
-        x = _check_any(self, x)
-        out = self.device.empty(x.shape, x.dtype)
-        kernel(self.op + "_forward", self.device)(out.reshape(-1, x.shape[-1]),
-                                                  x.reshape(-1, x.shape[-1]))
-        if self.training:
-            self._saved = out
-        return out
-
-    def backward(self, grad_out):
-        out = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
-        dx = self.device.empty(out.shape, out.dtype)
-        c = out.shape[-1]
-        kernel(self.op + "_backward", self.device)(dx.reshape(-1, c), grad_out.reshape(-1, c),
-                                                   out.reshape(-1, c))
-        return dx
+    @staticmethod
+    def _view(a):
+        return a.reshape(-1, a.shape[-1])  # the kernels work on (rows, C)
 
 
 class Softmax(_LastAxis):
