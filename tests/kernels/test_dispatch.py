@@ -17,6 +17,13 @@ from fastnet.kernels import KERNELS, activations, conv, dense, dropout, kernel, 
 MODULES = [activations, conv, dense, dropout, losses, optim, pool]
 
 
+@pytest.fixture(autouse=True)
+def kernel_build():
+    """Overrides the serial/parallel parametrisation of tests/kernels/conftest.py: these
+    tests look at the table and at both builds of every kernel themselves."""
+    return "both"
+
+
 def test_every_op_has_a_cpu_kernel():
     """Every row of the table has a callable "cpu" entry, and kernel(op) returns it."""
     assert KERNELS
