@@ -21,6 +21,8 @@ f32 = np.float32
 def _bench(benchmark, fn, flops=None, samples=None):
     fn()  # warm-up: JIT compile and caches stay out of the timing
     benchmark(fn)
+    if benchmark.stats is None:  # --benchmark-disable: run once as a test, no figures
+        return
     t = benchmark.stats.stats.median
     if flops:
         benchmark.extra_info["GFLOP/s"] = round(flops / t / 1e9, 2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -52,6 +53,12 @@ def train(args) -> int:
     from fastnet.models import MODELS
     from fastnet.optim import SGD, Adam
 
+    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        print(f"fastnet train: cannot save to {args.save}: its directory does not exist",
+              file=sys.stderr)
+        return 2
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
     fastnet.manual_seed(args.seed)
     try:
         x, y = load_digits()
@@ -102,32 +109,50 @@ def train(args) -> int:
     return 0
 
 
-def _positive_int(s):
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+DEFAULT_LR = {"sgd": 0.05, "adam": 5e-3}
 
 
-def _positive_float(s):
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
+def _int_at_least(lo):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {s}")
+        return v
+    return parse
+
+
+def _float(positive):
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise argparse.ArgumentTypeError(
+                f"must be a {'positive' if positive else 'non-negative'} finite number, got {s}")
+        return v
+    return parse
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fastnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model on the embedded handwritten digits")
-    t.add_argument("--model", choices=["lenet", "mlp"], default="lenet")
-    t.add_argument("--epochs", type=_positive_int, default=30)
-    t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--lr", type=_positive_float, default=0.05)
+    t.add_argument("--model", choices=["lenet", "mlp"], default="lenet",
+                   help="default: %(default)s")
+    t.add_argument("--epochs", type=_int_at_least(1), default=30, help="default: %(default)s")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="default: %(default)s")
+    t.add_argument("--lr", type=_float(positive=True), default=None,
+                   help="peak learning rate, decayed to 0 by a cosine schedule (default: "
+                        f"{DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                   help="sgd (momentum 0.9) or adam")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
-    t.add_argument("--seed", type=int, default=0)
+                   help="sgd (momentum 0.9) or adam (default: %(default)s)")
+    t.add_argument("--weight-decay", type=_float(positive=False), default=5e-4,
+                   help="L2 weight decay (default: %(default)s)")
+    t.add_argument("--seed", type=_int_at_least(0), default=0, help="default: %(default)s")
     t.add_argument("--save", metavar="PATH", help="write the trained model here (.npz)")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")

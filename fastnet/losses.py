@@ -1,8 +1,8 @@
 """Loss functions: ``loss = fn(pred, target)`` returns a float, ``fn.backward()`` returns
 d loss / d pred. Both use mean reduction, like PyTorch's defaults.
 
-Contract: inputs are finite. A NaN or inf in the predictions gives a NaN loss (it is not
-checked for on every call, which would cost a pass over the data).
+Contract: inputs are finite. A NaN or inf in the predictions gives a NaN or inf loss
+(it is not checked for on every call, which would cost a pass over the data).
 """
 import numpy as np
 

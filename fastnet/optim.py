@@ -7,9 +7,9 @@ import numbers
 
 import numpy as np
 
-from .device import device_of
+from .device import device_of, to_numpy
 from .kernels import kernel
-from .layers.module import Parameter
+from .layers.module import Module, Parameter
 
 
 def _number(value, name, owner, lo=0.0, hi=None, lo_open=False, hi_open=True):
@@ -25,14 +25,23 @@ def _number(value, name, owner, lo=0.0, hi=None, lo_open=False, hi_open=True):
 
 
 class Optimizer:
+    buffers = ()       # names of the per-parameter state arrays
+    hyperparameters = ()  # attributes saved by state_dict
+
     def __init__(self, params):
+        name = type(self).__name__
+        if isinstance(params, Module):
+            raise TypeError(f"{name}: expected parameters, got a {type(params).__name__} "
+                            "module; pass model.parameters()")
         params = list(params)
         if not params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+            raise ValueError(f"{name}: got an empty parameter list")
         for i, p in enumerate(params):
             if not isinstance(p, Parameter):
-                raise TypeError(f"{type(self).__name__}: parameter {i} is not a fastnet "
+                raise TypeError(f"{name}: parameter {i} is not a fastnet "
                                 f"Parameter but {type(p).__name__}; pass model.parameters()")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{name}: a parameter appears more than once")
         self.params = params
         self.state = [dict() for _ in params]  # per parameter: name -> buffer
         self.param_steps = [0] * len(params)  # updates each parameter has had (PyTorch's "step")
@@ -42,12 +51,14 @@ class Optimizer:
             p.grad = None
 
     def _buffer(self, i, name):
-        """A zero-initialised state array for parameter i, on its device."""
-        state = self.state[i]
+        """State array ``name`` of parameter i: zeros at first, then kept; converted (not
+        reset) when the model changed dtype or device since."""
         p = self.params[i]
-        buf = state.get(name)
-        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
-            buf = state[name] = device_of(p.data).zeros(p.shape, p.dtype)
+        buf = self.state[i].get(name)
+        if buf is None:
+            buf = self.state[i][name] = device_of(p.data).zeros(p.shape, p.dtype)
+        elif buf.dtype != p.dtype or device_of(buf) != device_of(p.data):
+            buf = self.state[i][name] = device_of(p.data).asarray(buf, dtype=p.dtype)
         return buf
 
     def _updates(self):
@@ -56,37 +67,48 @@ class Optimizer:
             g = p.grad
             if g is None:
                 continue
-            if g.shape != p.shape or g.dtype != p.dtype:
-                raise ValueError(
-                    f"{type(self).__name__}.step: parameter {i} has shape {p.shape} {p.dtype} "
-                    f"but its grad is {tuple(g.shape)} {g.dtype}"
-                )
             self.param_steps[i] += 1
             yield i, p, self.param_steps[i]
 
     def state_dict(self):
-        """Step count and per-parameter buffers (NumPy copies), for checkpoints."""
-        return {"param_steps": list(self.param_steps),
-                "state": [{k: np.asarray(v).copy() for k, v in s.items()} for s in self.state]}
+        """Hyper-parameters, step counts and per-parameter buffers (NumPy copies)."""
+        return {"type": type(self).__name__,
+                "hyperparameters": {k: getattr(self, k) for k in self.hyperparameters},
+                "param_steps": list(self.param_steps),
+                "state": [{k: to_numpy(v).copy() for k, v in s.items()} for s in self.state]}
 
     def load_state_dict(self, state):
-        if len(state["state"]) != len(self.params):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state for "
-                             f"{len(state['state'])} parameters, optimizer has {len(self.params)}")
+        """Restore what ``state_dict`` returned, for the same parameters in the same order."""
+        name = type(self).__name__
+        if state.get("type", name) != name:
+            raise ValueError(f"{name}.load_state_dict: the state is a {state['type']}'s")
+        if len(state["state"]) != len(self.params) or len(state["param_steps"]) != len(self.params):
+            raise ValueError(f"{name}.load_state_dict: state for {len(state['state'])} "
+                             f"parameters, the optimizer has {len(self.params)}")
         new = []
-        for p, s in zip(self.params, state["state"]):
+        for i, (p, s) in enumerate(zip(self.params, state["state"])):
+            unknown = set(s) - set(self.buffers)
+            if unknown:
+                raise ValueError(f"{name}.load_state_dict: unknown buffers {sorted(unknown)} "
+                                 f"for parameter {i}; {name} keeps {list(self.buffers)}")
             for k, v in s.items():
                 if np.shape(v) != p.shape:
-                    raise ValueError(f"{type(self).__name__}.load_state_dict: buffer {k!r} has "
-                                     f"shape {np.shape(v)}, parameter has {p.shape}")
+                    raise ValueError(f"{name}.load_state_dict: buffer {k!r} of parameter {i} "
+                                     f"has shape {np.shape(v)}, the parameter {p.shape}")
             dev = device_of(p.data)
             new.append({k: dev.asarray(v, dtype=p.dtype).copy() for k, v in s.items()})
         self.state = new
         self.param_steps = [int(n) for n in state["param_steps"]]
+        for k, v in state.get("hyperparameters", {}).items():
+            if k in self.hyperparameters:
+                setattr(self, k, tuple(v) if isinstance(v, list) else v)
 
 
 class SGD(Optimizer):
     """SGD with optional momentum, Nesterov momentum and L2 weight decay."""
+
+    buffers = ("momentum_buffer",)
+    hyperparameters = ("lr", "momentum", "weight_decay", "nesterov")
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params)
@@ -108,6 +130,8 @@ class Adam(Optimizer):
     """Adam (bias-corrected) with L2 weight decay added to the gradient."""
 
     decoupled = False
+    buffers = ("exp_avg", "exp_avg_sq")
+    hyperparameters = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params)

@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 
+from . import _rng
 from . import layers as _layers
 from .layers.module import Module
 
@@ -39,10 +40,20 @@ def _describe(module: Module) -> dict:
 def _build(desc: dict) -> Module:
     cls = _REGISTRY.get(desc.get("type"))
     if cls is None:
-        raise ValueError(f"fastnet.load: unknown layer type {desc.get('type')!r}")
+        raise ValueError(f"unknown layer type {desc.get('type')!r}")
     if cls is _layers.Sequential:
         return cls(*[_build(d) for d in desc["layers"]])
     return cls(**desc.get("config", {}))
+
+
+def _file_mode(path):
+    """The permission bits of the file being replaced, else the umask's default."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save(model: Module, path) -> None:
@@ -55,12 +66,15 @@ def save(model: Module, path) -> None:
             "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"}
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"fastnet.save: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{_META: np.array(json.dumps(meta))}, **state)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -93,7 +107,12 @@ def load(path) -> Module:
     if meta.get("version") != VERSION:
         raise ValueError(f"fastnet.load: {path} has format version {meta.get('version')}; "
                          f"this fastnet reads version {VERSION}")
-    model = _build(meta["model"])
-    model.to(np.dtype(meta.get("dtype", "float32")))
-    model.load_state_dict(state)
+    try:
+        with _rng.preserved():  # loading a model must not shift the user's random stream
+            model = _build(meta["model"])
+        model.to(np.dtype(meta.get("dtype", "float32")))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"fastnet.load: {path} does not describe a model this fastnet can "
+                         f"rebuild: {e}") from e
     return model

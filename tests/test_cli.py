@@ -65,7 +65,7 @@ def test_bad_options_exit_with_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--epochs", "0"])
     assert e.value.code == 2
-    assert "must be a positive integer" in capsys.readouterr().err
+    assert "must be an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", "resnet"])
 
@@ -86,3 +86,31 @@ def test_missing_data_package_gives_install_hint(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails
     assert main(["train", "--epochs", "1", "--no-progress"]) == 2
     assert 'pip install "fastnet[train]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], "must be a positive finite number, got inf"),
+    (["--lr", "0"], "must be a positive finite number, got 0"),
+    (["--weight-decay", "-1"], "must be a non-negative finite number, got -1"),
+    (["--seed", "-1"], "must be an integer >= 0, got -1"),
+    (["--batch-size", "x"], "expected an integer, got 'x'"),
+])
+def test_bad_numbers_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_save_path_is_refused_before_training(tmp_path, capsys):
+    assert main(["train", "--save", str(tmp_path / "missing" / "m.npz"), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "its directory does not exist" in captured.err
+    assert "epoch" not in captured.out
+
+
+def test_adam_uses_its_own_default_learning_rate(capsys):
+    assert main(["train", "--optimizer", "adam", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "adam lr=0.005" in out
+    assert float(re.search(r"test accuracy: ([\d.]+)%", out).group(1)) >= 95.0

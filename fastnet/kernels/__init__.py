@@ -48,7 +48,7 @@ def kernel(op, device="cpu"):
         fn = KERNELS[op][str(device)]
     except KeyError:
         raise RuntimeError(f"fastnet has no {device} kernel for {op!r}") from None
-    _threads.configure()
+    _threads.start()
     if not _threads._SERIALISE:
         return fn
     # workqueue threading layer: one kernel at a time (see fastnet._threads)

@@ -3,7 +3,7 @@
 ``kernel_size``, ``stride`` and ``padding`` are (h, w) pairs, output sizes follow
 PyTorch's floor convention. Max pooling treats padding as -inf and records the argmax
 as the flat index ih*W + iw within the input plane (PyTorch's ``return_indices``);
-ties go to the first element in row-major window order. Average pooling divides by
+ties go to the first element in row-major window order; NaN propagates, as in PyTorch. Average pooling divides by
 KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
 Backward kernels overwrite their outputs.
 """
@@ -38,7 +38,8 @@ def _max_pool2d_forward(out, argmax, x, kh, kw, sh, sw, ph, pw):
                 for i in range(i0, i1):
                     for j in range(j0, j1):
                         v = x[n, c, i, j]
-                        if v > best or arg < 0:  # strict: ties keep the first index
+                        # strict >: ties keep the first index; a NaN wins (PyTorch)
+                        if v > best or arg < 0 or v != v:
                             best = v
                             arg = i * w + j
                 out[n, c, oh, ow] = best

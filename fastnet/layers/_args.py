@@ -1,17 +1,38 @@
-"""Argument checks shared by the layer constructors."""
+"""Argument checks shared by the layer constructors (NumPy scalars welcome)."""
+import numbers
+
+
+def is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def positive_int(value, name, owner):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value):
+        raise TypeError(f"{owner}: {name} must be a positive int, got {value!r}")
+    if value < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
+
+
+def real(value, name, owner, lo=None, hi=None):
+    """A real number (int, float, NumPy scalar) within [lo, hi] -> float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+    v = float(value)
+    if v != v or abs(v) == float("inf") or (lo is not None and v < lo) or (hi is not None and v > hi):
+        where = "a finite number" if lo is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{owner}: {name} must be {where}, got {value!r}")
+    return v
 
 
 def pair(value, name, owner, minimum):
     """An int or a pair of ints -> (h, w), each >= minimum."""
-    v = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(v, (tuple, list)) or len(v) != 2
-            or any(isinstance(e, bool) or not isinstance(e, int) or e < minimum for e in v)):
+    v = (value, value) if is_int(value) else value
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(is_int(e) for e in v):
+        raise TypeError(
+            f"{owner}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}"
+        )
+    if any(e < minimum for e in v):
         raise ValueError(
             f"{owner}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}"
         )

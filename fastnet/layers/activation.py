@@ -1,4 +1,5 @@
 from ..kernels import kernel
+from ._args import real
 from .module import Module, check_grad, check_input
 
 
@@ -83,9 +84,7 @@ class LeakyReLU(Module):
     """x if x > 0 else negative_slope * x"""
 
     def __init__(self, negative_slope=0.01):
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-            raise TypeError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = real(negative_slope, "negative_slope", "LeakyReLU")
 
     def config(self):
         return {"negative_slope": self.negative_slope}

@@ -1,3 +1,5 @@
+import math
+
 from .module import Module, check_grad, check_input
 
 
@@ -9,13 +11,13 @@ class Flatten(Module):
             check_input(self, x, (None, None))
         x = check_input(self, x, (None,) * x.ndim)
         if self.training:
-            self._saved = x
+            self._saved = (x.shape, x.dtype)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out):
-        x = self._saved_for_backward()
-        flat = (x.shape[0], x.size // x.shape[0])
-        return check_grad(self, grad_out, flat, x.dtype).reshape(x.shape)
+        shape, dtype = self._saved_for_backward()
+        flat = (shape[0], math.prod(shape[1:]))
+        return check_grad(self, grad_out, flat, dtype).reshape(shape)
 
 
 class Sequential(Module):
@@ -57,5 +59,6 @@ class Sequential(Module):
         return grad_out
 
     def __repr__(self):
-        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ")
+                        for i, layer in enumerate(self.layers))
         return f"Sequential({inner}\n)"

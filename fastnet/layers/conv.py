@@ -40,13 +40,13 @@ class Conv2D(Module):
         b = None if self.bias is None else self.bias.data
         kernel("conv2d_forward", self.device)(out, cols, x, w, b, self.stride, self.padding)
         if self.training:
-            self._saved = (x.shape, cols, out)
+            self._saved = (x.shape, cols, out.shape)
         return out
 
     def backward(self, grad_out):
-        x_shape, cols, out = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
-        dx = self.device.empty(x_shape, out.dtype)
+        x_shape, cols, out_shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out_shape, cols.dtype)
+        dx = self.device.empty(x_shape, cols.dtype)
         dw = self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)
         kernel("conv2d_backward", self.device)(dx, dw, db, grad_out, cols, self.weight.data,

@@ -35,13 +35,13 @@ class Dense(Module):
         out = self.device.empty((x.shape[0], self.out_features), w.dtype)
         b = None if self.bias is None else self.bias.data
         kernel("dense_forward", self.device)(out, x, w, b, self.activation)
-        if self.training:
-            self._saved = (x, out)
+        if self.training:  # the output only matters to backward through an activation
+            self._saved = (x, out if self.activation else None, out.shape)
         return out
 
     def backward(self, grad_out):
-        x, out = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        x, out, out_shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out_shape, x.dtype)
         dx = self.device.empty(x.shape, x.dtype)
         dw = self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)

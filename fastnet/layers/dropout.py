@@ -2,6 +2,7 @@ import numpy as np
 
 from .. import _rng
 from ..kernels import kernel
+from ._args import real
 from .activation import _check_any
 from .module import Module, check_grad
 
@@ -15,9 +16,7 @@ class Dropout(Module):
     """
 
     def __init__(self, p=0.5):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = real(p, "p", "Dropout", 0.0, 1.0)
         self.seed = _rng.new_seed()
         self.calls = 0
 
@@ -30,17 +29,17 @@ class Dropout(Module):
             return x
         out = self.device.empty(x.shape, x.dtype)
         mask = self.device.empty(x.shape, np.uint8)
-        seed = (self.seed + self.calls * 0x9E3779B97F4A7C15) % (1 << 64)
+        seed = _rng.derive_seed(self.seed, self.calls)
         self.calls += 1
         kernel("dropout_forward", self.device)(out, mask, x, self.p, seed)
-        self._saved = (mask, out)
+        self._saved = (mask, x.dtype)
         return out
 
     def backward(self, grad_out):
         if not self.training or self.p == 0:
             return grad_out
-        mask, out = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
-        dx = self.device.empty(out.shape, out.dtype)
+        mask, dtype = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, mask.shape, dtype)
+        dx = self.device.empty(mask.shape, dtype)
         kernel("dropout_backward", self.device)(dx, grad_out, mask, self.p)
         return dx

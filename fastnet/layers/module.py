@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..device import CPU, Device, to_numpy
+from ..device import CPU, Device, device_of, to_numpy
 from ..kernels import kernel
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -15,41 +15,64 @@ class Parameter:
     """A trainable array: ``.data`` and ``.grad`` (None until a backward writes it).
 
     ``zero_grad()`` sets ``.grad`` to None, as PyTorch does by default; the next backward
-    then writes the gradient straight into a buffer kept from step to step (no
-    allocation, no add), and any further backward before the next ``zero_grad()``
-    accumulates into it.
+    writes a new gradient array, and any further backward before the next ``zero_grad()``
+    accumulates into it. Assigning ``.data`` or ``.grad`` keeps the shape fixed and
+    stores a C-contiguous float array (a transposed view is copied), because kernels
+    index the raw buffer.
     """
 
-    __slots__ = ("data", "grad", "_buffer")
+    __slots__ = ("_data", "_grad")
 
     def __init__(self, data):
+        self._data = None
+        self._grad = None
         self.data = data
-        self.grad = None
-        self._buffer = None
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = self._checked(value, "data")
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = None if value is None else self._checked(value, "grad")
+
+    def _checked(self, value, what):
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"Parameter.{what}: expected a numpy.ndarray, got {type(value).__name__}")
+        if value.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"Parameter.{what}: expected float32 or float64, got {value.dtype}")
+        if self._data is not None and value.shape != self._data.shape:
+            raise ValueError(f"Parameter.{what}: expected shape {self._data.shape}, got {value.shape}")
+        if what == "grad" and value.dtype != self._data.dtype:
+            raise TypeError(f"Parameter.grad: expected {self._data.dtype} (the data's dtype), got {value.dtype}")
+        return np.ascontiguousarray(value)
 
     @property
     def shape(self):
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     def grad_slot(self, device):
-        """The array a backward kernel should overwrite with this parameter's gradient."""
-        if self.grad is None:
-            buf = self._buffer
-            if buf is None or buf.shape != self.data.shape or buf.dtype != self.data.dtype:
-                buf = self._buffer = device.empty(self.data.shape, self.data.dtype)
-            return buf
-        return device.empty(self.data.shape, self.data.dtype)
+        """A new array for a backward kernel to overwrite with this parameter's gradient."""
+        return device.empty(self._data.shape, self._data.dtype)
 
     def grad_done(self, slot, device):
         """Record the gradient a kernel wrote into ``slot`` (from ``grad_slot``)."""
-        if self.grad is None:
-            self.grad = slot
+        if self._grad is None:
+            self._grad = slot
         else:
-            kernel("accumulate", device)(self.grad, slot)
+            kernel("accumulate", device)(self._grad, slot)
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
@@ -132,12 +155,23 @@ class Module:
     def children(self):
         return [m for _, m in self.named_children()]
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """(name, Parameter) pairs; a Parameter shared by several layers comes once,
+        under its first name, unless ``remove_duplicate`` is False (as in PyTorch)."""
+        seen = set()
+        for name, p in self._walk_parameters(prefix):
+            if remove_duplicate:
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+            yield name, p
+
+    def _walk_parameters(self, prefix):
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value
         for name, child in self.named_children():
-            yield from child.named_parameters(prefix + name + ".")
+            yield from child._walk_parameters(prefix + name + ".")
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -163,7 +197,9 @@ class Module:
         if saved is None:
             raise RuntimeError(
                 f"{self!r}.backward: no forward pass to differentiate; call forward in "
-                "training mode (model.train()) before backward, once per forward"
+                "training mode (model.train()) before backward, once per forward (a layer "
+                "object used twice in one model keeps only its last forward: use two layers, "
+                "or share their Parameters)"
             )
         self._saved = None
         return saved
@@ -181,32 +217,34 @@ class Module:
         if isinstance(target, (str, Device)):
             device = Device(target)
             for m in self.modules():
-                m.device = device
-                m._clear_cache()
+                if m.device != device:
+                    m.device = device
+                    m._clear_cache()
             for p in self.parameters():
-                p.data = device.asarray(p.data)
-                p.grad = None
-                p._buffer = None
+                if device_of(p.data) != device:
+                    p.grad = None
+                    p.data = device.asarray(p.data)
             return self
         dtype = _float_dtype(target, type(self).__name__)
-        for m in self.modules():
-            m._clear_cache()
         for p in self.parameters():
-            p.data = self.device.asarray(p.data, dtype=dtype)
-            p.grad = None
-            p._buffer = None
+            if p.dtype != dtype:
+                p.grad = None
+                p.data = self.device.asarray(p.data, dtype=dtype)
+                for m in self.modules():
+                    m._clear_cache()
         return self
 
     # ---- state ----------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Parameter name -> a NumPy copy of its data, with PyTorch's keys."""
-        return OrderedDict((k, to_numpy(p.data).copy()) for k, p in self.named_parameters())
+        return OrderedDict((k, to_numpy(p.data).copy())
+                           for k, p in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy arrays (NumPy, or anything np.asarray takes: PyTorch CPU tensors, ...)
         into the parameters. Shapes must match; values are converted to the model's
         dtype. With ``strict`` the keys must match exactly."""
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
@@ -227,12 +265,12 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: {k!r} has shape {a.shape}, "
                     f"the model expects {p.shape}"
                 )
-            if not np.issubdtype(a.dtype, np.number):
-                raise TypeError(f"{type(self).__name__}.load_state_dict: {k!r} is not numeric ({a.dtype})")
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {k!r} holds {a.dtype}, "
+                                "expected real numbers")
             arrays[k] = a
         for k, a in arrays.items():  # all checked first: a failed load changes nothing
-            p = own[k]
-            p.data = self.device.asarray(a, dtype=p.dtype).copy()
+            own[k].data[...] = a  # in place, like PyTorch: references to .data stay valid
         return self
 
     def __repr__(self):

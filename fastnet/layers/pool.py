@@ -36,13 +36,13 @@ class MaxPool2D(_Pool2D):
         kernel("max_pool2d_forward", self.device)(out, argmax, x, self.kernel_size,
                                                   self.stride, self.padding)
         if self.training:
-            self._saved = (x.shape, argmax, out)
+            self._saved = (x.shape, x.dtype, argmax)
         return out
 
     def backward(self, grad_out):
-        x_shape, argmax, out = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
-        dx = self.device.empty(x_shape, out.dtype)
+        x_shape, dtype, argmax = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, argmax.shape, dtype)
+        dx = self.device.empty(x_shape, dtype)
         kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax)
         return dx
 
@@ -56,13 +56,13 @@ class AvgPool2D(_Pool2D):
         kernel("avg_pool2d_forward", self.device)(out, x, self.kernel_size, self.stride,
                                                   self.padding)
         if self.training:
-            self._saved = (x.shape, out)
+            self._saved = (x.shape, x.dtype, out.shape)
         return out
 
     def backward(self, grad_out):
-        x_shape, out = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out.shape, out.dtype)
-        dx = self.device.empty(x_shape, out.dtype)
+        x_shape, dtype, out_shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out_shape, dtype)
+        dx = self.device.empty(x_shape, dtype)
         kernel("avg_pool2d_backward", self.device)(dx, grad_out, self.kernel_size,
                                                    self.stride, self.padding)
         return dx

@@ -189,3 +189,14 @@ def test_property_random_geometry(n, c, kh, kw, sh, sw, eh, ew, data):
     np.testing.assert_allclose(_avg_backward(dout, x.shape, ks, stride, padding),
                                ref.avg_pool2d_backward(dout, x.shape, ks, stride, padding),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_propagates_nan_wherever_it_sits():
+    """A NaN anywhere in a window gives NaN, as in PyTorch (not only in first position)."""
+    for pos in range(4):
+        x = np.array([1.0, 2.0, 3.0, 0.5], np.float32)
+        x[pos] = np.nan
+        out = np.empty((1, 1, 1, 1), np.float32)
+        argmax = np.empty((1, 1, 1, 1), np.int32)
+        kernel("max_pool2d_forward")(out, argmax, x.reshape(1, 1, 2, 2), (2, 2), (2, 2), (0, 0))
+        assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == pos, pos

@@ -48,7 +48,7 @@ def test_bad_input_is_rejected_with_a_clear_message(layer, x, error, pattern):
     (lambda: Conv2D(3, 4, 3, padding=-1), r"padding must be an int or a pair of ints >= 0"),
     (lambda: Conv2D(3, 4, (3, 3, 3)), r"kernel_size"),
     (lambda: MaxPool2D(2, padding=2), r"padding must be at most half the kernel size"),
-    (lambda: Dropout(1.5), r"Dropout: p must be a probability in \[0, 1\], got 1.5"),
+    (lambda: Dropout(1.5), r"Dropout: p must be in \[0.0, 1.0\], got 1.5"),
     (lambda: LeakyReLU("a"), r"negative_slope must be a number"),
     (lambda: Softmax(dim=0), r"only dim=-1"),
     (lambda: Sequential(Dense(2, 2), "relu"), r"argument 1 is not a fastnet layer"),
