@@ -114,3 +114,12 @@ def test_adam_uses_its_own_default_learning_rate(capsys):
     out = capsys.readouterr().out
     assert "adam lr=0.005" in out
     assert float(re.search(r"test accuracy: ([\d.]+)%", out).group(1)) >= 95.0
+
+
+def test_training_is_deterministic_for_a_seed(capsys):
+    runs = []
+    for _ in range(2):
+        assert main(["train", "--epochs", "3", "--seed", "5", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        runs.append(re.sub(r"\d+ samples/s", "", out))  # all but the timing
+    assert runs[0] == runs[1]
