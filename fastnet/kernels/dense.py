@@ -1,8 +1,8 @@
 """Dense (fully connected) kernels (CPU): y = act(x @ w.T + b).
 
 The contraction goes through NumPy's BLAS (the fastest correct GEMM on the CPU);
-bias, activation and their gradients run as fused Numba passes over the GEMM output,
-with no temporaries. Backward kernels overwrite their outputs; pass ``None`` for an
+bias, activation and their gradients run as fused Numba passes over the GEMM output
+(backward through an activation needs one (N, OUT) temporary for dout * act'(y)). Backward kernels overwrite their outputs; pass ``None`` for an
 output that is not needed (``dx`` of a first layer, ``db`` without bias).
 """
 import numpy as np

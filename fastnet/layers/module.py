@@ -226,12 +226,13 @@ class Module:
                     p.data = device.asarray(p.data)
             return self
         dtype = _float_dtype(target, type(self).__name__)
-        for p in self.parameters():
-            if p.dtype != dtype:
-                p.grad = None
-                p.data = self.device.asarray(p.data, dtype=dtype)
-                for m in self.modules():
-                    m._clear_cache()
+        changed = [p for p in self.parameters() if p.dtype != dtype]
+        for p in changed:
+            p.grad = None
+            p.data = self.device.asarray(p.data, dtype=dtype)
+        if changed:  # what forward kept has the old dtype
+            for m in self.modules():
+                m._clear_cache()
         return self
 
     # ---- state ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastnet
-from fastnet.layers import Conv2D, Dense, Dropout, LeakyReLU, Parameter, ReLU, Sequential
+from fastnet.layers import Conv2D, Dense, Dropout, LeakyReLU, ReLU, Sequential
 from fastnet.optim import SGD, Adam
 
 f32 = np.float32
