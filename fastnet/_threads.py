@@ -10,7 +10,11 @@ OpenBLAS's threads and a 0.4 ms layer takes 8 ms. Two settings fix it:
   ``configure()`` puts it in the environment at ``import fastnet``. A value the user set
   themselves is left alone. (Waking sleeping workers costs tens of microseconds, which
   is why small kernels run serially: see fastnet/kernels/_jit.py.)
-* Numba's ``workqueue`` layer (used when neither TBB nor OpenMP loads) aborts the
+* If a GNU OpenMP runtime was initialised before ``import fastnet`` (``import torch``
+  first does that: torch loads its libgomp globally, Numba binds to it), the setting
+  comes too late; fastnet then runs Numba's ``workqueue`` layer instead, unless the user
+  picked a layer with NUMBA_THREADING_LAYER.
+* Numba's ``workqueue`` layer (used when neither TBB nor OpenMP loads, or as above) aborts the
   process when two Python threads launch parallel kernels at once. When that layer
   is in use, ``kernel_lock`` serialises fastnet's CPU kernel calls; with the
   thread-safe layers (omp, tbb) it is a no-op and calls run concurrently.
@@ -29,40 +33,52 @@ import warnings
 _CONFIGURED = False
 _STARTED = False
 _SERIALISE = False
+_AVOID_OMP = False
+WE_SET_WAIT_POLICY = False  # True when OMP_WAIT_POLICY=PASSIVE is fastnet's doing
 _LOCK = threading.RLock()
 
 
-def _system_libgomp_loaded() -> bool:
-    """Whether a libgomp that Numba could bind to is already in this process.
+def _shared_libgomp_loaded() -> bool:
+    """Whether a GNU OpenMP runtime that Numba would bind to is already initialised.
 
-    Vendored copies inside wheels (torch, scikit-learn: site-packages/.../libgomp*.so)
-    are private to their package; Numba's omppool links the system (or conda) one.
+    A libgomp loaded under its plain name (libgomp.so.1: the system's, or PyTorch's, which
+    torch loads RTLD_GLOBAL) is the one Numba's omppool resolves to, and it has read its
+    wait policy already. Copies that wheels renamed (scikit-learn's libgomp-<hash>.so)
+    are private to their package and do not matter.
     """
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "libgomp" in line}
+            names = {os.path.basename(line.split()[-1]) for line in f if "libgomp" in line}
     except OSError:
         return False
-    return any("site-packages" not in p and "dist-packages" not in p for p in paths)
+    return any(name.startswith("libgomp.so") for name in names)
 
 
 def configure() -> None:
-    """Put the OpenMP wait policy in the environment (idempotent, no threads started)."""
-    global _CONFIGURED
+    """Choose the wait policy (or the threading layer) before Numba's pool starts."""
+    global _CONFIGURED, WE_SET_WAIT_POLICY, _AVOID_OMP
     if _CONFIGURED:
         return
     _CONFIGURED = True
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
-    if _system_libgomp_loaded():
-        warnings.warn(
-            "fastnet: GNU OpenMP was loaded before fastnet with its default (spinning) "
-            "wait policy, so Numba kernels and NumPy's BLAS may stall each other. "
-            "Import fastnet first or start Python with OMP_WAIT_POLICY=PASSIVE.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    if _shared_libgomp_loaded():
+        # NOTE: too late for the environment: that runtime spins (e.g. torch was imported
+        # first). Numba's workqueue layer has no spinning workers, so use it unless the
+        # user chose a layer; PyTorch keeps its own runtime and its own speed.
+        _AVOID_OMP = "NUMBA_THREADING_LAYER" not in os.environ
+        if not _AVOID_OMP:
+            warnings.warn(
+                "fastnet: GNU OpenMP was loaded before fastnet with its default (spinning) "
+                "wait policy, so Numba kernels and NumPy's BLAS may stall each other. "
+                "Import fastnet first, start Python with OMP_WAIT_POLICY=PASSIVE, or leave "
+                "NUMBA_THREADING_LAYER unset so that fastnet can pick the workqueue layer.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    WE_SET_WAIT_POLICY = True
 
 
 def start() -> None:
@@ -75,6 +91,11 @@ def start() -> None:
             return
         configure()
         from numba.np.ufunc import parallel
+
+        if _AVOID_OMP:
+            import numba
+
+            numba.config.THREADING_LAYER = "workqueue"
 
         try:
             # NOTE: private but long-stable Numba API; it is what the first prange call runs.

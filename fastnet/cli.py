@@ -89,7 +89,7 @@ def train(args) -> int:
             opt.zero_grad()
             logits = model(xb)
             loss = loss_fn(logits, yb)
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)
             opt.step()
             total_loss += loss * len(xb)
             correct += int((logits.argmax(axis=1) == yb).sum())

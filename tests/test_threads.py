@@ -81,3 +81,29 @@ def test_concurrent_inference_under_workqueue_layer():
         print("ok")
     """, NUMBA_THREADING_LAYER="workqueue", PYTHONPATH=os.getcwd())
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
+    """``import torch`` before fastnet loads a libgomp globally with its spinning default;
+    Numba would bind to it and stall BLAS (an MLP step measured 36 ms instead of 2 ms).
+    Loading the system libgomp the same way stands in for torch: fastnet must then run
+    Numba's workqueue layer, serialised, and leave the environment alone."""
+    r = _run("""
+        import ctypes, ctypes.util, os
+        ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+        import warnings
+        warnings.simplefilter("error")
+        import numpy as np, fastnet
+        from fastnet import _threads
+        from fastnet.layers import Dense
+        layer = Dense(300, 200, activation="relu")   # large enough for the parallel build
+        x = np.ones((200, 300), np.float32)
+        y = layer(x)
+        layer.backward(y)
+        assert np.allclose(y, np.maximum(x @ layer.weight.data.T + layer.bias.data, 0), atol=1e-4)
+        info = fastnet.threading_info()
+        assert info["threading_layer"] == "workqueue" and info["serialised"], info
+        assert "OMP_WAIT_POLICY" not in os.environ and not _threads.WE_SET_WAIT_POLICY
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -28,9 +28,11 @@ class _Elementwise(Module):
             self._saved = out
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         out = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        if not input_grad:
+            return None
         dx = self.device.empty(out.shape, out.dtype)
         kernel(self.op + "_backward", self.device)(self._view(dx), self._view(grad_out),
                                                    self._view(out))
@@ -97,9 +99,11 @@ class LeakyReLU(Module):
             self._saved = (x, out)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         x, out = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out.shape, out.dtype)
+        if not input_grad:
+            return None
         dx = self.device.empty(x.shape, x.dtype)
         kernel("leaky_relu_backward", self.device)(dx, grad_out, x, self.negative_slope)
         return dx

@@ -14,10 +14,11 @@ class Flatten(Module):
             self._saved = (x.shape, x.dtype)
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         shape, dtype = self._saved_for_backward()
         flat = (shape[0], math.prod(shape[1:]))
-        return check_grad(self, grad_out, flat, dtype).reshape(shape)
+        grad_out = check_grad(self, grad_out, flat, dtype)
+        return grad_out.reshape(shape) if input_grad else None
 
 
 class Sequential(Module):
@@ -53,9 +54,18 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, grad_out):
-        for layer in reversed(self.layers):
-            grad_out = layer.backward(grad_out)
+    def backward(self, grad_out, input_grad=True):
+        layers = self.layers
+        # Layers up to the first one with parameters need no input gradient unless the
+        # caller asked for it: the first conv of a CNN skips its col2im, the largest one.
+        first = next((i for i, m in enumerate(layers) if m.parameters()), len(layers))
+        for i in range(len(layers) - 1, -1, -1):
+            grad_out = layers[i].backward(grad_out, input_grad=input_grad or i > first)
+            if grad_out is None:
+                for m in layers[:i]:  # parameterless: only their forward state to drop
+                    for sub in m.modules():
+                        sub._clear_cache()
+                return None
         return grad_out
 
     def __repr__(self):

@@ -43,10 +43,10 @@ class Conv2D(Module):
             self._saved = (x.shape, cols, out.shape)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         x_shape, cols, out_shape = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out_shape, cols.dtype)
-        dx = self.device.empty(x_shape, cols.dtype)
+        dx = self.device.empty(x_shape, cols.dtype) if input_grad else None
         dw = self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)
         kernel("conv2d_backward", self.device)(dx, dw, db, grad_out, cols, self.weight.data,

@@ -39,10 +39,10 @@ class Dense(Module):
             self._saved = (x, out if self.activation else None, out.shape)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         x, out, out_shape = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out_shape, x.dtype)
-        dx = self.device.empty(x.shape, x.dtype)
+        dx = self.device.empty(x.shape, x.dtype) if input_grad else None
         dw = self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)
         kernel("dense_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data, out,

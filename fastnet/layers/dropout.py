@@ -35,11 +35,13 @@ class Dropout(Module):
         self._saved = (mask, x.dtype)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         if not self.training or self.p == 0:
-            return grad_out
+            return grad_out if input_grad else None
         mask, dtype = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, mask.shape, dtype)
+        if not input_grad:
+            return None
         dx = self.device.empty(mask.shape, dtype)
         kernel("dropout_backward", self.device)(dx, grad_out, mask, self.p)
         return dx

@@ -136,7 +136,11 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
+        """Gradients of the parameters (into ``.grad``) and, unless ``input_grad`` is
+        False, d loss / d input, which is returned (None otherwise). Pass
+        ``input_grad=False`` when the input is data, as PyTorch skips inputs that do not
+        require grad: a model's first layer then skips its largest pass."""
         raise NotImplementedError
 
     def __call__(self, x):

@@ -39,9 +39,11 @@ class MaxPool2D(_Pool2D):
             self._saved = (x.shape, x.dtype, argmax)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         x_shape, dtype, argmax = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, argmax.shape, dtype)
+        if not input_grad:
+            return None
         dx = self.device.empty(x_shape, dtype)
         kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax)
         return dx
@@ -59,9 +61,11 @@ class AvgPool2D(_Pool2D):
             self._saved = (x.shape, x.dtype, out.shape)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         x_shape, dtype, out_shape = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out_shape, dtype)
+        if not input_grad:
+            return None
         dx = self.device.empty(x_shape, dtype)
         kernel("avg_pool2d_backward", self.device)(dx, grad_out, self.kernel_size,
                                                    self.stride, self.padding)

@@ -89,6 +89,41 @@ def test_whole_model_gradients_match_finite_differences(rng):
         np.testing.assert_allclose(p.grad, num, rtol=1e-5, atol=1e-8, err_msg=name)
 
 
+@pytest.mark.parametrize("first", ["conv", "flatten-dense", "dropout-conv"])
+def test_backward_without_input_grad_gives_the_same_parameter_grads(rng, first):
+    """input_grad=False skips d loss / d input (the first conv's col2im, the first dense's
+    GEMM) and the parameterless layers in front of it, but no parameter gradient."""
+    head = {"conv": [], "flatten-dense": [Flatten(), Dense(2 * 7 * 6, 2 * 7 * 6),
+                                          _Unflatten((2, 7, 6))],
+            "dropout-conv": [Dropout(0.0)]}[first]
+    fastnet.manual_seed(1)
+    model = Sequential(*head, *small_cnn().layers).to(np.float64)
+    x, labels = rng.standard_normal((3, 2, 7, 6)), np.array([0, 2, 1])
+    loss_fn = CrossEntropyLoss()
+    grads = []
+    for input_grad in (True, False):
+        model.zero_grad()
+        loss_fn(model(x), labels)
+        dx = model.backward(loss_fn.backward(), input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append([p.grad.copy() for p in model.parameters()])
+        with pytest.raises(RuntimeError, match="no forward pass"):
+            model.backward(np.zeros((3, 3)))  # every layer's forward state was consumed
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Unflatten(fastnet.layers.Module):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+    def backward(self, grad_out, input_grad=True):
+        return grad_out.reshape(grad_out.shape[0], -1) if input_grad else None
+
+
 def test_gradients_accumulate_until_zero_grad(rng):
     fastnet.manual_seed(4)
     model = small_cnn()
