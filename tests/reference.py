@@ -149,8 +149,8 @@ def _window(a, i, j, oh, ow, sh, sw):
     return a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """Sum over kernel offsets (i, j) of einsum(x_shifted, w[:, :, i, j])."""
+def conv2d_forward(x, w, b, stride, padding, activation=None):
+    """act(sum over kernel offsets (i, j) of einsum(x_shifted, w[:, :, i, j]) + b)."""
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
@@ -163,17 +163,19 @@ def conv2d_forward(x, w, b, stride, padding):
             y += np.einsum("nchw,oc->nohw", _window(xp, i, j, oh, ow, sh, sw), w64[:, :, i, j])
     if b is not None:
         y += _f64(b)[None, :, None, None]
-    return y.astype(x.dtype)
+    return _act64(y, activation).astype(x.dtype)
 
 
-def conv2d_backward(dout, x, w, stride, padding):
-    """-> (dx, dw, db)"""
+def conv2d_backward(dout, x, w, stride, padding, y=None, activation=None):
+    """-> (dx, dw, db); ``y`` is the forward output (needed with an activation)"""
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     _, _, h, wd = x.shape
     _, _, kh, kw = w.shape
     _, _, oh, ow = dout.shape
     xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     g, w64 = _f64(dout), _f64(w)
+    if activation is not None:
+        g = g * _act_grad64(_f64(y), activation)
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w64)
     for i in range(kh):

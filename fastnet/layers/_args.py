@@ -50,3 +50,13 @@ def check_spatial(layer, x, kernel_size, stride, padding):
             f"window with padding {padding[0]}x{padding[1]}; got input shape {tuple(x.shape)}"
         )
     return oh, ow
+
+
+def check_activation(activation, owner):
+    """A fused-epilogue activation name (None, "relu", "sigmoid", "tanh")."""
+    from ..kernels.activations import ACTIVATIONS
+
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{owner}: activation must be one of "
+                         f"{sorted(a for a in ACTIVATIONS if a)} or None, got {activation!r}")
+    return activation

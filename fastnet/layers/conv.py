@@ -1,5 +1,5 @@
 from ..kernels import kernel
-from ._args import check_spatial, pair, positive_int
+from ._args import check_activation, check_spatial, pair, positive_int
 from ._init import kaiming_uniform
 from .module import Module, Parameter, _float_dtype, check_grad, check_input
 
@@ -8,16 +8,19 @@ class Conv2D(Module):
     """2-D convolution over NCHW input; weight (out, in, kh, kw) as torch.nn.Conv2d.
 
     ``kernel_size``, ``stride`` and ``padding`` are an int or an (h, w) pair; padding
-    is zeros. Forward keeps the im2col matrix for backward (training mode only).
+    is zeros. ``activation`` (None, "relu", "sigmoid", "tanh") is fused into the
+    epilogue, as in Dense. In training mode forward keeps a reference to its input for
+    backward: do not modify that array in place before backward.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 bias=True, dtype="float32"):
+                 bias=True, activation=None, dtype="float32"):
         self.in_channels = positive_int(in_channels, "in_channels", "Conv2D")
         self.out_channels = positive_int(out_channels, "out_channels", "Conv2D")
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", 1)
         self.stride = pair(stride, "stride", "Conv2D", 1)
         self.padding = pair(padding, "padding", "Conv2D", 0)
+        self.activation = check_activation(activation, "Conv2D")
         dtype = _float_dtype(dtype, "Conv2D")
         kh, kw = self.kernel_size
         fan_in = in_channels * kh * kw
@@ -27,30 +30,29 @@ class Conv2D(Module):
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
-                "padding": self.padding, "bias": self.bias is not None}
+                "padding": self.padding, "bias": self.bias is not None,
+                "activation": self.activation}
 
     def forward(self, x):
         w = self.weight.data
         x = check_input(self, x, (None, self.in_channels, None, None), w.dtype)
         oh, ow = check_spatial(self, x, self.kernel_size, self.stride, self.padding)
-        n = x.shape[0]
-        kh, kw = self.kernel_size
-        out = self.device.empty((n, self.out_channels, oh, ow), w.dtype)
-        cols = self.device.empty((self.in_channels * kh * kw, n * oh * ow), w.dtype)
+        out = self.device.empty((x.shape[0], self.out_channels, oh, ow), w.dtype)
         b = None if self.bias is None else self.bias.data
-        kernel("conv2d_forward", self.device)(out, cols, x, w, b, self.stride, self.padding)
+        kernel("conv2d_forward", self.device)(out, x, w, b, self.stride, self.padding,
+                                              self.activation)
         if self.training:
-            self._saved = (x.shape, cols, out.shape)
+            self._saved = (x, out if self.activation else None, out.shape)
         return out
 
     def backward(self, grad_out, input_grad=True):
-        x_shape, cols, out_shape = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out_shape, cols.dtype)
-        dx = self.device.empty(x_shape, cols.dtype) if input_grad else None
+        x, out, out_shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out_shape, x.dtype)
+        dx = self.device.empty(x.shape, x.dtype) if input_grad else None
         dw = self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)
-        kernel("conv2d_backward", self.device)(dx, dw, db, grad_out, cols, self.weight.data,
-                                               self.stride, self.padding)
+        kernel("conv2d_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data, out,
+                                               self.stride, self.padding, self.activation)
         self.weight.grad_done(dw, self.device)
         if db is not None:
             self.bias.grad_done(db, self.device)

@@ -1,8 +1,7 @@
 from ..kernels import kernel
 from .module import Module, Parameter, _float_dtype, check_grad, check_input
 from ._init import kaiming_uniform
-from ..kernels.activations import ACTIVATIONS
-from ._args import positive_int
+from ._args import check_activation, positive_int
 
 
 class Dense(Module):
@@ -14,12 +13,7 @@ class Dense(Module):
     def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32"):
         self.in_features = positive_int(in_features, "in_features", "Dense")
         self.out_features = positive_int(out_features, "out_features", "Dense")
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Dense: activation must be one of {sorted(a for a in ACTIVATIONS if a)} or "
-                f"None, got {activation!r}"
-            )
-        self.activation = activation
+        self.activation = check_activation(activation, "Dense")
         dtype = _float_dtype(dtype, "Dense")
         self.weight = Parameter(kaiming_uniform((out_features, in_features), in_features, dtype))
         self.bias = (Parameter(kaiming_uniform((out_features,), in_features, dtype))

@@ -1,11 +1,13 @@
 """Convolution kernels: im2col(cols, x, ks, stride, padding), col2im(dx, cols, ks, stride,
-padding), conv2d_forward(out, cols, x, w, b, stride, padding) and
-conv2d_backward(dx, dw, db, dout, cols, w, stride, padding), NCHW."""
+padding), conv2d_forward(out, x, w, b, stride, padding, activation) and
+conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation), NCHW.
+conv2d runs over the batch in cache-sized chunks: every conv2d test runs both with the
+default chunk size and with one image per chunk."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastnet.kernels import kernel
+from fastnet.kernels import conv, kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
@@ -34,13 +36,28 @@ def _cols_shape(x_shape, w_shape, stride, padding):
     return (x_shape[1] * w_shape[2] * w_shape[3], x_shape[0] * oh * ow)
 
 
-def _forward(x, w, b, stride, padding):
-    """-> (out, cols), both pre-filled with garbage."""
+@pytest.fixture(params=["whole-batch", "one-image-chunks"], autouse=True)
+def chunking(request, monkeypatch):
+    if request.param == "one-image-chunks":
+        monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    return request.param
+
+
+def _forward(x, w, b, stride, padding, activation=None):
+    """-> out, pre-filled with garbage."""
     oh, ow = _out_hw(x.shape, w.shape, stride, padding)
     out = np.full((x.shape[0], w.shape[0], oh, ow), 123.0, x.dtype)
-    cols = np.full(_cols_shape(x.shape, w.shape, stride, padding), 123.0, x.dtype)
-    kernel("conv2d_forward")(out, cols, x, w, b, stride, padding)
-    return out, cols
+    kernel("conv2d_forward")(out, x, w, b, stride, padding, activation)
+    return out
+
+
+def _backward(dout, x, w, out, stride, padding, activation=None, want=("dx", "dw", "db")):
+    """-> (dx, dw, db), garbage-filled before the call; None where not wanted."""
+    dx = np.full(x.shape, 123.0, x.dtype) if "dx" in want else None
+    dw = np.full(w.shape, 123.0, x.dtype)
+    db = np.full(w.shape[0], 123.0, x.dtype) if "db" in want else None
+    kernel("conv2d_backward")(dx, dw, db, dout, x, w, out, stride, padding, activation)
+    return dx, dw, db
 
 
 def _data(rng, dtype, x_shape, w_shape):
@@ -86,14 +103,13 @@ def test_col2im_matches_reference_and_is_adjoint(rng, dtype, close, case):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", IDS)
 def test_forward_matches_reference(rng, dtype, close, case, bias):
-    """conv2d_forward against the shifted-einsum reference; cols is left holding im2col(x)."""
+    """conv2d_forward against the shifted-einsum reference."""
     x_shape, w_shape, stride, padding = CASES[case]
     x, w, b = _data(rng, dtype, x_shape, w_shape)
     b = b if bias else None
-    out, cols = _forward(x, w, b, stride, padding)
+    out = _forward(x, w, b, stride, padding)
     fan_in = w_shape[1] * w_shape[2] * w_shape[3]
     close(out, ref.conv2d_forward(x, w, b, stride, padding), scale=np.sqrt(fan_in))
-    np.testing.assert_array_equal(cols, ref.im2col(x, w_shape[2:], stride, padding))
 
 
 @pytest.mark.parametrize("case", IDS)
@@ -101,12 +117,9 @@ def test_backward_matches_reference(rng, dtype, close, case):
     """dx, dw, db against the reference; garbage-filled outputs are overwritten."""
     x_shape, w_shape, stride, padding = CASES[case]
     x, w, b = _data(rng, dtype, x_shape, w_shape)
-    out, cols = _forward(x, w, b, stride, padding)
+    out = _forward(x, w, b, stride, padding)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx = np.full(x.shape, 123.0, dtype)
-    dw = np.full(w.shape, 123.0, dtype)
-    db = np.full(b.shape, 123.0, dtype)
-    kernel("conv2d_backward")(dx, dw, db, dout, cols, w, stride, padding)
+    dx, dw, db = _backward(dout, x, w, None, stride, padding)
     rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, stride, padding)
     m = dout.shape[0] * dout.shape[2] * dout.shape[3]  # terms summed into dw, db
     close(dx, rdx, scale=np.sqrt(w_shape[0] * w_shape[2] * w_shape[3]), err_msg="dx")
@@ -118,19 +131,30 @@ def test_backward_dx_db_none(rng, dtype, close):
     """dx=None and db=None: dw alone, and each of dx / db alone, are still right."""
     x_shape, w_shape, stride, padding = CASES["nonsquare-s2x3-p1x0"]
     x, w, _ = _data(rng, dtype, x_shape, w_shape)
-    out, cols = _forward(x, w, None, stride, padding)
+    out = _forward(x, w, None, stride, padding)
     dout = rng.standard_normal(out.shape).astype(dtype)
     rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, stride, padding)
-    bwd = kernel("conv2d_backward")
-    dw = np.full(w.shape, 123.0, dtype)
-    bwd(None, dw, None, dout, cols, w, stride, padding)
+    _, dw, _ = _backward(dout, x, w, None, stride, padding, want=())
     close(dw, rdw, scale=5.0, err_msg="dw")
-    dx = np.full(x.shape, 123.0, dtype)
-    bwd(dx, dw, None, dout, cols, w, stride, padding)
+    dx, _, _ = _backward(dout, x, w, None, stride, padding, want=("dx",))
     close(dx, rdx, scale=5.0, err_msg="dx")
-    db = np.full(w.shape[0], 123.0, dtype)
-    bwd(None, dw, db, dout, cols, w, stride, padding)
+    _, _, db = _backward(dout, x, w, None, stride, padding, want=("db",))
     close(db, rdb, scale=5.0, err_msg="db")
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_fused_activation_matches_reference(rng, dtype, close, activation):
+    """act(conv + b) forward; backward through it equals the plain conv backward of
+    dout * act'(out)."""
+    x_shape, w_shape, stride, padding = CASES["large-batch9-c5"]
+    x, w, b = _data(rng, dtype, x_shape, w_shape)
+    out = _forward(x, w, b, stride, padding, activation)
+    close(out, ref.conv2d_forward(x, w, b, stride, padding, activation), scale=np.sqrt(60))
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    got = _backward(dout, x, w, out, stride, padding, activation)
+    want = ref.conv2d_backward(dout, x, w, stride, padding, out, activation)
+    for g, r, name in zip(got, want, ("dx", "dw", "db")):
+        close(g, r, scale=np.sqrt(dout.size), err_msg=name)
 
 
 @pytest.mark.parametrize("case", ["3x3-s1-p1", "nonsquare-s2x3-p1x0", "padding-over-half-kernel",
@@ -144,12 +168,9 @@ def test_backward_matches_finite_differences(rng, case):
     x, w, b = _data(rng, np.float64, x_shape, w_shape)
 
     def backward(dout, x, w, b):
-        _, cols = _forward(x, w, b, stride, padding)
-        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
-        kernel("conv2d_backward")(dx, dw, db, dout, cols, w, stride, padding)
-        return dx, dw, db
+        return _backward(dout, x, w, None, stride, padding)
 
-    check_backward(lambda x, w, b: _forward(x, w, b, stride, padding)[0], backward,
+    check_backward(lambda x, w, b: _forward(x, w, b, stride, padding), backward,
                    [x, w, b], rng, names=["x", "w", "b"])
 
 
@@ -164,10 +185,9 @@ def test_property_forward_backward_random_geometry(n, c, o, kh, kw, sh, sw, ph, 
     rng = np.random.default_rng(seed)
     x, w, b = _data(rng, np.float64, (n, c, h, wd), (o, c, kh, kw))
     stride, padding = (sh, sw), (ph, pw)
-    out, cols = _forward(x, w, b, stride, padding)
+    out = _forward(x, w, b, stride, padding)
     np.testing.assert_allclose(out, ref.conv2d_forward(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
     dout = rng.standard_normal(out.shape)
-    dx, dw, db = np.full(x.shape, 123.0), np.full(w.shape, 123.0), np.full(b.shape, 123.0)
-    kernel("conv2d_backward")(dx, dw, db, dout, cols, w, stride, padding)
-    for got, want in zip((dx, dw, db), ref.conv2d_backward(dout, x, w, stride, padding)):
+    for got, want in zip(_backward(dout, x, w, None, stride, padding),
+                         ref.conv2d_backward(dout, x, w, stride, padding)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -172,10 +172,12 @@ def _exercise_float32():
     call("im2col", cols, xi, ks, st, pd)
     call("col2im", np.empty_like(xi), cols, ks, st, pd)
     out = np.empty((2, 4, oh, ow), f)
-    for bias in (a(4), None):
-        call("conv2d_forward", out, cols, xi, wc, bias, st, pd)
-    for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
-        call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), cols, wc, st, pd)
+    for act in (None, "relu"):
+        for bias in (a(4), None):
+            call("conv2d_forward", out, xi, wc, bias, st, pd, act)
+        for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
+            call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), xi, wc,
+                 out if act else None, st, pd, act)
 
     pooled = np.empty((2, 3, oh, ow), f)
     argmax = np.empty(pooled.shape, np.int32)
