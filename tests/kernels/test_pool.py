@@ -12,6 +12,9 @@ from tests.gradcheck import check_backward
 # (x shape, kernel, stride, padding), padding <= kernel / 2 as PyTorch requires
 CASES = {
     "2x2-s2": ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
+    # 2x2/stride 2/no padding has its own kernels: odd sizes leave a row and a column out
+    "2x2-s2-odd": ((3, 2, 7, 9), (2, 2), (2, 2), (0, 0)),
+    "2x2-s2-parallel": ((4, 8, 34, 33), (2, 2), (2, 2), (0, 0)),
     "3x3-s2-p1-odd": ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),
     "nonsquare-3x2-s1x2-p1x1": ((1, 2, 5, 6), (3, 2), (1, 2), (1, 1)),
     "overlap-s1-p1x0": ((2, 2, 5, 5), (3, 3), (1, 1), (1, 0)),
@@ -97,7 +100,8 @@ def test_max_backward_matches_finite_differences(rng, case):
 def test_max_ties_go_to_first_index(rng, dtype):
     """With heavy ties (values in {0, 1, 2}) argmax is the first maximum in row-major
     window order, like PyTorch; an all-equal input picks each window's first in-image element."""
-    for case in ("overlap-s1-p1x0", "3x3-s2-p1-odd", "kernel-is-input-padded", "large-batch9-c5"):
+    for case in ("overlap-s1-p1x0", "3x3-s2-p1-odd", "kernel-is-input-padded", "large-batch9-c5",
+                 "2x2-s2-odd", "2x2-s2-parallel"):
         x_shape, ks, stride, padding = CASES[case]
         x = rng.integers(0, 3, x_shape).astype(dtype)
         out, argmax = _max_forward(x, ks, stride, padding)
