@@ -112,6 +112,12 @@ def train(args) -> int:
 DEFAULT_LR = {"sgd": 0.05, "adam": 5e-3}
 
 
+def bench(args) -> int:
+    from .bench.runner import run  # see fastnet/bench/
+
+    return run(args)
+
+
 def _int_at_least(lo):
     def parse(s):
         try:
@@ -157,6 +163,14 @@ def build_parser():
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     t.set_defaults(func=train)
+    b = sub.add_parser("bench", help="time fastnet against the same maths in NumPy and PyTorch")
+    b.add_argument("--filter", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
+    b.add_argument("--repeat", type=_int_at_least(1), default=10,
+                   help="timed runs per case and implementation, median shown (default: %(default)s)")
+    b.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    b.add_argument("--quick", action="store_true", help="tiny shapes: a fast look, or a smoke test")
+    b.add_argument("--markdown", action="store_true", help="a Markdown table (for benchmarks/RESULTS.md)")
+    b.set_defaults(func=bench)
     return parser
 
 

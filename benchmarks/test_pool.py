@@ -1,0 +1,6 @@
+"""MaxPool2D and AvgPool2D (2x2) on 128x32x32x32 and 128x6x28x28: forward and backward."""
+FAMILY = "pool"
+
+
+def test_pool(run_case, case, impl):
+    run_case(case, impl)

@@ -1,0 +1,7 @@
+"""Whole training steps, batch 128 (forward, loss, backward, SGD-momentum update) of the
+MLP 784-256-256-10, LeNet-5 and VGG-small."""
+FAMILY = "train"
+
+
+def test_training_step(run_case, case, impl):
+    run_case(case, impl)

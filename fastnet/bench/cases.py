@@ -1,0 +1,294 @@
+"""The benchmark cases: one per (op, shape, direction), shared by ``benchmarks/``
+(pytest-benchmark) and ``python -m fastnet bench``.
+
+A case builds the same maths three ways (``case.build(impl)``): ``"fastnet"`` (the public
+layer / loss / optimizer API, fastnet_impl.py), ``"numpy"`` (as a NumPy user would write
+it, numpy_twins.py) and ``"torch"`` (PyTorch CPU with autograd, torch_twins.py), on the
+same seeded inputs and weights, so that the twins can be checked against fastnet before
+anything is timed and the timings read as ratios.
+
+Layers and models are written once as a *spec*, a list of tuples each backend turns
+into its own layers:
+
+    ("dense", in, out, activation)   activation None or "relu" (fastnet fuses it)
+    ("conv", in, out, k, stride, padding, activation)
+    ("maxpool", k) / ("avgpool", k)  window k, stride k, no padding
+    ("relu",) ("sigmoid",) ("tanh",) ("softmax",) ("flatten",)
+
+Parameters are a dict with PyTorch's state_dict keys ("weight", or "0.weight" for a
+model of several layers), PyTorch's default initialisation.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+
+IMPLS = ("fastnet", "numpy", "torch")
+_BACKENDS = {"fastnet": "fastnet.bench.fastnet_impl", "numpy": "fastnet.bench.numpy_twins",
+             "torch": "fastnet.bench.torch_twins"}
+BATCH = 128
+SGD_LR, MOMENTUM, ADAM_LR = 0.01, 0.9, 1e-3
+F32 = 4  # bytes per element
+# NOTE: the twins agree when max|got - fastnet| <= tolerance * max|fastnet| for every
+# output: float32 sums taken in another order (BLAS blocking, pairwise sums) differ by
+# far less than TOLERANCE; a wrong formula, layout or tie rule differs by O(1). A whole
+# training step gets STEP_TOLERANCE: a pre-activation within rounding of 0 can land on
+# the other side of a ReLU in another implementation, which switches its gradient on or
+# off (PyTorch's VGG-small step differs from fastnet's and NumPy's by up to 5e-3 so,
+# and all three by as much from a float64 run).
+TOLERANCE, STEP_TOLERANCE = 1e-4, 2e-2
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+@dataclass
+class Bench:
+    """One implementation of one case, ready to time: ``setup()`` (untimed; e.g. the
+    forward pass before a backward, since a layer keeps its forward state for one
+    backward) then ``run()`` (timed). ``outputs(run())`` names the arrays it computed."""
+
+    run: Callable[[], Any]
+    outputs: Callable[[Any], dict]
+    setup: Callable[[], None] | None = None
+
+    def once(self) -> dict:
+        """Set up and run once (this is the warm-up call too); copies of the outputs."""
+        if self.setup is not None:
+            self.setup()
+        return {k: np.array(v) for k, v in self.outputs(self.run()).items()}
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str        # a benchmarks/ file: dense, conv, pool, activation, loss, optim, train
+    op: str
+    shape: str
+    direction: str     # forward | backward | fwd+bwd (fused loss) | step
+    kind: str          # the builder each backend module defines
+    inputs: Callable[[], dict]  # the builder's keyword arguments (seeded, built on demand)
+    flops: int = 0     # compute-bound cases: reported as GFLOP/s
+    nbytes: int = 0    # memory-bound cases: tensors read + written, reported as GB/s
+    samples: int = 0   # batch size, for samples/s
+    tolerance: float = TOLERANCE  # for the check of the twins against fastnet
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} {self.shape}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {self.direction}"
+
+    def build(self, impl: str) -> Bench:
+        return getattr(importlib.import_module(_BACKENDS[impl]), self.kind)(**self.inputs())
+
+    def throughput(self, seconds: float) -> dict:
+        """GFLOP/s or GB/s, and samples/s, at ``seconds`` per call."""
+        out = {}
+        if self.flops:
+            out["GFLOP/s"] = self.flops / seconds / 1e9
+        if self.nbytes:
+            out["GB/s"] = self.nbytes / seconds / 1e9
+        if self.samples:
+            out["samples/s"] = self.samples / seconds
+        return out
+
+
+def compare(got: dict, ref: dict, tolerance: float = TOLERANCE) -> str | None:
+    """None when ``got`` has ``ref``'s outputs with the same shapes and values within
+    tolerance, else what differs."""
+    if sorted(got) != sorted(ref):
+        return f"outputs {sorted(got)}, expected {sorted(ref)}"
+    for key, r in ref.items():
+        g = got[key]
+        if g.shape != r.shape:
+            return f"{key}: shape {g.shape}, expected {r.shape}"
+        scale = float(np.max(np.abs(r), initial=0.0)) or 1.0
+        err = float(np.max(np.abs(g.astype(np.float64) - r), initial=0.0)) / scale
+        if not err <= tolerance:  # NaN fails too
+            return f"{key}: max |difference| is {err:.1e} of max |value| (tolerance {tolerance:.0e})"
+    return None
+
+
+# ---- shapes, work, parameters -----------------------------------------------------------
+
+def trace(spec, shape):
+    """[(output shape, multiply-adds)] of each layer of ``spec`` on an input of ``shape``."""
+    out = []
+    for s in spec:
+        kind, n = s[0], shape[0]
+        macs = 0
+        if kind == "dense":
+            macs, shape = n * s[1] * s[2], (n, s[2])
+        elif kind == "conv":
+            cin, cout, k, stride, pad = s[1:6]
+            oh, ow = ((d + 2 * pad - k) // stride + 1 for d in shape[2:])
+            macs, shape = n * cout * oh * ow * cin * k * k, (n, cout, oh, ow)
+        elif kind in ("maxpool", "avgpool"):
+            shape = shape[:2] + tuple(d // s[1] for d in shape[2:])
+        elif kind == "flatten":
+            shape = (n, math.prod(shape[1:]))
+        out.append((shape, macs))
+    return out
+
+
+def _rng(label):
+    return np.random.default_rng(zlib.crc32(label.encode()))
+
+
+def _normal(rng, shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _param_shapes(spec):
+    """(state_dict key, shape, fan_in) of every parameter in ``spec``."""
+    for i, s in enumerate(spec):
+        if s[0] == "dense":
+            shapes, fan_in = [(s[2], s[1]), (s[2],)], s[1]
+        elif s[0] == "conv":
+            shapes, fan_in = [(s[2], s[1], s[3], s[3]), (s[2],)], s[1] * s[3] * s[3]
+        else:
+            continue
+        prefix = f"{i}." if len(spec) > 1 else ""
+        for key, shape in zip(("weight", "bias"), shapes):
+            yield prefix + key, shape, fan_in
+
+
+def init_params(spec, rng):
+    """PyTorch's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with its state_dict keys."""
+    return {key: rng.uniform(-1, 1, shape).astype(np.float32) / np.float32(math.sqrt(fan_in))
+            for key, shape, fan_in in _param_shapes(spec)}
+
+
+def _dims(shape):
+    return "x".join(map(str, shape))
+
+
+# ---- the cases --------------------------------------------------------------------------
+
+def _layer_pair(family, op, shape, spec, x_shape, compute_bound):
+    """The forward and the backward case of one layer (a spec of one entry)."""
+    label = f"{op} {shape}"
+    y_shape, macs = trace(spec, x_shape)[-1]
+    x_size, y_size = math.prod(x_shape), math.prod(y_shape)
+    # memory-bound ops: forward reads x, writes y; backward reads dy (and y where the
+    # derivative needs it: activations, softmax), writes dx
+    saved = y_size if family == "activation" else 0
+    work = [dict(flops=2 * macs), dict(flops=4 * macs)] if compute_bound else \
+        [dict(nbytes=F32 * (x_size + y_size)), dict(nbytes=F32 * (y_size + saved + x_size))]
+
+    def inputs(backward):
+        rng = _rng(label)
+        kw = dict(spec=spec, params=init_params(spec, rng), x=_normal(rng, x_shape))
+        if backward:
+            kw["dout"] = _normal(rng, y_shape)
+        return kw
+
+    return [Case(family, op, shape, direction, "layer_" + direction, partial(inputs, backward),
+                 samples=x_shape[0], **w)
+            for direction, backward, w in (("forward", False, work[0]), ("backward", True, work[1]))]
+
+
+def _mlp(size):
+    return [("flatten",), ("dense", size, 256, "relu"), ("dense", 256, 256, "relu"),
+            ("dense", 256, 10, None)]
+
+
+def _lenet(flat):
+    return [("conv", 1, 6, 5, 1, 2, "relu"), ("maxpool", 2), ("conv", 6, 16, 5, 1, 0, "relu"),
+            ("maxpool", 2), ("flatten",), ("dense", flat, 120, "relu"),
+            ("dense", 120, 84, "relu"), ("dense", 84, 10, None)]
+
+
+def _vgg(c1, c2, flat, hidden):
+    return [("conv", 3, c1, 3, 1, 1, "relu"), ("conv", c1, c1, 3, 1, 1, "relu"), ("maxpool", 2),
+            ("conv", c1, c2, 3, 1, 1, "relu"), ("conv", c2, c2, 3, 1, 1, "relu"), ("maxpool", 2),
+            ("flatten",), ("dense", flat, hidden, "relu"), ("dense", hidden, 10, None)]
+
+
+def _train_inputs(label, spec, x_shape, classes=10):
+    rng = _rng(label)
+    return dict(spec=spec, params=init_params(spec, rng), x=_normal(rng, x_shape),
+                labels=rng.integers(0, classes, x_shape[0]), lr=SGD_LR)
+
+
+def _train_case(name, shape, spec, x_shape):
+    layers = trace(spec, x_shape)
+    first = next(i for i, s in enumerate(spec) if s[0] in ("dense", "conv"))
+    # forward, weight gradient, and input gradient except for the first layer with weights
+    flops = sum(2 * macs * (2 if i == first else 3) for i, (_, macs) in enumerate(layers))
+    return Case("train", name, shape, "step", "train_step",
+                partial(_train_inputs, f"{name} {shape}", spec, x_shape),
+                flops=flops, samples=x_shape[0], tolerance=STEP_TOLERANCE)
+
+
+def _ce_inputs(label, rows, classes):
+    rng = _rng(label)
+    return dict(logits=_normal(rng, (rows, classes)), labels=rng.integers(0, classes, rows))
+
+
+def _optim_inputs(label, spec, lr):
+    rng = _rng(label)
+    params = init_params(spec, rng)
+    return dict(params=params, grads={k: _normal(rng, v.shape) for k, v in params.items()}, lr=lr)
+
+
+def all_cases(quick: bool = False) -> list:
+    """Every case, at the issue's sizes (batch 128, float32) or, with ``quick``, at tiny
+    sizes of the same structure (for tests and a fast look)."""
+    n = 2 if quick else BATCH
+    cases = []
+    dense = [(64, 16), (96, 16)] if quick else [(784, 256), (4096, 256)]
+    for i, o in dense:
+        cases += _layer_pair("dense", "dense", f"{n}x{i}->{o} relu", [("dense", i, o, "relu")],
+                             (n, i), compute_bound=True)
+    # (C, H, W, out, k, stride, padding)
+    convs = [(1, 8, 8, 3, 5, 1, 2), (3, 7, 7, 4, 5, 1, 0), (4, 8, 8, 4, 3, 1, 1),
+             (5, 6, 6, 5, 3, 1, 1), (3, 9, 9, 4, 3, 2, 1)] if quick else \
+        [(1, 28, 28, 6, 5, 1, 2), (6, 14, 14, 16, 5, 1, 0), (32, 32, 32, 32, 3, 1, 1),
+         (64, 16, 16, 64, 3, 1, 1), (3, 32, 32, 16, 3, 2, 1)]
+    for c, h, w, o, k, s, p in convs:
+        geometry = f"k{k}" + (f" s{s}" if s > 1 else "") + (f" p{p}" if p else "")
+        cases += _layer_pair("conv", "conv2d", f"{_dims((n, c, h, w))}->{o} {geometry}",
+                             [("conv", c, o, k, s, p, None)], (n, c, h, w), compute_bound=True)
+    big = (n, 3, 8, 8) if quick else (n, 32, 32, 32)
+    pools = [big, (n, 2, 6, 6) if quick else (n, 6, 28, 28)]
+    for op, kind in (("max_pool2d", "maxpool"), ("avg_pool2d", "avgpool")):
+        for shape in pools:
+            cases += _layer_pair("pool", op, f"{_dims(shape)} k2", [(kind, 2)], shape, False)
+    for op in ("relu", "sigmoid", "tanh"):
+        cases += _layer_pair("activation", op, _dims(big), [(op,)], big, False)
+    rows = [(n, 10), (4, 30)] if quick else [(BATCH, 10), (1024, 1000)]
+    for shape in rows:
+        cases += _layer_pair("activation", "softmax", _dims(shape), [("softmax",)], shape, False)
+    for r, c in rows:
+        cases.append(Case("loss", "cross_entropy", f"{r}x{c}", "fwd+bwd", "cross_entropy",
+                          partial(_ce_inputs, f"cross_entropy {r}x{c}", r, c),
+                          nbytes=F32 * 2 * r * c + 8 * r, samples=r))
+
+    vgg = _vgg(4, 8, 8 * 2 * 2, 16) if quick else _vgg(32, 64, 64 * 8 * 8, 256)
+    vgg_x = (n, 3, 8, 8) if quick else (n, 3, 32, 32)
+    n_params = sum(math.prod(shape) for _, shape, _ in _param_shapes(vgg))
+    # SGD with momentum reads p, g, v and writes p, v; Adam reads p, g, m, v, writes p, m, v
+    for op, lr, streams in (("sgd_momentum", SGD_LR, 5), ("adam", ADAM_LR, 7)):
+        shape = f"vgg-small {n_params} params"
+        cases.append(Case("optim", op, shape, "step", op + "_step",
+                          partial(_optim_inputs, f"{op} {shape}", vgg, lr),
+                          nbytes=F32 * streams * n_params))
+
+    mlp_x = (n, 1, 8, 8) if quick else (n, 1, 28, 28)
+    lenet_x = (n, 1, 12, 12) if quick else (n, 1, 28, 28)
+    mlp_in = math.prod(mlp_x[1:])
+    cases += [_train_case("train mlp", f"{_dims(mlp_x)} {mlp_in}-256-256-10", _mlp(mlp_in), mlp_x),
+              _train_case("train lenet5", _dims(lenet_x), _lenet(16 if quick else 400), lenet_x),
+              _train_case("train vgg-small", _dims(vgg_x), vgg, vgg_x)]
+    return cases

@@ -1,0 +1,316 @@
+"""The same maths as fastnet, written as a NumPy user would write it: vectorised
+array expressions, im2col through ``sliding_window_view`` and one matmul, pooling
+through reshapes, scatters as slice-adds. Float32 in, float32 out. No numba.
+
+Each layer has ``forward(x)`` and ``backward(g, input_grad=True)``; the gradients of
+its ``params`` land in ``grads`` (same keys), as a small NumPy training loop keeps them.
+"""
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .cases import MOMENTUM, Bench
+
+
+class Layer:
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+
+class _Weighted(Layer):
+    """A layer with weights and an optional ReLU on its output, applied in place."""
+
+    def __init__(self, activation):
+        super().__init__()
+        assert activation in (None, "relu")
+        self.relu = activation == "relu"
+
+    def _activate(self, y):
+        if self.relu:
+            np.maximum(y, 0, out=y)
+        self.y = y
+        return y
+
+    def _activation_grad(self, g):
+        return g * (self.y > 0) if self.relu else g
+
+
+class Dense(_Weighted):
+    def forward(self, x):
+        y = x @ self.params["weight"].T
+        y += self.params["bias"]
+        self.x = x
+        return self._activate(y)
+
+    def backward(self, g, input_grad=True):
+        g = self._activation_grad(g)
+        self.grads = {"weight": g.T @ self.x, "bias": g.sum(axis=0)}
+        return g @ self.params["weight"] if input_grad else None
+
+
+class Conv2D(_Weighted):
+    def __init__(self, k, stride, padding, activation):
+        super().__init__(activation)
+        self.k, self.s, self.p = k, stride, padding
+
+    def forward(self, x):
+        k, s, p = self.k, self.s, self.p
+        n, c, h, w = x.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
+        win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]  # N C OH OW k k
+        oh, ow = win.shape[2:4]
+        # im2col: one row per output pixel, (C, kh, kw) along the row; reshape copies
+        self.cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k * k)
+        weight = self.params["weight"]
+        y = self.cols @ weight.reshape(len(weight), -1).T
+        y += self.params["bias"]
+        self.x_shape = x.shape
+        return self._activate(np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2)))
+
+    def backward(self, g, input_grad=True):
+        k, s, p = self.k, self.s, self.p
+        n, c, h, w = self.x_shape
+        weight = self.params["weight"]
+        o, oh, ow = g.shape[1:]
+        g = self._activation_grad(g)
+        g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)
+        self.grads = {"weight": (g2.T @ self.cols).reshape(weight.shape), "bias": g2.sum(axis=0)}
+        if not input_grad:
+            return None
+        dcols = (g2 @ weight.reshape(o, -1)).reshape(n, oh, ow, c, k, k)
+        dxp = np.zeros((n, c, h + 2 * p, w + 2 * p), g.dtype)
+        for i in range(k):  # col2im: each window offset adds a strided slice
+            for j in range(k):
+                dxp[:, :, i:i + s * oh:s, j:j + s * ow:s] += dcols[..., i, j].transpose(0, 3, 1, 2)
+        return dxp[:, :, p:p + h, p:p + w]
+
+
+class _Pool(Layer):
+    """Window k, stride k, no padding, H and W multiples of k."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def _windows(self, x):
+        """(N, C, H, W) -> (N, C, H/k, k, W/k, k), a view: the non-overlapping windows."""
+        self.x_shape = n, c, h, w = x.shape
+        return x.reshape(n, c, h // self.k, self.k, w // self.k, self.k)
+
+
+class MaxPool2D(_Pool):
+    def forward(self, x):
+        win = self._windows(x)
+        flat = win.transpose(0, 1, 2, 4, 3, 5).reshape(win.shape[:3] + (win.shape[4], -1))
+        self.arg = flat.argmax(axis=-1)[..., None]  # the first maximum, as PyTorch
+        return np.take_along_axis(flat, self.arg, -1)[..., 0]
+
+    def backward(self, g, input_grad=True):
+        k = self.k
+        dflat = np.zeros(g.shape + (k * k,), g.dtype)
+        np.put_along_axis(dflat, self.arg, g[..., None], -1)
+        return dflat.reshape(g.shape + (k, k)).transpose(0, 1, 2, 4, 3, 5).reshape(self.x_shape)
+
+
+class AvgPool2D(_Pool):
+    def forward(self, x):
+        return self._windows(x).mean(axis=(3, 5))
+
+    def backward(self, g, input_grad=True):
+        k = self.k
+        n, c, oh, ow = g.shape
+        spread = (g / (k * k))[:, :, :, None, :, None]
+        return np.broadcast_to(spread, (n, c, oh, k, ow, k)).reshape(self.x_shape)
+
+
+class _Elementwise(Layer):
+    def forward(self, x):
+        self.y = self.f(x)
+        return self.y
+
+
+class ReLU(_Elementwise):
+    def f(self, x):
+        return np.maximum(x, 0)
+
+    def backward(self, g, input_grad=True):
+        return g * (self.y > 0)
+
+
+class Sigmoid(_Elementwise):
+    def f(self, x):
+        return 1 / (1 + np.exp(-x))
+
+    def backward(self, g, input_grad=True):
+        return g * self.y * (1 - self.y)
+
+
+class Tanh(_Elementwise):
+    f = staticmethod(np.tanh)
+
+    def backward(self, g, input_grad=True):
+        return g * (1 - self.y * self.y)
+
+
+class Softmax(_Elementwise):
+    def f(self, x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def backward(self, g, input_grad=True):
+        y = self.y
+        return y * (g - (g * y).sum(axis=-1, keepdims=True))
+
+
+class Flatten(Layer):
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, g, input_grad=True):
+        return g.reshape(self.x_shape)
+
+
+class Sequential:
+    def __init__(self, layers):
+        self.layers = layers
+
+    def _merged(self, what):
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in getattr(layer, what).items()}
+
+    @property
+    def params(self):
+        return self._merged("params")
+
+    @property
+    def grads(self):
+        return self._merged("grads")
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, g, input_grad=True):
+        # without input_grad, the layers before the first one with weights are not needed
+        first = 0 if input_grad else next(i for i, m in enumerate(self.layers) if m.params)
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            g = self.layers[i].backward(g, input_grad=input_grad or i > first)
+        return g
+
+
+_LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:]),
+           "maxpool": lambda s: MaxPool2D(s[1]), "avgpool": lambda s: AvgPool2D(s[1]),
+           "relu": lambda s: ReLU(), "sigmoid": lambda s: Sigmoid(), "tanh": lambda s: Tanh(),
+           "softmax": lambda s: Softmax(), "flatten": lambda s: Flatten()}
+
+
+def build(spec, params):
+    layers = [_LAYERS[s[0]](s) for s in spec]
+    net = layers[0] if len(layers) == 1 else Sequential(layers)
+    for key, value in params.items():  # "0.weight" or "weight"
+        *index, name = key.split(".")
+        target = layers[int(index[0])] if index else layers[0]
+        target.params[name] = value.copy()
+    return net
+
+
+def cross_entropy_loss(logits, labels):
+    """Mean softmax cross-entropy and its gradient with respect to the logits."""
+    n = len(logits)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    rows = np.arange(n)
+    grad = np.exp(logp)
+    grad[rows, labels] -= 1
+    grad /= n
+    return -logp[rows, labels].mean(), grad
+
+
+class SGD:
+    """PyTorch's SGD with momentum: v = momentum * v + g; p -= lr * v."""
+
+    def __init__(self, lr, momentum):
+        self.lr, self.momentum, self.v = lr, momentum, {}
+
+    def step(self, params, grads):
+        for k, g in grads.items():
+            v = self.v.setdefault(k, np.zeros_like(g))
+            v *= self.momentum
+            v += g
+            params[k] -= self.lr * v
+
+
+class Adam:
+    """Bias-corrected Adam with PyTorch's defaults."""
+
+    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps, self.t, self.m, self.v = lr, betas, eps, 0, {}, {}
+
+    def step(self, params, grads):
+        b1, b2 = self.betas
+        self.t += 1
+        step_size = self.lr / (1 - b1 ** self.t)
+        sqrt_bc2 = math.sqrt(1 - b2 ** self.t)  # a Python float keeps the arrays float32
+        for k, g in grads.items():
+            m = self.m.setdefault(k, np.zeros_like(g))
+            v = self.v.setdefault(k, np.zeros_like(g))
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            params[k] -= step_size * m / (np.sqrt(v) / sqrt_bc2 + self.eps)
+
+
+# ---- the builders cases.py names ------------------------------------------------------
+
+def layer_forward(spec, params, x):
+    net = build(spec, params)
+    return Bench(run=lambda: net.forward(x), outputs=lambda y: {"y": y})
+
+
+def layer_backward(spec, params, x, dout):
+    net = build(spec, params)
+
+    def setup():
+        net.forward(x)
+
+    return Bench(setup=setup, run=lambda: net.backward(dout),
+                 outputs=lambda dx: {"dx": dx, **{"grad." + k: v for k, v in net.grads.items()}})
+
+
+def cross_entropy(logits, labels):
+    return Bench(run=lambda: cross_entropy_loss(logits, labels),
+                 outputs=lambda r: {"loss": r[0], "dlogits": r[1]})
+
+
+def _optimizer_step(opt, params, grads):
+    params = {k: v.copy() for k, v in params.items()}
+    return Bench(run=lambda: opt.step(params, grads),
+                 outputs=lambda _: {"data." + k: v for k, v in params.items()})
+
+
+def sgd_momentum_step(params, grads, lr):
+    return _optimizer_step(SGD(lr, MOMENTUM), params, grads)
+
+
+def adam_step(params, grads, lr):
+    return _optimizer_step(Adam(lr), params, grads)
+
+
+def train_step(spec, params, x, labels, lr):
+    model, opt = build(spec, params), SGD(lr, MOMENTUM)
+
+    def step():
+        loss, dlogits = cross_entropy_loss(model.forward(x), labels)
+        model.backward(dlogits, input_grad=False)
+        opt.step(model.params, model.grads)
+        return loss
+
+    def outputs(loss):
+        return {"loss": loss, **{"grad." + k: v for k, v in model.grads.items()},
+                **{"data." + k: v for k, v in model.params.items()}}
+
+    return Bench(run=step, outputs=outputs)
