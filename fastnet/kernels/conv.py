@@ -63,13 +63,24 @@ def _im2col(cols, x, kh, kw, sh, sw, ph, pw):
                 ih = oh * sh - ph + i
                 dst = k * m + n * plane + oh * ow_
                 if ih < 0 or ih >= h:
-                    cf[dst:dst + ow_] = zero
+                    for ow in range(ow_):
+                        cf[dst + ow] = zero
                     continue
                 src = ((n * c_ + c) * h + ih) * w + j - pw
-                cf[dst:dst + ow_lo] = zero
-                if ow_hi > ow_lo:  # (an empty strided slice's stop could go negative)
-                    cf[dst + ow_lo:dst + ow_hi] = xf[src + ow_lo * sw:src + (ow_hi - 1) * sw + 1:sw]
-                cf[dst + ow_hi:dst + ow_] = zero
+                for ow in range(ow_lo):
+                    cf[dst + ow] = zero
+                # NOTE: stepped slices compute their length in double precision; loop instead
+                if sw == 1:
+                    # (slice-to-slice assignment would bring a double-precision floor in)
+                    d = cf[dst + ow_lo:dst + ow_hi]
+                    v = xf[src + ow_lo:src + ow_hi]
+                    for t in range(d.size):
+                        d[t] = v[t]
+                else:
+                    for ow in range(ow_lo, ow_hi):
+                        cf[dst + ow] = xf[src + ow * sw]
+                for ow in range(ow_hi, ow_):
+                    cf[dst + ow] = zero
 
 
 @parallel_kernel
@@ -100,9 +111,12 @@ def _col2im(dx, cols, kh, kw, sh, sw, ph, pw):
                         continue
                     src = k * m + n * plane + oh * ow_
                     dst = base + ih * w + j - pw
-                    # in place on a view: a vectorised add, no temporary
-                    d = dxf[dst + ow_lo * sw:dst + (ow_hi - 1) * sw + 1:sw]
-                    d += cf[src + ow_lo:src + ow_hi]
+                    if sw == 1:  # in place on a view: a vectorised add, no temporary
+                        d = dxf[dst + ow_lo:dst + ow_hi]
+                        d += cf[src + ow_lo:src + ow_hi]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dxf[dst + ow * sw] += cf[src + ow]
 
 
 def im2col(cols, x, kernel_size, stride, padding):

@@ -185,6 +185,11 @@ def _exercise_float32():
     call("max_pool2d_backward", np.empty_like(xi), a(*pooled.shape), argmax)
     call("avg_pool2d_forward", pooled, xi, ks, st, pd)
     call("avg_pool2d_backward", np.empty_like(xi), a(*pooled.shape), ks, st, pd)
+    pooled2 = np.empty((2, 3, 3, 2), f)  # 2x2 / stride 2 / no padding: its own kernels
+    argmax2 = np.empty(pooled2.shape, np.int32)
+    call("max_pool2d_forward", pooled2, argmax2, xi, (2, 2), (2, 2), (0, 0))
+    call("avg_pool2d_forward", pooled2, xi, (2, 2), (2, 2), (0, 0))
+    call("avg_pool2d_backward", np.empty_like(xi), a(*pooled2.shape), (2, 2), (2, 2), (0, 0))
 
     z, g = a(3, 7), a(3, 7)
     for name in ("relu", "sigmoid", "tanh", "softmax", "log_softmax"):
