@@ -1,10 +1,10 @@
-from ..kernels import kernel
 from ._args import check_activation, check_spatial, pair, positive_int
 from ._init import kaiming_uniform
-from .module import Module, Parameter, _float_dtype, check_grad, check_input
+from .dense import _FusedAffine
+from .module import Parameter, _float_dtype, check_input
 
 
-class Conv2D(Module):
+class Conv2D(_FusedAffine):
     """2-D convolution over NCHW input; weight (out, in, kh, kw) as torch.nn.Conv2d.
 
     ``kernel_size``, ``stride`` and ``padding`` are an int or an (h, w) pair; padding
@@ -12,6 +12,8 @@ class Conv2D(Module):
     epilogue, as in Dense. In training mode forward keeps a reference to its input for
     backward: do not modify that array in place before backward.
     """
+
+    op = "conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  bias=True, activation=None, dtype="float32"):
@@ -38,22 +40,7 @@ class Conv2D(Module):
         x = check_input(self, x, (None, self.in_channels, None, None), w.dtype)
         oh, ow = check_spatial(self, x, self.kernel_size, self.stride, self.padding)
         out = self.device.empty((x.shape[0], self.out_channels, oh, ow), w.dtype)
-        b = None if self.bias is None else self.bias.data
-        kernel("conv2d_forward", self.device)(out, x, w, b, self.stride, self.padding,
-                                              self.activation)
-        if self.training:
-            self._saved = (x, out if self.activation else None, out.shape)
-        return out
+        return self._run_forward(x, out)
 
-    def backward(self, grad_out, input_grad=True):
-        x, out, out_shape = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out_shape, x.dtype)
-        dx = self.device.empty(x.shape, x.dtype) if input_grad else None
-        dw = self.weight.grad_slot(self.device)
-        db = None if self.bias is None else self.bias.grad_slot(self.device)
-        kernel("conv2d_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data, out,
-                                               self.stride, self.padding, self.activation)
-        self.weight.grad_done(dw, self.device)
-        if db is not None:
-            self.bias.grad_done(db, self.device)
-        return dx
+    def _geometry(self):
+        return self.stride, self.padding

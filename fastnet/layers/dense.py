@@ -4,11 +4,45 @@ from ._init import kaiming_uniform
 from ._args import check_activation, positive_int
 
 
-class Dense(Module):
+class _FusedAffine(Module):
+    """Shared by Dense and Conv2D: act(op(x, weight) + bias) through the kernels
+    ``{op}_forward(out, x, w, b, *geometry, activation)`` and
+    ``{op}_backward(dx, dw, db, dout, x, w, out, *geometry, activation)``."""
+
+    op = None
+
+    def _geometry(self):
+        return ()
+
+    def _run_forward(self, x, out):
+        b = None if self.bias is None else self.bias.data
+        kernel(self.op + "_forward", self.device)(out, x, self.weight.data, b,
+                                                  *self._geometry(), self.activation)
+        if self.training:  # the output only matters to backward through an activation
+            self._saved = (x, out if self.activation else None, out.shape)
+        return out
+
+    def backward(self, grad_out, input_grad=True):
+        x, out, out_shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out_shape, x.dtype)
+        dx = self.device.empty(x.shape, x.dtype) if input_grad else None
+        dw = self.weight.grad_slot(self.device)
+        db = None if self.bias is None else self.bias.grad_slot(self.device)
+        kernel(self.op + "_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data,
+                                                   out, *self._geometry(), self.activation)
+        self.weight.grad_done(dw, self.device)
+        if db is not None:
+            self.bias.grad_done(db, self.device)
+        return dx
+
+
+class Dense(_FusedAffine):
     """y = act(x @ weight.T + bias); weight (out_features, in_features) as torch.nn.Linear.
 
     ``activation`` (None, "relu", "sigmoid", "tanh") is fused into the GEMM's epilogue.
     """
+
+    op = "dense"
 
     def __init__(self, in_features, out_features, bias=True, activation=None, dtype="float32"):
         self.in_features = positive_int(in_features, "in_features", "Dense")
@@ -27,21 +61,4 @@ class Dense(Module):
         w = self.weight.data
         x = check_input(self, x, (None, self.in_features), w.dtype)
         out = self.device.empty((x.shape[0], self.out_features), w.dtype)
-        b = None if self.bias is None else self.bias.data
-        kernel("dense_forward", self.device)(out, x, w, b, self.activation)
-        if self.training:  # the output only matters to backward through an activation
-            self._saved = (x, out if self.activation else None, out.shape)
-        return out
-
-    def backward(self, grad_out, input_grad=True):
-        x, out, out_shape = self._saved_for_backward()
-        grad_out = check_grad(self, grad_out, out_shape, x.dtype)
-        dx = self.device.empty(x.shape, x.dtype) if input_grad else None
-        dw = self.weight.grad_slot(self.device)
-        db = None if self.bias is None else self.bias.grad_slot(self.device)
-        kernel("dense_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data, out,
-                                              self.activation)
-        self.weight.grad_done(dw, self.device)
-        if db is not None:
-            self.bias.grad_done(db, self.device)
-        return dx
+        return self._run_forward(x, out)
