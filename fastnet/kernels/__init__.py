@@ -4,39 +4,69 @@ Literal and greppable on purpose, one row per op. Layers look kernels up here wi
 ``kernel(op, device)`` and never branch on the device themselves. The CUDA column is
 filled in by the CUDA backend (``fastnet.kernels.cuda``), imported lazily.
 """
+import importlib
+
 from .. import _threads
 from . import activations, conv, dense, dropout, losses, optim, pool
 
+
+class CudaKernel:
+    """The CUDA launcher ``fastnet.kernels.cuda.<family>.<name>``, imported on its first
+    call: ``import fastnet`` must work without numba-cuda or a GPU."""
+
+    __slots__ = ("family", "name", "_fn")
+
+    def __init__(self, family, name):
+        self.family, self.name, self._fn = family, name, None
+
+    def resolve(self):
+        if self._fn is None:
+            from ..cuda import unavailable_reason
+
+            reason = unavailable_reason()
+            if reason is not None:
+                raise RuntimeError(f"fastnet: cannot run the CUDA kernel {self.name}: {reason}")
+            module = importlib.import_module(f"{__name__}.cuda.{self.family}")
+            self._fn = getattr(module, self.name)
+        return self._fn
+
+    def __call__(self, *args):
+        return self.resolve()(*args)
+
+    def __repr__(self):
+        return f"CudaKernel({self.family!r}, {self.name!r})"
+
+
 KERNELS = {
-    "dense_forward":                 {"cpu": dense.dense_forward},
-    "dense_backward":                {"cpu": dense.dense_backward},
-    "im2col":                        {"cpu": conv.im2col},
-    "col2im":                        {"cpu": conv.col2im},
-    "conv2d_forward":                {"cpu": conv.conv2d_forward},
-    "conv2d_backward":               {"cpu": conv.conv2d_backward},
-    "max_pool2d_forward":            {"cpu": pool.max_pool2d_forward},
-    "max_pool2d_backward":           {"cpu": pool.max_pool2d_backward},
-    "avg_pool2d_forward":            {"cpu": pool.avg_pool2d_forward},
-    "avg_pool2d_backward":           {"cpu": pool.avg_pool2d_backward},
-    "relu_forward":                  {"cpu": activations.relu_forward},
-    "relu_backward":                 {"cpu": activations.relu_backward},
-    "leaky_relu_forward":            {"cpu": activations.leaky_relu_forward},
-    "leaky_relu_backward":           {"cpu": activations.leaky_relu_backward},
-    "sigmoid_forward":               {"cpu": activations.sigmoid_forward},
-    "sigmoid_backward":              {"cpu": activations.sigmoid_backward},
-    "tanh_forward":                  {"cpu": activations.tanh_forward},
-    "tanh_backward":                 {"cpu": activations.tanh_backward},
-    "softmax_forward":               {"cpu": activations.softmax_forward},
-    "softmax_backward":              {"cpu": activations.softmax_backward},
-    "log_softmax_forward":           {"cpu": activations.log_softmax_forward},
-    "log_softmax_backward":          {"cpu": activations.log_softmax_backward},
-    "softmax_cross_entropy_forward": {"cpu": losses.softmax_cross_entropy_forward},
-    "mse_forward":                   {"cpu": losses.mse_forward},
-    "dropout_forward":               {"cpu": dropout.dropout_forward},
-    "dropout_backward":              {"cpu": dropout.dropout_backward},
-    "sgd_step":                      {"cpu": optim.sgd_step},
-    "adam_step":                     {"cpu": optim.adam_step},
-    "accumulate":                    {"cpu": optim.accumulate},
+    "dense_forward":                 {"cpu": dense.dense_forward,               "cuda": CudaKernel("dense", "dense_forward")},
+    "dense_backward":                {"cpu": dense.dense_backward,              "cuda": CudaKernel("dense", "dense_backward")},
+    "im2col":                        {"cpu": conv.im2col,                       "cuda": CudaKernel("conv", "im2col")},
+    "col2im":                        {"cpu": conv.col2im,                       "cuda": CudaKernel("conv", "col2im")},
+    "conv2d_forward":                {"cpu": conv.conv2d_forward,               "cuda": CudaKernel("conv", "conv2d_forward")},
+    "conv2d_backward":               {"cpu": conv.conv2d_backward,              "cuda": CudaKernel("conv", "conv2d_backward")},
+    "max_pool2d_forward":            {"cpu": pool.max_pool2d_forward,           "cuda": CudaKernel("pool", "max_pool2d_forward")},
+    "max_pool2d_backward":           {"cpu": pool.max_pool2d_backward,          "cuda": CudaKernel("pool", "max_pool2d_backward")},
+    "avg_pool2d_forward":            {"cpu": pool.avg_pool2d_forward,           "cuda": CudaKernel("pool", "avg_pool2d_forward")},
+    "avg_pool2d_backward":           {"cpu": pool.avg_pool2d_backward,          "cuda": CudaKernel("pool", "avg_pool2d_backward")},
+    "relu_forward":                  {"cpu": activations.relu_forward,          "cuda": CudaKernel("activations", "relu_forward")},
+    "relu_backward":                 {"cpu": activations.relu_backward,         "cuda": CudaKernel("activations", "relu_backward")},
+    "leaky_relu_forward":            {"cpu": activations.leaky_relu_forward,    "cuda": CudaKernel("activations", "leaky_relu_forward")},
+    "leaky_relu_backward":           {"cpu": activations.leaky_relu_backward,   "cuda": CudaKernel("activations", "leaky_relu_backward")},
+    "sigmoid_forward":               {"cpu": activations.sigmoid_forward,       "cuda": CudaKernel("activations", "sigmoid_forward")},
+    "sigmoid_backward":              {"cpu": activations.sigmoid_backward,      "cuda": CudaKernel("activations", "sigmoid_backward")},
+    "tanh_forward":                  {"cpu": activations.tanh_forward,          "cuda": CudaKernel("activations", "tanh_forward")},
+    "tanh_backward":                 {"cpu": activations.tanh_backward,         "cuda": CudaKernel("activations", "tanh_backward")},
+    "softmax_forward":               {"cpu": activations.softmax_forward,       "cuda": CudaKernel("activations", "softmax_forward")},
+    "softmax_backward":              {"cpu": activations.softmax_backward,      "cuda": CudaKernel("activations", "softmax_backward")},
+    "log_softmax_forward":           {"cpu": activations.log_softmax_forward,   "cuda": CudaKernel("activations", "log_softmax_forward")},
+    "log_softmax_backward":          {"cpu": activations.log_softmax_backward,  "cuda": CudaKernel("activations", "log_softmax_backward")},
+    "softmax_cross_entropy_forward": {"cpu": losses.softmax_cross_entropy_forward, "cuda": CudaKernel("losses", "softmax_cross_entropy_forward")},
+    "mse_forward":                   {"cpu": losses.mse_forward,                "cuda": CudaKernel("losses", "mse_forward")},
+    "dropout_forward":               {"cpu": dropout.dropout_forward,           "cuda": CudaKernel("dropout", "dropout_forward")},
+    "dropout_backward":              {"cpu": dropout.dropout_backward,          "cuda": CudaKernel("dropout", "dropout_backward")},
+    "sgd_step":                      {"cpu": optim.sgd_step,                    "cuda": CudaKernel("optim", "sgd_step")},
+    "adam_step":                     {"cpu": optim.adam_step,                   "cuda": CudaKernel("optim", "adam_step")},
+    "accumulate":                    {"cpu": optim.accumulate,                  "cuda": CudaKernel("optim", "accumulate")},
 }
 
 _locked = {}
@@ -48,6 +78,8 @@ def kernel(op, device="cpu"):
         fn = KERNELS[op][str(device)]
     except KeyError:
         raise RuntimeError(f"fastnet has no {device} kernel for {op!r}") from None
+    if isinstance(fn, CudaKernel):
+        return fn  # CUDA launchers only queue work; no CPU threads or locks involved
     _threads.start()
     if not _threads._SERIALISE:
         return fn

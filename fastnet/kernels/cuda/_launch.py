@@ -1,0 +1,122 @@
+"""What every CUDA launcher needs: grid sizes, scratch arrays, typed scalars, and the
+device-resident scalar that losses return."""
+import math
+
+import numpy as np
+
+from ...cuda import empty, zeros  # noqa: F401  (scratch arrays come from fastnet's pool)
+
+THREADS = 256  # threads per block for elementwise and row kernels
+
+
+def blocks(n, threads=THREADS):
+    """Blocks of ``threads`` covering ``n`` items (at least one)."""
+    return max(1, -(-int(n) // threads))
+
+
+def scalar(value, dtype):
+    """A Python number as the array's dtype, so float32 kernels get float32 arguments
+    (a Python float would be typed float64 and drag the arithmetic to double)."""
+    return np.dtype(dtype).type(value)
+
+
+def flat(a):
+    """A 1-D view of a C-contiguous device array."""
+    return a.reshape(a.size) if a.ndim != 1 else a
+
+
+class DeviceScalar:
+    """A scalar result (a loss) left on the GPU: reading it (``float(loss)``,
+    ``loss.item()``, formatting, arithmetic) copies it to the host, which waits for the
+    queued kernels. Not reading it keeps a training step free of host round trips.
+
+    ``check(host_buffer)`` may raise for errors found on the device (a label out of
+    range), reported when the value is read."""
+
+    __slots__ = ("_buf", "_check", "_value")
+
+    def __init__(self, buf, check=None):
+        self._buf, self._check, self._value = buf, check, None
+
+    def item(self) -> float:
+        if self._value is None:
+            host = self._buf.copy_to_host()
+            if self._check is not None:
+                self._check(host)
+            self._value = float(host[0])
+        return self._value
+
+    __float__ = item
+
+    def __format__(self, spec):
+        return format(self.item(), spec)
+
+    def __repr__(self):
+        return repr(self.item())
+
+    def __bool__(self):
+        return bool(self.item())
+
+    def __eq__(self, other):
+        return self.item() == other
+
+    def __lt__(self, other):
+        return self.item() < other
+
+    def __le__(self, other):
+        return self.item() <= other
+
+    def __gt__(self, other):
+        return self.item() > other
+
+    def __ge__(self, other):
+        return self.item() >= other
+
+    def __hash__(self):
+        return hash(self.item())
+
+    def __add__(self, other):
+        return self.item() + other
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self.item() - other
+
+    def __rsub__(self, other):
+        return other - self.item()
+
+    def __mul__(self, other):
+        return self.item() * other
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return self.item() / other
+
+    def __rtruediv__(self, other):
+        return other / self.item()
+
+    def __neg__(self):
+        return -self.item()
+
+
+def isfinite(x):  # for DeviceScalar users who check the loss: math.isfinite(loss) works too
+    return math.isfinite(float(x))
+
+
+def per_dtype(make):
+    """``make(nbtype)`` builds kernels needing a compile-time dtype (shared arrays);
+    returns ``get(dtype)`` that builds each dtype's once."""
+    from numba import float32, float64
+
+    built = {}
+
+    def get(dtype):
+        dtype = np.dtype(dtype)
+        if dtype not in built:
+            built[dtype] = make(float32 if dtype == np.float32 else float64)
+        return built[dtype]
+
+    get.make = make
+    return get
