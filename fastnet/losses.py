@@ -1,5 +1,10 @@
-"""Loss functions: ``loss = fn(pred, target)`` returns a float, ``fn.backward()`` returns
+"""Loss functions: ``loss = fn(pred, target)`` returns the loss, ``fn.backward()`` returns
 d loss / d pred. Both use mean reduction, like PyTorch's defaults.
+
+On the CPU the loss is a Python float. On CUDA it stays on the GPU until read
+(``float(loss)``, ``loss.item()``, ``f"{loss:.4f}"``), like a PyTorch tensor: a training
+step that does not read it makes no host round trip. Targets follow the predictions:
+NumPy labels for CUDA logits are checked on the host, then copied.
 
 Contract: inputs are finite. A NaN or inf in the predictions gives a NaN or inf loss
 (it is not checked for on every call, which would cost a pass over the data).
@@ -26,14 +31,28 @@ class _Loss:
         return f"{type(self).__name__}()"
 
 
+def _device(loss, pred):
+    """Where the loss runs: where the predictions are."""
+    try:
+        return device_of(pred)
+    except TypeError:
+        raise TypeError(f"{loss!r}: expected a numpy.ndarray or a CUDA array of predictions, "
+                        f"got {type(pred).__name__}") from None
+
+
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy of logits (N, C) against integer class labels (N,) in [0, C),
-    fused with its gradient (softmax(logits) - onehot(labels)) / N."""
+    fused with its gradient (softmax(logits) - onehot(labels)) / N.
+
+    Labels already on the GPU are range-checked there: a label out of range raises
+    ValueError when the loss is read."""
 
     def __call__(self, logits, labels):
-        logits = check_input(self, logits, (None, None))
-        if not isinstance(labels, np.ndarray):
-            raise TypeError(f"{self!r}: labels must be a numpy.ndarray of ints, got {type(labels).__name__}")
+        device = _device(self, logits)
+        logits = check_input(self, logits, (None, None), device=device)
+        labels = device.accept(labels, f"{self!r} labels")
+        if not hasattr(labels, "dtype"):
+            raise TypeError(f"{self!r}: labels must be an array of ints, got {type(labels).__name__}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise TypeError(f"{self!r}: labels must be integer class indices, got dtype {labels.dtype}")
         n, c = logits.shape
@@ -42,14 +61,14 @@ class CrossEntropyLoss(_Loss):
                 f"{self!r}: expected labels of shape ({n},) for logits of shape {(n, c)}, "
                 f"got {tuple(labels.shape)}"
             )
-        lo, hi = labels.min(), labels.max()
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{self!r}: label {bad} is out of range for {c} classes [0, {c})")
-        device = device_of(logits)
+        if isinstance(labels, np.ndarray):
+            lo, hi = labels.min(), labels.max()
+            if lo < 0 or hi >= c:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{self!r}: label {bad} is out of range for {c} classes [0, {c})")
+            labels = device.asarray(labels, dtype=np.int64)
         grad = device.empty(logits.shape, logits.dtype)
-        loss = kernel("softmax_cross_entropy_forward", device)(
-            grad, logits, np.ascontiguousarray(labels, dtype=np.int64))
+        loss = kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
         self._grad = grad
         return loss
 
@@ -58,17 +77,16 @@ class MSELoss(_Loss):
     """mean((pred - target)^2) over all elements; target is converted to pred's dtype."""
 
     def __call__(self, pred, target):
+        device = _device(self, pred)
         if getattr(pred, "ndim", 0) < 1:
-            check_input(self, pred, (None,))
-        pred = check_input(self, pred, (None,) * pred.ndim)
-        if not isinstance(target, np.ndarray):
-            raise TypeError(f"{self!r}: target must be a numpy.ndarray, got {type(target).__name__}")
+            check_input(self, pred, (None,), device=device)
+        pred = check_input(self, pred, (None,) * pred.ndim, device=device)
+        target = device.accept(target, f"{self!r} target")
         if target.shape != pred.shape:
             raise ValueError(
                 f"{self!r}: target shape {tuple(target.shape)} does not match prediction shape "
                 f"{tuple(pred.shape)}"
             )
-        device = device_of(pred)
         target = device.asarray(target, dtype=pred.dtype)
         grad = device.empty(pred.shape, pred.dtype)
         loss = kernel("mse_forward", device)(grad, pred, target)

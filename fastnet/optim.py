@@ -96,7 +96,8 @@ class Optimizer:
                     raise ValueError(f"{name}.load_state_dict: buffer {k!r} of parameter {i} "
                                      f"has shape {np.shape(v)}, the parameter {p.shape}")
             dev = device_of(p.data)
-            new.append({k: dev.asarray(v, dtype=p.dtype).copy() for k, v in s.items()})
+            # np.array copies on the host, so the optimizer never shares the caller's arrays
+            new.append({k: dev.asarray(np.array(to_numpy(v), dtype=p.dtype)) for k, v in s.items()})
         self.state = new
         self.param_steps = [int(n) for n in state["param_steps"]]
         for k, v in state.get("hyperparameters", {}).items():

@@ -69,7 +69,7 @@ class _LastAxis(_Elementwise):
 
     @staticmethod
     def _view(a):
-        return a.reshape(-1, a.shape[-1])  # the kernels work on (rows, C)
+        return a.reshape(a.size // a.shape[-1], a.shape[-1])  # the kernels work on (rows, C)
 
 
 class Softmax(_LastAxis):

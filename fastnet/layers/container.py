@@ -12,7 +12,7 @@ class Flatten(Module):
         x = check_input(self, x, (None,) * x.ndim)
         if self.training:
             self._saved = (x.shape, x.dtype)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, grad_out, input_grad=True):
         shape, dtype = self._saved_for_backward()

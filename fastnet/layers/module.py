@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..device import CPU, Device, device_of, to_numpy
+from ..device import CPU, Device, copy_into, device_of, to_numpy
 from ..kernels import kernel
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -45,15 +45,21 @@ class Parameter:
         self._grad = None if value is None else self._checked(value, "grad")
 
     def _checked(self, value, what):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"Parameter.{what}: expected a numpy.ndarray, got {type(value).__name__}")
+        try:
+            device = device_of(value)
+        except TypeError:
+            raise TypeError(f"Parameter.{what}: expected a numpy.ndarray or a CUDA array, got "
+                            f"{type(value).__name__}") from None
+        if self._data is not None and device != device_of(self._data):
+            raise TypeError(f"Parameter.{what}: expected an array on {device_of(self._data)} "
+                            f"(where the parameter lives), got one on {device}")
         if value.dtype not in FLOAT_DTYPES:
             raise TypeError(f"Parameter.{what}: expected float32 or float64, got {value.dtype}")
         if self._data is not None and value.shape != self._data.shape:
             raise ValueError(f"Parameter.{what}: expected shape {self._data.shape}, got {value.shape}")
         if what == "grad" and value.dtype != self._data.dtype:
             raise TypeError(f"Parameter.grad: expected {self._data.dtype} (the data's dtype), got {value.dtype}")
-        return np.ascontiguousarray(value)
+        return device.asarray(value)
 
     @property
     def shape(self):
@@ -78,14 +84,16 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
-def check_input(layer, x, shape, dtype=None):
+def check_input(layer, x, shape, dtype=None, device=None):
     """Validate a layer's input before any kernel runs; returns it C-contiguous.
 
     ``shape`` is a tuple with None for free axes, e.g. (None, 784) or (None, 3, None, None);
-    ``dtype`` the dtype the layer's parameters force, or None for any float dtype.
+    ``dtype`` the dtype the layer's parameters force, or None for any float dtype;
+    ``device`` where it must end up (the layer's by default): a NumPy input to a CUDA
+    layer is validated, then copied to the GPU.
     """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{layer!r}: expected a numpy.ndarray, got {type(x).__name__}")
+    device = device or layer.device
+    x = device.accept(x, layer)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer!r}: expected a float32 or float64 array, got dtype {x.dtype}")
     if dtype is not None and x.dtype != dtype:
@@ -100,19 +108,19 @@ def check_input(layer, x, shape, dtype=None):
         raise ValueError(f"{layer!r}: expected input of shape {want}, got {tuple(x.shape)}")
     if x.size == 0:
         raise ValueError(f"{layer!r}: got an empty input of shape {tuple(x.shape)}")
-    return np.ascontiguousarray(x)
+    return device.asarray(x)
 
 
 def check_grad(layer, grad, shape, dtype):
     """Validate the gradient handed to backward: the forward output's shape and dtype."""
-    if not isinstance(grad, np.ndarray):
-        raise TypeError(f"{layer!r}.backward: expected a numpy.ndarray, got {type(grad).__name__}")
+    device = layer.device
+    grad = device.accept(grad, f"{layer!r}.backward")
     if grad.shape != tuple(shape) or grad.dtype != dtype:
         raise ValueError(
             f"{layer!r}.backward: expected a gradient of shape {tuple(shape)} and dtype "
             f"{dtype} (the forward output's), got {tuple(grad.shape)} {grad.dtype}"
         )
-    return np.ascontiguousarray(grad)
+    return device.asarray(grad)
 
 
 def _float_dtype(dtype, owner):
@@ -217,7 +225,9 @@ class Module:
             p.grad = None
 
     def to(self, target):
-        """Move to a device ("cpu") or convert to a dtype (np.float32 / np.float64)."""
+        """Move to a device ("cpu", "cuda") or convert to a dtype (np.float32 / np.float64).
+        Gradients are dropped; an optimizer's state follows its parameters at its next
+        step."""
         if isinstance(target, (str, Device)):
             device = Device(target)
             for m in self.modules():
@@ -226,8 +236,9 @@ class Module:
                     m._clear_cache()
             for p in self.parameters():
                 if device_of(p.data) != device:
+                    moved = device.asarray(p.data)
                     p.grad = None
-                    p.data = device.asarray(p.data)
+                    p._data = moved  # same shape and dtype, now on the other device
             return self
         dtype = _float_dtype(target, type(self).__name__)
         changed = [p for p in self.parameters() if p.dtype != dtype]
@@ -275,7 +286,7 @@ class Module:
                                 "expected real numbers")
             arrays[k] = a
         for k, a in arrays.items():  # all checked first: a failed load changes nothing
-            own[k].data[...] = a  # in place, like PyTorch: references to .data stay valid
+            copy_into(own[k].data, a)  # in place, like PyTorch: references to .data stay valid
         return self
 
     def __repr__(self):

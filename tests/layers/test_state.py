@@ -61,7 +61,7 @@ def test_parameter_data_is_kept_contiguous_and_shape_checked():
         d.bias.data = np.zeros(1, f32)
     with pytest.raises(TypeError, match="expected float32 or float64, got int64"):
         d.bias.data = np.zeros(2, np.int64)
-    with pytest.raises(TypeError, match=r"Parameter.grad: expected a numpy.ndarray, got list"):
+    with pytest.raises(TypeError, match=r"Parameter.grad: expected a numpy.ndarray or a CUDA array, got list"):
         d.bias.grad = [0.0, 0.0]
 
 

@@ -80,7 +80,7 @@ def test_backward_before_forward_is_an_error():
     (np.zeros((3, 4), f32), np.array([0, -1, 1]), ValueError, r"label -1 is out of range"),
     (np.zeros((3, 4), f32), np.array([0.0, 1.0, 2.0]), TypeError, r"integer class indices, got dtype float64"),
     (np.zeros((3, 4), f32), np.array([0, 1]), ValueError, r"expected labels of shape \(3,\).*got \(2,\)"),
-    (np.zeros((3, 4), f32), [0, 1, 2], TypeError, r"labels must be a numpy.ndarray"),
+    (np.zeros((3, 4), f32), [0, 1, 2], TypeError, r"CrossEntropyLoss\(\) labels: expected a numpy.ndarray, got list"),
     (np.zeros((3, 4, 1), f32), np.array([0, 1, 2]), ValueError, r"CrossEntropyLoss.*\(N, \*\), got \(3, 4, 1\)"),
 ])
 def test_cross_entropy_rejects_bad_labels_and_logits(logits, labels, error, pattern):

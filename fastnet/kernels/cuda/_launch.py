@@ -4,9 +4,12 @@ import math
 
 import numpy as np
 
-from ...cuda import empty, zeros  # noqa: F401  (scratch arrays come from fastnet's pool)
+from ...cuda import empty, simulator, zeros  # noqa: F401  (scratch comes from the pool)
 
-THREADS = 256  # threads per block for elementwise and row kernels
+# Threads per block for elementwise and row kernels. The CUDA simulator runs every
+# thread as a Python thread, so it gets small blocks (the kernels are written for any
+# power of two).
+THREADS = 32 if simulator() else 256
 
 
 def blocks(n, threads=THREADS):

@@ -20,6 +20,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
+from ...cuda import simulator
 from ._device import RELU, SIGMOID, TANH
 
 NO_BIAS, BIAS_PER_ROW, BIAS_PER_COL = 0, 1, 2
@@ -30,6 +31,9 @@ CONFIGS = {
     "large": (128, 128, 8, 8, 8),
     "medium": (64, 64, 8, 4, 4),
     "small": (32, 32, 16, 2, 2),
+    # 64 threads: what the CUDA simulator runs (each simulated thread is a Python
+    # thread); the tests run the three above explicitly
+    "tiny": (16, 16, 8, 2, 2),
 }
 # blocks wanted in flight before a bigger tile is worth it (about 2 per SM on big GPUs)
 _MIN_BLOCKS = 256
@@ -170,6 +174,8 @@ def kernel_for(dtype, ta, tb, config):
 def choose_config(m, n):
     if force_config is not None:
         return force_config
+    if simulator():
+        return "tiny"
     for name in ("large", "medium"):
         bm, bn = CONFIGS[name][:2]
         if -(-m // bm) * -(-n // bn) >= _MIN_BLOCKS:
@@ -197,16 +203,20 @@ def gemm(c_flat, a, b, ta=False, tb=False, bias=None, bias_mode=NO_BIAS, code=0,
 
 
 def ptx_signatures():
-    """(python function, float32 signature) for each GEMM variant, for the PTX check."""
+    """(kernel, float32 signature) pairs for the PTX check: every transpose pair with and
+    without bias on the small tile, and the medium and large tiles as dense forward uses
+    them (the tiles differ only in their constants; the large one takes ~10 s to build)."""
     from numba import types
 
     f2 = float32[:, ::1]
-    out = []
-    for ta in (False, True):
-        for tb in (False, True):
-            for config in CONFIGS:
-                kern, _ = kernel_for(np.float32, ta, tb, config)
-                for bias in (float32[::1], types.none):
-                    out.append((kern, (float32[::1], f2, f2, bias) + (types.int64,) * 3 +
-                                (types.boolean,) + (types.int64,) * 5))
+
+    def sig(bias):
+        return (float32[::1], f2, f2, bias) + (types.int64,) * 3 + (types.boolean,) + \
+            (types.int64,) * 5
+
+    out = [(kernel_for(np.float32, ta, tb, "small")[0], sig(bias))
+           for ta in (False, True) for tb in (False, True)
+           for bias in (float32[::1], types.none)]
+    out += [(kernel_for(np.float32, False, True, config)[0], sig(float32[::1]))
+            for config in ("medium", "large")]
     return out
