@@ -50,6 +50,7 @@ def garbage():
     that kernels must overwrite completely."""
     def make(shape, dtype):
         dtype = np.dtype(dtype)
-        fill = np.full(shape, 7777, dtype) if dtype.kind in "iu" else np.full(shape, np.nan, dtype)
+        fill = (np.full(shape, np.iinfo(dtype).max, dtype) if dtype.kind in "iu"
+                else np.full(shape, np.nan, dtype))
         return fcuda.to_device(fill)
     return make

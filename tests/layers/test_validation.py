@@ -1,6 +1,8 @@
 """Bad input raises a clear TypeError / ValueError naming the layer, what was expected and
 what came, before any kernel runs."""
 import numpy as np
+
+import fastnet
 import pytest
 
 from fastnet.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D,
@@ -124,8 +126,12 @@ def test_load_state_dict_checks_keys_and_shapes_and_changes_nothing_on_failure()
         np.testing.assert_array_equal(v, before[k])   # the good weight was not half-loaded
 
 
-def test_cuda_is_refused_clearly_in_this_build():
-    with pytest.raises(RuntimeError, match=r"device 'cuda' is not available"):
+def test_cuda_is_refused_clearly_when_unavailable(monkeypatch):
+    import fastnet.cuda
+
+    monkeypatch.setattr(fastnet.cuda, "unavailable_reason", lambda: "no GPU in this test")
+    with pytest.raises(RuntimeError, match=r"device 'cuda' is not available: no GPU in this test"):
         Dense(2, 2).to("cuda")
+    assert not fastnet.is_available("cuda")
     with pytest.raises(ValueError, match=r"unknown device 'tpu'"):
         Dense(2, 2).to("tpu")

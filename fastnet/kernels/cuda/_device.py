@@ -8,6 +8,14 @@ RELU, SIGMOID, TANH = 1, 2, 3
 
 
 @cuda.jit(device=True, inline=True)
+def sigmoid(v, one):
+    """1 / (1 + exp(-v)) through exp(-|v|) <= 1, which never overflows (the simulator
+    raises on math.exp overflow where the GPU would give inf)."""
+    e = math.exp(-abs(v))
+    return one / (one + e) if v >= 0 else e / (one + e)
+
+
+@cuda.jit(device=True, inline=True)
 def apply_activation(v, code, one):
     """act(v) by code (0 identity, 1 relu, 2 sigmoid, 3 tanh); ``one`` is 1 in v's dtype.
 
@@ -17,8 +25,7 @@ def apply_activation(v, code, one):
     if code == RELU:
         return v if v > 0 else one - one
     if code == SIGMOID:
-        # exp(-v) overflows to inf for v << 0 and 1 / inf == 0: no NaN, no branch
-        return one / (one + math.exp(-v))
+        return sigmoid(v, one)
     if code == TANH:
         return math.tanh(v)
     return v
@@ -34,3 +41,72 @@ def activation_grad(y, code, one):
     if code == TANH:
         return one - y * y
     return one
+
+
+# ---- block reductions --------------------------------------------------------------------
+# NOTE: every thread of the block must call these (they synchronise the block), also
+# threads whose row is past the end; ``lane`` is the thread's index within its group of
+# ``t`` (a power of two) threads, ``sh`` a shared array of the block's size. The tree has
+# a fixed shape, so results are deterministic for a given launch geometry.
+
+@cuda.jit(device=True, inline=True)
+def block_max(sh, tid, lane, t, v):
+    """The max of v over each group of t threads, NaN-propagating, given to every thread
+    of the group."""
+    sh[tid] = v
+    cuda.syncthreads()
+    step = t // 2
+    while step > 0:
+        if lane < step:
+            a = sh[tid]
+            b = sh[tid + step]
+            if b > a or b != b:
+                sh[tid] = b
+        cuda.syncthreads()
+        step //= 2
+    r = sh[tid - lane]
+    cuda.syncthreads()  # sh is free for the next reduction
+    return r
+
+
+@cuda.jit(device=True, inline=True)
+def block_sum(sh, tid, lane, t, v):
+    """The sum of v over each group of t threads, given to every thread of the group."""
+    sh[tid] = v
+    cuda.syncthreads()
+    step = t // 2
+    while step > 0:
+        if lane < step:
+            sh[tid] += sh[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    r = sh[tid - lane]
+    cuda.syncthreads()
+    return r
+
+
+@cuda.jit(device=True, inline=True)
+def row_of_thread(t):
+    """(thread index, lane within its row's t threads, row) of this thread."""
+    tid = cuda.threadIdx.x
+    return tid, tid & (t - 1), cuda.blockIdx.x * (cuda.blockDim.x // t) + tid // t
+
+
+@cuda.jit(device=True, inline=True)
+def row_max_sumexp(sh, x, tid, lane, t, row, valid):
+    """(m, sum(exp(x[row, :] - m))) with m the row max, in x's dtype, for every thread
+    of the row's group (-inf and 0 for a row past the end)."""
+    c = x.shape[1]
+    m = x.dtype.type(-math.inf)
+    if valid:
+        for j in range(lane, c, t):
+            v = x[row, j]
+            if v > m or v != v:
+                m = v
+    m = block_max(sh, tid, lane, t, m)
+    s = x.dtype.type(0)
+    if valid:
+        for j in range(lane, c, t):
+            s += math.exp(x[row, j] - m)
+    s = block_sum(sh, tid, lane, t, s)
+    return m, s

@@ -17,6 +17,33 @@ def blocks(n, threads=THREADS):
     return max(1, -(-int(n) // threads))
 
 
+MAX_BLOCKS = 4096  # 1M threads, a few waves on any GPU; grid-stride loops do the rest
+
+
+def pow2(n):
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def launch_1d(n):
+    """(blocks, threads) for n independent items, walked by grid-stride loops: blocks of
+    THREADS, or a single block of at least a warp when n is smaller. A function of n
+    alone, so per-block partial sums (mse) do not depend on the GPU."""
+    threads = THREADS if n >= THREADS else max(32, pow2(n))
+    return min(blocks(n, threads), MAX_BLOCKS), threads
+
+
+ROW_ITEMS = 8  # elements per thread in a row kernel before a row gets more threads
+
+
+def launch_rows(n, c):
+    """(blocks, threads, t) for a row kernel over (n, c): t threads per row (a power of
+    two, about c / ROW_ITEMS, at most THREADS) and up to THREADS // t rows per block."""
+    t = min(THREADS, pow2(-(-c // ROW_ITEMS)))
+    rows = min(THREADS // t, pow2(n))
+    return blocks(n, rows), rows * t, t
+
+
 def scalar(value, dtype):
     """A Python number as the array's dtype, so float32 kernels get float32 arguments
     (a Python float would be typed float64 and drag the arithmetic to double)."""

@@ -161,7 +161,7 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
 
 
 def ptx_signatures():
-    from numba import float32, int64, types
+    from numba import float32, int64
 
     f2, f3, f4 = float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
     ints = (int64,) * 8

@@ -21,7 +21,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ...cuda import simulator
-from ._device import RELU, SIGMOID, TANH
+from ._device import RELU, SIGMOID, TANH, sigmoid
 
 NO_BIAS, BIAS_PER_ROW, BIAS_PER_COL = 0, 1, 2
 
@@ -107,7 +107,7 @@ STORE = """\
             if code == RELU:
                 v = max(v, zero)
             elif code == SIGMOID:
-                v = one / (one + math.exp(-v))
+                v = sigmoid(v, one)
             elif code == TANH:
                 v = math.tanh(v)
             addr = (col // p) * chunk_stride + r * row_stride + col % p
@@ -132,7 +132,7 @@ def _make(dtype, ta, tb, config):
     NT = TX * TY
     consts = dict(BM=BM, BN=BN, BK=BK, TX=TX, NT=NT, A_LOADS=BM * BK // NT,
                   B_LOADS=BK * BN // NT, TA=ta, TB=tb, BIAS_PER_ROW=BIAS_PER_ROW,
-                  BIAS_PER_COL=BIAS_PER_COL, cuda=cuda, math=math, RELU=RELU, SIGMOID=SIGMOID, TANH=TANH,
+                  BIAS_PER_COL=BIAS_PER_COL, cuda=cuda, math=math, sigmoid=sigmoid, RELU=RELU, SIGMOID=SIGMOID, TANH=TANH,
                   nbtype=float32 if dtype == np.float32 else float64)
     ind = " " * 4
     init = "\n".join(f"{ind}c_{i}_{j} = zero" for i in range(TM) for j in range(TN))

@@ -1,0 +1,198 @@
+"""Activation kernels (CUDA).
+
+Elementwise kernels take device arrays of any shape (C-contiguous, same shape and
+dtype), one thread per element; softmax and log_softmax work on the last axis of a 2-D
+(N, C) array, ``t`` threads per row (a power of two, about C / ROW_ITEMS, at most
+THREADS) and up to THREADS // t rows per block, reduced in shared memory.
+Backward kernels overwrite their outputs; ``dx`` may alias ``dout``. As on the CPU,
+backward takes the forward output ``out`` where the derivative is a function of it, and
+leaky_relu takes the input.
+"""
+import math
+
+from numba import cuda, float32, int64
+
+from . import _launch
+from ._device import (RELU, SIGMOID, TANH, activation_grad, apply_activation,
+                      block_sum, row_max_sumexp, row_of_thread)
+from ._launch import THREADS, launch_1d, launch_rows
+
+# ---- elementwise ---------------------------------------------------------------------------
+
+@cuda.jit
+def _activation_forward_kernel(out, x, code, one):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = apply_activation(x[i], code, one)
+
+
+@cuda.jit
+def _activation_backward_kernel(dx, dout, out, code, one):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        dx[i] = dout[i] * activation_grad(out[i], code, one)
+
+
+def _forward(out, x, code):
+    out, x = _launch.flat(out), _launch.flat(x)
+    grid, threads = launch_1d(x.size)
+    _activation_forward_kernel[grid, threads](out, x, code, _launch.scalar(1, x.dtype))
+
+
+def _backward(dx, dout, out, code):
+    dx, dout, out = _launch.flat(dx), _launch.flat(dout), _launch.flat(out)
+    grid, threads = launch_1d(out.size)
+    _activation_backward_kernel[grid, threads](dx, dout, out, code, _launch.scalar(1, out.dtype))
+
+
+def relu_forward(out, x):
+    """x (...) -> out (...) = max(x, 0)"""
+    _forward(out, x, RELU)
+
+
+def relu_backward(dx, dout, out):
+    """dout (...), out (...) -> dx (...) = dout * (out > 0)"""
+    _backward(dx, dout, out, RELU)
+
+
+@cuda.jit
+def _leaky_relu_forward_kernel(out, x, slope):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        out[i] = v if v > 0 else v * slope
+
+
+@cuda.jit
+def _leaky_relu_backward_kernel(dx, dout, x, slope):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        g = dout[i]
+        dx[i] = g if x[i] > 0 else g * slope
+
+
+def leaky_relu_forward(out, x, negative_slope):
+    """x (...) -> out (...) = x if x > 0 else negative_slope * x"""
+    out, x = _launch.flat(out), _launch.flat(x)
+    grid, threads = launch_1d(x.size)
+    _leaky_relu_forward_kernel[grid, threads](out, x, _launch.scalar(negative_slope, x.dtype))
+
+
+def leaky_relu_backward(dx, dout, x, negative_slope):
+    """dout (...), x (...) -> dx (...); takes the input, since a negative slope makes
+    the output's sign ambiguous"""
+    dx, dout, x = _launch.flat(dx), _launch.flat(dout), _launch.flat(x)
+    grid, threads = launch_1d(x.size)
+    _leaky_relu_backward_kernel[grid, threads](dx, dout, x, _launch.scalar(negative_slope, x.dtype))
+
+
+def sigmoid_forward(out, x):
+    """x (...) -> out (...) = 1 / (1 + exp(-x))"""
+    _forward(out, x, SIGMOID)
+
+
+def sigmoid_backward(dx, dout, out):
+    """dout (...), out (...) -> dx (...) = dout * out * (1 - out)"""
+    _backward(dx, dout, out, SIGMOID)
+
+
+def tanh_forward(out, x):
+    """x (...) -> out (...) = tanh(x)"""
+    _forward(out, x, TANH)
+
+
+def tanh_backward(dx, dout, out):
+    """dout (...), out (...) -> dx (...) = dout * (1 - out^2)"""
+    _backward(dx, dout, out, TANH)
+
+
+# ---- row-wise: softmax, log_softmax --------------------------------------------------------
+
+@cuda.jit
+def _softmax_forward_kernel(out, x, t):
+    sh = cuda.shared.array(THREADS, x.dtype)
+    tid, lane, row = row_of_thread(t)
+    valid = row < x.shape[0]
+    # NOTE: the row max is subtracted before exp(): finite for logits of +-1e4.
+    m, s = row_max_sumexp(sh, x, tid, lane, t, row, valid)
+    if valid:
+        inv = x.dtype.type(1) / s
+        for j in range(lane, x.shape[1], t):
+            out[row, j] = math.exp(x[row, j] - m) * inv
+
+
+@cuda.jit
+def _softmax_backward_kernel(dx, dout, out, t):
+    sh = cuda.shared.array(THREADS, out.dtype)
+    tid, lane, row = row_of_thread(t)
+    valid = row < out.shape[0]
+    s = out.dtype.type(0)
+    if valid:
+        for j in range(lane, out.shape[1], t):
+            s += dout[row, j] * out[row, j]
+    s = block_sum(sh, tid, lane, t, s)
+    if valid:  # each thread rewrites only the columns it read: dx may alias dout
+        for j in range(lane, out.shape[1], t):
+            dx[row, j] = out[row, j] * (dout[row, j] - s)
+
+
+def softmax_forward(out, x):
+    """x (N, C) -> out (N, C), softmax over C"""
+    grid, threads, t = launch_rows(*x.shape)
+    _softmax_forward_kernel[grid, threads](out, x, t)
+
+
+def softmax_backward(dx, dout, out):
+    """dout (N, C), out (N, C) -> dx (N, C) = out * (dout - sum(dout * out))"""
+    grid, threads, t = launch_rows(*out.shape)
+    _softmax_backward_kernel[grid, threads](dx, dout, out, t)
+
+
+@cuda.jit
+def _log_softmax_forward_kernel(out, x, t):
+    sh = cuda.shared.array(THREADS, x.dtype)
+    tid, lane, row = row_of_thread(t)
+    valid = row < x.shape[0]
+    m, s = row_max_sumexp(sh, x, tid, lane, t, row, valid)
+    if valid:
+        logsum = math.log(s)
+        for j in range(lane, x.shape[1], t):
+            # NOTE: (x - m) - logsum, not x - (m + logsum): x - m is exact, while
+            # m + logsum would round logsum to float32's spacing at m (1e-3 at m = 1e4).
+            out[row, j] = (x[row, j] - m) - logsum
+
+
+@cuda.jit
+def _log_softmax_backward_kernel(dx, dout, out, t):
+    sh = cuda.shared.array(THREADS, out.dtype)
+    tid, lane, row = row_of_thread(t)
+    valid = row < out.shape[0]
+    s = out.dtype.type(0)
+    if valid:
+        for j in range(lane, out.shape[1], t):
+            s += dout[row, j]
+    s = block_sum(sh, tid, lane, t, s)
+    if valid:
+        for j in range(lane, out.shape[1], t):
+            dx[row, j] = dout[row, j] - math.exp(out[row, j]) * s
+
+
+def log_softmax_forward(out, x):
+    """x (N, C) -> out (N, C) = x - logsumexp(x) over C"""
+    grid, threads, t = launch_rows(*x.shape)
+    _log_softmax_forward_kernel[grid, threads](out, x, t)
+
+
+def log_softmax_backward(dx, dout, out):
+    """dout (N, C), out (N, C) -> dx (N, C) = dout - exp(out) * sum(dout)"""
+    grid, threads, t = launch_rows(*out.shape)
+    _log_softmax_backward_kernel[grid, threads](dx, dout, out, t)
+
+
+_F1, _F2 = float32[::1], float32[:, ::1]
+PTX_SIGNATURES = {
+    _activation_forward_kernel: [(_F1, _F1, int64, float32)],
+    _activation_backward_kernel: [(_F1, _F1, _F1, int64, float32)],
+    _leaky_relu_forward_kernel: [(_F1, _F1, float32)],
+    _leaky_relu_backward_kernel: [(_F1, _F1, _F1, float32)],
+    _softmax_forward_kernel: [(_F2, _F2, int64)],
+    _softmax_backward_kernel: [(_F2, _F2, _F2, int64)],
+    _log_softmax_forward_kernel: [(_F2, _F2, int64)],
+    _log_softmax_backward_kernel: [(_F2, _F2, _F2, int64)],
+}

@@ -1,0 +1,145 @@
+"""CUDA loss kernels (mean reduction, fused gradient): softmax_cross_entropy_forward(grad,
+logits, labels) and mse_forward(grad, pred, target) return the loss as a DeviceScalar
+(left on the device until read) and overwrite grad unless it is None."""
+import numpy as np
+import pytest
+
+from fastnet.kernels import kernel
+from fastnet.kernels.cuda._launch import DeviceScalar
+from tests import reference as ref
+from tests.gradcheck import numerical_grad
+
+# (shape, label dtype): one class, one row, several blocks of rows, narrow label dtypes
+CE_CASES = [((5, 3), np.int64), ((1, 7), np.int32), ((4, 1), np.int64), ((300, 4), np.int32),
+            ((6, 40), np.uint8)]
+# one element, odd sizes, a grid of several blocks (several partial sums)
+MSE_SHAPES = [(1,), (7,), (3, 4, 5), (2, 301)]
+
+
+@pytest.fixture
+def ce(dev, host, garbage):
+    """ce(logits, labels, with_grad=True) -> (DeviceScalar, grad on the host | None)"""
+    def run(logits, labels, with_grad=True):
+        grad = garbage(logits.shape, logits.dtype) if with_grad else None
+        loss = kernel("softmax_cross_entropy_forward", "cuda")(grad, dev(logits), dev(labels))
+        return loss, (host(grad) if with_grad else None)
+    return run
+
+
+@pytest.fixture
+def mse(dev, host, garbage):
+    """mse(pred, target, with_grad=True) -> (DeviceScalar, grad on the host | None)"""
+    def run(pred, target, with_grad=True):
+        grad = garbage(pred.shape, pred.dtype) if with_grad else None
+        loss = kernel("mse_forward", "cuda")(grad, dev(pred), dev(target))
+        return loss, (host(grad) if with_grad else None)
+    return run
+
+
+@pytest.mark.parametrize("shape, label_dtype", CE_CASES, ids=str)
+def test_cross_entropy_matches_reference_and_cpu(rng, dtype, tolerance, close, ce, shape, label_dtype):
+    """The loss, a DeviceScalar, and the gradient (softmax - onehot) / N match the
+    reference and the CPU kernel; grad=None gives the same loss."""
+    n, c = shape
+    logits = (2 * rng.standard_normal(shape)).astype(dtype)
+    labels = rng.integers(0, c, n).astype(label_dtype)
+    loss, grad = ce(logits, labels)
+    assert isinstance(loss, DeviceScalar)
+    rloss, rgrad = ref.softmax_cross_entropy(logits, labels)
+    rtol, atol = tolerance
+    np.testing.assert_allclose(float(loss), rloss, rtol=rtol, atol=atol)
+    close(grad, rgrad)
+    cpu_grad = np.empty_like(logits)
+    cpu_loss = kernel("softmax_cross_entropy_forward", "cpu")(cpu_grad, logits, labels)
+    np.testing.assert_allclose(float(loss), cpu_loss, rtol=rtol, atol=atol)
+    close(grad, cpu_grad)
+    loss_none, _ = ce(logits, labels, with_grad=False)
+    np.testing.assert_allclose(float(loss_none), rloss, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 1), (1, 9)], ids=str)
+def test_cross_entropy_grad_matches_finite_differences(rng, ce, shape):
+    """float64 central differences of the CUDA kernel's own loss."""
+    logits = rng.standard_normal(shape)
+    labels = rng.integers(0, shape[1], shape[0])
+    _, grad = ce(logits, labels)
+    num = numerical_grad(lambda z: float(ce(z, labels, with_grad=False)[0]), logits.copy())
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+
+
+def test_cross_entropy_extreme_logits(dtype, tolerance, close, ce):
+    """Logits of +-1e4: loss and gradient finite and correct (a confident right answer
+    costs 0, a confident wrong one 2e4)."""
+    logits = np.array([[1e4, -1e4, 0.0],
+                       [1e4, -1e4, 0.0],
+                       [-1e4, -1e4, -1e4],
+                       [1e4, 1e4, -1e4]], dtype)
+    labels = np.array([0, 1, 2, 0])
+    loss, grad = ce(logits, labels)
+    rloss, rgrad = ref.softmax_cross_entropy(logits, labels)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
+    rtol, atol = tolerance
+    np.testing.assert_allclose(float(loss), rloss, rtol=rtol, atol=atol)
+    for row, want in [(0, 0.0), (1, 2e4), (2, np.log(3.0)), (3, np.log(2.0))]:
+        one, _ = ce(logits[row:row + 1], labels[row:row + 1], with_grad=False)
+        np.testing.assert_allclose(float(one), want, rtol=rtol, atol=atol, err_msg=f"loss of row {row}")
+    close(grad, rgrad, err_msg="gradient")
+
+
+@pytest.mark.parametrize("label_dtype", [np.int64, np.uint8])
+def test_cross_entropy_label_out_of_range(rng, ce, label_dtype):
+    """A label outside [0, C) is not read as an index: the launch succeeds, the bad rows'
+    gradient is NaN (the others are right), and reading the loss raises ValueError."""
+    logits = rng.standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, 3, 2, 200 if label_dtype == np.uint8 else -1], label_dtype)
+    loss, grad = ce(logits, labels)
+    with pytest.raises(ValueError, match="2 label.*out of range for 3 classes"):
+        float(loss)
+    assert np.all(np.isnan(grad[[1, 3]]))
+    good = [0, 2]
+    _, rgrad = ref.softmax_cross_entropy(logits[good], labels[good])
+    np.testing.assert_allclose(grad[good], rgrad * len(good) / len(labels), rtol=1e-5, atol=1e-6)
+    loss_none, _ = ce(logits, labels, with_grad=False)
+    with pytest.raises(ValueError, match="out of range"):
+        loss_none.item()
+
+
+@pytest.mark.parametrize("shape", MSE_SHAPES, ids=str)
+def test_mse_matches_reference_and_cpu(rng, dtype, tolerance, close, mse, shape):
+    """Loss (a DeviceScalar) and gradient 2 (pred - target) / size against the reference
+    and the CPU kernel; grad=None gives the same loss."""
+    pred = rng.standard_normal(shape).astype(dtype)
+    target = rng.standard_normal(shape).astype(dtype)
+    loss, grad = mse(pred, target)
+    assert isinstance(loss, DeviceScalar)
+    rloss, rgrad = ref.mse(pred, target)
+    rtol, atol = tolerance
+    np.testing.assert_allclose(float(loss), rloss, rtol=rtol, atol=atol)
+    close(grad, rgrad, scale=1.0 / pred.size)
+    cpu_grad = np.empty_like(pred)
+    cpu_loss = kernel("mse_forward", "cpu")(cpu_grad, pred, target)
+    np.testing.assert_allclose(float(loss), cpu_loss, rtol=rtol, atol=atol)
+    close(grad, cpu_grad, scale=1.0 / pred.size)
+    loss_none, _ = mse(pred, target, with_grad=False)
+    assert float(loss_none) == float(loss)  # the same partial sums in the same order
+
+
+def test_mse_grad_matches_finite_differences(rng, mse):
+    """float64 central differences of the CUDA kernel's own loss."""
+    pred, target = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    _, grad = mse(pred, target)
+    num = numerical_grad(lambda p: float(mse(p, target, with_grad=False)[0]), pred.copy())
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-9)
+
+
+def test_losses_are_deterministic(rng, ce, mse):
+    """The same inputs give bitwise the same loss (fixed-order tree reductions, no float
+    atomics), and a DeviceScalar reads like a float."""
+    logits = rng.standard_normal((40, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 40)
+    pred = rng.standard_normal(301).astype(np.float32)
+    target = rng.standard_normal(601).astype(np.float32)
+    a = (float(ce(logits, labels)[0]), float(mse(pred, target)[0]))
+    loss, _ = mse(pred, target)
+    assert (float(ce(logits, labels)[0]), float(loss)) == a
+    assert loss == a[1] and f"{loss:.3f}" == f"{a[1]:.3f}" and loss + 1 == a[1] + 1
