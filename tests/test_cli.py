@@ -42,9 +42,11 @@ def test_default_training_reaches_95_percent(capsys):
     """The README's main job with its defaults: LeNet, 30 epochs."""
     assert main(["train", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    epochs = re.findall(r"epoch +(\d+)/30 +loss ([\d.]+) +train acc +([\d.]+)% +(\d+) samples/s", out)
+    epochs = re.findall(r"epoch +(\d+)/30 +loss ([\d.]+) +train acc +([\d.]+)% +val loss ([\d.]+) "
+                        r"+val acc +([\d.]+)% +lr [\d.e-]+ +(\d+) samples/s", out)
     assert len(epochs) == 30
     assert float(epochs[-1][1]) < float(epochs[0][1])
+    assert float(epochs[-1][4]) >= 90.0  # validation accuracy, 143 held-out training images
     acc = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
     assert acc >= 95.0, out
 
