@@ -47,10 +47,15 @@ def _data_error(e):
 def _write_json(path, obj):
     """Atomically, like the checkpoints: a reader never sees half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _device(command, name):
@@ -137,7 +142,7 @@ def train(args) -> int:
             return fail(f"{e}\n(nothing was written; resume with the options of the run that "
                         "wrote the checkpoint)")
     n_params = sum(p.data.size for p in model.parameters())
-    sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set else "")
+    sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set is not None else "")
     print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
           f"{DESCRIPTIONS[args.data]}, {sizes}{len(x_test)} test images, {args.optimizer} "
           f"lr={args.lr} ({args.schedule} schedule), batch {args.batch_size}, {args.epochs} "

@@ -26,7 +26,7 @@ from . import _rng
 from .device import Device, to_numpy
 from .losses import CrossEntropyLoss
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
-                            _model_meta, check_version, load_with_meta, read_npz, write_npz)
+                            _file_mode, _model_meta, check_version, load_with_meta, read_npz, write_npz)
 
 __all__ = ["Trainer", "StepLR", "CosineLR", "evaluate", "load_model", "plot_history",
            "progress_bar"]
@@ -125,6 +125,7 @@ def plot_history(history, path):
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png")
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -200,8 +201,11 @@ class Trainer:
     on_epoch_end   called as on_epoch_end(trainer, record) after each epoch
     config         a JSON-serialisable dict stored in checkpoints (e.g. the CLI's options)
 
-    On Ctrl-C, fit writes the state after the last completed epoch to checkpoint.npz and
-    re-raises KeyboardInterrupt: the partial epoch is discarded and a resumed run repeats it.
+    On Ctrl-C, fit writes the state after the last completed epoch to checkpoint.npz, rolls
+    the trainer (model, optimizer, RNGs, history) back to it, and re-raises
+    KeyboardInterrupt: the partial epoch is discarded, and a resumed run (or another
+    ``fit`` call on this trainer) repeats it. Without checkpoint_dir nothing is saved or
+    rolled back.
     """
 
     def __init__(self, model, optimizer, loss_fn=None, *, schedule=None, device="cpu",
@@ -264,13 +268,16 @@ class Trainer:
         # of an epoch can still save a consistent checkpoint (the model has moved on).
         last = self._state() if self.checkpoint_dir is not None else None
         try:
-            while self.epoch < epochs and self.stop_reason is None:
+            while self.epoch < epochs:
+                if self.patience is not None and self.bad_epochs >= self.patience:
+                    self.stop_reason = "early_stopping"  # also when resuming a stopped run
+                    break
                 record = self._run_epoch(train_loader, val_loader, epochs)
                 self.epoch += 1
                 self.history.append(record)
                 improved = self._update_best(record)
-                if self.patience is not None and self.bad_epochs >= self.patience:
-                    self.stop_reason = "early_stopping"
+                if self.patience is not None and self.bad_epochs >= self.patience \
+                        and self.epoch < epochs:
                     record["stopped"] = (f"early stopping: {self.monitor} has not improved for "
                                          f"{self.bad_epochs} epochs (best "
                                          f"{self.best['value']:.4f} at epoch {self.best['epoch']})")
@@ -290,10 +297,10 @@ class Trainer:
             if last is None:
                 self.log(f"interrupted in epoch {self.epoch + 1}; no checkpoint_dir, nothing saved")
                 raise
-            meta, _ = last
-            self.epoch, self.history = meta["epoch"], [dict(r) for r in meta["history"]]
             path = os.path.join(self.checkpoint_dir, "checkpoint.npz")
             write_npz(path, *last, "Trainer")
+            # Roll this trainer back too, so that calling fit again continues exactly.
+            self._check_checkpoint(*last, path, "Trainer")()
             self.log(f"interrupted in epoch {self.epoch + 1}: saved the state after epoch "
                      f"{self.epoch} to {path} (the partial epoch is discarded; resuming "
                      "repeats it)")

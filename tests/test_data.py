@@ -253,6 +253,9 @@ def test_download_is_verified_before_it_gets_its_name(tmp_path, monkeypatch):
     assert x.shape == (4, 1, 28, 28)
     folder = tmp_path / "cache" / "mnist"
     assert sorted(os.listdir(folder)) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(folder / "t10k-images-idx3-ubyte.gz").st_mode & 0o777 == 0o666 & ~umask
     assert served == [mnist.MIRRORS["mnist"][0] + "t10k-images-idx3-ubyte.gz",  # bad copy dropped
                       mnist.MIRRORS["mnist"][1] + "t10k-images-idx3-ubyte.gz",
                       mnist.MIRRORS["mnist"][0] + "t10k-labels-idx1-ubyte.gz"]

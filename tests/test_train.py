@@ -146,9 +146,13 @@ def test_ctrl_c_saves_the_last_epoch_and_resuming_repeats_the_partial_one(tmp_pa
     assert lines[-1].startswith("interrupted in epoch 3: saved the state after epoch 2 to ")
     model, info = load_model(tmp_path / "checkpoint.npz")
     assert info["epoch"] == 2
-    resumed, train_loader, val_loader = setup(5, checkpoint_dir=tmp_path)
-    resumed.fit(train_loader, val_loader, epochs=EPOCHS, resume=tmp_path)
+    resumed, fresh_train_loader, fresh_val_loader = setup(5, checkpoint_dir=tmp_path)
+    resumed.fit(fresh_train_loader, fresh_val_loader, epochs=EPOCHS, resume=tmp_path)
     assert_same_state(uninterrupted, resumed)
+    # The interrupted trainer was rolled back as well: fit again on the same objects.
+    trainer.optimizer.step = real_step
+    trainer.fit(train_loader, val_loader, epochs=EPOCHS)
+    assert_same_state(uninterrupted, trainer)
 
 
 def test_ctrl_c_without_checkpoint_dir_just_propagates():
@@ -176,6 +180,9 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
     assert info["epoch"] == 2 and load_model(tmp_path / "checkpoint.npz")[1]["epoch"] == 4
     for k, v in best.state_dict().items():
         np.testing.assert_array_equal(v, trainer.best_state_dict[k])
+    again, train_loader, val_loader = setup(0, checkpoint_dir=tmp_path, patience=2)
+    assert len(again.fit(train_loader, val_loader, epochs=5, resume=tmp_path)) == 4  # stays stopped
+    assert again.stop_reason == "early_stopping"
 
 
 def test_accuracy_can_be_monitored():

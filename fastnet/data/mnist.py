@@ -63,6 +63,12 @@ def data_dir(path=None) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -130,6 +136,7 @@ def fetch(name, filename, directory=None, download=True) -> str:
             errors.append(f"{url}: SHA-256 mismatch: expected {expected}, got {actual} "
                           "(download discarded)")
             continue
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)  # only a verified file ever gets the real name
         return path
     raise DataUnavailableError(
