@@ -14,6 +14,7 @@ config. Resuming from it gives bit for bit the run that was not interrupted.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import numbers
 import os
@@ -421,10 +422,11 @@ class Trainer:
 
     def _check_checkpoint(self, meta, arrays, path, who):
         """Validate a checkpoint against this trainer; return a function that applies it."""
-        mine = _describe(self.model)
-        if meta["model"] != mine:
+        # Compared as JSON stores them (tuples become lists), whether read from a file or not.
+        mine, theirs = (json.loads(json.dumps(d)) for d in (_describe(self.model), meta["model"]))
+        if theirs != mine:
             raise ValueError(f"{who}: {path} holds a different model architecture: "
-                             f"{_first_difference(meta['model'], mine)}")
+                             f"{_first_difference(theirs, mine)}")
         model_state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
         params = dict(self.model.named_parameters(remove_duplicate=False))
         if set(model_state) != set(params):

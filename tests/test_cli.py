@@ -290,6 +290,17 @@ def test_bad_or_incompatible_checkpoints_exit_2_and_overwrite_nothing(run, tmp_p
     assert "no checkpoint there" in capsys.readouterr().err
 
 
+def test_resume_a_cnn_and_extend_the_run(tmp_path, capsys):
+    """LeNet's config holds tuples (kernel sizes), which a checkpoint stores as lists."""
+    args = ["train", "--epochs", "1", "--batch-size", "64", "--no-progress", "--schedule", "constant"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert main([*args[:1], "--epochs", "2", *args[3:], "--resume", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch   2/2" in out and "epoch   1/2" not in out
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
 @pytest.mark.skipif(fastnet.is_available("cuda"), reason="a CUDA device is available here")
 def test_cuda_unavailable_is_a_clean_error(capsys):
     assert main(["train", "--device", "cuda", "--no-progress"]) == 2
@@ -355,7 +366,7 @@ def test_ctrl_c_outside_training_exits_130(monkeypatch, capsys):
 
 def test_sigint_to_a_real_process(tmp_path):
     """As a user presses Ctrl-C: SIGINT after the first epoch line, exit 130, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "fastnet", "train", "--model", "mlp",
+    proc = subprocess.Popen([sys.executable, "-m", "fastnet", "train",  # LeNet: tuples in its config
                              "--epochs", "100000", "--no-progress", "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import pytest
 
 import fastnet
 from fastnet.data import ArrayDataset, DataLoader, train_val_split
-from fastnet.layers import Dense, Dropout, Flatten, Sequential
+from fastnet.layers import Conv2D, Dense, Dropout, Flatten, Sequential
 from fastnet.models import MODELS, vgg_small
 from fastnet.optim import SGD, Adam
 from fastnet.train import CosineLR, StepLR, Trainer, load_model, plot_history
@@ -30,7 +30,8 @@ TRAIN, VAL = data()
 def setup(seed, optimizer=SGD, **trainer_kwargs):
     """A fresh model, optimizer, loaders and trainer, as a new process would build them."""
     fastnet.manual_seed(seed)
-    model = Sequential(Flatten(), Dense(16, 32, activation="relu"), Dropout(0.3), Dense(32, 4))
+    model = Sequential(Conv2D(1, 2, 3, padding=1, activation="relu"), Flatten(),
+                       Dense(32, 32, activation="relu"), Dropout(0.3), Dense(32, 4))
     opt = optimizer(model.parameters(), lr=0.1, momentum=0.9) if optimizer is SGD \
         else optimizer(model.parameters(), lr=0.01)
     trainer = Trainer(model, opt, schedule=CosineLR(EPOCHS), progress=False, log=None,
@@ -51,7 +52,7 @@ def assert_same_state(a, b):
     for bufs_a, bufs_b in zip(sa["state"], sb["state"]):
         for k in bufs_a:
             np.testing.assert_array_equal(bufs_a[k], bufs_b[k])
-    assert a.model[2].calls == b.model[2].calls and a.model[2].seed == b.model[2].seed
+    assert a.model[3].calls == b.model[3].calls and a.model[3].seed == b.model[3].seed
     assert without_timing(a.history) == without_timing(b.history)
 
 
@@ -110,7 +111,7 @@ def test_log_line_per_epoch():
 def test_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, uninterrupted):
     first, train_loader, val_loader = setup(0, checkpoint_dir=tmp_path)
     first.fit(train_loader, val_loader, epochs=2)
-    assert first.model[2].calls > 0  # dropout ran, so its counter must be restored
+    assert first.model[3].calls > 0  # dropout ran, so its counter must be restored
     # A "new process": other seed, so init, dropout seed and shuffling all differ until restored.
     second, train_loader, val_loader = setup(99, checkpoint_dir=tmp_path)
     history = second.fit(train_loader, val_loader, epochs=EPOCHS, resume=tmp_path / "checkpoint.npz")
@@ -241,14 +242,14 @@ def rewrite(path, target, edit_meta=None, drop=None):
     (lambda p, t: np.savez(t, w=np.zeros(3)) or t, "is an .npz file but not a fastnet checkpoint file"),
     (lambda p, t: rewrite(p, t, lambda m: m.update(version=7)),
      "has format version 7; this fastnet reads version 1"),
-    (lambda p, t: rewrite(p, t, lambda m: m["model"]["layers"][1]["config"].update(out_features=64)),
-     r"holds a different model architecture: model.layers\[1\].config.out_features: 64 in the "
+    (lambda p, t: rewrite(p, t, lambda m: m["model"]["layers"][2]["config"].update(out_features=64)),
+     r"holds a different model architecture: model.layers\[2\].config.out_features: 64 in the "
      "checkpoint, 32 in the model"),
     (lambda p, t: rewrite(p, t, lambda m: m["optimizer"].update(type="Adam")),
      "was trained with Adam, this trainer's optimizer is SGD"),
     (lambda p, t: rewrite(p, t, drop=["optimizer.0.momentum_buffer"]) and
      rewrite(t, t, lambda m: m.pop("rng")), r"not a valid checkpoint: missing or malformed entry 'rng'"),
-    (lambda p, t: rewrite(p, t, drop=["model.1.weight"]), "has parameters"),
+    (lambda p, t: rewrite(p, t, drop=["model.2.weight"]), "has parameters"),
 ])
 def test_bad_checkpoints_are_refused_and_change_nothing(tmp_path, checkpoint, make, message):
     target = make(checkpoint, tmp_path / "bad.npz")
@@ -258,7 +259,7 @@ def test_bad_checkpoints_are_refused_and_change_nothing(tmp_path, checkpoint, ma
         trainer.resume(target)
     for k, v in trainer.model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
-    assert trainer.epoch == 0 and trainer.optimizer.param_steps == [0] * 4
+    assert trainer.epoch == 0 and trainer.optimizer.param_steps == [0] * 6
 
 
 def test_a_model_file_is_not_a_checkpoint(tmp_path):
@@ -277,8 +278,8 @@ def test_other_model_or_optimizer_kind(checkpoint):
     fastnet.manual_seed(0)
     mlp = MODELS["mlp"](in_shape=(1, 4, 4), num_classes=4)
     t = Trainer(mlp, SGD(mlp.parameters(), lr=0.1), progress=False, log=None)
-    with pytest.raises(ValueError, match=r"different model architecture: model.layers\[1\].config.out_features: "
-                                         "32 in the checkpoint, 128 in the model"):
+    with pytest.raises(ValueError, match=r"different model architecture: model.layers: 5 layers "
+                                         "in the checkpoint, 4 in the model"):
         t.resume(checkpoint)
 
 
