@@ -193,7 +193,7 @@ def test_evaluate_matches_the_training_runs_test_accuracy(run, capsys):
     test_acc = json.loads((run / "metrics.json").read_text())["test"]["acc"]
     assert main(["evaluate", "--checkpoint", str(run / "checkpoint.npz")]) == 0
     out = capsys.readouterr().out
-    assert f"digits test split, 359 images" in out
+    assert "digits test split, 359 images" in out
     assert f"test accuracy: {100 * test_acc:.2f}%" in out
     assert main(["evaluate", "--checkpoint", str(run / "best.npz")]) == 0
 

@@ -227,7 +227,7 @@ def test_offline_gives_a_clear_message_and_leaves_nothing(tmp_path, monkeypatch)
     assert "could not download train-images-idx3-ubyte.gz for mnist (offline?)" in message
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz" in message
     assert "Temporary failure in name resolution" in message
-    assert f"place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in message
+    assert "place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in message
     assert f"in {tmp_path / 'mnist'}" in message
     assert os.listdir(tmp_path / "mnist") == []  # no partial files
     with pytest.raises(DataUnavailableError, match="is missing and downloading is off"):

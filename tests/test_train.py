@@ -1,7 +1,6 @@
 """fastnet.train: schedules, the Trainer's loop, early stopping, checkpoints, resume
 equivalence (bit for bit, Dropout included) and Ctrl-C."""
 import json
-import os
 import sys
 
 import numpy as np
