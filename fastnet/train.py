@@ -105,6 +105,7 @@ def plot_history(history, path):
     """
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError('plotting needs matplotlib: pip install "fastnet[plot]"') from None
     epochs = [r["epoch"] for r in history]
@@ -117,6 +118,7 @@ def plot_history(history, path):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style,
                         markersize=3, label="validation" if split == "val" else split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
