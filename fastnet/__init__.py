@@ -9,12 +9,12 @@ from . import _threads
 
 _threads.configure()  # before any BLAS / Numba work: see fastnet/_threads.py
 
-from . import cuda, kernels, layers, losses, optim  # noqa: E402
+from . import cuda, data, kernels, layers, losses, optim, train  # noqa: E402
 from ._rng import manual_seed  # noqa: E402
 from ._threads import threading_info  # noqa: E402
 from .device import Device, is_available  # noqa: E402
 from .serialization import load, save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["layers", "losses", "optim", "kernels", "cuda", "Device", "is_available", "manual_seed",
-           "save", "load", "threading_info"]
+__all__ = ["layers", "losses", "optim", "kernels", "cuda", "data", "train", "Device",
+           "is_available", "manual_seed", "save", "load", "threading_info"]

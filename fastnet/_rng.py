@@ -28,6 +28,31 @@ def generator() -> np.random.Generator:
     return _generator
 
 
+def get_state() -> dict:
+    """The global generator's state (JSON-serialisable), e.g. for a training checkpoint."""
+    return _generator.bit_generator.state
+
+
+def set_state(state: dict) -> None:
+    """Restore a state from ``get_state``."""
+    global _generator
+    _generator = generator_from_state(state, "fastnet RNG")
+
+
+def generator_from_state(state, owner) -> np.random.Generator:
+    """A Generator whose bit generator (named in ``state``, e.g. PCG64) has ``state``."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    bit_generator = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(bit_generator, type) and issubclass(bit_generator, np.random.BitGenerator)):
+        raise ValueError(f"{owner}: not a NumPy bit-generator state: {state!r:.200}")
+    g = np.random.Generator(bit_generator())
+    try:
+        g.bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{owner}: invalid {name} state: {e}") from e
+    return g
+
+
 def new_seed() -> int:
     """A fresh 63-bit seed drawn from the global generator."""
     return int(_generator.integers(0, 2**63 - 1))

@@ -2,114 +2,307 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
 
-def _progress(total, desc, enabled):
-    """A tqdm bar when tqdm is installed and wanted, else a silent stand-in."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                        mininterval=0.2)
-        except ImportError:
-            pass
-
-    class _Quiet:
-        def update(self, n=1):
-            pass
-
-        def set_postfix_str(self, s, refresh=True):
-            pass
-
-        def close(self):
-            pass
-
-    return _Quiet()
+DATA_SETS = ("digits", "mnist", "fashion-mnist")
+DEFAULT_LR = {"sgd": 0.05, "adam": 5e-3}
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
-def accuracy(model, x, y, batch_size=256):
-    """Fraction of samples whose arg-max logit is the label (model in eval mode)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        correct += int((logits.argmax(axis=1) == y[i:i + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(x)
+def _fail(command, message) -> int:
+    print(f"fastnet {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _load_data(name, data_dir, seed, split):
+    """(x, y) of ``split`` ("train" or "test") of a data set. The digits have no official
+    test set: it is the stratified 20% held out by ``seed``, as it always was."""
+    from .data import load_digits, mnist, train_test_split
+
+    if name == "digits":
+        x, y = load_digits()
+        x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction=0.2, seed=seed)
+        return (x_train, y_train) if split == "train" else (x_test, y_test)
+    return mnist.load(name, split, data_dir)
+
+
+def _data_error(e):
+    """A message for the errors loading data can raise, or None for anything else."""
+    from .data import DataUnavailableError
+
+    if isinstance(e, (ImportError, DataUnavailableError, ValueError)):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"cannot read the data: {e}"
+    return None
+
+
+def _write_json(path, obj):
+    """Atomically, like the checkpoints: a reader never sees half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _device(command, name):
+    import fastnet
+
+    try:
+        fastnet.Device(name)
+    except (RuntimeError, ValueError) as e:
+        return _fail(command, str(e))
+    return None
 
 
 def train(args) -> int:
     import fastnet
-    from fastnet.data import batches, load_digits, train_test_split
-    from fastnet.losses import CrossEntropyLoss
-    from fastnet.models import MODELS
-    from fastnet.optim import SGD, Adam
+    from .data import ArrayDataset, DataLoader, train_val_split
+    from .models import MODELS
+    from .optim import SGD, Adam
+    from .train import CosineLR, StepLR, Trainer, _checkpoint_path, plot_history
 
+    fail = functools.partial(_fail, "train")
+    if (code := _device("train", args.device)) is not None:
+        return code
     if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
-        print(f"fastnet train: cannot save to {args.save}: its directory does not exist",
-              file=sys.stderr)
-        return 2
+        return fail(f"cannot save to {args.save}: its directory does not exist")
+    resume = None
+    if args.resume:
+        resume = _checkpoint_path(args.resume)
+        if not os.path.isfile(resume):
+            return fail(f"--resume {args.resume}: no checkpoint there (expected a checkpoint "
+                        ".npz file or a directory holding checkpoint.npz)")
+    out = args.out or (os.path.dirname(os.path.abspath(resume)) if resume else None)
+    if out is not None:
+        if os.path.exists(out) and not os.path.isdir(out):
+            return fail(f"--out {out} is a file, expected a directory")
+        if resume is None and os.path.exists(os.path.join(out, "checkpoint.npz")):
+            return fail(f"{out} already holds checkpoint.npz from an earlier run: continue it "
+                        f"with --resume {out}, or choose another --out")
+    if args.patience is not None and args.val_fraction == 0:
+        return fail("--patience needs validation data: use --val-fraction > 0")
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
+
     fastnet.manual_seed(args.seed)
     try:
-        x, y = load_digits()
-    except ImportError as e:
-        print(f"fastnet train: {e}", file=sys.stderr)
-        return 2
-    x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction=0.2, seed=args.seed)
-    model = MODELS[args.model](in_shape=x.shape[1:], num_classes=10)
+        x_train, y_train = _load_data(args.data, args.data_dir, args.seed, "train")
+        x_test, y_test = _load_data(args.data, args.data_dir, args.seed, "test")
+    except Exception as e:
+        if (message := _data_error(e)) is None:
+            raise
+        return fail(message)
+    train_set = ArrayDataset(x_train, y_train)
+    val_set = None
+    if args.val_fraction > 0:
+        train_set, val_set = train_val_split(train_set, args.val_fraction, seed=args.seed)
+    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
+    val_loader = DataLoader(val_set, 256) if val_set is not None else None
+    in_shape = tuple(int(d) for d in x_train.shape[1:])
+    model = MODELS[args.model](in_shape=in_shape, num_classes=10)
     if args.optimizer == "sgd":
         opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
         opt = Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    loss_fn = CrossEntropyLoss()
-    rng = np.random.default_rng(args.seed)
+    schedule = {"cosine": CosineLR(args.epochs), "step": StepLR(max(1, args.epochs // 3), 0.1),
+                "constant": None}[args.schedule]
+    config = {k: getattr(args, k) for k in (
+        "model", "data", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
+        "val_fraction", "patience", "monitor", "seed", "device")}
+    config["in_shape"] = list(in_shape)
+    test_metrics = None
+
+    def write_metrics(trainer, record=None):
+        if out is not None:
+            _write_json(os.path.join(out, "metrics.json"), {
+                "config": config, "history": trainer.history, "best": trainer.best,
+                "stop_reason": trainer.stop_reason, "test": test_metrics})
+
+    trainer = Trainer(model, opt, schedule=schedule, device=args.device, progress=args.progress,
+                      checkpoint_dir=out, patience=args.patience, monitor=args.monitor,
+                      on_epoch_end=write_metrics, config=config)
+    if resume is not None:
+        try:
+            trainer.resume(resume)
+        except (ValueError, OSError) as e:
+            return fail(f"{e}\n(nothing was written; resume with the options of the run that "
+                        "wrote the checkpoint)")
     n_params = sum(p.data.size for p in model.parameters())
+    sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set is not None else "")
     print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
-          f"the 8x8 digits, {len(x_train)} train / {len(x_test)} test images, "
-          f"{args.optimizer} lr={args.lr} (cosine decay), batch {args.batch_size}, {args.epochs} epochs")
-    n_batches = -(-len(x_train) // args.batch_size)
-    for epoch in range(1, args.epochs + 1):
-        # cosine learning-rate decay from lr to 0 over the run
-        opt.lr = args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / args.epochs))
-        model.train()
-        bar = _progress(n_batches, f"epoch {epoch}/{args.epochs}", args.progress)
-        total_loss, correct, seen = 0.0, 0, 0
-        start = time.perf_counter()
-        for xb, yb in batches(x_train, y_train, args.batch_size, shuffle=True, rng=rng):
-            opt.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            model.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-            total_loss += loss * len(xb)
-            correct += int((logits.argmax(axis=1) == yb).sum())
-            seen += len(xb)
-            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)  # drawn by update()
-            bar.update()
-        elapsed = time.perf_counter() - start
-        bar.close()
-        print(f"epoch {epoch:3d}/{args.epochs}  loss {total_loss / seen:.4f}  "
-              f"train acc {100 * correct / seen:6.2f}%  {seen / elapsed:9.0f} samples/s",
-              flush=True)
-    test_acc = accuracy(model, x_test, y_test)
-    print(f"test accuracy: {100 * test_acc:.2f}% ({len(x_test)} held-out images)")
+          f"{DESCRIPTIONS[args.data]}, {sizes}{len(x_test)} test images, {args.optimizer} "
+          f"lr={args.lr} ({args.schedule} schedule), batch {args.batch_size}, {args.epochs} "
+          f"epochs, on {args.device}", flush=True)
+    if resume is not None:
+        print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
+    try:
+        trainer.fit(train_loader, val_loader, epochs=args.epochs)
+    except KeyboardInterrupt:
+        write_metrics(trainer)
+        where = f"; continue with --resume {out}" if out is not None else ""
+        print(f"fastnet train: interrupted{where}", file=sys.stderr)
+        return INTERRUPTED
+    test_metrics = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), 256))
+    print(f"test accuracy: {100 * test_metrics['acc']:.2f}% ({len(x_test)} held-out images), "
+          f"test loss {test_metrics['loss']:.4f}")
+    if out is not None:
+        write_metrics(trainer)
+        written = ["checkpoint.npz", "best.npz", "metrics.json"]
+        try:
+            plot_history(trainer.history, os.path.join(out, "curves.png"))
+            written.append("curves.png")
+        except ImportError:
+            print('note: matplotlib is not installed, so no curves.png '
+                  '(pip install "fastnet[plot]")')
+        print(f"wrote {', '.join(f for f in written if os.path.exists(os.path.join(out, f)))} "
+              f"to {out}")
     if args.save:
         fastnet.save(model, args.save)
         print(f"saved model to {args.save}")
     return 0
 
 
-DEFAULT_LR = {"sgd": 0.05, "adam": 5e-3}
+DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def _open_model(command, path, device):
+    """(model in eval mode on device, checkpoint info) or an exit code."""
+    from .train import load_model
+
+    if (code := _device(command, device)) is not None:
+        return code
+    try:
+        model, info = load_model(path)
+    except (ValueError, OSError) as e:
+        return _fail(command, str(e))
+    return model.to(device).eval(), info
+
+
+def evaluate(args) -> int:
+    from .data import ArrayDataset, DataLoader
+    from .train import evaluate as run_evaluation
+
+    opened = _open_model("evaluate", args.checkpoint, args.device)
+    if isinstance(opened, int):
+        return opened
+    model, info = opened
+    config = info.get("config") or {}
+    data = args.data or config.get("data", "digits")
+    seed = args.seed if args.seed is not None else config.get("seed", 0)
+    try:
+        x, y = _load_data(data, args.data_dir, seed, "test")
+    except Exception as e:
+        if (message := _data_error(e)) is None:
+            raise
+        return _fail("evaluate", message)
+    try:
+        metrics = run_evaluation(model, DataLoader(ArrayDataset(x, y), args.batch_size))
+    except (ValueError, TypeError) as e:
+        return _fail("evaluate", f"the model does not take the {data} images "
+                                 f"{tuple(x.shape[1:])}: {e}")
+    print(f"{args.checkpoint}: {data} test split, {len(x)} images: test loss "
+          f"{metrics['loss']:.4f}  test accuracy: {100 * metrics['acc']:.2f}%")
+    return 0
+
+
+IMAGE_NOTE = "images are read as grayscale, resized to the model's input and scaled to [0, 1]"
+
+
+def _read_input(path, in_shape):
+    """(N, *in_shape) float32 samples from a .npy file or an image, or raise ValueError."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    if path.lower().endswith(".npy"):
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{path}: not a readable .npy file: {e}") from None
+        if a.dtype.kind not in "uif" or a.dtype == np.bool_:
+            raise ValueError(f"{path}: expected a numeric array, got dtype {a.dtype}")
+        if a.dtype == np.uint8:  # raw pixels, as in an image file
+            a = a / 255.0
+        if in_shape is None:  # a model file: no recorded shape, the model checks it
+            return np.ascontiguousarray(a[None] if a.ndim == 3 else a, dtype=np.float32)
+        in_shape = tuple(in_shape)
+        if a.shape == in_shape or (in_shape[0] == 1 and a.shape == in_shape[1:]):
+            a = a.reshape((1, *in_shape))
+        elif a.shape[1:] == in_shape or (in_shape[0] == 1 and a.shape[1:] == in_shape[1:]):
+            a = a.reshape((len(a), *in_shape))
+        else:
+            c, h, w = in_shape
+            single = f"({h}, {w}), " if c == 1 else ""
+            raise ValueError(f"{path}: the model takes arrays of shape {in_shape}, {single}or "
+                             f"(N, {c}, {h}, {w}); got {a.shape}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(f'{path}: reading images needs Pillow: pip install "fastnet[images]" '
+                         "(or pass a .npy array)") from None
+    if in_shape is None:
+        raise ValueError(f"{path}: this model file does not record its input size; use a "
+                         "checkpoint written by fastnet train, or pass a .npy array")
+    c, h, w = in_shape
+    if c not in (1, 3):
+        raise ValueError(f"{path}: the model takes {c} channels; images give 1 or 3")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.LANCZOS)
+            a = np.asarray(img, dtype=np.float32) / 255.0
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image: {e}") from None
+    if c == 1:
+        # NOTE: the training digits are light strokes on a dark ground; a scan or drawing
+        # is usually dark on light, so a mostly light image is inverted.
+        if a.mean() > 0.5:
+            a = 1.0 - a
+        a = a[None]
+    else:
+        a = a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a[None], dtype=np.float32)
+
+
+def predict(args) -> int:
+    from .data.mnist import CLASS_NAMES
+    from .device import to_numpy
+
+    opened = _open_model("predict", args.checkpoint, args.device)
+    if isinstance(opened, int):
+        return opened
+    model, info = opened
+    config = info.get("config") or {}
+    names = CLASS_NAMES.get(config.get("data"))
+    in_shape = info.get("input_shape") or config.get("in_shape")
+    try:  # every input is read and checked before any prediction is printed
+        inputs = [(path, _read_input(path, in_shape)) for path in args.files]
+    except ValueError as e:
+        return _fail("predict", str(e))
+    for path, x in inputs:
+        try:
+            logits = to_numpy(model(x)).astype(np.float64)
+        except (ValueError, TypeError) as e:
+            return _fail("predict", f"{path}: the model does not take this input: {e}")
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        for i, (k, prob) in enumerate(zip(p.argmax(axis=1), p.max(axis=1))):
+            label = f"{path}[{i}]" if len(x) > 1 else path
+            name = f" ({names[k]})" if names and names[k] != str(k) else ""
+            print(f"{label}: class {k}{name}, probability {prob:.3f}")
+    return 0
 
 
 def bench(args) -> int:
@@ -143,26 +336,87 @@ def _float(positive):
     return parse
 
 
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def _data_options(parser, default):
+    parser.add_argument("--data", choices=DATA_SETS, default=default,
+                        help="digits: the embedded 8x8 digits; mnist / fashion-mnist: read "
+                             "from --data-dir, downloaded when missing (default: "
+                             + (default or "the checkpoint's") + ")")
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="where the MNIST / Fashion-MNIST files are kept (default: "
+                             "$FASTNET_DATA, else ~/.cache/fastnet)")
+
+
 def build_parser():
+    from .models import MODELS  # the one registry of model names
+
     parser = argparse.ArgumentParser(prog="python -m fastnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a model on the embedded handwritten digits")
-    t.add_argument("--model", choices=["lenet", "mlp"], default="lenet",
-                   help="default: %(default)s")
-    t.add_argument("--epochs", type=_int_at_least(1), default=30, help="default: %(default)s")
+    t = sub.add_parser("train", help="train a model (default: LeNet on the embedded digits)",
+                       description="Train a model. With --out DIR, writes DIR/checkpoint.npz "
+                       "(after every epoch), DIR/best.npz (best validation epoch), "
+                       "DIR/metrics.json and DIR/curves.png (needs matplotlib). Ctrl-C saves "
+                       "the last completed epoch; --resume DIR continues from it.")
+    t.add_argument("--model", choices=list(MODELS), default="lenet", help="default: %(default)s")
+    _data_options(t, default="digits")
+    t.add_argument("--epochs", type=_int_at_least(1), default=30,
+                   help="total epochs, counting those of a resumed run (default: %(default)s)")
     t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="default: %(default)s")
     t.add_argument("--lr", type=_float(positive=True), default=None,
-                   help="peak learning rate, decayed to 0 by a cosine schedule (default: "
+                   help="initial learning rate (default: "
                         f"{DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                    help="sgd (momentum 0.9) or adam (default: %(default)s)")
+    t.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine",
+                   help="learning rate per epoch: cosine decay to 0 over --epochs, step (x0.1 "
+                        "every third of the epochs) or constant (default: %(default)s)")
     t.add_argument("--weight-decay", type=_float(positive=False), default=5e-4,
                    help="L2 weight decay (default: %(default)s)")
+    t.add_argument("--val-fraction", type=_fraction, default=0.1,
+                   help="share of the training images held out for validation each epoch, "
+                        "0 for none (default: %(default)s)")
+    t.add_argument("--patience", type=_int_at_least(1), default=None,
+                   help="stop early after this many epochs without a better --monitor value")
+    t.add_argument("--monitor", choices=["val_loss", "val_acc"], default="val_loss",
+                   help="validation metric for early stopping and best.npz (default: %(default)s)")
     t.add_argument("--seed", type=_int_at_least(0), default=0, help="default: %(default)s")
-    t.add_argument("--save", metavar="PATH", help="write the trained model here (.npz)")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
+    t.add_argument("--out", metavar="DIR", help="write checkpoints, metrics.json and curves.png here")
+    t.add_argument("--resume", metavar="PATH",
+                   help="continue from a checkpoint (a file, or a --out directory); give the "
+                        "options of the original run")
+    t.add_argument("--save", metavar="PATH",
+                   help="also write the final model here as a plain model file (fastnet.save)")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     t.set_defaults(func=train)
+    e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on a test split")
+    e.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint.npz / best.npz (or a fastnet.save model file)")
+    _data_options(e, default=None)
+    e.add_argument("--seed", type=_int_at_least(0), default=None,
+                   help="the digits' held-out split (default: the checkpoint's --seed)")
+    e.add_argument("--batch-size", type=_int_at_least(1), default=256, help="default: %(default)s")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
+    e.set_defaults(func=evaluate)
+    p = sub.add_parser("predict", help="classify images (PNG, JPEG, ...) or .npy arrays",
+                       description="Print the class and its probability for each input: an "
+                       f".npy array (one sample or a batch) or an image file; {IMAGE_NOTE} "
+                       "(a mostly light image is inverted; reading images needs Pillow).")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint.npz / best.npz written by fastnet train")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".npy or image files")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
+    p.set_defaults(func=predict)
     b = sub.add_parser("bench", help="time fastnet against the same maths in NumPy and PyTorch")
     b.add_argument("--filter", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     b.add_argument("--repeat", type=_int_at_least(1), default=10,
@@ -176,4 +430,8 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # outside training (which handles its own): no traceback
+        print(f"fastnet {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED

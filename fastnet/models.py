@@ -40,4 +40,27 @@ def lenet(in_shape=(1, 8, 8), num_classes=10):
     )
 
 
-MODELS = {"mlp": mlp, "lenet": lenet}
+def vgg_small(in_shape=(1, 28, 28), num_classes=10):
+    """A small VGG: two blocks of two 3x3 convolutions (32 then 64 channels, padding 1,
+    ReLU fused) each followed by a 2x2 max pool, then dense 256 (ReLU) and num_classes.
+    The dense head's input size follows from ``in_shape`` (1x28x28: 64*7*7, 1x8x8: 64*2*2).
+    """
+    c, h, w = in_shape
+    if min(h, w) < 4:
+        raise ValueError(f"vgg_small: images must be at least 4x4 (two 2x2 pools), got {h}x{w}")
+    h, w = h // 2 // 2, w // 2 // 2
+    return Sequential(
+        Conv2D(c, 32, 3, padding=1, activation="relu"),
+        Conv2D(32, 32, 3, padding=1, activation="relu"),
+        MaxPool2D(2),
+        Conv2D(32, 64, 3, padding=1, activation="relu"),
+        Conv2D(64, 64, 3, padding=1, activation="relu"),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(64 * h * w, 256, activation="relu"),
+        Dense(256, num_classes),
+    )
+
+
+# The one registry of named models (the CLI's --model choices): name -> f(in_shape, num_classes).
+MODELS = {"mlp": mlp, "lenet": lenet, "vgg-small": vgg_small}

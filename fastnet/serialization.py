@@ -20,6 +20,8 @@ from .layers.module import Module
 
 FORMAT = "fastnet-model"
 VERSION = 1
+CHECKPOINT_FORMAT = "fastnet-checkpoint"  # written by fastnet.train: model + training state
+CHECKPOINT_VERSION = 1
 _META = "__fastnet__"
 _REGISTRY = {name: getattr(_layers, name) for name in _layers.__all__
              if name not in ("Module", "Parameter")}
@@ -56,22 +58,23 @@ def _file_mode(path):
         return 0o666 & ~umask
 
 
-def save(model: Module, path) -> None:
-    """Write ``model`` (architecture and parameters) to ``path`` (an .npz file)."""
-    if not isinstance(model, Module):
-        raise TypeError(f"fastnet.save: expected a fastnet Module, got {type(model).__name__}")
-    state = model.state_dict()
-    dtypes = {str(a.dtype) for a in state.values()}
-    meta = {"format": FORMAT, "version": VERSION, "model": _describe(model),
-            "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"}
+def _model_meta(model: Module) -> dict:
+    """The architecture and dtype of ``model``, as stored in model files and checkpoints."""
+    dtypes = {str(p.dtype) for p in model.parameters()}
+    return {"model": _describe(model), "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"}
+
+
+def write_npz(path, meta: dict, arrays: dict, who: str) -> None:
+    """Write ``arrays`` plus ``meta`` (as JSON) to ``path`` atomically: a temporary file in
+    the same directory, fsync'ed, then renamed over the target."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"fastnet.save: directory {directory} does not exist")
+        raise FileNotFoundError(f"{who}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_META: np.array(json.dumps(meta))}, **state)
+            np.savez(f, **{_META: np.array(json.dumps(meta))}, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give what open() would
@@ -82,37 +85,76 @@ def save(model: Module, path) -> None:
         raise
 
 
-def load(path) -> Module:
-    """Rebuild a model written by ``fastnet.save``."""
+def read_npz(path, who: str, kind: str = "model"):
+    """(meta, arrays) of a file written by ``write_npz``. A missing file raises
+    FileNotFoundError; anything unreadable, truncated or foreign raises ValueError that
+    calls the expected file a fastnet ``kind`` file."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError(f"{who}: {path} is a .npy array, not a fastnet {kind} file")
             if _META not in data.files:
-                raise ValueError(f"fastnet.load: {path} is an .npz file but not a fastnet model "
+                raise ValueError(f"{who}: {path} is an .npz file but not a fastnet {kind} file "
                                  f"(no {_META} entry)")
             meta = json.loads(str(data[_META]))
-            state = {k: data[k] for k in data.files if k != _META}
-    except FileNotFoundError:
+            arrays = {k: data[k] for k in data.files if k != _META}
+    except (FileNotFoundError, IsADirectoryError):
         raise
     except ValueError as e:
-        if str(e).startswith("fastnet.load"):
+        if str(e).startswith(who):
             raise
-        raise ValueError(f"fastnet.load: {path} is not a readable fastnet model file "
+        raise ValueError(f"{who}: {path} is not a readable fastnet {kind} file "
                          f"(truncated or not an .npz): {e}") from e
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"fastnet.load: {path} is not a readable fastnet model file "
+        raise ValueError(f"{who}: {path} is not a readable fastnet {kind} file "
                          f"(truncated or corrupt): {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"fastnet.load: {path} is not a fastnet model file")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"fastnet.load: {path} has format version {meta.get('version')}; "
-                         f"this fastnet reads version {VERSION}")
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, CHECKPOINT_FORMAT):
+        raise ValueError(f"{who}: {path} is not a fastnet {kind} file (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+    return meta, arrays
+
+
+def build_model(meta: dict, state: dict, path, who: str) -> Module:
+    """The model described by ``meta`` (from ``_model_meta``) with parameters ``state``."""
     try:
-        with _rng.preserved():  # loading a model must not shift the user's random stream
+        with _rng.preserved():  # building a model must not shift the user's random stream
             model = _build(meta["model"])
         model.to(np.dtype(meta.get("dtype", "float32")))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"fastnet.load: {path} does not describe a model this fastnet can "
+        raise ValueError(f"{who}: {path} does not describe a model this fastnet can "
                          f"rebuild: {e}") from e
     return model
+
+
+def save(model: Module, path) -> None:
+    """Write ``model`` (architecture and parameters) to ``path`` (an .npz file)."""
+    if not isinstance(model, Module):
+        raise TypeError(f"fastnet.save: expected a fastnet Module, got {type(model).__name__}")
+    meta = {"format": FORMAT, "version": VERSION, **_model_meta(model)}
+    write_npz(path, meta, model.state_dict(), "fastnet.save")
+
+
+def load(path) -> Module:
+    """Rebuild a model written by ``fastnet.save``, or the model of a training checkpoint
+    (``fastnet.train``)."""
+    return load_with_meta(path)[0]
+
+
+def load_with_meta(path, who="fastnet.load"):
+    """(model, the file's metadata) for a model file or a checkpoint."""
+    meta, arrays = read_npz(path, who)
+    if meta["format"] == CHECKPOINT_FORMAT:
+        check_version(meta, CHECKPOINT_VERSION, path, who)
+        state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    else:
+        check_version(meta, VERSION, path, who)
+        state = arrays
+    return build_model(meta, state, path, who), meta
+
+
+def check_version(meta, version, path, who):
+    if meta.get("version") != version:
+        raise ValueError(f"{who}: {path} has format version {meta.get('version')}; "
+                         f"this fastnet reads version {version}")

@@ -42,9 +42,11 @@ def test_default_training_reaches_95_percent(capsys):
     """The README's main job with its defaults: LeNet, 30 epochs."""
     assert main(["train", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    epochs = re.findall(r"epoch +(\d+)/30 +loss ([\d.]+) +train acc +([\d.]+)% +(\d+) samples/s", out)
+    epochs = re.findall(r"epoch +(\d+)/30 +loss ([\d.]+) +train acc +([\d.]+)% +val loss ([\d.]+) "
+                        r"+val acc +([\d.]+)% +lr [\d.e-]+ +(\d+) samples/s", out)
     assert len(epochs) == 30
     assert float(epochs[-1][1]) < float(epochs[0][1])
+    assert float(epochs[-1][4]) >= 90.0  # validation accuracy, 143 held-out training images
     acc = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
     assert acc >= 95.0, out
 
@@ -123,3 +125,259 @@ def test_training_is_deterministic_for_a_seed(capsys):
         out = capsys.readouterr().out
         runs.append(re.sub(r" +\d+ samples/s", "", out))  # all but the timing
     assert runs[0] == runs[1]
+
+
+# ---- the training workflow: --out, resume, Ctrl-C, evaluate, predict, other data ---------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import urllib.error  # noqa: E402
+
+from fastnet.data import mnist, write_idx  # noqa: E402
+
+QUICK = ["--model", "mlp", "--optimizer", "adam", "--epochs", "2", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(url, timeout=None):
+        raise AssertionError(f"a test tried to download {url}")
+
+    monkeypatch.setattr(mnist, "_urlopen", refuse)
+
+
+def timeless(history):
+    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "seconds")} for r in history]
+
+
+def snapshot(folder):
+    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One quick run with --out, shared by the evaluate / predict tests."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *QUICK, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_out_writes_checkpoints_metrics_and_curves(run, capsys):
+    files = set(os.listdir(run))
+    assert {"checkpoint.npz", "best.npz", "metrics.json"} <= files
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["model"] == "mlp" and metrics["config"]["in_shape"] == [1, 8, 8]
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s"} <= set(metrics["history"][0])
+    assert metrics["stop_reason"] == "completed" and metrics["test"]["acc"] > 0.8
+    assert metrics["best"]["monitor"] == "val_loss"
+    try:
+        import matplotlib  # noqa: F401
+        assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    except ImportError:
+        assert "curves.png" not in files
+    model, info = fastnet.train.load_model(run / "checkpoint.npz")
+    assert info["epoch"] == 2 and info["input_shape"] == [1, 8, 8]
+
+
+def test_missing_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["train", *QUICK, "--epochs", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert 'note: matplotlib is not installed, so no curves.png (pip install "fastnet[plot]")' in out
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "checkpoint.npz", "metrics.json"]
+
+
+def test_evaluate_matches_the_training_runs_test_accuracy(run, capsys):
+    test_acc = json.loads((run / "metrics.json").read_text())["test"]["acc"]
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoint.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "digits test split, 359 images" in out
+    assert f"test accuracy: {100 * test_acc:.2f}%" in out
+    assert main(["evaluate", "--checkpoint", str(run / "best.npz")]) == 0
+
+
+def test_predict_on_npy_and_images(run, tmp_path, capsys):
+    from fastnet.data import load_digits
+
+    x, y = load_digits()
+    np.save(tmp_path / "one.npy", x[0])           # (1, 8, 8)
+    np.save(tmp_path / "plain.npy", x[1, 0])      # (8, 8)
+    np.save(tmp_path / "batch.npy", x[:3])        # (3, 1, 8, 8)
+    files = [str(tmp_path / f) for f in ("one.npy", "plain.npy", "batch.npy")]
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.npz"), *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    got = [re.fullmatch(r".+: class (\d), probability (0\.\d{3}|1\.000)", line) for line in lines]
+    assert all(got), lines
+    assert lines[2].startswith(str(tmp_path / "batch.npy") + "[0]: class ")
+    assert sum(int(m.group(1)) == t for m, t in zip(got, [y[0], y[1], *y[:3]])) >= 4
+    pil = pytest.importorskip("PIL.Image")
+    # A dark-on-light drawing of digit 0, larger than 8x8: resized and inverted.
+    big = np.kron(x[0, 0], np.ones((4, 4)))
+    pil.fromarray(((1 - big) * 255).astype(np.uint8)).save(tmp_path / "zero.png")
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.npz"), str(tmp_path / "zero.png")]) == 0
+    assert re.fullmatch(r".+zero.png: class \d, probability [\d.]+\n", capsys.readouterr().out)
+
+
+def test_predict_errors_exit_2(run, tmp_path, monkeypatch, capsys):
+    ckpt = str(run / "checkpoint.npz")
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "none.npy")]) == 2
+    assert "none.npy: no such file" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 28, 28), np.float32))
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "wrong.npy")]) == 2
+    assert ("the model takes arrays of shape (1, 8, 8), (8, 8), or (N, 1, 8, 8); got (2, 28, 28)"
+            in capsys.readouterr().err)
+    (tmp_path / "x.png").write_bytes(b"not really")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "x.png")]) == 2
+    assert 'reading images needs Pillow: pip install "fastnet[images]"' in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(tmp_path / "nope.npz"), str(tmp_path / "wrong.npy")]) == 2
+    assert "No such file" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_exits_130_and_resume_matches_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    args = ["train", "--model", "mlp", "--epochs", "3", "--batch-size", "64", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    calls = {"n": 0}
+    real_step = fastnet.optim.SGD.step
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 25:  # in epoch 2 (21 batches an epoch)
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(fastnet.optim.SGD, "step", step)
+    cut = tmp_path / "cut"
+    assert main([*args, "--out", str(cut)]) == 130
+    captured = capsys.readouterr()
+    assert "interrupted in epoch 2: saved the state after epoch 1" in captured.out
+    assert f"interrupted; continue with --resume {cut}" in captured.err
+    assert "Traceback" not in captured.err
+    assert [r["epoch"] for r in json.loads((cut / "metrics.json").read_text())["history"]] == [1]
+    monkeypatch.setattr(fastnet.optim.SGD, "step", real_step)
+    assert main([*args, "--resume", str(cut)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((cut / "metrics.json").read_text())
+    assert timeless(resumed["history"]) == timeless(whole["history"])
+    assert resumed["test"] == whole["test"]
+    a, b = fastnet.load(tmp_path / "whole" / "checkpoint.npz"), fastnet.load(cut / "checkpoint.npz")
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
+        np.testing.assert_array_equal(v, w, err_msg=k)
+
+
+def test_bad_or_incompatible_checkpoints_exit_2_and_overwrite_nothing(run, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(run, folder)
+    before = snapshot(folder)
+    assert main(["train", *QUICK, "--model", "lenet", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different model architecture" in err and "nothing was written" in err
+    data = (folder / "checkpoint.npz").read_bytes()
+    (folder / "checkpoint.npz").write_bytes(data[: len(data) // 2])
+    before = snapshot(folder)
+    assert main(["train", *QUICK, "--resume", str(folder)]) == 2
+    assert "not a readable fastnet checkpoint file (truncated or corrupt)" in capsys.readouterr().err
+    assert snapshot(folder) == before
+    assert main(["train", *QUICK, "--out", str(run)]) == 2  # a fresh run over an old one
+    assert "already holds checkpoint.npz from an earlier run: continue it with --resume" in capsys.readouterr().err
+    assert main(["train", *QUICK, "--resume", str(tmp_path / "missing")]) == 2
+    assert "no checkpoint there" in capsys.readouterr().err
+
+
+def test_resume_a_cnn_and_extend_the_run(tmp_path, capsys):
+    """LeNet's config holds tuples (kernel sizes), which a checkpoint stores as lists."""
+    args = ["train", "--epochs", "1", "--batch-size", "64", "--no-progress", "--schedule", "constant"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert main([*args[:1], "--epochs", "2", *args[3:], "--resume", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch   2/2" in out and "epoch   1/2" not in out
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+@pytest.mark.skipif(fastnet.is_available("cuda"), reason="a CUDA device is available here")
+def test_cuda_unavailable_is_a_clean_error(capsys):
+    assert main(["train", "--device", "cuda", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastnet train: device 'cuda' is not available") and "Traceback" not in err
+
+
+def test_vgg_small_trains_on_the_digits(capsys):
+    assert main(["train", "--model", "vgg-small", "--epochs", "1", "--optimizer", "adam", "--lr",
+                 "0.001", "--no-progress", "--val-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "training vgg-small (133354 parameters)" in out and "1438 train / 359 test" in out
+    assert float(re.search(r"test accuracy: ([\d.]+)%", out).group(1)) > 40  # 68% here, 1 epoch
+
+
+def test_mnist_from_idx_files_in_the_data_dir(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    digests = {}
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        images[np.arange(n), 2 * labels + 3, 5:20] = 255  # a learnable stroke per class
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            write_idx(folder / name, array)
+            digests[name] = __import__("hashlib").sha256((folder / name).read_bytes()).hexdigest()
+    monkeypatch.setitem(mnist.FILES, "mnist", digests)
+    monkeypatch.setenv("FASTNET_DATA", str(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", "--data", "mnist", "--model", "lenet", "--epochs", "2", "--batch-size", "16",
+                 "--optimizer", "adam", "--no-progress", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on MNIST, 50 train / 10 validation / 20 test images" in text
+    assert main(["evaluate", "--checkpoint", str(out / "best.npz")]) == 0
+    assert "mnist test split, 20 images" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(out / "best.npz"), "--data", "digits"]) == 2
+    assert "the model does not take the digits images (1, 8, 8)" in capsys.readouterr().err
+
+
+def test_offline_mnist_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(mnist, "_urlopen", offline)
+    assert main(["train", "--data", "fashion-mnist", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download train-images-idx3-ubyte.gz for fashion-mnist (offline?)" in err
+    assert f"in {tmp_path / 'fashion-mnist'}" in err and "Traceback" not in err
+
+
+def test_ctrl_c_outside_training_exits_130(monkeypatch, capsys):
+    import fastnet.data as data
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "load_digits", interrupted)
+    assert main(["train", "--no-progress"]) == 130
+    assert capsys.readouterr().err == "fastnet train: interrupted\n"
+
+
+def test_sigint_to_a_real_process(tmp_path):
+    """As a user presses Ctrl-C: SIGINT after the first epoch line, exit 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastnet", "train",  # LeNet: tuples in its config
+                             "--epochs", "100000", "--no-progress", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch   2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted; continue with --resume" in err
+    assert "saved the state after epoch" in out
+    assert fastnet.train.load_model(tmp_path / "checkpoint.npz")[1]["epoch"] >= 2

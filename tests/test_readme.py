@@ -9,8 +9,12 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)
+    namespaces = []
     for code in blocks:
-        namespace = {}
-        exec(compile(code, str(README), "exec"), namespace)
+        namespaces.append({})
+        exec(compile(code, str(README), "exec"), namespaces[-1])
     assert (tmp_path / "model.npz").exists()
-    assert namespace["loss"] < 0.5  # 100 steps on one batch of 32
+    assert namespaces[0]["loss"] < 0.5  # 100 steps on one batch of 32
+    trained = [ns for ns in namespaces if "trainer" in ns]  # the Training section's fit
+    assert len(trained) == 1 and trained[0]["history"][-1]["val_acc"] > 0.9
+    assert (tmp_path / "run" / "checkpoint.npz").exists() and (tmp_path / "run" / "best.npz").exists()

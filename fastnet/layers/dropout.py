@@ -23,6 +23,13 @@ class Dropout(Module):
     def config(self):
         return {"p": self.p}
 
+    def get_extra_state(self):
+        # The mask of the next call depends on both: a resumed run must continue the stream.
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_extra_state(self, state):
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+
     def forward(self, x):
         x = _check_any(self, x)
         if not self.training or self.p == 0:

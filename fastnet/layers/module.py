@@ -193,6 +193,12 @@ class Module:
         for child in self.children():
             yield from child.modules()
 
+    def named_modules(self, prefix=""):
+        """(name, module) pairs, this module first under ``prefix`` ("" for the root)."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
     # ---- modes, devices, dtypes ---------------------------------------------------
     def train(self, mode: bool = True):
         for m in self.modules():
@@ -288,6 +294,15 @@ class Module:
         for k, a in arrays.items():  # all checked first: a failed load changes nothing
             copy_into(own[k].data, a)  # in place, like PyTorch: references to .data stay valid
         return self
+
+    def get_extra_state(self):
+        """State other than parameters that a training checkpoint must restore (e.g.
+        Dropout's seed and call counter), JSON-serialisable; None when there is none.
+        Like PyTorch's hook of the same name."""
+        return None
+
+    def set_extra_state(self, state):
+        """Restore what ``get_extra_state`` returned."""
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

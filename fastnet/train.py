@@ -1,0 +1,487 @@
+"""Training loops: ``Trainer(model, optimizer).fit(train_loader, val_loader, epochs)``.
+
+One epoch: for each batch, zero_grad, forward, loss, backward, optimizer step; then the
+validation loss and accuracy. Around it: a learning-rate schedule set per epoch, a tqdm
+progress bar, early stopping, and checkpoints.
+
+A checkpoint is one ``.npz`` file (fastnet's model format, extended): the model's
+architecture and parameters, the optimizer's buffers, step counts and hyper-parameters,
+the epoch, the history, the best epoch, fastnet's global RNG state, the DataLoaders'
+shuffling generators, per-layer state such as Dropout's call counter, and the run's
+config. Resuming from it gives bit for bit the run that was not interrupted.
+``fastnet.load`` reads the model out of a checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import numbers
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from . import _rng
+from .device import Device, to_numpy
+from .losses import CrossEntropyLoss
+from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
+                            _file_mode, _model_meta, check_version, load_with_meta, read_npz, write_npz)
+
+__all__ = ["Trainer", "StepLR", "CosineLR", "evaluate", "load_model", "plot_history",
+           "progress_bar"]
+
+
+# ---- learning-rate schedules: lr of epoch e (0-based) from the optimizer's initial lr ----
+class StepLR:
+    """lr = base_lr * gamma ** (epoch // step_size), as torch.optim.lr_scheduler.StepLR."""
+
+    def __init__(self, step_size, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
+                or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be a positive int, got {step_size!r}")
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 < gamma <= 1:
+            raise ValueError(f"StepLR: gamma must be in (0, 1], got {gamma!r}")
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def __call__(self, epoch, base_lr):
+        return base_lr * self.gamma ** (epoch // self.step_size)
+
+    def state_dict(self):
+        return {"type": "StepLR", "step_size": self.step_size, "gamma": self.gamma}
+
+
+class CosineLR:
+    """Cosine decay from base_lr at epoch 0 towards min_lr at epoch total_epochs
+    (PyTorch's CosineAnnealingLR with T_max=total_epochs, stepped once per epoch)."""
+
+    def __init__(self, total_epochs, min_lr=0.0):
+        if isinstance(total_epochs, bool) or not isinstance(total_epochs, numbers.Integral) \
+                or total_epochs < 1:
+            raise ValueError(f"CosineLR: total_epochs must be a positive int, got {total_epochs!r}")
+        if isinstance(min_lr, bool) or not isinstance(min_lr, numbers.Real) or not min_lr >= 0:
+            raise ValueError(f"CosineLR: min_lr must be a non-negative number, got {min_lr!r}")
+        self.total_epochs, self.min_lr = int(total_epochs), float(min_lr)
+
+    def __call__(self, epoch, base_lr):
+        t = min(epoch, self.total_epochs) / self.total_epochs
+        return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def state_dict(self):
+        return {"type": "CosineLR", "total_epochs": self.total_epochs, "min_lr": self.min_lr}
+
+
+# ---- progress and plots ------------------------------------------------------------------
+def progress_bar(total, desc, enabled=True):
+    """A tqdm bar (on stderr) when tqdm is installed and wanted, else a silent stand-in."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                        mininterval=0.2)
+        except ImportError:
+            pass
+
+    class _Quiet:
+        def update(self, n=1):
+            pass
+
+        def set_postfix_str(self, s, refresh=True):
+            pass
+
+        def close(self):
+            pass
+
+    return _Quiet()
+
+
+def plot_history(history, path):
+    """Write a PNG of the loss and accuracy curves (train and validation) per epoch.
+
+    Needs matplotlib (``pip install "fastnet[plot]"``); raises ImportError without it.
+    Uses matplotlib's object API, so the caller's pyplot backend and state are untouched.
+    """
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise ImportError('plotting needs matplotlib: pip install "fastnet[plot]"') from None
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(9, 3.4), dpi=100, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [r.get(f"{split}_{key}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style,
+                        markersize=3, label="validation" if split == "val" else split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".png",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give what open() would
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def _first_difference(a, b, where="model"):
+    """Where two architecture descriptions first differ, for an error message."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}")
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} layers in the checkpoint, {len(b)} in the model"
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{i}]")
+    return f"{where}: {a!r} in the checkpoint, {b!r} in the model"
+
+
+def _checkpoint_path(path):
+    path = os.fspath(path)
+    return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
+
+
+def load_model(path):
+    """(model, info) from a checkpoint or a ``fastnet.save`` file; ``info`` is the
+    checkpoint's metadata (config, epoch, input_shape, history, ...), {} for a model file."""
+    model, meta = load_with_meta(path, "fastnet.train.load_model")
+    return model, (meta if meta["format"] == CHECKPOINT_FORMAT else {})
+
+
+def _correct(logits, labels):
+    # NOTE: logits may live on the GPU: bring them to the host before argmax.
+    return int((to_numpy(logits).argmax(axis=1) == np.asarray(labels)).sum())
+
+
+def evaluate(model, loader, loss_fn=None):
+    """{"loss": mean loss, "acc": accuracy} of ``model`` over ``loader``, in eval mode
+    (the model's mode is restored afterwards)."""
+    loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    try:
+        for xb, yb in loader:
+            logits = model(xb)
+            total_loss += float(loss_fn(logits, yb)) * len(yb)
+            correct += _correct(logits, yb)
+            seen += len(yb)
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluate: the loader gave no samples")
+    return {"loss": total_loss / seen, "acc": correct / seen}
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` on classification batches (integer labels).
+
+    loss_fn        default CrossEntropyLoss()
+    schedule       StepLR / CosineLR / any f(epoch, base_lr) -> lr; None keeps the lr
+    device         "cpu" or "cuda": the model is moved there; batches stay NumPy
+    progress       a tqdm bar per epoch with the running loss and samples/s
+    checkpoint_dir write checkpoint.npz after every epoch and best.npz when the monitored
+                   validation metric improves
+    patience       stop after this many epochs without improvement (needs validation)
+    monitor        "val_loss" (lower is better) or "val_acc" (higher is better)
+    log            called with one line per epoch (default print; None for silence)
+    on_epoch_end   called as on_epoch_end(trainer, record) after each epoch
+    config         a JSON-serialisable dict stored in checkpoints (e.g. the CLI's options)
+
+    On Ctrl-C, fit writes the state after the last completed epoch to checkpoint.npz, rolls
+    the trainer (model, optimizer, RNGs, history) back to it, and re-raises
+    KeyboardInterrupt: the partial epoch is discarded, and a resumed run (or another
+    ``fit`` call on this trainer) repeats it. Without checkpoint_dir nothing is saved or
+    rolled back.
+    """
+
+    def __init__(self, model, optimizer, loss_fn=None, *, schedule=None, device="cpu",
+                 progress=True, checkpoint_dir=None, patience=None, monitor="val_loss",
+                 log=functools.partial(print, flush=True), on_epoch_end=None, config=None):
+        if monitor not in ("val_loss", "val_acc"):
+            raise ValueError(f"Trainer: monitor must be 'val_loss' or 'val_acc', got {monitor!r}")
+        if patience is not None and (isinstance(patience, bool)
+                                     or not isinstance(patience, numbers.Integral) or patience < 1):
+            raise ValueError(f"Trainer: patience must be a positive int or None, got {patience!r}")
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"Trainer: schedule must be callable as schedule(epoch, base_lr), "
+                            f"got {schedule!r}")
+        if checkpoint_dir is not None:
+            _describe(model)  # a model checkpoints cannot rebuild fails now, not after epoch 1
+        self.device = Device(device)  # RuntimeError here when the device is unavailable
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+        self.schedule = schedule
+        self.progress = progress
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.patience, self.monitor = patience, monitor
+        self.log = log or (lambda line: None)
+        self.on_epoch_end = on_epoch_end
+        self.config = config
+        self.base_lr = float(optimizer.lr)  # what the schedule scales
+        self.epoch = 0                      # completed epochs
+        self.history = []                   # one dict per completed epoch
+        self.best = None                    # {"epoch", "monitor", "value"} of the best epoch
+        self.best_state_dict = None         # its parameters (best epochs of this process only)
+        self.bad_epochs = 0                 # epochs since the best one
+        self.stop_reason = None             # "completed", "early_stopping" or "interrupted"
+        self.input_shape = None             # of one sample, recorded for predict
+        self._loader_states = None          # from resume(), applied by the next fit()
+
+    # ---- the loop ------------------------------------------------------------------------
+    def fit(self, train_loader, val_loader=None, epochs=1, resume=None):
+        """Train until ``epochs`` epochs are complete in all (a resumed run counts the
+        epochs it already has) or early stopping; returns the history: one dict per epoch
+        with epoch, train_loss, train_acc, val_loss, val_acc, lr, samples_per_s, seconds
+        (and ``stopped``, why, on the last one when early stopping ended the run)."""
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+            raise ValueError(f"Trainer.fit: epochs must be a positive int, got {epochs!r}")
+        if self.patience is not None and val_loader is None:
+            raise ValueError("Trainer.fit: early stopping (patience) needs a val_loader")
+        if resume is not None:
+            self.resume(resume)
+        self._loaders = (train_loader, val_loader)
+        if self._loader_states is not None:
+            for loader, key in ((train_loader, "train"), (val_loader, "val")):
+                state = self._loader_states.get(key)
+                if state is not None and loader is not None and hasattr(loader, "load_state_dict"):
+                    loader.load_state_dict(state)
+            self._loader_states = None
+        if self.checkpoint_dir is not None:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+        self.stop_reason = None
+        # NOTE: the state after the last completed epoch, kept so that Ctrl-C in the middle
+        # of an epoch can still save a consistent checkpoint (the model has moved on).
+        last = self._state() if self.checkpoint_dir is not None else None
+        try:
+            while self.epoch < epochs:
+                if self.patience is not None and self.bad_epochs >= self.patience:
+                    self.stop_reason = "early_stopping"  # also when resuming a stopped run
+                    break
+                record = self._run_epoch(train_loader, val_loader, epochs)
+                self.epoch += 1
+                self.history.append(record)
+                improved = self._update_best(record)
+                if self.patience is not None and self.bad_epochs >= self.patience \
+                        and self.epoch < epochs:
+                    record["stopped"] = (f"early stopping: {self.monitor} has not improved for "
+                                         f"{self.bad_epochs} epochs (best "
+                                         f"{self.best['value']:.4f} at epoch {self.best['epoch']})")
+                if self.checkpoint_dir is not None:
+                    last = self._state()
+                    write_npz(os.path.join(self.checkpoint_dir, "checkpoint.npz"), *last,
+                              "Trainer")
+                    if improved:
+                        write_npz(os.path.join(self.checkpoint_dir, "best.npz"), *last, "Trainer")
+                self.log(self._line(record, epochs))
+                if "stopped" in record:
+                    self.log(record["stopped"])
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self, record)
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+            if last is None:
+                self.log(f"interrupted in epoch {self.epoch + 1}; no checkpoint_dir, nothing saved")
+                raise
+            path = os.path.join(self.checkpoint_dir, "checkpoint.npz")
+            write_npz(path, *last, "Trainer")
+            # Roll this trainer back too, so that calling fit again continues exactly.
+            self._check_checkpoint(*last, path, "Trainer")()
+            self.log(f"interrupted in epoch {self.epoch + 1}: saved the state after epoch "
+                     f"{self.epoch} to {path} (the partial epoch is discarded; resuming "
+                     "repeats it)")
+            raise
+        if self.stop_reason is None:
+            self.stop_reason = "completed"
+        return self.history
+
+    def _run_epoch(self, train_loader, val_loader, epochs):
+        lr = self.schedule(self.epoch, self.base_lr) if self.schedule is not None else self.base_lr
+        self.optimizer.lr = float(lr)
+        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        model.train()
+        bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}", self.progress)
+        total_loss, correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        try:
+            for xb, yb in train_loader:
+                if self.input_shape is None:
+                    self.input_shape = [int(d) for d in np.shape(xb)[1:]]
+                opt.zero_grad()
+                logits = model(xb)
+                loss = float(loss_fn(logits, yb))  # a host float on any device
+                model.backward(loss_fn.backward(), input_grad=False)
+                opt.step()
+                total_loss += loss * len(yb)
+                correct += _correct(logits, yb)
+                seen += len(yb)
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} samples/s", refresh=False)
+                bar.update()  # draws the postfix at most every mininterval
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - start
+        val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
+        return {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
+                "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
+                "lr": self.optimizer.lr, "samples_per_s": seen / max(train_seconds, 1e-9),
+                "seconds": time.perf_counter() - start}
+
+    def evaluate(self, loader):
+        """{"loss": mean loss, "acc": accuracy} over ``loader``, in eval mode."""
+        return evaluate(self.model, loader, self.loss_fn)
+
+    def _update_best(self, record):
+        value = record[self.monitor]
+        if value is None:
+            return False
+        if self.best is None or (value < self.best["value"] if self.monitor == "val_loss"
+                                 else value > self.best["value"]):
+            self.best = {"epoch": record["epoch"], "monitor": self.monitor, "value": value}
+            self.best_state_dict = self.model.state_dict()
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @staticmethod
+    def _line(r, epochs):
+        line = (f"epoch {r['epoch']:3d}/{epochs}  loss {r['train_loss']:.4f}  "
+                f"train acc {100 * r['train_acc']:6.2f}%  ")
+        if r["val_loss"] is not None:
+            line += f"val loss {r['val_loss']:.4f}  val acc {100 * r['val_acc']:6.2f}%  "
+        return line + f"lr {r['lr']:.3g}  {r['samples_per_s']:8.0f} samples/s"
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _state(self):
+        """(meta, arrays) of a checkpoint of the current state: copies, safe to keep."""
+        opt = self.optimizer.state_dict()
+        meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                **_model_meta(self.model),
+                "epoch": self.epoch, "input_shape": self.input_shape,
+                "optimizer": {"type": opt["type"], "hyperparameters": opt["hyperparameters"],
+                              "param_steps": opt["param_steps"]},
+                "base_lr": self.base_lr,
+                "schedule": getattr(self.schedule, "state_dict", lambda: None)(),
+                "rng": _rng.get_state(),
+                "loaders": {key: loader.state_dict() if hasattr(loader, "state_dict") else None
+                            for key, loader in zip(("train", "val"), self._loaders)},
+                "modules": {name: s for name, m in self.model.named_modules()
+                            if (s := m.get_extra_state()) is not None},
+                "history": [dict(r) for r in self.history],
+                "best": None if self.best is None else dict(self.best),
+                "bad_epochs": self.bad_epochs, "config": self.config}
+        arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for i, buffers in enumerate(opt["state"]):
+            for name, value in buffers.items():
+                arrays[f"optimizer.{i}.{name}"] = value
+        return meta, arrays
+
+    def save_checkpoint(self, path):
+        """Write the current state (as after the last completed epoch) to ``path``."""
+        if not hasattr(self, "_loaders"):
+            self._loaders = (None, None)
+        write_npz(path, *self._state(), "Trainer.save_checkpoint")
+
+    def resume(self, path):
+        """Restore everything from a checkpoint (a file, or a directory holding
+        checkpoint.npz): model, optimizer, epoch, history, best epoch, RNG states (the
+        DataLoaders' are applied by the next ``fit``). The model and optimizer must be the
+        checkpoint's kind; everything is checked before anything changes, so a bad
+        checkpoint raises ValueError and leaves the trainer as it was."""
+        path = _checkpoint_path(path)
+        who = "Trainer.resume"
+        meta, arrays = read_npz(path, who, kind="checkpoint")
+        if meta["format"] == FORMAT:
+            raise ValueError(f"{who}: {path} is a fastnet model file (weights only, written by "
+                             "fastnet.save), not a training checkpoint: it has no optimizer "
+                             "state or epoch to resume from")
+        check_version(meta, CHECKPOINT_VERSION, path, who)
+        try:
+            restore = self._check_checkpoint(meta, arrays, path, who)
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"{who}: {path} is not a valid checkpoint: missing or malformed "
+                             f"entry {e}") from e
+        restore()
+        return self
+
+    def _check_checkpoint(self, meta, arrays, path, who):
+        """Validate a checkpoint against this trainer; return a function that applies it."""
+        # Compared as JSON stores them (tuples become lists), whether read from a file or not.
+        mine, theirs = (json.loads(json.dumps(d)) for d in (_describe(self.model), meta["model"]))
+        if theirs != mine:
+            raise ValueError(f"{who}: {path} holds a different model architecture: "
+                             f"{_first_difference(theirs, mine)}")
+        model_state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        if set(model_state) != set(params):
+            raise ValueError(f"{who}: {path} has parameters {sorted(model_state)}, the model "
+                             f"{sorted(params)}")
+        for k, p in params.items():
+            if model_state[k].shape != p.shape:
+                raise ValueError(f"{who}: {path}: {k!r} has shape {model_state[k].shape}, the "
+                                 f"model's is {p.shape}")
+        opt, optimizer = meta["optimizer"], self.optimizer
+        if opt["type"] != type(optimizer).__name__:
+            raise ValueError(f"{who}: {path} was trained with {opt['type']}, this trainer's "
+                             f"optimizer is {type(optimizer).__name__}")
+        n = len(optimizer.params)
+        if len(opt["param_steps"]) != n:
+            raise ValueError(f"{who}: {path} has optimizer state for {len(opt['param_steps'])} "
+                             f"parameters, the optimizer has {n}")
+        buffers = [dict() for _ in range(n)]
+        for key, value in arrays.items():
+            if key.startswith("optimizer."):
+                _, i, name = key.split(".", 2)
+                i = int(i)
+                if not 0 <= i < n or name not in optimizer.buffers \
+                        or value.shape != optimizer.params[i].shape:
+                    raise ValueError(f"{who}: {path}: optimizer buffer {key!r} {value.shape} "
+                                     f"does not fit this {type(optimizer).__name__}")
+                buffers[i][name] = value
+        modules = dict(self.model.named_modules())
+        for name, state in meta["modules"].items():
+            if name not in modules or modules[name].get_extra_state() is None:
+                raise ValueError(f"{who}: {path} has state for layer {name!r}, which this model "
+                                 "does not have")
+        _rng.generator_from_state(meta["rng"], who)  # validates
+        loaders = meta["loaders"]
+        for state in loaders.values():
+            if state is not None:
+                _rng.generator_from_state(state["generator"], who)
+        schedule = getattr(self.schedule, "state_dict", lambda: None)()
+        if meta["schedule"] != schedule:
+            self.log(f"note: {path} was trained with the schedule {meta['schedule']}; "
+                     f"continuing with {schedule}")
+        epoch, history = int(meta["epoch"]), [dict(r) for r in meta["history"]]
+        best, bad_epochs, base_lr = meta["best"], int(meta["bad_epochs"]), float(meta["base_lr"])
+
+        def restore():
+            self.model.load_state_dict(model_state)
+            optimizer.load_state_dict({"type": opt["type"], "hyperparameters": opt["hyperparameters"],
+                                       "param_steps": opt["param_steps"], "state": buffers})
+            for name, state in meta["modules"].items():
+                modules[name].set_extra_state(state)
+            _rng.set_state(meta["rng"])
+            self.epoch, self.history, self.best, self.bad_epochs = epoch, history, best, bad_epochs
+            self.base_lr, self.input_shape = base_lr, meta.get("input_shape")
+            self.best_state_dict = None
+            self._loader_states = loaders
+        return restore
