@@ -109,7 +109,10 @@ def train(args) -> int:
     train_set = ArrayDataset(x_train, y_train)
     val_set = None
     if args.val_fraction > 0:
-        train_set, val_set = train_val_split(train_set, args.val_fraction, seed=args.seed)
+        try:
+            train_set, val_set = train_val_split(train_set, args.val_fraction, seed=args.seed)
+        except ValueError as e:  # too few images for the fraction asked
+            return fail(f"--val-fraction {args.val_fraction}: {e}")
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
     val_loader = DataLoader(val_set, 256) if val_set is not None else None
     in_shape = tuple(int(d) for d in x_train.shape[1:])

@@ -301,11 +301,21 @@ def test_resume_a_cnn_and_extend_the_run(tmp_path, capsys):
     assert [r["epoch"] for r in history] == [1, 2]
 
 
-@pytest.mark.skipif(fastnet.is_available("cuda"), reason="a CUDA device is available here")
-def test_cuda_unavailable_is_a_clean_error(capsys):
+def test_cuda_unavailable_is_a_clean_error(monkeypatch, capsys):
+    monkeypatch.setattr(fastnet.cuda, "unavailable_reason", lambda: "no GPU in this test")
     assert main(["train", "--device", "cuda", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastnet train: device 'cuda' is not available") and "Traceback" not in err
+
+
+def test_too_small_a_validation_share_is_a_clean_error(monkeypatch, capsys):
+    import fastnet.data
+
+    x, y = fastnet.data.load_digits()
+    monkeypatch.setattr(fastnet.data, "load_digits", lambda dtype=np.float32: (x[:40], y[:40]))
+    assert main(["train", "--val-fraction", "0.1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--val-fraction 0.1" in err and "Traceback" not in err
 
 
 def test_vgg_small_trains_on_the_digits(capsys):

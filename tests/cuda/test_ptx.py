@@ -22,12 +22,13 @@ def _signatures(family):
 
 
 def _raw_kernels(family):
-    """Every @cuda.jit kernel defined at the module's top level."""
+    """Every @cuda.jit kernel (not device function) defined at the module's top level."""
     from numba.cuda.dispatcher import CUDADispatcher
 
     module = importlib.import_module(f"fastnet.kernels.cuda.{family}")
     return {name for name, obj in vars(module).items()
-            if isinstance(obj, CUDADispatcher) and name.startswith("_")}
+            if isinstance(obj, CUDADispatcher) and name.startswith("_")
+            and not obj.targetoptions.get("device")}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
