@@ -134,19 +134,3 @@ class DeviceScalar:
 def isfinite(x):  # for DeviceScalar users who check the loss: math.isfinite(loss) works too
     return math.isfinite(float(x))
 
-
-def per_dtype(make):
-    """``make(nbtype)`` builds kernels needing a compile-time dtype (shared arrays);
-    returns ``get(dtype)`` that builds each dtype's once."""
-    from numba import float32, float64
-
-    built = {}
-
-    def get(dtype):
-        dtype = np.dtype(dtype)
-        if dtype not in built:
-            built[dtype] = make(float32 if dtype == np.float32 else float64)
-        return built[dtype]
-
-    get.make = make
-    return get

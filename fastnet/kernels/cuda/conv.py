@@ -10,12 +10,11 @@ that read it (no scattered ``+=``, so no races). Scratch matrices come from fast
 pool and are reused across steps. Backward kernels overwrite their outputs; pass
 ``None`` for an output that is not needed.
 """
-import numpy as np
 from numba import cuda
 
 from ..activations import ACTIVATIONS
-from ._device import activation_grad
-from ._launch import THREADS, blocks, empty, flat, per_dtype
+from ._device import activation_grad, block_sum
+from ._launch import THREADS, blocks, empty, flat
 from .gemm import BIAS_PER_ROW, NO_BIAS, gemm
 
 
@@ -79,29 +78,17 @@ def _nchw_to_gemm_kernel(g, dout, y, code):
     g[o, n * p_ + p] = v
 
 
-@per_dtype
-def _rowsum_kernels(nbtype):
-    @cuda.jit
-    def _row_sum_kernel(out, a):
-        # out[r] = sum(a[r, :]): one block per row, strided partial sums, then a tree
-        part = cuda.shared.array(THREADS, nbtype)
-        r = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        s = a.dtype.type(0)
-        for q in range(t, a.shape[1], THREADS):
-            s += a[r, q]
-        part[t] = s
-        cuda.syncthreads()
-        step = THREADS // 2
-        while step > 0:
-            if t < step:
-                part[t] += part[t + step]
-            cuda.syncthreads()
-            step //= 2
-        if t == 0:
-            out[r] = part[0]
-
-    return _row_sum_kernel
+@cuda.jit
+def _row_sum_kernel(out, a):
+    # out[r] = sum(a[r, :]): one block per row, strided partial sums, then a tree
+    sh = cuda.shared.array(THREADS, a.dtype)
+    t = cuda.threadIdx.x
+    s = a.dtype.type(0)
+    for q in range(t, a.shape[1], THREADS):
+        s += a[cuda.blockIdx.x, q]
+    s = block_sum(sh, t, t, THREADS, s)
+    if t == 0:
+        out[cuda.blockIdx.x] = s
 
 
 def _geometry(x_shape, kernel_size, stride, padding):
@@ -150,7 +137,7 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
     _nchw_to_gemm_kernel[blocks(dout.size), THREADS](
         g, d3, d3 if out is None else out.reshape(n, o, p), code)
     if db is not None:
-        _rowsum_kernels(dout.dtype)[o, THREADS](db, g)
+        _row_sum_kernel[o, THREADS](db, g)
     cols = empty((ckk, n * p), x.dtype)
     im2col(cols, x, (kh, kw), stride, padding)
     w2 = w.reshape(o, ckk)
@@ -169,5 +156,5 @@ def ptx_signatures():
         (_im2col_kernel, (f2, f4) + ints),
         (_col2im_kernel, (f4, f2) + ints),
         (_nchw_to_gemm_kernel, (f2, f3, f3, int64)),
-        (_rowsum_kernels(np.float32), (float32[::1], f2)),
+        (_row_sum_kernel, (float32[::1], f2)),
     ]

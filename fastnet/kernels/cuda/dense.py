@@ -6,46 +6,41 @@ gradient (column sums of g, reduced in a fixed order: deterministic, no atomics)
 dw = g.T @ x and dx = g @ w. Backward kernels overwrite their outputs; pass ``None`` for
 an output that is not needed (``dx`` of a first layer, ``db`` without bias).
 """
-import numpy as np
 from numba import cuda
 
 from ..activations import ACTIVATIONS
 from ._device import activation_grad
-from ._launch import empty, flat, per_dtype
+from ._launch import empty, flat
 from .gemm import BIAS_PER_COL, NO_BIAS, gemm
 
 _COLS, _ROWS = 32, 8  # block of the column-sum kernel: 32 columns x 8 row groups
 
 
-@per_dtype
-def _colsum_kernels(nbtype):
-    @cuda.jit
-    def _activation_grad_colsum_kernel(g, db, dout, y, code, write_g):
-        # g = dout * act'(y) (when write_g) and db[j] = sum_i g[i, j]: thread (ty, tx)
-        # sums rows ty, ty + 8, ... of column j, then 8 partials are added in order.
-        part = cuda.shared.array((_ROWS, _COLS), nbtype)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        j = cuda.blockIdx.x * _COLS + tx
-        n, m = dout.shape
-        one = dout.dtype.type(1)
-        s = dout.dtype.type(0)
-        if j < m:
-            for i in range(ty, n, _ROWS):
-                v = dout[i, j]
-                if code != 0:
-                    v *= activation_grad(y[i, j], code, one)
-                if write_g:
-                    g[i, j] = v
-                s += v
-        part[ty, tx] = s
-        cuda.syncthreads()
-        if db is not None and ty == 0 and j < m:
-            for r in range(1, _ROWS):
-                s += part[r, tx]
-            db[j] = s
-
-    return _activation_grad_colsum_kernel
+@cuda.jit
+def _activation_grad_colsum_kernel(g, db, dout, y, code, write_g):
+    # g = dout * act'(y) (when write_g) and db[j] = sum_i g[i, j]: thread (ty, tx)
+    # sums rows ty, ty + 8, ... of column j, then 8 partials are added in order.
+    part = cuda.shared.array((_ROWS, _COLS), dout.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    j = cuda.blockIdx.x * _COLS + tx
+    n, m = dout.shape
+    one = dout.dtype.type(1)
+    s = dout.dtype.type(0)
+    if j < m:
+        for i in range(ty, n, _ROWS):
+            v = dout[i, j]
+            if code != 0:
+                v *= activation_grad(y[i, j], code, one)
+            if write_g:
+                g[i, j] = v
+            s += v
+    part[ty, tx] = s
+    cuda.syncthreads()
+    if db is not None and ty == 0 and j < m:
+        for r in range(1, _ROWS):
+            s += part[r, tx]
+        db[j] = s
 
 
 def dense_forward(out, x, w, b, activation):
@@ -63,9 +58,8 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
     if code != 0 or db is not None:
         if code != 0:
             g = empty(dout.shape, dout.dtype)
-        kern = _colsum_kernels(dout.dtype)
         m = dout.shape[1]
-        kern[(-(-m // _COLS),), (_COLS, _ROWS)](g, db, dout, dout if out is None else out,
+        _activation_grad_colsum_kernel[(-(-m // _COLS),), (_COLS, _ROWS)](g, db, dout, dout if out is None else out,
                                                  code, code != 0)
     gemm(flat(dw), g, x, ta=True)       # (OUT, N) @ (N, IN)
     if dx is not None:
@@ -76,6 +70,5 @@ def ptx_signatures():
     from numba import float32, types
 
     f2 = float32[:, ::1]
-    kern = _colsum_kernels(np.float32)
-    return [(kern, (f2, db, f2, f2, types.int64, types.boolean))
+    return [(_activation_grad_colsum_kernel, (f2, db, f2, f2, types.int64, types.boolean))
             for db in (float32[::1], types.none)]
