@@ -33,7 +33,10 @@ class ParallelKernel:
     kernels at once."""
 
     def __init__(self, fn, fastmath):
-        options = dict(cache=True, nogil=True, fastmath=fastmath)
+        # NOTE: error_model="numpy": a float division by zero gives inf / NaN, as in
+        # NumPy, instead of a check that raises ZeroDivisionError; that check kept the
+        # serial builds' loops from vectorising (prange bodies already use this model).
+        options = dict(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
         self.parallel = njit(parallel=True, **options)(fn)
         # a copy under another name: Numba's cache files are named after the function,
         # so the two builds must not share one

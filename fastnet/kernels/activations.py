@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, parallel_kernel, parallel_kernel_ordered
+from ._math import fast_exp, fast_tanh
 
 # Codes for the activations that other kernels fuse into their epilogues (dense).
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -23,9 +24,9 @@ def apply_activation(v, code):
     if code == 2:
         # NOTE: exp(-v) overflows to inf for v << 0 and 1 / inf == 0: no NaN, no branch.
         one = type(v)(1)
-        return one / (one + np.exp(-v))
+        return one / (one + fast_exp(-v))
     if code == 3:
-        return np.tanh(v)
+        return fast_tanh(v)
     return v
 
 
@@ -124,7 +125,7 @@ def softmax_forward(out, x):
             m = max(m, x[i, j])
         s = type(m)(0)
         for j in range(c):
-            e = np.exp(x[i, j] - m)
+            e = fast_exp(x[i, j] - m)
             out[i, j] = e
             s += e
         inv = type(s)(1) / s
@@ -144,6 +145,16 @@ def softmax_backward(dx, dout, out):
             dx[i, j] = out[i, j] * (dout[i, j] - s)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _sum_exp_shifted(x, i, m):
+    # sum(exp(x[i, :] - m)); compiled on its own, with "reassoc", so that the sum
+    # vectorises even inside the callers of row_max_logsumexp, which compile without it
+    s = type(m)(0)
+    for j in range(x.shape[1]):
+        s += fast_exp(x[i, j] - m)
+    return s
+
+
 @njit(inline="always", fastmath=FASTMATH)
 def row_max_logsumexp(x, i):
     """(m, log(sum(exp(x[i, :] - m)))) with m the row max, in x's dtype.
@@ -156,10 +167,7 @@ def row_max_logsumexp(x, i):
     m = x[i, 0]
     for j in range(1, c):
         m = max(m, x[i, j])
-    s = type(m)(0)
-    for j in range(c):
-        s += np.exp(x[i, j] - m)
-    return m, np.log(s)
+    return m, np.log(_sum_exp_shifted(x, i, m))
 
 
 @parallel_kernel_ordered
@@ -181,4 +189,4 @@ def log_softmax_backward(dx, dout, out):
         for j in range(1, c):
             s += dout[i, j]
         for j in range(c):
-            dx[i, j] = dout[i, j] - np.exp(out[i, j]) * s
+            dx[i, j] = dout[i, j] - fast_exp(out[i, j]) * s

@@ -11,6 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel_kernel, parallel_kernel_ordered
+from ._math import fast_exp
 from .activations import row_max_logsumexp
 
 _BLOCK = 4096
@@ -28,7 +29,7 @@ def _softmax_cross_entropy(grad, row_loss, logits, labels):
         row_loss[i] = logsum - (logits[i, y] - m)
         if grad is not None:
             for j in range(c):
-                grad[i, j] = np.exp((logits[i, j] - m) - logsum) * inv_n
+                grad[i, j] = fast_exp((logits[i, j] - m) - logsum) * inv_n
             grad[i, y] -= inv_n
 
 
