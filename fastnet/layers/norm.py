@@ -59,7 +59,8 @@ class _BatchNorm(Module):
         length = x.size // (n * c)
         batch_stats = self.training or not self.track_running_stats
         if batch_stats and n * length == 1:
-            raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
+            when = "training" if self.training else "using batch statistics"
+            raise ValueError(f"{self!r}: expected more than 1 value per channel when {when}, "
                              f"got input of shape {tuple(x.shape)}")
         x3 = x.reshape(n, c, length)
         out = self.device.empty(x.shape, x.dtype)
