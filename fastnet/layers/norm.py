@@ -101,7 +101,9 @@ class BatchNorm1D(_BatchNorm):
     torch.nn.BatchNorm1d: training normalises with the batch statistics and updates the
     running ones (``momentum=None``: a cumulative average); eval uses the running ones
     (the batch's with ``track_running_stats=False``). Buffers ``running_mean``,
-    ``running_var`` and ``num_batches_tracked`` (int64) are in state_dict."""
+    ``running_var`` and ``num_batches_tracked`` (int64) are in state_dict. In training
+    mode forward keeps a reference to its input for backward: do not modify that array
+    in place before backward."""
 
     shapes = ((None, None), (None, None, None))
 

@@ -82,7 +82,7 @@ def batch_norm_forward(out, save_mean, save_invstd, running_mean, running_var,
                        num_batches_tracked, x, weight, bias, training, momentum, eps):
     """x (N, C, L), weight, bias (C,) | None -> out (N, C, L), save_mean, save_invstd (C,);
     running_mean, running_var (C,) | None and num_batches_tracked () int64 | None updated
-    in place when training"""
+    in place when training (momentum=None needs num_batches_tracked)"""
     dtype = x.dtype
     update = bool(training) and running_mean is not None
     counter = None
