@@ -1,5 +1,6 @@
 """Ready-made models for the training job."""
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from .layers import (BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
+                     Residual, Sequential)
 
 
 def mlp(in_shape=(1, 8, 8), num_classes=10, hidden=(128, 64)):
@@ -62,5 +63,38 @@ def vgg_small(in_shape=(1, 28, 28), num_classes=10):
     )
 
 
+lenet5 = lenet  # the name the model zoo uses (LeNet-5)
+
+
+def _basic_block(cin, cout, stride):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the input, or a 1x1 conv + BN projection of it when
+    the shape changes; the ReLU after the sum follows the block."""
+    block = Sequential(
+        Conv2D(cin, cout, 3, stride=stride, padding=1, bias=False), BatchNorm2D(cout), ReLU(),
+        Conv2D(cout, cout, 3, padding=1, bias=False), BatchNorm2D(cout),
+    )
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = Sequential(Conv2D(cin, cout, 1, stride=stride, bias=False), BatchNorm2D(cout))
+    return Residual(block, shortcut)
+
+
+def resnet_small(in_shape=(3, 32, 32), num_classes=10):
+    """A CIFAR-style ResNet (He et al. 2016, section 4.2) with one basic block per stage:
+    conv3x3(16)-BN-ReLU stem, stages of 16, 32 (stride 2) and 64 (stride 2) channels,
+    global average pooling, Dense(num_classes). 8 conv layers; any input of at least 1x1
+    works (1x8x8 digits end the stages at 2x2, 3x32x32 images at 8x8)."""
+    c = in_shape[0]
+    return Sequential(
+        Conv2D(c, 16, 3, padding=1, bias=False), BatchNorm2D(16), ReLU(),
+        _basic_block(16, 16, 1), ReLU(),
+        _basic_block(16, 32, 2), ReLU(),
+        _basic_block(32, 64, 2), ReLU(),
+        GlobalAvgPool2D(),
+        Dense(64, num_classes),
+    )
+
+
 # The one registry of named models (the CLI's --model choices): name -> f(in_shape, num_classes).
-MODELS = {"mlp": mlp, "lenet": lenet, "vgg-small": vgg_small}
+MODELS = {"mlp": mlp, "lenet": lenet, "lenet5": lenet5, "vgg-small": vgg_small,
+          "resnet-small": resnet_small}

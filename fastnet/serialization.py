@@ -24,7 +24,7 @@ CHECKPOINT_FORMAT = "fastnet-checkpoint"  # written by fastnet.train: model + tr
 CHECKPOINT_VERSION = 1
 _META = "__fastnet__"
 _REGISTRY = {name: getattr(_layers, name) for name in _layers.__all__
-             if name not in ("Module", "Parameter")}
+             if name not in ("Module", "Parameter", "Buffer")}
 
 
 def _describe(module: Module) -> dict:
@@ -36,7 +36,13 @@ def _describe(module: Module) -> dict:
         )
     if isinstance(module, _layers.Sequential):
         return {"type": name, "layers": [_describe(m) for m in module]}
-    return {"type": name, "config": module.config()}
+    desc = {"type": name, "config": module.config()}
+    # a layer built from other layers (Residual) names them in SUBMODULES: each is
+    # described in turn (None stays None) and passed back to the constructor by name
+    for sub in getattr(type(module), "SUBMODULES", ()):
+        child = getattr(module, sub)
+        desc.setdefault("modules", {})[sub] = None if child is None else _describe(child)
+    return desc
 
 
 def _build(desc: dict) -> Module:
@@ -45,7 +51,8 @@ def _build(desc: dict) -> Module:
         raise ValueError(f"unknown layer type {desc.get('type')!r}")
     if cls is _layers.Sequential:
         return cls(*[_build(d) for d in desc["layers"]])
-    return cls(**desc.get("config", {}))
+    subs = {k: None if d is None else _build(d) for k, d in desc.get("modules", {}).items()}
+    return cls(**desc.get("config", {}), **subs)
 
 
 def _file_mode(path):
@@ -61,6 +68,7 @@ def _file_mode(path):
 def _model_meta(model: Module) -> dict:
     """The architecture and dtype of ``model``, as stored in model files and checkpoints."""
     dtypes = {str(p.dtype) for p in model.parameters()}
+    dtypes |= {str(b.dtype) for b in model.buffers() if b.dtype.kind == "f"}
     return {"model": _describe(model), "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"}
 
 

@@ -430,7 +430,7 @@ class Trainer:
             raise ValueError(f"{who}: {path} holds a different model architecture: "
                              f"{_first_difference(theirs, mine)}")
         model_state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-        params = dict(self.model.named_parameters(remove_duplicate=False))
+        params = dict(self.model._walk_state())  # parameters and buffers
         if set(model_state) != set(params):
             raise ValueError(f"{who}: {path} has parameters {sorted(model_state)}, the model "
                              f"{sorted(params)}")

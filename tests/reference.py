@@ -376,3 +376,87 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
 def accumulate(out, x):
     """out + x (gradient accumulation)"""
     return (_f64(out) + _f64(x)).astype(out.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# batch normalisation over x (N, C, L), per channel; global average pooling; add
+
+def _per_channel(a):
+    """(N, C, L) -> (C, N*L): each channel's values as one row."""
+    a = _f64(a)
+    return a.transpose(1, 0, 2).reshape(a.shape[1], -1)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                       training, momentum, eps):
+    """torch.nn.functional.batch_norm on (N, C, L), written from the definition (np.var,
+    the unbiased variance as np.var(ddof=1)). -> (out, mean, invstd, running_mean,
+    running_var, num_batches_tracked); the running values are None when not given, and
+    unchanged copies when not training."""
+    rows = _per_channel(x)
+    c = rows.shape[0]
+    new_rm = None if running_mean is None else _f64(running_mean).copy()
+    new_rv = None if running_var is None else _f64(running_var).copy()
+    nbt = None if num_batches_tracked is None else int(num_batches_tracked)
+    if training:
+        mean = rows.mean(axis=1)
+        var = rows.var(axis=1)
+        if new_rm is not None:
+            if nbt is not None:
+                nbt += 1
+            m = 1.0 / nbt if momentum is None else momentum
+            new_rm = (1 - m) * new_rm + m * mean
+            new_rv = (1 - m) * new_rv + m * rows.var(axis=1, ddof=1)
+    else:
+        mean, var = _f64(running_mean), _f64(running_var)
+    invstd = 1.0 / np.sqrt(var + eps)
+    w = np.ones(c) if weight is None else _f64(weight)
+    b = np.zeros(c) if bias is None else _f64(bias)
+    out = (_f64(x) - mean[None, :, None]) * invstd[None, :, None] * w[None, :, None] \
+        + b[None, :, None]
+    t = np.asarray(x).dtype
+    cast = (lambda a: None if a is None else a.astype(t))
+    return (out.astype(t), mean.astype(t), invstd.astype(t), cast(new_rm), cast(new_rv),
+            None if nbt is None else np.array(nbt, np.int64))
+
+
+def batch_norm_backward(dout, x, weight, eps):
+    """Gradients of batch_norm in training mode (batch statistics), through the explicit
+    per-channel Jacobian of y = xhat * w + b: -> (dx, dweight, dbias)."""
+    d, xs = _per_channel(dout), _per_channel(x)
+    c, m = xs.shape
+    w = np.ones(c) if weight is None else _f64(weight)
+    dx_rows = np.empty_like(xs)
+    dweight, dbias = np.empty(c), np.empty(c)
+    eye = np.eye(m)
+    for k in range(c):
+        v = xs[k]
+        mu = v.mean()
+        s = 1.0 / np.sqrt(((v - mu) ** 2).mean() + eps)
+        xhat = (v - mu) * s
+        # d xhat_i / d x_j = s * (delta_ij - 1/m - xhat_i * xhat_j / m)
+        jac = s * (eye - 1.0 / m - np.outer(xhat, xhat) / m)
+        dx_rows[k] = w[k] * (d[k] @ jac)
+        dweight[k] = np.sum(d[k] * xhat)
+        dbias[k] = np.sum(d[k])
+    n, _, length = np.shape(x)
+    dx = dx_rows.reshape(c, n, length).transpose(1, 0, 2)
+    t = np.asarray(x).dtype
+    return dx.astype(t), dweight.astype(t), dbias.astype(t)
+
+
+def global_avg_pool2d_forward(x):
+    """(N, C, H, W) -> (N, C) means over H, W"""
+    return _f64(x).mean(axis=(2, 3)).astype(np.asarray(x).dtype)
+
+
+def global_avg_pool2d_backward(dout, x_shape):
+    """dout (N, C) spread evenly over each H*W plane -> dx (N, C, H, W)"""
+    h, w = x_shape[2], x_shape[3]
+    dx = np.broadcast_to(_f64(dout)[:, :, None, None] / (h * w), x_shape)
+    return dx.astype(np.asarray(dout).dtype)
+
+
+def add(a, b):
+    """a + b"""
+    return (_f64(a) + _f64(b)).astype(np.asarray(a).dtype)

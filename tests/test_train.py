@@ -312,3 +312,38 @@ def test_vgg_small_adapts_its_head_to_the_input(shape, flat):
     assert MODELS["vgg-small"] is vgg_small
     with pytest.raises(ValueError, match="at least 4x4"):
         vgg_small((1, 3, 3))
+
+
+def _bn_setup(seed, **trainer_kwargs):
+    """A model with BatchNorm (running statistics are buffers, not parameters) and a
+    residual block, as a new process would build it."""
+    from fastnet.layers import BatchNorm1D, BatchNorm2D, GlobalAvgPool2D, ReLU, Residual
+
+    fastnet.manual_seed(seed)
+    model = Sequential(
+        Conv2D(1, 3, 3, padding=1, bias=False), BatchNorm2D(3), ReLU(),
+        Residual(Sequential(Conv2D(3, 3, 3, padding=1, bias=False), BatchNorm2D(3, momentum=None))),
+        ReLU(), GlobalAvgPool2D(), Dense(3, 8), BatchNorm1D(8), ReLU(), Dense(8, 4))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = Trainer(model, opt, schedule=CosineLR(EPOCHS), progress=False, log=None,
+                      **trainer_kwargs)
+    return trainer, DataLoader(TRAIN, 16, shuffle=True, seed=seed), DataLoader(VAL, 32)
+
+
+def test_resume_restores_batch_norm_running_statistics_bit_for_bit(tmp_path):
+    whole, train_loader, val_loader = _bn_setup(0)
+    whole.fit(train_loader, val_loader, epochs=EPOCHS)
+    first, train_loader, val_loader = _bn_setup(0, checkpoint_dir=tmp_path)
+    first.fit(train_loader, val_loader, epochs=2)
+    second, train_loader, val_loader = _bn_setup(99, checkpoint_dir=tmp_path)
+    second.fit(train_loader, val_loader, epochs=EPOCHS, resume=tmp_path / "checkpoint.npz")
+    a, b = whole.model.state_dict(), second.model.state_dict()
+    assert list(a) == list(b) and "1.running_var" in a and "3.block.1.num_batches_tracked" in a
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert a["1.num_batches_tracked"] > 0
+    assert without_timing(whole.history) == without_timing(second.history)
+    model = fastnet.load(tmp_path / "checkpoint.npz")  # the checkpoint's model keeps its buffers
+    np.testing.assert_array_equal(model.state_dict()["6.bias"], b["6.bias"])
+    np.testing.assert_array_equal(model.state_dict()["7.running_mean"], b["7.running_mean"])

@@ -7,7 +7,7 @@ filled in by the CUDA backend (``fastnet.kernels.cuda``), imported lazily.
 import importlib
 
 from .. import _threads
-from . import activations, conv, dense, dropout, losses, optim, pool
+from . import activations, conv, dense, dropout, losses, norm, optim, pool
 
 
 class CudaKernel:
@@ -67,6 +67,11 @@ KERNELS = {
     "sgd_step":                      {"cpu": optim.sgd_step,                    "cuda": CudaKernel("optim", "sgd_step")},
     "adam_step":                     {"cpu": optim.adam_step,                   "cuda": CudaKernel("optim", "adam_step")},
     "accumulate":                    {"cpu": optim.accumulate,                  "cuda": CudaKernel("optim", "accumulate")},
+    "add":                           {"cpu": optim.add,                         "cuda": CudaKernel("optim", "add")},
+    "batch_norm_forward":            {"cpu": norm.batch_norm_forward,           "cuda": CudaKernel("norm", "batch_norm_forward")},
+    "batch_norm_backward":           {"cpu": norm.batch_norm_backward,          "cuda": CudaKernel("norm", "batch_norm_backward")},
+    "global_avg_pool2d_forward":     {"cpu": pool.global_avg_pool2d_forward,    "cuda": CudaKernel("pool", "global_avg_pool2d_forward")},
+    "global_avg_pool2d_backward":    {"cpu": pool.global_avg_pool2d_backward,   "cuda": CudaKernel("pool", "global_avg_pool2d_backward")},
 }
 
 _locked = {}

@@ -75,3 +75,14 @@ def _accumulate(out, x):
 def accumulate(out, x):
     """out (...), x (...) -> out (...) += x: gradient accumulation across backward passes"""
     _accumulate(out.reshape(-1), x.reshape(-1))
+
+
+@parallel_kernel
+def _add(out, a, b):
+    for i in prange(out.size):
+        out[i] = a[i] + b[i]
+
+
+def add(out, a, b):
+    """a (...), b (...) -> out (...) = a + b: a residual block's sum and its input gradient"""
+    _add(out.reshape(-1), a.reshape(-1), b.reshape(-1))

@@ -201,3 +201,38 @@ def avg_pool2d_backward(dx, dout, kernel_size, stride, padding):
         _avg_pool2x2_backward(dx, dout)
     else:
         _avg_pool2d_backward(dx, dout, *kernel_size, *stride, *padding)
+
+
+@parallel_kernel
+def _global_avg_pool2d_forward(out, x):
+    n_, c_ = out.shape
+    hw = x.shape[2] * x.shape[3]
+    xf = x.ravel()
+    inv = x.dtype.type(1) / x.dtype.type(hw)
+    for nc in prange(n_ * c_):
+        s = x.dtype.type(0)
+        for i in range(nc * hw, (nc + 1) * hw):
+            s += xf[i]
+        out[nc // c_, nc % c_] = s * inv
+
+
+@parallel_kernel
+def _global_avg_pool2d_backward(dx, dout):
+    n_, c_ = dout.shape
+    hw = dx.shape[2] * dx.shape[3]
+    dxf = dx.ravel()
+    inv = dx.dtype.type(1) / dx.dtype.type(hw)
+    for nc in prange(n_ * c_):
+        g = dout[nc // c_, nc % c_] * inv
+        for i in range(nc * hw, (nc + 1) * hw):
+            dxf[i] = g
+
+
+def global_avg_pool2d_forward(out, x):
+    """x (N, C, H, W) -> out (N, C), the mean over H and W"""
+    _global_avg_pool2d_forward(out, x)
+
+
+def global_avg_pool2d_backward(dx, dout):
+    """dout (N, C) -> dx (N, C, H, W)"""
+    _global_avg_pool2d_backward(dx, dout)

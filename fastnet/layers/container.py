@@ -1,5 +1,6 @@
 import math
 
+from ..kernels import kernel
 from .module import Module, check_grad, check_input
 
 
@@ -72,3 +73,53 @@ class Sequential(Module):
         inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ")
                         for i, layer in enumerate(self.layers))
         return f"Sequential({inner}\n)"
+
+
+class Residual(Module):
+    """out = block(x) + shortcut(x), or block(x) + x without a shortcut: a residual
+    connection (a ResNet basic block is ``Residual(Sequential(conv, bn, relu, conv, bn),
+    Sequential(conv1x1, bn))`` followed by a ReLU). Both branches must give the same
+    shape. Backward sends the gradient through both branches and sums their input
+    gradients. state_dict keys are ``block.*`` and ``shortcut.*``."""
+
+    SUBMODULES = ("block", "shortcut")  # fastnet.save describes and rebuilds these
+
+    def __init__(self, block, shortcut=None):
+        if not isinstance(block, Module):
+            raise TypeError(f"Residual: block must be a fastnet layer, got {block!r}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(f"Residual: shortcut must be a fastnet layer or None, got {shortcut!r}")
+        self.block = block
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        x = check_input(self, x, (None,) * max(getattr(x, "ndim", 0), 1))
+        y = self.block(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        if tuple(y.shape) != tuple(s.shape) or y.dtype != s.dtype:
+            what = "the input" if self.shortcut is None else "the shortcut's output"
+            raise ValueError(f"{self!r}: the block's output {tuple(y.shape)} {y.dtype} does "
+                             f"not match {what} {tuple(s.shape)} {s.dtype}; give the block "
+                             "a shortcut (e.g. a 1x1 Conv2D with the block's stride)")
+        out = self.device.empty(y.shape, y.dtype)
+        kernel("add", self.device)(out, y, s)
+        if self.training:
+            self._saved = (out.shape, out.dtype)
+        return out
+
+    def backward(self, grad_out, input_grad=True):
+        shape, dtype = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, shape, dtype)
+        g = self.block.backward(grad_out, input_grad=input_grad)
+        s = grad_out if self.shortcut is None else self.shortcut.backward(grad_out, input_grad)
+        if not input_grad:
+            return None
+        dx = self.device.empty(g.shape, g.dtype)
+        kernel("add", self.device)(dx, g, s)
+        return dx
+
+    def __repr__(self):
+        inner = f"\n  (block): " + repr(self.block).replace("\n", "\n  ")
+        if self.shortcut is not None:
+            inner += f"\n  (shortcut): " + repr(self.shortcut).replace("\n", "\n  ")
+        return f"Residual({inner}\n)"

@@ -84,6 +84,44 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+class Buffer:
+    """A non-trainable array saved with the model: BatchNorm's running statistics and
+    batch counter (PyTorch's registered buffers). ``.data`` keeps its shape and dtype
+    kind; buffers are in ``state_dict()`` (after the parameters of their module, as in
+    PyTorch), move with ``to(device)``, follow ``to(dtype)`` when they hold floats (an
+    integer counter stays int64), and are not in ``parameters()``: optimizers never see
+    them.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data):
+        self._data = data if isinstance(data, np.ndarray) else np.asarray(data)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        device = device_of(value)
+        if value.shape != self._data.shape or value.dtype.kind != self._data.dtype.kind:
+            raise ValueError(f"Buffer.data: expected a {self._data.dtype.kind}-kind array of "
+                             f"shape {self._data.shape}, got {value.dtype} {value.shape}")
+        self._data = device.asarray(value)
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    def __repr__(self):
+        return f"Buffer(shape={self.shape}, dtype={self.dtype})"
+
+
 def check_input(layer, x, shape, dtype=None, device=None):
     """Validate a layer's input before any kernel runs; returns it C-contiguous.
 
@@ -188,6 +226,28 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix=""):
+        """(name, Buffer) pairs, in state_dict order; a buffer set to None is skipped."""
+        for name, value in self._walk_state(prefix):
+            if isinstance(value, Buffer):
+                yield name, value
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def _walk_state(self, prefix=""):
+        """What state_dict holds, PyTorch's order: each module's own parameters, then its
+        own buffers, then its children's entries."""
+        own = vars(self).items()
+        for name, value in own:
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, value in own:
+            if isinstance(value, Buffer):
+                yield prefix + name, value
+        for name, child in self.named_children():
+            yield from child._walk_state(prefix + name + ".")
+
     def modules(self):
         yield self
         for child in self.children():
@@ -245,12 +305,19 @@ class Module:
                     moved = device.asarray(p.data)
                     p.grad = None
                     p._data = moved  # same shape and dtype, now on the other device
+            for b in self.buffers():
+                if device_of(b.data) != device:
+                    b._data = device.asarray(b.data)
             return self
         dtype = _float_dtype(target, type(self).__name__)
         changed = [p for p in self.parameters() if p.dtype != dtype]
         for p in changed:
             p.grad = None
             p.data = self.device.asarray(p.data, dtype=dtype)
+        for b in self.buffers():  # float buffers follow; integer counters stay as they are
+            if b.dtype.kind == "f" and b.dtype != dtype:
+                b._data = self.device.asarray(b.data, dtype=dtype)
+                changed.append(b)
         if changed:  # what forward kept has the old dtype
             for m in self.modules():
                 m._clear_cache()
@@ -258,15 +325,16 @@ class Module:
 
     # ---- state ----------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Parameter name -> a NumPy copy of its data, with PyTorch's keys."""
-        return OrderedDict((k, to_numpy(p.data).copy())
-                           for k, p in self.named_parameters(remove_duplicate=False))
+        """Parameter and buffer name -> a NumPy copy of its data, with PyTorch's keys and
+        order (each module's parameters, then its buffers)."""
+        return OrderedDict((k, to_numpy(p.data).copy()) for k, p in self._walk_state())
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy arrays (NumPy, or anything np.asarray takes: PyTorch CPU tensors, ...)
-        into the parameters. Shapes must match; values are converted to the model's
-        dtype. With ``strict`` the keys must match exactly."""
-        own = dict(self.named_parameters(remove_duplicate=False))
+        into the parameters and buffers. Shapes must match; values are converted to the
+        model's dtype (an integer buffer keeps its own). With ``strict`` the keys must
+        match exactly."""
+        own = dict(self._walk_state())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):

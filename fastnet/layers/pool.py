@@ -70,3 +70,25 @@ class AvgPool2D(_Pool2D):
         kernel("avg_pool2d_backward", self.device)(dx, grad_out, self.kernel_size,
                                                    self.stride, self.padding)
         return dx
+
+
+class GlobalAvgPool2D(Module):
+    """The mean over H and W of each channel: (N, C, H, W) -> (N, C), ready for a Dense
+    head (torch.nn.AdaptiveAvgPool2d(1) followed by flatten(1))."""
+
+    def forward(self, x):
+        x = check_input(self, x, (None, None, None, None))
+        out = self.device.empty(x.shape[:2], x.dtype)
+        kernel("global_avg_pool2d_forward", self.device)(out, x)
+        if self.training:
+            self._saved = (x.shape, x.dtype)
+        return out
+
+    def backward(self, grad_out, input_grad=True):
+        x_shape, dtype = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, x_shape[:2], dtype)
+        if not input_grad:
+            return None
+        dx = self.device.empty(x_shape, dtype)
+        kernel("global_avg_pool2d_backward", self.device)(dx, grad_out)
+        return dx

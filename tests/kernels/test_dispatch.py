@@ -12,9 +12,10 @@ from numba.core import types as nbtypes
 from numba.core.registry import CPUDispatcher
 
 from fastnet.kernels._jit import ParallelKernel
-from fastnet.kernels import KERNELS, activations, conv, dense, dropout, kernel, losses, optim, pool
+from fastnet.kernels import (KERNELS, activations, conv, dense, dropout, kernel, losses, norm,
+                             optim, pool)
 
-MODULES = [activations, conv, dense, dropout, losses, optim, pool]
+MODULES = [activations, conv, dense, dropout, losses, optim, pool, norm]
 
 
 @pytest.fixture(autouse=True)
@@ -221,6 +222,24 @@ def _exercise_float32():
         call("adam_step", p, np.zeros(10, f), np.zeros(10, f), a(10), 1e-3, 0.9, 0.999, 1e-8,
              0.01, 1, decoupled)
     call("accumulate", p, a(10))
+    call("add", np.empty_like(p), p, a(10))
+
+    x3, c3 = a(3, 4, 5), np.empty((4,), f)
+    for training in (True, False):
+        for affine in (True, False):
+            wb = (a(4), a(4)) if affine else (None, None)
+            for running in ((np.zeros(4, f), np.ones(4, f), np.zeros((), np.int64)),
+                            (None, None, None)):
+                if not training and running[0] is None:
+                    continue
+                for momentum in (0.1, None) if running[0] is not None else (0.1,):
+                    call("batch_norm_forward", np.empty_like(x3), c3, np.ones(4, f), *running,
+                         x3, *wb, training, momentum, 1e-5)
+            for dx in (np.empty_like(x3), None):
+                dwb = (np.empty(4, f), np.empty(4, f)) if affine else (None, None)
+                call("batch_norm_backward", dx, *dwb, a(3, 4, 5), x3, wb[0], c3, np.ones(4, f))
+    call("global_avg_pool2d_forward", np.empty((2, 3), f), xi)
+    call("global_avg_pool2d_backward", np.empty_like(xi), a(2, 3))
     return run
 
 

@@ -204,3 +204,34 @@ def test_max_pool_propagates_nan_wherever_it_sits():
         argmax = np.empty((1, 1, 1, 1), np.int32)
         kernel("max_pool2d_forward")(out, argmax, x.reshape(1, 1, 2, 2), (2, 2), (2, 2), (0, 0))
         assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == pos, pos
+
+
+# ---- global average pooling: (N, C, H, W) -> (N, C) -------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 7, 1), (9, 40, 11, 13)],
+                         ids=["small", "1x1", "column", "parallel"])
+def test_global_avg_pool_matches_reference(rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    out = np.full(shape[:2], np.nan, dtype)
+    kernel("global_avg_pool2d_forward")(out, x)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(out, ref.global_avg_pool2d_forward(x), **tol)
+    dout = rng.standard_normal(shape[:2]).astype(dtype)
+    dx = np.full(shape, np.nan, dtype)
+    kernel("global_avg_pool2d_backward")(dx, dout)
+    np.testing.assert_allclose(dx, ref.global_avg_pool2d_backward(dout, shape), **tol)
+    assert out.dtype == dx.dtype == dtype
+
+
+def test_global_avg_pool_backward_matches_finite_differences(rng):
+    def forward(x):
+        out = np.empty(x.shape[:2])
+        kernel("global_avg_pool2d_forward")(out, x)
+        return out
+
+    def backward(dout, x):
+        dx = np.empty_like(x)
+        kernel("global_avg_pool2d_backward")(dx, dout)
+        return [dx]
+
+    check_backward(forward, backward, [rng.standard_normal((2, 3, 3, 2))], rng)

@@ -158,6 +158,38 @@ def avg_pool2d_backward(dx, dout, kernel_size, stride, padding):
         _inv_area(kernel_size, dx.dtype))
 
 
+@cuda.jit
+def _global_avg_pool2d_forward_kernel(out, x, hw, inv):
+    # one thread per (n, c) plane, summing it in order: deterministic, as on the CPU
+    for nc in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        s = x.dtype.type(0)
+        for i in range(nc * hw, (nc + 1) * hw):
+            s += x[i]
+        out[nc] = s * inv
+
+
+def global_avg_pool2d_forward(out, x):
+    """x (N, C, H, W) -> out (N, C), the mean over H and W"""
+    hw = x.shape[2] * x.shape[3]
+    grid, threads = launch_1d(out.size)
+    _global_avg_pool2d_forward_kernel[grid, threads](
+        _launch.flat(out), _launch.flat(x), hw, _inv_area((hw, 1), x.dtype))
+
+
+@cuda.jit
+def _global_avg_pool2d_backward_kernel(dx, dout, hw, inv):
+    for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        dx[e] = dout[e // hw] * inv
+
+
+def global_avg_pool2d_backward(dx, dout):
+    """dout (N, C) -> dx (N, C, H, W)"""
+    hw = dx.shape[2] * dx.shape[3]
+    grid, threads = launch_1d(dx.size)
+    _global_avg_pool2d_backward_kernel[grid, threads](
+        _launch.flat(dx), _launch.flat(dout), hw, _inv_area((hw, 1), dx.dtype))
+
+
 _F1, _I1 = float32[::1], int32[::1]
 _GEOMETRY = (int64,) * 10  # h, w, oh, ow, kh, kw, sh, sw, ph, pw
 PTX_SIGNATURES = {
@@ -166,4 +198,6 @@ PTX_SIGNATURES = {
     _max_pool2d_backward_kernel: [(_F1, _F1, _I1, _I1, int64, int64, int64)],
     _avg_pool2d_forward_kernel: [(_F1, _F1) + _GEOMETRY + (float32,)],
     _avg_pool2d_backward_kernel: [(_F1, _F1) + _GEOMETRY + (float32,)],
+    _global_avg_pool2d_forward_kernel: [(_F1, _F1, int64, float32)],
+    _global_avg_pool2d_backward_kernel: [(_F1, _F1, int64, float32)],
 }

@@ -1,0 +1,142 @@
+"""CUDA batch norm, global average pooling and add kernels against the reference and the
+CPU kernels, and a Residual block with BatchNorm2D on CUDA against the CPU. Tiny shapes:
+in the simulator every GPU thread is a Python thread."""
+import numpy as np
+import pytest
+
+import fastnet
+from fastnet.device import to_numpy
+from fastnet.kernels import kernel
+from fastnet.layers import BatchNorm1D, BatchNorm2D, Conv2D, GlobalAvgPool2D, ReLU, Residual, Sequential
+from tests import reference as ref
+
+TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-5),
+       np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
+
+
+def _inputs(rng, shape, dtype, affine=True):
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    c = shape[1]
+    w = rng.uniform(0.5, 1.5, c).astype(dtype) if affine else None
+    b = rng.standard_normal(c).astype(dtype) if affine else None
+    running = (rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype),
+               np.array(3, np.int64))
+    return x, w, b, running
+
+
+def _gpu_forward(dev, host, garbage, x, w, b, running, training, momentum):
+    c = x.shape[1]
+    out, mean, invstd = garbage(x.shape, x.dtype), garbage((c,), x.dtype), garbage((c,), x.dtype)
+    rm = rv = nbt = None
+    if running is not None:
+        rm, rv, nbt = dev(running[0]), dev(running[1]), dev(running[2])
+    kernel("batch_norm_forward", "cuda")(
+        out, mean, invstd, rm, rv, nbt, dev(x), None if w is None else dev(w),
+        None if b is None else dev(b), training, momentum, 1e-5)
+    got = [host(out), host(mean), host(invstd)]
+    return got + ([None] * 3 if running is None else [host(rm), host(rv), host(nbt)])
+
+
+# (3, 2, 37): 111 values per channel, several strides of the simulator's 32 threads
+@pytest.mark.parametrize("shape", [(3, 2, 37), (5, 3, 1)], ids=["l37", "features"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_batch_norm_training_forward(rng, dtype, dev, host, garbage, shape, affine, momentum):
+    x, w, b, running = _inputs(rng, shape, dtype, affine)
+    got = _gpu_forward(dev, host, garbage, x, w, b, running, True, momentum)
+    want = ref.batch_norm_forward(x, w, b, *running, True, momentum, 1e-5)
+    for name, g, r in zip(["out", "mean", "invstd", "running_mean", "running_var"], got, want):
+        assert g.dtype == dtype, name
+        np.testing.assert_allclose(g, r, **TOL[dtype], err_msg=name)
+    assert got[5] == 4 and got[5].dtype == np.int64
+
+
+def test_batch_norm_eval_and_untracked(rng, dtype, dev, host, garbage):
+    x, w, b, running = _inputs(rng, (2, 3, 4), dtype)
+    got = _gpu_forward(dev, host, garbage, x, w, b, running, False, 0.1)
+    np.testing.assert_allclose(got[0], ref.batch_norm_forward(x, w, b, *running, False, 0.1, 1e-5)[0],
+                               **TOL[dtype])
+    np.testing.assert_array_equal(got[3], running[0])
+    assert got[5] == 3
+    got = _gpu_forward(dev, host, garbage, x, w, b, None, True, 0.1)
+    np.testing.assert_allclose(got[0], ref.batch_norm_forward(x, w, b, None, None, None, True, 0.1,
+                                                              1e-5)[0], **TOL[dtype])
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_batch_norm_backward(rng, dtype, dev, host, garbage, affine):
+    shape = (3, 2, 37)
+    x, w, b, _ = _inputs(rng, shape, dtype, affine)
+    dout = rng.standard_normal(shape).astype(dtype)
+    mean = np.empty(2, dtype)
+    invstd = np.empty(2, dtype)
+    kernel("batch_norm_forward")(np.empty_like(x), mean, invstd, None, None, None, x, w, b,
+                                 True, 0.1, 1e-5)
+    dx = garbage(shape, dtype)
+    dw = garbage((2,), dtype) if affine else None
+    db = garbage((2,), dtype) if affine else None
+    kernel("batch_norm_backward", "cuda")(dx, dw, db, dev(dout), dev(x),
+                                          None if w is None else dev(w), dev(mean), dev(invstd))
+    rdx, rdw, rdb = ref.batch_norm_backward(dout, x, w, 1e-5)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(host(dx), rdx, **tol)
+    if affine:
+        np.testing.assert_allclose(host(dw), rdw, **tol)
+        np.testing.assert_allclose(host(db), rdb, **tol)
+    # and against the CPU kernel
+    cdx, cdw, cdb = np.empty_like(x), np.empty(2, dtype), np.empty(2, dtype)
+    kernel("batch_norm_backward")(cdx, cdw, cdb, dout, x, w, mean, invstd)
+    np.testing.assert_allclose(host(dx), cdx, **tol)
+
+
+def test_global_avg_pool_and_add(rng, dtype, dev, host, garbage):
+    x = rng.standard_normal((2, 3, 5, 7)).astype(dtype)  # 210 elements: several blocks
+    out = garbage((2, 3), dtype)
+    kernel("global_avg_pool2d_forward", "cuda")(out, dev(x))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(host(out), ref.global_avg_pool2d_forward(x), **tol)
+    dout = rng.standard_normal((2, 3)).astype(dtype)
+    dx = garbage(x.shape, dtype)
+    kernel("global_avg_pool2d_backward", "cuda")(dx, dev(dout))
+    np.testing.assert_allclose(host(dx), ref.global_avg_pool2d_backward(dout, x.shape), **tol)
+    y = rng.standard_normal(x.shape).astype(dtype)
+    s = garbage(x.shape, dtype)
+    kernel("add", "cuda")(s, dev(x), dev(y))
+    np.testing.assert_array_equal(host(s), x + y)
+
+
+def _block(dtype):
+    fastnet.manual_seed(4)
+    return Sequential(
+        Residual(Sequential(Conv2D(2, 3, 3, stride=2, padding=1, bias=False, dtype=dtype),
+                            BatchNorm2D(3, dtype=dtype), ReLU(),
+                            Conv2D(3, 3, 3, padding=1, bias=False, dtype=dtype),
+                            BatchNorm2D(3, momentum=None, dtype=dtype)),
+                 Sequential(Conv2D(2, 3, 1, stride=2, bias=False, dtype=dtype),
+                            BatchNorm2D(3, dtype=dtype))),
+        ReLU(), GlobalAvgPool2D(), BatchNorm1D(3, dtype=dtype))
+
+
+def test_residual_block_matches_cpu(rng):
+    """A projection-shortcut block with BN, two training steps' forward and backward
+    (float64), then eval: outputs, input and parameter gradients, running statistics."""
+    cpu, gpu = _block(np.float64), _block(np.float64).to("cuda")
+    for _ in range(2):
+        x = rng.standard_normal((2, 2, 4, 4))
+        g = rng.standard_normal((2, 3))
+        yc, yg = cpu(x), gpu(x)
+        np.testing.assert_allclose(to_numpy(yg), yc, rtol=1e-10, atol=1e-12)
+        for m in (cpu, gpu):
+            m.zero_grad()
+        dxc, dxg = cpu.backward(g), gpu.backward(g)
+        np.testing.assert_allclose(to_numpy(dxg), dxc, rtol=1e-9, atol=1e-11)
+    for (name, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
+        np.testing.assert_allclose(to_numpy(pg.grad), pc.grad, rtol=1e-9, atol=1e-11, err_msg=name)
+    sc, sg = cpu.state_dict(), gpu.state_dict()
+    assert list(sc) == list(sg)
+    for k in sc:
+        assert sg[k].dtype == sc[k].dtype, k
+        np.testing.assert_allclose(sg[k], sc[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    assert sg["0.block.4.num_batches_tracked"] == 2
+    x = rng.standard_normal((3, 2, 4, 4))
+    np.testing.assert_allclose(to_numpy(gpu.eval()(x)), cpu.eval()(x), rtol=1e-10, atol=1e-12)
