@@ -45,7 +45,8 @@ class MaxPool2D(_Pool2D):
         if not input_grad:
             return None
         dx = self.device.empty(x_shape, dtype)
-        kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax)
+        kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax, self.kernel_size,
+                                                   self.stride, self.padding)
         return dx
 
 

@@ -1,6 +1,6 @@
 """CUDA pooling kernels, NCHW, against the reference, finite differences and the CPU
 kernels: max_pool2d_forward(out, argmax, x, ks, stride, padding),
-max_pool2d_backward(dx, dout, argmax), avg_pool2d_forward(out, x, ks, stride, padding),
+max_pool2d_backward(dx, dout, argmax, ks, stride, padding), avg_pool2d_forward(out, x, ks, stride, padding),
 avg_pool2d_backward(dx, dout, ks, stride, padding). PyTorch semantics."""
 import numpy as np
 import pytest
@@ -42,9 +42,10 @@ class Pool:
         kernel("max_pool2d_forward", "cuda")(out, argmax, self.dev(x), ks, stride, padding)
         return self.host(out), self.host(argmax)
 
-    def max_backward(self, dout, argmax, x_shape):
+    def max_backward(self, dout, argmax, x_shape, ks, stride, padding):
         dx = self.garbage(x_shape, dout.dtype)
-        kernel("max_pool2d_backward", "cuda")(dx, self.dev(dout), self.dev(argmax))
+        kernel("max_pool2d_backward", "cuda")(dx, self.dev(dout), self.dev(argmax), ks, stride,
+                                               padding)
         return self.host(dx)
 
     def avg_forward(self, x, ks, stride, padding):
@@ -81,10 +82,10 @@ def test_max_pool_matches_reference_and_cpu(rng, dtype, close, pool, case):
     np.testing.assert_array_equal(argmax, cpu_arg)
 
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx = pool.max_backward(dout, argmax, x_shape)
+    dx = pool.max_backward(dout, argmax, x_shape, ks, stride, padding)
     close(dx, ref.max_pool2d_backward(dout, argmax, x_shape), scale=np.sqrt(np.prod(ks)))
     cpu_dx = np.empty_like(x)
-    kernel("max_pool2d_backward", "cpu")(cpu_dx, dout, argmax)
+    kernel("max_pool2d_backward", "cpu")(cpu_dx, dout, argmax, ks, stride, padding)
     np.testing.assert_array_equal(dx, cpu_dx)
 
 
@@ -116,7 +117,7 @@ def test_max_backward_matches_finite_differences(rng, pool, case):
 
     def backward(dout, x):
         _, argmax = pool.max_forward(x, ks, stride, padding)
-        return (pool.max_backward(dout, argmax, x.shape),)
+        return (pool.max_backward(dout, argmax, x.shape, ks, stride, padding),)
 
     x = rng.permutation(np.prod(x_shape)).reshape(x_shape) * 0.01  # distinct: no ties
     check_backward(lambda x: pool.max_forward(x, ks, stride, padding)[0], backward, [x], rng)
@@ -144,7 +145,7 @@ def test_max_ties_padding_and_nan(rng, dtype, pool):
         np.testing.assert_array_equal(out, rout, err_msg=case)
         np.testing.assert_array_equal(argmax, rarg, err_msg=case)
         dout = rng.standard_normal(out.shape).astype(dtype)
-        np.testing.assert_allclose(pool.max_backward(dout, argmax, x_shape),
+        np.testing.assert_allclose(pool.max_backward(dout, argmax, x_shape, ks, stride, padding),
                                    ref.max_pool2d_backward(dout, argmax, x_shape),
                                    rtol=1e-5, atol=1e-5, err_msg=case)
 
@@ -158,7 +159,8 @@ def test_max_ties_padding_and_nan(rng, dtype, pool):
     out, argmax = pool.max_forward(x, (3, 3), (2, 1), (1, 1))
     assert np.all(out < -100)
     # the gradient lands only on image elements that some window selected
-    assert pool.max_backward(np.ones_like(out), argmax, x.shape).sum() == out.size
+    assert pool.max_backward(np.ones_like(out), argmax, x.shape, (3, 3), (2, 1),
+                             (1, 1)).sum() == out.size
 
     x = np.zeros((1, 4, 2, 2), dtype)
     for c in range(4):
@@ -190,7 +192,7 @@ def test_random_geometries(pool):
         np.testing.assert_array_equal(out, rout, err_msg=msg)
         np.testing.assert_array_equal(argmax, rarg, err_msg=msg)
         dout = rng.standard_normal(out.shape)
-        np.testing.assert_allclose(pool.max_backward(dout, argmax, x.shape),
+        np.testing.assert_allclose(pool.max_backward(dout, argmax, x.shape, ks, stride, padding),
                                    ref.max_pool2d_backward(dout, argmax, x.shape),
                                    rtol=1e-12, atol=1e-12, err_msg=msg)
         np.testing.assert_allclose(pool.avg_forward(x, ks, stride, padding),

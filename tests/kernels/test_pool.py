@@ -1,5 +1,5 @@
 """Pooling kernels, NCHW: max_pool2d_forward(out, argmax, x, ks, stride, padding),
-max_pool2d_backward(dx, dout, argmax), avg_pool2d_forward(out, x, ks, stride, padding),
+max_pool2d_backward(dx, dout, argmax, ks, stride, padding), avg_pool2d_forward(out, x, ks, stride, padding),
 avg_pool2d_backward(dx, dout, ks, stride, padding). PyTorch semantics."""
 import numpy as np
 import pytest
@@ -42,9 +42,9 @@ def _max_forward(x, ks, stride, padding):
     return out, argmax
 
 
-def _max_backward(dout, argmax, x_shape, dtype):
+def _max_backward(dout, argmax, x_shape, dtype, ks, stride, padding):
     dx = np.full(x_shape, 123.0, dtype)
-    kernel("max_pool2d_backward")(dx, dout, argmax)
+    kernel("max_pool2d_backward")(dx, dout, argmax, ks, stride, padding)
     return dx
 
 
@@ -79,7 +79,7 @@ def test_max_backward_matches_reference(rng, dtype, close, case):
     x = rng.standard_normal(x_shape).astype(dtype)
     out, argmax = _max_forward(x, ks, stride, padding)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx = _max_backward(dout, argmax, x_shape, dtype)
+    dx = _max_backward(dout, argmax, x_shape, dtype, ks, stride, padding)
     close(dx, ref.max_pool2d_backward(dout, argmax, x_shape), scale=np.sqrt(np.prod(ks)))
 
 
@@ -91,7 +91,7 @@ def test_max_backward_matches_finite_differences(rng, case):
 
     def backward(dout, x):
         _, argmax = _max_forward(x, ks, stride, padding)
-        return (_max_backward(dout, argmax, x.shape, x.dtype),)
+        return (_max_backward(dout, argmax, x.shape, x.dtype, ks, stride, padding),)
 
     x = rng.permutation(np.prod(x_shape)).reshape(x_shape) * 0.01  # distinct: no ties
     check_backward(lambda x: _max_forward(x, ks, stride, padding)[0], backward, [x], rng)
@@ -126,7 +126,7 @@ def test_max_padding_never_wins(dtype):
     np.testing.assert_array_equal(out, rout)
     np.testing.assert_array_equal(argmax, rarg)
     # the gradient lands only on image elements that some window selected
-    dx = _max_backward(np.ones_like(out), argmax, x.shape, dtype)
+    dx = _max_backward(np.ones_like(out), argmax, x.shape, dtype, (3, 3), (2, 1), (1, 1))
     assert dx.sum() == out.size
 
     x = np.full((1, 1, 3, 3), -np.inf, dtype)
@@ -186,7 +186,7 @@ def test_property_random_geometry(n, c, kh, kw, sh, sw, eh, ew, data):
     np.testing.assert_array_equal(out, rout)
     np.testing.assert_array_equal(argmax, rarg)
     dout = rng.standard_normal(out.shape)
-    np.testing.assert_allclose(_max_backward(dout, argmax, x.shape, x.dtype),
+    np.testing.assert_allclose(_max_backward(dout, argmax, x.shape, x.dtype, ks, stride, padding),
                                ref.max_pool2d_backward(dout, argmax, x.shape), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(_avg_forward(x, ks, stride, padding),
                                ref.avg_pool2d_forward(x, ks, stride, padding), rtol=1e-12, atol=1e-12)

@@ -57,50 +57,33 @@ def max_pool2d_forward(out, argmax, x, kernel_size, stride, padding):
         out.shape[2], out.shape[3], *map(int, kernel_size), *map(int, stride), *map(int, padding))
 
 
-# NOTE: max_pool2d_backward gets no window geometry (the CPU signature), yet a gather needs
-# to know which outputs can select an input element. A first pass records, per input
-# element, the bounding box of the outputs whose argmax it is, as four integer atomic
-# maxima (order-independent, hence deterministic) into zeroed scratch:
-# box = (OH - min oh, max oh + 1, OW - min ow, max ow + 1), 0 = selected by no output.
-# The gather then scans that box, at most the windows that overlap the element.
-
 @cuda.jit
-def _max_pool2d_argmax_box_kernel(box, argmax, hw, oh_, ow_):
-    for o in range(cuda.grid(1), argmax.size, cuda.gridsize(1)):
-        ow = o % ow_
-        oh = (o // ow_) % oh_
-        e = 4 * ((o // (ow_ * oh_)) * hw + argmax[o])
-        cuda.atomic.max(box, e, int32(oh_ - oh))
-        cuda.atomic.max(box, e + 1, int32(oh + 1))
-        cuda.atomic.max(box, e + 2, int32(ow_ - ow))
-        cuda.atomic.max(box, e + 3, int32(ow + 1))
-
-
-@cuda.jit
-def _max_pool2d_backward_kernel(dx, dout, argmax, box, hw, oh_, ow_):
+def _max_pool2d_backward_kernel(dx, dout, argmax, h, w, oh_, ow_, kh, kw, sh, sw, ph, pw):
+    # a gather: each input element sums the gradients of the windows that cover it and
+    # chose it, in output order (as the CPU scatter adds them: bitwise equal); no atomics
     for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        a = e % hw
-        ob = (e // hw) * oh_ * ow_
+        iw = e % w
+        ih = (e // w) % h
+        a = ih * w + iw
+        ob = (e // (w * h)) * oh_ * ow_
+        oh0, oh1 = _covering(ih, oh_, kh, sh, ph)
+        ow0, ow1 = _covering(iw, ow_, kw, sw, pw)
         s = dx.dtype.type(0)
-        for oh in range(oh_ - box[4 * e], box[4 * e + 1]):
-            for ow in range(ow_ - box[4 * e + 2], box[4 * e + 3]):
+        for oh in range(oh0, oh1):
+            for ow in range(ow0, ow1):
                 o = ob + oh * ow_ + ow
                 if argmax[o] == a:
                     s += dout[o]
         dx[e] = s
 
 
-def max_pool2d_backward(dx, dout, argmax):
-    """dout (N, C, OH, OW), argmax (N, C, OH, OW) -> dx (N, C, H, W)"""
-    hw = dx.shape[2] * dx.shape[3]
-    oh_, ow_ = dout.shape[2], dout.shape[3]
-    box = _launch.zeros(4 * dx.size, "int32")
-    flat_argmax = _launch.flat(argmax)
-    grid, threads = launch_1d(argmax.size)
-    _max_pool2d_argmax_box_kernel[grid, threads](box, flat_argmax, hw, oh_, ow_)
+def max_pool2d_backward(dx, dout, argmax, kernel_size, stride, padding):
+    """dout (N, C, OH, OW), argmax (N, C, OH, OW) from the forward with this geometry
+    -> dx (N, C, H, W)"""
     grid, threads = launch_1d(dx.size)
     _max_pool2d_backward_kernel[grid, threads](
-        _launch.flat(dx), _launch.flat(dout), flat_argmax, box, hw, oh_, ow_)
+        _launch.flat(dx), _launch.flat(dout), _launch.flat(argmax), dx.shape[2], dx.shape[3],
+        dout.shape[2], dout.shape[3], *map(int, kernel_size), *map(int, stride), *map(int, padding))
 
 
 @cuda.jit
@@ -194,8 +177,7 @@ _F1, _I1 = float32[::1], int32[::1]
 _GEOMETRY = (int64,) * 10  # h, w, oh, ow, kh, kw, sh, sw, ph, pw
 PTX_SIGNATURES = {
     _max_pool2d_forward_kernel: [(_F1, _I1, _F1) + _GEOMETRY],
-    _max_pool2d_argmax_box_kernel: [(_I1, _I1, int64, int64, int64)],
-    _max_pool2d_backward_kernel: [(_F1, _F1, _I1, _I1, int64, int64, int64)],
+    _max_pool2d_backward_kernel: [(_F1, _F1, _I1) + _GEOMETRY],
     _avg_pool2d_forward_kernel: [(_F1, _F1) + _GEOMETRY + (float32,)],
     _avg_pool2d_backward_kernel: [(_F1, _F1) + _GEOMETRY + (float32,)],
     _global_avg_pool2d_forward_kernel: [(_F1, _F1, int64, float32)],
