@@ -7,7 +7,7 @@ filled in by the CUDA backend (``fastnet.kernels.cuda``), imported lazily.
 import importlib
 
 from .. import _threads
-from . import activations, conv, dense, dropout, losses, optim, pool
+from . import activations, conv, dense, dropout, losses, optim, pool, recurrent
 
 
 class CudaKernel:
@@ -67,6 +67,12 @@ KERNELS = {
     "sgd_step":                      {"cpu": optim.sgd_step,                    "cuda": CudaKernel("optim", "sgd_step")},
     "adam_step":                     {"cpu": optim.adam_step,                   "cuda": CudaKernel("optim", "adam_step")},
     "accumulate":                    {"cpu": optim.accumulate,                  "cuda": CudaKernel("optim", "accumulate")},
+    "rnn_forward":                   {"cpu": recurrent.rnn_forward,             "cuda": CudaKernel("recurrent", "rnn_forward")},
+    "rnn_backward":                  {"cpu": recurrent.rnn_backward,            "cuda": CudaKernel("recurrent", "rnn_backward")},
+    "lstm_forward":                  {"cpu": recurrent.lstm_forward,            "cuda": CudaKernel("recurrent", "lstm_forward")},
+    "lstm_backward":                 {"cpu": recurrent.lstm_backward,           "cuda": CudaKernel("recurrent", "lstm_backward")},
+    "gru_forward":                   {"cpu": recurrent.gru_forward,             "cuda": CudaKernel("recurrent", "gru_forward")},
+    "gru_backward":                  {"cpu": recurrent.gru_backward,            "cuda": CudaKernel("recurrent", "gru_backward")},
 }
 
 _locked = {}
