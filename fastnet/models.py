@@ -1,5 +1,6 @@
 """Ready-made models for the training job."""
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from .layers import LSTM, ImageRows, LastHidden
 
 
 def mlp(in_shape=(1, 8, 8), num_classes=10, hidden=(128, 64)):
@@ -64,3 +65,19 @@ def vgg_small(in_shape=(1, 28, 28), num_classes=10):
 
 # The one registry of named models (the CLI's --model choices): name -> f(in_shape, num_classes).
 MODELS = {"mlp": mlp, "lenet": lenet, "vgg-small": vgg_small}
+
+
+def lstm(in_shape=(1, 8, 8), num_classes=10, hidden=64):
+    """A sequence classifier: single-channel images (1, H, W) read row by row (H
+    timesteps of W features) by an LSTM, its last hidden state into Dense(num_classes).
+    It learns slowly at the convolutional nets' SGD step, hence its own default learning
+    rates (``MODEL_LR``, used by the CLI)."""
+    c, h, w = in_shape
+    if c != 1:
+        raise ValueError(f"lstm: reads single-channel images row by row, got {c} channels")
+    return Sequential(ImageRows(), LSTM(w, hidden), LastHidden(), Dense(hidden, num_classes))
+
+
+MODELS["lstm"] = lstm
+# Models whose default learning rates differ from the CLI's: name -> {optimizer: lr}.
+MODEL_LR = {"lstm": {"sgd": 0.5, "adam": 0.01}}

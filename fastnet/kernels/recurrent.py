@@ -18,7 +18,8 @@ dw_ih = dG.T @ x, dw_hh = dG.T @ h_prev and dx = dG @ w_ih are one GEMM each ove
 timesteps, and the bias gradients are column sums in a fixed order (deterministic).
 Backward kernels overwrite their outputs; pass ``None`` for an output that is not
 needed (dx, dh0 / dc0 without an initial state, db_* without bias). ``h0`` / ``c0`` /
-``dh_n`` / ``dc_n`` may be None, meaning zeros.
+``dout`` / ``dh_n`` / ``dc_n`` may be None, meaning zeros (``dout`` None: only the final
+state is used downstream).
 """
 import numpy as np
 from numba import prange
@@ -120,7 +121,10 @@ def _rnn_step_backward(dg, dh, dout, out, t, code):
     n, hs = dh.shape
     for i in prange(n):
         for j in range(hs):
-            dg[i, t, j] = (dout[i, t, j] + dh[i, j]) * activation_grad(out[i, t, j], code)
+            d = dh[i, j]
+            if dout is not None:
+                d += dout[i, t, j]
+            dg[i, t, j] = d * activation_grad(out[i, t, j], code)
 
 
 def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
@@ -139,7 +143,7 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
 
 def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  nonlinearity):
-    """dout (N, T, H), dh_n (N, H) | None, x, h0, w_ih, w_hh, out as in forward ->
+    """dout (N, T, H) | None, dh_n (N, H) | None, x, h0, w_ih, w_hh, out as in forward ->
     dx (N, T, F) | None, dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
@@ -205,7 +209,9 @@ def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
             ct = cells[i, t, j]
             cp = c0[i, j] if t == 0 else cells[i, t - 1, j]
             tc = np.tanh(ct)
-            dht = dout[i, t, j] + dh[i, j]
+            dht = dh[i, j]
+            if dout is not None:
+                dht += dout[i, t, j]
             dct = dc[i, j] + dht * og * (one - tc * tc)
             dg[i, t, j] = dct * gg * ig * (one - ig)
             dg[i, t, hs + j] = dct * cp * fg * (one - fg)
@@ -231,7 +237,7 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x, h0, c0,
                   w_ih, w_hh, out, gates, cells):
-    """dout (N, T, H), dh_n, dc_n (N, H) | None, the rest as in forward -> dx (N, T, F) |
+    """dout (N, T, H) | None, dh_n, dc_n (N, H) | None, the rest as in forward -> dx (N, T, F) |
     None, dh0, dc0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
@@ -293,7 +299,9 @@ def _gru_step_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, t):
             z = gates[i, t, hs + j]
             nn = gates[i, t, 2 * hs + j]
             hp = h0[i, j] if t == 0 else out[i, t - 1, j]
-            dht = dout[i, t, j] + dh[i, j] + dhz[i, j]
+            dht = dh[i, j] + dhz[i, j]
+            if dout is not None:
+                dht += dout[i, t, j]
             dan = dht * (one - z) * (one - nn * nn)
             daz = dht * (hp - nn) * z * (one - z)
             dar = dan * hn[i, t, j] * r * (one - r)
@@ -322,7 +330,7 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
 
 def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  gates, hn):
-    """dout (N, T, H), dh_n (N, H) | None, the rest as in forward -> dx (N, T, F) | None,
+    """dout (N, T, H) | None, dh_n (N, H) | None, the rest as in forward -> dx (N, T, F) | None,
     dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]

@@ -6,8 +6,10 @@ from .dense import Dense
 from .dropout import Dropout
 from .module import Module, Parameter
 from .pool import AvgPool2D, MaxPool2D
+from .recurrent import GRU, LSTM, RNN, ImageRows, LastHidden
 
 __all__ = [
     "Module", "Parameter", "Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "LeakyReLU",
     "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Dropout", "Sequential",
+    "RNN", "LSTM", "GRU", "ImageRows", "LastHidden",
 ]

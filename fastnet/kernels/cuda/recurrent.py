@@ -124,7 +124,10 @@ def _rnn_step_backward_kernel(dg, dgt, dh, dout, out, t, code, one):
     for e in range(cuda.grid(1), n * hs, cuda.gridsize(1)):
         i = e // hs
         j = e - i * hs
-        v = (dout[i, t, j] + dh[i, j]) * activation_grad(out[i, t, j], code, one)
+        v = dh[i, j]
+        if dout is not None:
+            v += dout[i, t, j]
+        v *= activation_grad(out[i, t, j], code, one)
         dg[i, t, j] = v
         dgt[i, j] = v
 
@@ -146,7 +149,7 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
 
 def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  nonlinearity):
-    """dout (N, T, H), dh_n (N, H) | None, x, h0, w_ih, w_hh, out as in forward ->
+    """dout (N, T, H) | None, dh_n (N, H) | None, x, h0, w_ih, w_hh, out as in forward ->
     dx (N, T, F) | None, dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, _ = x.shape
     hs = out.shape[2]
@@ -219,7 +222,9 @@ def _lstm_step_backward_kernel(dg, dgt, dh, dc, dout, gates, cells, c0, t, one):
         elif c0 is not None:
             cp = c0[i, j]
         tc = apply_activation(cells[i, t, j], TANH, one)
-        dht = dout[i, t, j] + dh[i, j]
+        dht = dh[i, j]
+        if dout is not None:
+            dht += dout[i, t, j]
         dct = dc[i, j] + dht * og * (one - tc * tc)
         v_i = dct * gg * ig * (one - ig)
         v_f = dct * cp * fg * (one - fg)
@@ -255,7 +260,7 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x, h0, c0,
                   w_ih, w_hh, out, gates, cells):
-    """dout (N, T, H), dh_n, dc_n (N, H) | None, the rest as in forward -> dx (N, T, F) |
+    """dout (N, T, H) | None, dh_n, dc_n (N, H) | None, the rest as in forward -> dx (N, T, F) |
     None, dh0, dc0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, _ = x.shape
     hs = out.shape[2]
@@ -326,7 +331,9 @@ def _gru_step_backward_kernel(dgx, dgh, dght, dh, dhz, dout, gates, hn, out, h0,
             hp = out[i, t - 1, j]
         elif h0 is not None:
             hp = h0[i, j]
-        dht = dout[i, t, j] + dh[i, j] + dhz[i, j]
+        dht = dh[i, j] + dhz[i, j]
+        if dout is not None:
+            dht += dout[i, t, j]
         dan = dht * (one - z) * (one - nv * nv)
         daz = dht * (hp - nv) * z * (one - z)
         dar = dan * hn[i, t, j] * r * (one - r)
@@ -360,7 +367,7 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
 
 def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  gates, hn):
-    """dout (N, T, H), dh_n (N, H) | None, the rest as in forward -> dx (N, T, F) | None,
+    """dout (N, T, H) | None, dh_n (N, H) | None, the rest as in forward -> dx (N, T, F) | None,
     dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, _ = x.shape
     hs = out.shape[2]
@@ -395,9 +402,10 @@ def ptx_signatures():
         out.append((_rnn_step_kernel, (f3, f2, f2, b, b, i, i, float32)))
         out.append((_lstm_step_kernel, (f3, f2, f2, f3, f3, f2, b, b, i, float32)))
         out.append((_gru_step_kernel, (f3, f2, f3, f3, f2, b, b, i, float32)))
-    out.append((_rnn_step_backward_kernel, (f3, f2, f2, f3, f3, i, i, float32)))
-    for h0 in (f2, none):
-        out.append((_lstm_step_backward_kernel, (f3, f2, f2, f2, f3, f3, f3, h0, i, float32)))
-        out.append((_gru_step_backward_kernel, (f3, f3, f2, f2, f2, f3, f3, f3, f3, h0, i,
+    for dout in (f3, none):
+        out.append((_rnn_step_backward_kernel, (f3, f2, f2, dout, f3, i, i, float32)))
+    for h0, dout in ((f2, f3), (none, none)):
+        out.append((_lstm_step_backward_kernel, (f3, f2, f2, f2, dout, f3, f3, h0, i, float32)))
+        out.append((_gru_step_backward_kernel, (f3, f3, f2, f2, f2, dout, f3, f3, f3, h0, i,
                                                 float32)))
     return out
