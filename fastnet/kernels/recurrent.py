@@ -21,15 +21,89 @@ needed (dx, dh0 / dc0 without an initial state, db_* without bias). ``h0`` / ``c
 ``dout`` / ``dh_n`` / ``dc_n`` may be None, meaning zeros (``dout`` None: only the final
 state is used downstream).
 """
+import math
+
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from . import _jit
-from ._jit import parallel_kernel
-from .activations import ACTIVATIONS, activation_grad, apply_activation
+from ._jit import FASTMATH_ORDERED, parallel_kernel, parallel_kernel_ordered
+from .activations import ACTIVATIONS, activation_grad
 
-_SIGMOID, _TANH = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
+_TANH = ACTIVATIONS["tanh"]
 _COL_BLOCK = 64
+
+# ---- sigmoid and tanh that vectorise ------------------------------------------------------
+# NOTE: the gate nonlinearities are most of a step's time. Numba calls libm's expf / tanhf
+# once per element (no SVML here; ~10 ns each, five per LSTM unit), which also keeps LLVM
+# from vectorising the loop: the step kernels ran ~10x slower than NumPy's SIMD ufuncs.
+# exp is computed here with arithmetic only: x = n*ln2 + r (Cody-Waite, |r| <= ln2/2),
+# expm1(r) by its Taylor series to r^12/12! (< 2e-16 relative: enough for float64), 2^n
+# from a table. Divisions go through np.divide, which has no ZeroDivisionError check
+# (that branch alone stops vectorisation), and both branches of a sign are selects.
+# Arguments are clamped to +-87, where sigmoid and tanh are saturated in float32 and
+# within 1e-37 of it in float64. The kernels using these compile without "reassoc",
+# which could merge the two-step reduction back into one inexact step.
+_LOG2E = 1.0 / math.log(2.0)
+_LN2_HI = 0.693145751953125            # 15 significant bits: n * _LN2_HI is exact
+_LN2_LO = math.log(2.0) - _LN2_HI
+_EXP_CLAMP = 87.0
+_POW2 = 2.0 ** np.arange(-126, 128)   # 2^n, n = -126 .. 127: exact in float32 too
+# 1/k! for the Taylor series (module-level floats: Numba freezes them as constants)
+_F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9, _F10, _F11, _F12 = (
+    1.0 / math.factorial(k) for k in range(2, 13))
+
+
+@njit(inline="always", fastmath=FASTMATH_ORDERED)
+def _exp_parts(x):
+    """(q, s) with exp(x) = s * (1 + q), s = 2^n, q = expm1(r), in x's dtype."""
+    t = type(x)
+    x = min(max(x, t(-_EXP_CLAMP)), t(_EXP_CLAMP))
+    y = x * t(_LOG2E) + t(0.5)
+    k = int(y)  # toward zero, then down: a floor without libm
+    k = k - 1 if t(k) > y else k
+    n = t(k)
+    r = (x - n * t(_LN2_HI)) - n * t(_LN2_LO)
+    p = t(_F12)
+    p = p * r + t(_F11)
+    p = p * r + t(_F10)
+    p = p * r + t(_F9)
+    p = p * r + t(_F8)
+    p = p * r + t(_F7)
+    p = p * r + t(_F6)
+    p = p * r + t(_F5)
+    p = p * r + t(_F4)
+    p = p * r + t(_F3)
+    p = p * r + t(_F2)
+    q = r + (r * r) * p
+    s = t(_POW2[k + 126])
+    return q, s
+
+
+@njit(inline="always", fastmath=FASTMATH_ORDERED)
+def _sigmoid(v):
+    one = type(v)(1)
+    q, s = _exp_parts(-np.abs(v))
+    e = s + q * s  # exp(-|v|) in (0, 1]: no overflow, no cancellation
+    num = one if v >= 0 else e
+    return np.divide(num, one + e)
+
+
+@njit(inline="always", fastmath=FASTMATH_ORDERED)
+def _tanh(v):
+    one = type(v)(1)
+    q, s = _exp_parts(type(v)(-2) * np.abs(v))
+    em = (s - one) + q * s  # expm1(-2|v|), accurate for small |v| too
+    r = np.divide(-em, one + one + em)
+    return r if v >= 0 else -r
+
+
+@njit(inline="always", fastmath=FASTMATH_ORDERED)
+def _activation(v, code):
+    """tanh or relu (the RNN's nonlinearities)."""
+    if code == _TANH:
+        return _tanh(v)
+    return v if v > 0 else type(v)(0)
 
 
 def _run(kern, work, *args):
@@ -101,19 +175,25 @@ def _shifted(out, h0):
 
 # ---- RNN: h_t = act(x_t @ w_ih.T + b_ih + h_{t-1} @ w_hh.T + b_hh) ---------------------------
 
-@parallel_kernel
+@parallel_kernel_ordered
 def _rnn_step(out, h, gh, b_ih, b_hh, t, code):
+    # NOTE: the step kernels work row by row on 1-D views, one simple loop per stage:
+    # a loop that stores to several arrays needs more runtime alias checks than LLVM
+    # allows and stays scalar.
     n, hs = h.shape
     for i in prange(n):
+        o = out[i, t]
+        a = gh[i]
         for j in range(hs):
-            v = out[i, t, j] + gh[i, j]
+            v = o[j] + a[j]
             if b_ih is not None:
                 v += b_ih[j]
             if b_hh is not None:
                 v += b_hh[j]
-            v = apply_activation(v, code)
-            out[i, t, j] = v
-            h[i, j] = v
+            o[j] = _activation(v, code)
+        hi = h[i]
+        for j in range(hs):
+            hi[j] = o[j]
 
 
 @parallel_kernel
@@ -161,42 +241,39 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
 
 # ---- LSTM (gates i, f, g, o): c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t) ----------------------
 
-@parallel_kernel
+@parallel_kernel_ordered
 def _lstm_step(out, h, c, cells, gates, gh, b_ih, b_hh, t):
     n, hs = h.shape
     for i in prange(n):
-        for j in range(hs):
-            a_i = gates[i, t, j] + gh[i, j]
-            a_f = gates[i, t, hs + j] + gh[i, hs + j]
-            a_g = gates[i, t, 2 * hs + j] + gh[i, 2 * hs + j]
-            a_o = gates[i, t, 3 * hs + j] + gh[i, 3 * hs + j]
+        g = gates[i, t]
+        a = gh[i]
+        for j in range(4 * hs):
+            v = g[j] + a[j]
             if b_ih is not None:
-                a_i += b_ih[j]
-                a_f += b_ih[hs + j]
-                a_g += b_ih[2 * hs + j]
-                a_o += b_ih[3 * hs + j]
+                v += b_ih[j]
             if b_hh is not None:
-                a_i += b_hh[j]
-                a_f += b_hh[hs + j]
-                a_g += b_hh[2 * hs + j]
-                a_o += b_hh[3 * hs + j]
-            ig = apply_activation(a_i, _SIGMOID)
-            fg = apply_activation(a_f, _SIGMOID)
-            gg = apply_activation(a_g, _TANH)
-            og = apply_activation(a_o, _SIGMOID)
-            cn = fg * c[i, j] + ig * gg
-            hn = og * np.tanh(cn)
-            gates[i, t, j] = ig
-            gates[i, t, hs + j] = fg
-            gates[i, t, 2 * hs + j] = gg
-            gates[i, t, 3 * hs + j] = og
-            c[i, j] = cn
-            cells[i, t, j] = cn
-            h[i, j] = hn
-            out[i, t, j] = hn
+                v += b_hh[j]
+            g[j] = v
+        for j in range(2 * hs):            # i, f
+            g[j] = _sigmoid(g[j])
+        for j in range(2 * hs, 3 * hs):    # g
+            g[j] = _tanh(g[j])
+        for j in range(3 * hs, 4 * hs):    # o
+            g[j] = _sigmoid(g[j])
+        ci = c[i]
+        for j in range(hs):
+            ci[j] = g[hs + j] * ci[j] + g[j] * g[2 * hs + j]
+        o = out[i, t]
+        for j in range(hs):
+            o[j] = g[3 * hs + j] * _tanh(ci[j])
+        cr = cells[i, t]
+        hi = h[i]
+        for j in range(hs):  # loops: an array assignment brings Numba's broadcasting code
+            cr[j] = ci[j]
+            hi[j] = o[j]
 
 
-@parallel_kernel
+@parallel_kernel_ordered
 def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
     n, hs = dh.shape
     for i in prange(n):
@@ -208,7 +285,7 @@ def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
             og = gates[i, t, 3 * hs + j]
             ct = cells[i, t, j]
             cp = c0[i, j] if t == 0 else cells[i, t - 1, j]
-            tc = np.tanh(ct)
+            tc = _tanh(ct)
             dht = dh[i, j]
             if dout is not None:
                 dht += dout[i, t, j]
@@ -258,34 +335,37 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
 
 # ---- GRU (gates r, z, n): n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h ----
 
-@parallel_kernel
+@parallel_kernel_ordered
 def _gru_step(out, h, gates, hn, gh, b_ih, b_hh, t):
     n, hs = h.shape
     for i in prange(n):
-        for j in range(hs):
-            one = type(h[i, j])(1)
-            a_r = gates[i, t, j] + gh[i, j]
-            a_z = gates[i, t, hs + j] + gh[i, hs + j]
-            a_n = gates[i, t, 2 * hs + j]
-            ghn = gh[i, 2 * hs + j]
+        one = type(h[i, 0])(1)
+        g = gates[i, t]
+        a = gh[i]
+        hr = hn[i, t]
+        for j in range(2 * hs):            # r, z
+            v = g[j] + a[j]
             if b_ih is not None:
-                a_r += b_ih[j]
-                a_z += b_ih[hs + j]
-                a_n += b_ih[2 * hs + j]
+                v += b_ih[j]
             if b_hh is not None:
-                a_r += b_hh[j]
-                a_z += b_hh[hs + j]
-                ghn += b_hh[2 * hs + j]
-            r = apply_activation(a_r, _SIGMOID)
-            z = apply_activation(a_z, _SIGMOID)
-            nn = np.tanh(a_n + r * ghn)
-            hv = (one - z) * nn + z * h[i, j]
-            gates[i, t, j] = r
-            gates[i, t, hs + j] = z
-            gates[i, t, 2 * hs + j] = nn
-            hn[i, t, j] = ghn
-            h[i, j] = hv
-            out[i, t, j] = hv
+                v += b_hh[j]
+            g[j] = _sigmoid(v)
+        for j in range(hs):                # W_hn h + b_hn
+            v = a[2 * hs + j]
+            if b_hh is not None:
+                v += b_hh[2 * hs + j]
+            hr[j] = v
+        for j in range(hs):                # n
+            v = g[2 * hs + j] + g[j] * hr[j]
+            if b_ih is not None:
+                v += b_ih[2 * hs + j]
+            g[2 * hs + j] = _tanh(v)
+        o = out[i, t]
+        hi = h[i]
+        for j in range(hs):
+            z = g[hs + j]
+            o[j] = (one - z) * g[2 * hs + j] + z * hi[j]
+            hi[j] = o[j]
 
 
 @parallel_kernel
