@@ -8,7 +8,7 @@ import pytest
 import fastnet
 from fastnet.device import to_numpy
 from fastnet.kernels import kernel
-from fastnet.layers import LSTM, Sequential
+from fastnet.layers import LSTM
 from fastnet.losses import CrossEntropyLoss
 from fastnet.models import MODELS
 from fastnet.optim import SGD

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastnet
-from fastnet.layers import GRU, LSTM, RNN, Dense, ImageRows, LastHidden, Sequential
+from fastnet.layers import GRU, LSTM, RNN, ImageRows, LastHidden, Sequential
 from fastnet.losses import CrossEntropyLoss
 from fastnet.models import MODELS
 from fastnet.optim import SGD
@@ -146,7 +146,8 @@ def test_eval_keeps_nothing_and_backward_needs_training_forward(name, rng):
 
 
 @pytest.mark.parametrize("call, error, pattern", [
-    (lambda l: l(np.zeros((2, 3), f32)), ValueError, r"expected input of shape \(N, \*, 3\), got \(2, 3\)"),
+    (lambda l: l(np.zeros((2, 3), f32)), ValueError,
+     r"expected input of shape \(N, \*, 3\), got \(2, 3\)"),
     (lambda l: l(np.zeros((2, 4, 7), f32)), ValueError, r"\(N, \*, 3\), got \(2, 4, 7\)"),
     (lambda l: l(np.zeros((2, 0, 3), f32)), ValueError, r"empty input of shape \(2, 0, 3\)"),
     (lambda l: l(np.zeros((2, 4, 3), f64)), TypeError, r"expected float32 input"),
@@ -169,7 +170,8 @@ def test_bad_initial_state_is_rejected(name):
     def state(h):
         return (h, good) if name == "lstm" else h
 
-    with pytest.raises(ValueError, match=r"h0 of shape \(1, N, hidden_size\) = \(1, 2, 5\), got \(2, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"h0 of shape \(1, N, hidden_size\) = \(1, 2, 5\), got \(2, 5\)"):
         layer(x, state(np.zeros((2, 5), f32)))
     with pytest.raises(ValueError, match=r"got \(1, 3, 5\)"):
         layer(x, state(np.zeros((1, 3, 5), f32)))
