@@ -275,26 +275,35 @@ def _lstm_step(out, h, c, cells, gates, gh, b_ih, b_hh, t):
 
 @parallel_kernel_ordered
 def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
+    # dh (scratch, overwritten by the next GEMM) takes dout[:, t] in place
     n, hs = dh.shape
     for i in prange(n):
-        for j in range(hs):
-            one = type(dh[i, j])(1)
-            ig = gates[i, t, j]
-            fg = gates[i, t, hs + j]
-            gg = gates[i, t, 2 * hs + j]
-            og = gates[i, t, 3 * hs + j]
-            ct = cells[i, t, j]
-            cp = c0[i, j] if t == 0 else cells[i, t - 1, j]
-            tc = _tanh(ct)
-            dht = dh[i, j]
-            if dout is not None:
-                dht += dout[i, t, j]
-            dct = dc[i, j] + dht * og * (one - tc * tc)
-            dg[i, t, j] = dct * gg * ig * (one - ig)
-            dg[i, t, hs + j] = dct * cp * fg * (one - fg)
-            dg[i, t, 2 * hs + j] = dct * ig * (one - gg * gg)
-            dg[i, t, 3 * hs + j] = dht * tc * og * (one - og)
-            dc[i, j] = dct * fg
+        one = type(dh[i, 0])(1)
+        g = gates[i, t]
+        d = dg[i, t]
+        dhi = dh[i]
+        dci = dc[i]
+        ct = cells[i, t]
+        cp = c0[i] if t == 0 else cells[i, t - 1]
+        if dout is not None:
+            do = dout[i, t]
+            for j in range(hs):
+                dhi[j] += do[j]
+        for j in range(hs):                # dc_t and the o gate
+            og = g[3 * hs + j]
+            tc = _tanh(ct[j])
+            dci[j] += dhi[j] * og * (one - tc * tc)
+            d[3 * hs + j] = dhi[j] * tc * og * (one - og)
+        for j in range(hs):                # i, f, g
+            ig = g[j]
+            fg = g[hs + j]
+            gg = g[2 * hs + j]
+            dct = dci[j]
+            d[j] = dct * gg * ig * (one - ig)
+            d[hs + j] = dct * cp[j] * fg * (one - fg)
+            d[2 * hs + j] = dct * ig * (one - gg * gg)
+        for j in range(hs):                # dc_{t-1}
+            dci[j] *= g[hs + j]
 
 
 def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
