@@ -96,7 +96,9 @@ def train(args) -> int:
     if args.patience is not None and args.val_fraction == 0:
         return fail("--patience needs validation data: use --val-fraction > 0")
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.optimizer]
+        from .models import MODEL_LR
+
+        args.lr = MODEL_LR.get(args.model, DEFAULT_LR)[args.optimizer]
 
     fastnet.manual_seed(args.seed)
     try:
@@ -376,7 +378,8 @@ def build_parser():
     t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="default: %(default)s")
     t.add_argument("--lr", type=_float(positive=True), default=None,
                    help="initial learning rate (default: "
-                        f"{DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam)")
+                        f"{DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam; "
+                        "lstm: 0.5 and 0.01)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                    help="sgd (momentum 0.9) or adam (default: %(default)s)")
     t.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine",

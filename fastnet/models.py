@@ -1,6 +1,6 @@
 """Ready-made models for the training job."""
-from .layers import (BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
-                     Residual, Sequential)
+from .layers import (LSTM, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, ImageRows,
+                     LastHidden, MaxPool2D, ReLU, Residual, Sequential)
 
 
 def mlp(in_shape=(1, 8, 8), num_classes=10, hidden=(128, 64)):
@@ -98,3 +98,19 @@ def resnet_small(in_shape=(3, 32, 32), num_classes=10):
 # The one registry of named models (the CLI's --model choices): name -> f(in_shape, num_classes).
 MODELS = {"mlp": mlp, "lenet": lenet, "lenet5": lenet5, "vgg-small": vgg_small,
           "resnet-small": resnet_small}
+
+
+def lstm(in_shape=(1, 8, 8), num_classes=10, hidden=64):
+    """A sequence classifier: single-channel images (1, H, W) read row by row (H
+    timesteps of W features) by an LSTM, its last hidden state into Dense(num_classes).
+    It learns slowly at the convolutional nets' SGD step, hence its own default learning
+    rates (``MODEL_LR``, used by the CLI)."""
+    c, h, w = in_shape
+    if c != 1:
+        raise ValueError(f"lstm: reads single-channel images row by row, got {c} channels")
+    return Sequential(ImageRows(), LSTM(w, hidden), LastHidden(), Dense(hidden, num_classes))
+
+
+MODELS["lstm"] = lstm
+# Models whose default learning rates differ from the CLI's: name -> {optimizer: lr}.
+MODEL_LR = {"lstm": {"sgd": 0.5, "adam": 0.01}}

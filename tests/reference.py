@@ -460,3 +460,171 @@ def global_avg_pool2d_backward(dout, x_shape):
 def add(a, b):
     """a + b"""
     return (_f64(a) + _f64(b)).astype(np.asarray(a).dtype)
+
+
+# recurrent, single layer, batch first: x (N, T, F), h0 / c0 (N, H) | None,
+# w_ih (G*H, F), w_hh (G*H, H), b_ih / b_hh (G*H,) | None; PyTorch's equations, one
+# timestep at a time with each gate's weights sliced out; backward accumulates the
+# weight gradients timestep by timestep (outer products), unlike the kernels' GEMMs.
+
+def _rec_args(x, h0, w_ih, w_hh, b_ih, b_hh, g):
+    n, _, _ = x.shape
+    hs = w_hh.shape[1]
+    h = np.zeros((n, hs)) if h0 is None else _f64(h0)
+    bi = np.zeros(g * hs) if b_ih is None else _f64(b_ih)
+    bh = np.zeros(g * hs) if b_hh is None else _f64(b_hh)
+    wi = [_f64(w_ih)[k * hs:(k + 1) * hs] for k in range(g)]
+    wh = [_f64(w_hh)[k * hs:(k + 1) * hs] for k in range(g)]
+    bi = [bi[k * hs:(k + 1) * hs] for k in range(g)]
+    bh = [bh[k * hs:(k + 1) * hs] for k in range(g)]
+    return _f64(x), h, wi, wh, bi, bh
+
+
+def _rec_grads(x, dx, dh0, dwi, dwh, dbi, dbh, b_ih, b_hh, h0):
+    t = x.dtype
+    return (dx.astype(t), None if h0 is None else dh0.astype(t),
+            np.concatenate(dwi).astype(t), np.concatenate(dwh).astype(t),
+            None if b_ih is None else np.concatenate(dbi).astype(t),
+            None if b_hh is None else np.concatenate(dbh).astype(t))
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
+    """-> (out (N, T, H), h_n (N, H))"""
+    xs, h, wi, wh, bi, bh = _rec_args(x, h0, w_ih, w_hh, b_ih, b_hh, 1)
+    outs = []
+    for s in range(xs.shape[1]):
+        pre = xs[:, s] @ wi[0].T + bi[0] + h @ wh[0].T + bh[0]
+        h = np.tanh(pre) if nonlinearity == "tanh" else np.maximum(pre, 0.0)
+        outs.append(h)
+    out = np.stack(outs, axis=1)
+    return out.astype(x.dtype), h.astype(x.dtype)
+
+
+def rnn_backward(dout, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
+    """-> (dx, dh0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None)"""
+    xs, h0v, wi, wh, _, _ = _rec_args(x, h0, w_ih, w_hh, b_ih, b_hh, 1)
+    out = _f64(rnn_forward(xs, h0, w_ih.astype(np.float64), w_hh.astype(np.float64),
+                           None if b_ih is None else _f64(b_ih),
+                           None if b_hh is None else _f64(b_hh), nonlinearity)[0])
+    n, steps, _ = xs.shape
+    dh = np.zeros_like(h0v) if dh_n is None else _f64(dh_n).copy()
+    dx = np.zeros_like(xs)
+    dwi, dwh = [np.zeros_like(wi[0])], [np.zeros_like(wh[0])]
+    dbi, dbh = [np.zeros(wi[0].shape[0])], [np.zeros(wi[0].shape[0])]
+    for s in reversed(range(steps)):
+        h = out[:, s]
+        hp = h0v if s == 0 else out[:, s - 1]
+        dh = dh + _f64(dout)[:, s]
+        da = dh * ((1.0 - h * h) if nonlinearity == "tanh" else (h > 0).astype(np.float64))
+        dx[:, s] = da @ wi[0]
+        dwi[0] += np.einsum("nh,nf->hf", da, xs[:, s])
+        dwh[0] += np.einsum("nh,nk->hk", da, hp)
+        dbi[0] += da.sum(0)
+        dbh[0] += da.sum(0)
+        dh = da @ wh[0]
+    return _rec_grads(x, dx, dh, dwi, dwh, dbi, dbh, b_ih, b_hh, h0)
+
+
+def _lstm_cells(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    xs, h, wi, wh, bi, bh = _rec_args(x, h0, w_ih, w_hh, b_ih, b_hh, 4)
+    c = np.zeros_like(h) if c0 is None else _f64(c0)
+    steps = []
+    for s in range(xs.shape[1]):
+        a = [xs[:, s] @ wi[k].T + bi[k] + h @ wh[k].T + bh[k] for k in range(4)]
+        i, f, g, o = _sigmoid64(a[0]), _sigmoid64(a[1]), np.tanh(a[2]), _sigmoid64(a[3])
+        c_prev, h_prev = c, h
+        c = f * c_prev + i * g
+        h = o * np.tanh(c)
+        steps.append(dict(i=i, f=f, g=g, o=o, c=c, c_prev=c_prev, h=h, h_prev=h_prev))
+    return xs, wi, wh, steps
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """-> (out (N, T, H), h_n (N, H), c_n (N, H))"""
+    _, _, _, steps = _lstm_cells(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    out = np.stack([st["h"] for st in steps], axis=1)
+    t = x.dtype
+    return out.astype(t), steps[-1]["h"].astype(t), steps[-1]["c"].astype(t)
+
+
+def lstm_backward(dout, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """-> (dx, dh0 | None, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None)"""
+    xs, wi, wh, steps = _lstm_cells(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    n, hs = steps[0]["h"].shape
+    dh = np.zeros((n, hs)) if dh_n is None else _f64(dh_n).copy()
+    dc = np.zeros((n, hs)) if dc_n is None else _f64(dc_n).copy()
+    dx = np.zeros_like(xs)
+    dwi = [np.zeros_like(w) for w in wi]
+    dwh = [np.zeros_like(w) for w in wh]
+    dbi = [np.zeros(hs) for _ in range(4)]
+    dbh = [np.zeros(hs) for _ in range(4)]
+    for s in reversed(range(len(steps))):
+        st = steps[s]
+        dh = dh + _f64(dout)[:, s]
+        tc = np.tanh(st["c"])
+        dc = dc + dh * st["o"] * (1.0 - tc ** 2)
+        da = [dc * st["g"] * st["i"] * (1.0 - st["i"]),
+              dc * st["c_prev"] * st["f"] * (1.0 - st["f"]),
+              dc * st["i"] * (1.0 - st["g"] ** 2),
+              dh * tc * st["o"] * (1.0 - st["o"])]
+        dh = np.zeros((n, hs))
+        for k in range(4):
+            dx[:, s] += da[k] @ wi[k]
+            dh += da[k] @ wh[k]
+            dwi[k] += np.einsum("nh,nf->hf", da[k], xs[:, s])
+            dwh[k] += np.einsum("nh,nk->hk", da[k], st["h_prev"])
+            dbi[k] += da[k].sum(0)
+            dbh[k] += da[k].sum(0)
+        dc = dc * st["f"]
+    dx, dh0, dwi, dwh, dbi, dbh = _rec_grads(x, dx, dh, dwi, dwh, dbi, dbh, b_ih, b_hh, h0)
+    return dx, dh0, None if c0 is None else dc.astype(x.dtype), dwi, dwh, dbi, dbh
+
+
+def _gru_cells(x, h0, w_ih, w_hh, b_ih, b_hh):
+    xs, h, wi, wh, bi, bh = _rec_args(x, h0, w_ih, w_hh, b_ih, b_hh, 3)
+    steps = []
+    for s in range(xs.shape[1]):
+        r = _sigmoid64(xs[:, s] @ wi[0].T + bi[0] + h @ wh[0].T + bh[0])
+        z = _sigmoid64(xs[:, s] @ wi[1].T + bi[1] + h @ wh[1].T + bh[1])
+        hn = h @ wh[2].T + bh[2]
+        nn = np.tanh(xs[:, s] @ wi[2].T + bi[2] + r * hn)
+        h_prev = h
+        h = (1.0 - z) * nn + z * h_prev
+        steps.append(dict(r=r, z=z, n=nn, hn=hn, h=h, h_prev=h_prev))
+    return xs, wi, wh, steps
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """-> (out (N, T, H), h_n (N, H))"""
+    _, _, _, steps = _gru_cells(x, h0, w_ih, w_hh, b_ih, b_hh)
+    out = np.stack([st["h"] for st in steps], axis=1)
+    return out.astype(x.dtype), steps[-1]["h"].astype(x.dtype)
+
+
+def gru_backward(dout, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh):
+    """-> (dx, dh0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None)"""
+    xs, wi, wh, steps = _gru_cells(x, h0, w_ih, w_hh, b_ih, b_hh)
+    n, hs = steps[0]["h"].shape
+    dh = np.zeros((n, hs)) if dh_n is None else _f64(dh_n).copy()
+    dx = np.zeros_like(xs)
+    dwi = [np.zeros_like(w) for w in wi]
+    dwh = [np.zeros_like(w) for w in wh]
+    dbi = [np.zeros(hs) for _ in range(3)]
+    dbh = [np.zeros(hs) for _ in range(3)]
+    for s in reversed(range(len(steps))):
+        st = steps[s]
+        dh = dh + _f64(dout)[:, s]
+        dn = dh * (1.0 - st["z"]) * (1.0 - st["n"] ** 2)   # d pre-activation of n
+        dz = dh * (st["h_prev"] - st["n"]) * st["z"] * (1.0 - st["z"])
+        dr = dn * st["hn"] * st["r"] * (1.0 - st["r"])
+        d_in = [dr, dz, dn]               # input side
+        d_hid = [dr, dz, dn * st["r"]]    # hidden side: r scales W_hn h + b_hn
+        dh = dh * st["z"]
+        for k in range(3):
+            dx[:, s] += d_in[k] @ wi[k]
+            dh += d_hid[k] @ wh[k]
+            dwi[k] += np.einsum("nh,nf->hf", d_in[k], xs[:, s])
+            dwh[k] += np.einsum("nh,nk->hk", d_hid[k], st["h_prev"])
+            dbi[k] += d_in[k].sum(0)
+            dbh[k] += d_hid[k].sum(0)
+    return _rec_grads(x, dx, dh, dwi, dwh, dbi, dbh, b_ih, b_hh, h0)

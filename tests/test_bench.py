@@ -33,13 +33,15 @@ def test_cases_cover_the_issue():
                  "sigmoid 128x32x32x32 backward", "tanh 128x32x32x32 forward",
                  "softmax 1024x1000 backward", "cross_entropy 128x10 fwd+bwd",
                  "cross_entropy 1024x1000 fwd+bwd", "train lenet5 128x1x28x28 step",
-                 "train vgg-small 128x3x32x32 step"]:
+                 "train vgg-small 128x3x32x32 step", "lstm 64x32x128->128 forward",
+                 "lstm 64x32x128->128 backward"]:
         assert name in names
     ops = {c.op for c in full}
     assert {"sgd_momentum", "adam", "train mlp"} <= ops
     for c in full:  # every timed case reports a throughput
         assert c.flops or c.nbytes
-        assert c.samples == (0 if c.family == "optim" else (1024 if "1024x" in c.shape else 128))
+        assert c.samples == (0 if c.family == "optim" else 64 if c.family == "recurrent" else
+                             (1024 if "1024x" in c.shape else 128))
     # the issue's models: 784-256-256-10 on 1x28x28; LeNet-5's 400 features into its head
     train = {c.op: c.inputs()["params"] for c in full if c.family == "train"}
     assert [v.shape for k, v in train["train mlp"].items() if k.endswith("weight")] == \

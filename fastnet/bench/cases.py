@@ -242,6 +242,35 @@ def _optim_inputs(label, spec, lr):
     return dict(params=params, grads={k: _normal(rng, v.shape) for k, v in params.items()}, lr=lr)
 
 
+# LSTM forward / backward: batch 64, 32 timesteps, 128 input features, 128 hidden units
+LSTM_SHAPE = (64, 32, 128, 128)
+
+
+def _lstm_inputs(label, n, t, f, h, backward):
+    """PyTorch's LSTM parameters (keys, layouts, U(-1/sqrt(H), 1/sqrt(H))), x (N, T, F) and,
+    for backward, the gradient of the output sequence (N, T, H)."""
+    rng = _rng(label)
+    bound = np.float32(1 / math.sqrt(h))
+    shapes = {"weight_ih_l0": (4 * h, f), "weight_hh_l0": (4 * h, h), "bias_ih_l0": (4 * h,),
+              "bias_hh_l0": (4 * h,)}
+    params = {k: rng.uniform(-1, 1, s).astype(np.float32) * bound for k, s in shapes.items()}
+    kw = dict(params=params, x=_normal(rng, (n, t, f)))
+    if backward:
+        kw["dout"] = _normal(rng, (n, t, h))
+    return kw
+
+
+def _lstm_pair(n, t, f, h):
+    """An LSTM layer (one layer, batch first), forward and backward (through time, into the
+    input and the four parameters)."""
+    shape = f"{n}x{t}x{f}->{h}"
+    macs = n * t * 4 * h * (f + h)  # input projection + recurrent GEMMs
+    return [Case("recurrent", "lstm", shape, direction, "lstm_" + direction,
+                 partial(_lstm_inputs, f"lstm {shape}", n, t, f, h, direction == "backward"),
+                 flops=2 * macs * k, samples=n)
+            for direction, k in (("forward", 1), ("backward", 2))]
+
+
 def all_cases(quick: bool = False) -> list:
     """Every case, at the issue's sizes (batch 128, float32) or, with ``quick``, at tiny
     sizes of the same structure (for tests and a fast look)."""
@@ -284,6 +313,8 @@ def all_cases(quick: bool = False) -> list:
         cases.append(Case("optim", op, shape, "step", op + "_step",
                           partial(_optim_inputs, f"{op} {shape}", vgg, lr),
                           nbytes=F32 * streams * n_params))
+
+    cases += _lstm_pair(*((2, 3, 5, 4) if quick else LSTM_SHAPE))
 
     mlp_x = (n, 1, 8, 8) if quick else (n, 1, 28, 28)
     lenet_x = (n, 1, 12, 12) if quick else (n, 1, 28, 28)

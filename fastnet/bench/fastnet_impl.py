@@ -2,6 +2,7 @@
 what a user's training loop runs. The builders return a ``Bench`` (see cases.py)."""
 from fastnet.layers import (AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, Parameter, ReLU,
                             Sequential, Sigmoid, Softmax, Tanh)
+from fastnet.layers import LSTM
 from fastnet.losses import CrossEntropyLoss
 from fastnet.optim import SGD, Adam
 
@@ -84,3 +85,29 @@ def train_step(spec, params, x, labels, lr):
 
     return Bench(run=step, outputs=lambda loss: {"loss": loss, **_named(model, "grad"),
                                                  **_named(model, "data")})
+
+
+def _lstm(params):
+    h, f = params["weight_ih_l0"].shape
+    return LSTM(f, h // 4).load_state_dict(params)
+
+
+def lstm_forward(params, x):
+    net = _lstm(params)
+
+    def outputs(r):
+        out, (h_n, c_n) = r
+        return {"y": out, "h_n": h_n, "c_n": c_n}
+
+    return Bench(run=lambda: net(x), outputs=outputs)
+
+
+def lstm_backward(params, x, dout):
+    net = _lstm(params)
+
+    def setup():
+        net.zero_grad()
+        net(x)
+
+    return Bench(setup=setup, run=lambda: net.backward(dout),
+                 outputs=lambda dx: {"dx": dx, **_named(net, "grad")})

@@ -314,3 +314,74 @@ def train_step(spec, params, x, labels, lr):
                 **{"data." + k: v for k, v in model.params.items()}}
 
     return Bench(run=step, outputs=outputs)
+
+
+# ---- LSTM -----------------------------------------------------------------------------
+
+class LSTM:
+    """One layer, batch first, gates i, f, g, o: the input projection of all timesteps as
+    one matmul, then a loop over time; backward through time with the weight gradients
+    as matmuls over all timesteps."""
+
+    def __init__(self, params):
+        self.params = params
+        self.grads = {}
+
+    def forward(self, x):
+        p = self.params
+        n, t, f = x.shape
+        h = p["weight_hh_l0"].shape[1]
+        pre = (x.reshape(n * t, f) @ p["weight_ih_l0"].T).reshape(n, t, 4 * h)
+        pre += p["bias_ih_l0"] + p["bias_hh_l0"]
+        hs = np.zeros((n, t + 1, h), x.dtype)  # hs[:, 0] = h0 = 0
+        cs = np.zeros((n, t + 1, h), x.dtype)
+        gates = np.empty((n, t, 4 * h), x.dtype)
+        for s in range(t):
+            a = pre[:, s] + hs[:, s] @ p["weight_hh_l0"].T
+            ifo = 1 / (1 + np.exp(-a[:, np.r_[0:2 * h, 3 * h:4 * h]]))
+            g = np.tanh(a[:, 2 * h:3 * h])
+            i, fg, o = ifo[:, :h], ifo[:, h:2 * h], ifo[:, 2 * h:]
+            cs[:, s + 1] = fg * cs[:, s] + i * g
+            hs[:, s + 1] = o * np.tanh(cs[:, s + 1])
+            gates[:, s] = np.concatenate([i, fg, g, o], axis=1)
+        self.x, self.hs, self.cs, self.gates = x, hs, cs, gates
+        return hs[:, 1:], hs[:, -1][None], cs[:, -1][None]
+
+    def backward(self, dout):
+        p, x, hs, cs, gates = self.params, self.x, self.hs, self.cs, self.gates
+        n, t, f = x.shape
+        h = hs.shape[2]
+        da = np.empty_like(gates)
+        dh = np.zeros((n, h), x.dtype)
+        dc = np.zeros((n, h), x.dtype)
+        for s in range(t - 1, -1, -1):
+            i, fg, g, o = (gates[:, s, k * h:(k + 1) * h] for k in range(4))
+            tc = np.tanh(cs[:, s + 1])
+            dh = dh + dout[:, s]
+            dc = dc + dh * o * (1 - tc * tc)
+            da[:, s] = np.concatenate([dc * g * i * (1 - i), dc * cs[:, s] * fg * (1 - fg),
+                                       dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=1)
+            dc = dc * fg
+            dh = da[:, s] @ p["weight_hh_l0"]
+        da2 = da.reshape(n * t, 4 * h)
+        db = da2.sum(axis=0)
+        self.grads = {"weight_ih_l0": da2.T @ x.reshape(n * t, f),
+                      "weight_hh_l0": da2.T @ hs[:, :-1].reshape(n * t, h),
+                      "bias_ih_l0": db, "bias_hh_l0": db.copy()}
+        return (da2 @ p["weight_ih_l0"]).reshape(n, t, f)
+
+
+def lstm_forward(params, x):
+    net = LSTM(params)
+    return Bench(run=lambda: net.forward(x),
+                 outputs=lambda r: {"y": r[0], "h_n": r[1], "c_n": r[2]})
+
+
+def lstm_backward(params, x, dout):
+    net = LSTM(params)
+
+    def setup():
+        net.forward(x)
+
+    return Bench(setup=setup, run=lambda: net.backward(dout),
+                 outputs=lambda dx: {"dx": dx, **{"grad." + k: v for k, v in net.grads.items()}})

@@ -117,3 +117,40 @@ def train_step(spec, params, x, labels, lr):
     return Bench(run=step, outputs=lambda loss: {
         "loss": loss.item(), **_grads(named),
         **{"data." + k: p.detach().numpy() for k, p in named.items()}})
+
+
+def _lstm(params):
+    h, f = params["weight_ih_l0"].shape
+    net = nn.LSTM(f, h // 4, batch_first=True)
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(torch.from_numpy(params[k]))
+    return net
+
+
+def lstm_forward(params, x):
+    net = _lstm(params)
+    xt = torch.from_numpy(x).requires_grad_()  # a training forward: autograd records it
+
+    def outputs(r):
+        out, (h_n, c_n) = r
+        return {"y": out.detach().numpy(), "h_n": h_n.detach().numpy(),
+                "c_n": c_n.detach().numpy()}
+
+    return Bench(run=lambda: net(xt), outputs=outputs)
+
+
+def lstm_backward(params, x, dout):
+    net = _lstm(params)
+    xt, dt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dout)
+    graph = {}
+
+    def setup():
+        for t in [xt, *net.parameters()]:
+            t.grad = None
+        graph["y"] = net(xt)[0]
+
+    return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
+                 outputs=lambda _: {"dx": xt.grad.numpy(),
+                                    **{"grad." + k: p.grad.numpy()
+                                       for k, p in net.named_parameters()}})

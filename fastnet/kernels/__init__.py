@@ -7,7 +7,7 @@ filled in by the CUDA backend (``fastnet.kernels.cuda``), imported lazily.
 import importlib
 
 from .. import _threads
-from . import activations, conv, dense, dropout, losses, norm, optim, pool
+from . import activations, conv, dense, dropout, losses, norm, optim, pool, recurrent
 
 
 class CudaKernel:
@@ -72,6 +72,12 @@ KERNELS = {
     "batch_norm_backward":           {"cpu": norm.batch_norm_backward,          "cuda": CudaKernel("norm", "batch_norm_backward")},
     "global_avg_pool2d_forward":     {"cpu": pool.global_avg_pool2d_forward,    "cuda": CudaKernel("pool", "global_avg_pool2d_forward")},
     "global_avg_pool2d_backward":    {"cpu": pool.global_avg_pool2d_backward,   "cuda": CudaKernel("pool", "global_avg_pool2d_backward")},
+    "rnn_forward":                   {"cpu": recurrent.rnn_forward,             "cuda": CudaKernel("recurrent", "rnn_forward")},
+    "rnn_backward":                  {"cpu": recurrent.rnn_backward,            "cuda": CudaKernel("recurrent", "rnn_backward")},
+    "lstm_forward":                  {"cpu": recurrent.lstm_forward,            "cuda": CudaKernel("recurrent", "lstm_forward")},
+    "lstm_backward":                 {"cpu": recurrent.lstm_backward,           "cuda": CudaKernel("recurrent", "lstm_backward")},
+    "gru_forward":                   {"cpu": recurrent.gru_forward,             "cuda": CudaKernel("recurrent", "gru_forward")},
+    "gru_backward":                  {"cpu": recurrent.gru_backward,            "cuda": CudaKernel("recurrent", "gru_backward")},
 }
 
 _locked = {}

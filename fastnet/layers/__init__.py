@@ -7,9 +7,11 @@ from .dropout import Dropout
 from .module import Buffer, Module, Parameter
 from .norm import BatchNorm1D, BatchNorm2D
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .recurrent import GRU, LSTM, RNN, ImageRows, LastHidden
 
 __all__ = [
     "Module", "Parameter", "Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "ReLU", "LeakyReLU",
     "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Dropout", "Sequential",
     "Buffer", "BatchNorm1D", "BatchNorm2D", "GlobalAvgPool2D", "Residual",
+    "RNN", "LSTM", "GRU", "ImageRows", "LastHidden",
 ]

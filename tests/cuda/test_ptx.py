@@ -9,7 +9,8 @@ import re
 import pytest
 from numba import cuda
 
-FAMILIES = ["gemm", "dense", "conv", "pool", "activations", "losses", "dropout", "optim", "norm"]
+FAMILIES = ["gemm", "dense", "conv", "pool", "activations", "losses", "dropout", "optim", "norm",
+            "recurrent"]
 ARCHS = [(7, 5), (8, 6), (8, 9)]
 F64 = re.compile(r"^\s*[^/\s][^\n]*\.f64\b", re.M)  # an instruction, not a comment
 

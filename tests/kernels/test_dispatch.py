@@ -13,9 +13,9 @@ from numba.core.registry import CPUDispatcher
 
 from fastnet.kernels._jit import ParallelKernel
 from fastnet.kernels import (KERNELS, activations, conv, dense, dropout, kernel, losses, norm,
-                             optim, pool)
+                             optim, pool, recurrent)
 
-MODULES = [activations, conv, dense, dropout, losses, optim, pool, norm]
+MODULES = [activations, conv, dense, dropout, losses, optim, pool, norm, recurrent]
 
 
 @pytest.fixture(autouse=True)
@@ -241,6 +241,28 @@ def _exercise_float32():
                 call("batch_norm_backward", dx, *dwb, a(3, 4, 5), x3, wb[0], c3, np.ones(4, f))
     call("global_avg_pool2d_forward", np.empty((2, 3), f), xi)
     call("global_avg_pool2d_backward", np.empty_like(xi), a(2, 3))
+
+    n, t, fi, h = 2, 3, 4, 5  # recurrent: with and without biases / states / dout
+    xr, out = a(n, t, fi), np.empty((n, t, h), f)
+    for bias, h0 in ((True, a(n, h)), (False, None)):
+        g = {k: (a(k * h, fi), a(k * h, h), a(k * h) if bias else None, a(k * h) if bias else None)
+             for k in (1, 3, 4)}
+        dw = {k: tuple(None if v is None else np.empty_like(v) for v in g[k]) for k in g}
+        dh0 = None if h0 is None else np.empty_like(h0)
+        dout = a(n, t, h) if bias else None
+        for act in ("tanh", "relu"):
+            call("rnn_forward", out, np.empty((n, h), f), xr, h0, *g[1], act)
+            call("rnn_backward", np.empty_like(xr), dh0, *dw[1], dout, a(n, h), xr, h0,
+                 g[1][0], g[1][1], out, act)
+        gates, cells = np.empty((n, t, 4 * h), f), np.empty((n, t, h), f)
+        call("lstm_forward", out, np.empty((n, h), f), np.empty((n, h), f), gates, cells, xr,
+             h0, h0, *g[4])
+        call("lstm_backward", np.empty_like(xr), dh0, dh0, *dw[4], dout, a(n, h), a(n, h),
+             xr, h0, h0, g[4][0], g[4][1], out, gates, cells)
+        gates = np.empty((n, t, 3 * h), f)
+        call("gru_forward", out, np.empty((n, h), f), gates, cells, xr, h0, *g[3])
+        call("gru_backward", np.empty_like(xr), dh0, *dw[3], dout, a(n, h), xr, h0, g[3][0],
+             g[3][1], out, gates, cells)
     return run
 
 
