@@ -86,6 +86,15 @@ class _Recurrent(Module):
     def _flat(self, h):
         return None if h is None else h.reshape(h.shape[1], h.shape[2])
 
+    # ---- calls (RNN and GRU; LSTM's state is a pair) -----------------------------------------
+    def __call__(self, x, h0=None):
+        return self.forward(x, h0)
+
+    def backward(self, grad_output, grad_h_n=None, input_grad=True):
+        if isinstance(grad_output, tuple):
+            grad_output, grad_h_n = _unpack(self, grad_output, 1)
+        return self._backward([grad_output, grad_h_n], input_grad)
+
     # ---- backward ---------------------------------------------------------------------------
     def _backward(self, grads, input_grad):
         """grads: [grad_output, grad_h_n(, grad_c_n)], each None or an array."""
@@ -156,14 +165,6 @@ class RNN(_Recurrent):
         if self.training:
             self._saved = (x, (h0,), out, self.nonlinearity)
         return out, h_n.reshape(1, n, hs)
-
-    def __call__(self, x, h0=None):
-        return self.forward(x, h0)
-
-    def backward(self, grad_output, grad_h_n=None, input_grad=True):
-        if isinstance(grad_output, tuple):
-            grad_output, grad_h_n = _unpack(self, grad_output, 1)
-        return self._backward([grad_output, grad_h_n], input_grad)
 
 
 class LSTM(_Recurrent):
@@ -240,14 +241,6 @@ class GRU(_Recurrent):
         if self.training:
             self._saved = (x, (h0,), out, gates, hn)
         return out, h_n.reshape(1, n, hs)
-
-    def __call__(self, x, h0=None):
-        return self.forward(x, h0)
-
-    def backward(self, grad_output, grad_h_n=None, input_grad=True):
-        if isinstance(grad_output, tuple):
-            grad_output, grad_h_n = _unpack(self, grad_output, 1)
-        return self._backward([grad_output, grad_h_n], input_grad)
 
 
 def _unpack(layer, grads, n_states):
