@@ -21,7 +21,7 @@ the input run (OpenBLAS runs these short-K / tiny-output GEMMs at a fraction of 
 dx always goes through the GEMM w^T @ dout and col2im.
 
 conv2d runs over the batch in chunks of images whose im2col matrix fits in cache
-(``CHUNK_BYTES``). Backward recomputes each chunk's im2col from x rather than keeping the
+(``CHUNK_BYTES``; the direct kernels take the whole batch at once). Backward recomputes each chunk's im2col from x rather than keeping the
 whole matrix from forward (which for a 32-channel 3x3 conv on a 128x32x32 batch is 151 MB:
 writing and re-reading it cost more than the GEMMs). Chunk buffers are per-thread
 workspaces reused across calls. Backward kernels overwrite their outputs; pass ``None``
@@ -499,7 +499,8 @@ def conv2d_forward(out, x, w, b, stride, padding, activation=None):
         hp, wp, ln = _stride1_geometry(x, w, (oh, ow), padding)
     else:
         ln = oh * ow
-    chunks, nb = _chunks(x, w.shape, (oh, ow), ln)
+    # the direct kernels keep no im2col matrix: one chunk, fewer parallel passes
+    chunks, nb = ([(0, x.shape[0])], x.shape[0]) if direct else _chunks(x, w.shape, (oh, ow), ln)
     if stride1:
         xp = _padded(x, hp, wp, padding)
     if not direct:
@@ -538,7 +539,8 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
         hp, wp, ln = _stride1_geometry(x, w, (oh, ow), padding)
     else:
         ln = oh * ow
-    chunks, nb = _chunks(x, w.shape, (oh, ow), ln)
+    # the direct kernels keep no im2col matrix: one chunk, fewer parallel passes
+    chunks, nb = ([(0, x.shape[0])], x.shape[0]) if direct else _chunks(x, w.shape, (oh, ow), ln)
     if stride1:
         xp = _padded(x, hp, wp, padding)
     d_buf = workspace("y", o_ * nb * ln, x.dtype)
