@@ -2,7 +2,8 @@
 padding), conv2d_forward(out, x, w, b, stride, padding, activation) and
 conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation), NCHW.
 conv2d runs over the batch in cache-sized chunks: every conv2d test runs both with the
-default chunk size and with one image per chunk."""
+default chunk size and with one image per chunk. Stride-1 convs with C*KH*KW <= DIRECT_MAX_K
+take the direct kernels, larger ones im2col + GEMM: conv2d tests run both ways."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -22,6 +23,7 @@ CASES = {
     "stride-over-kernel": ((2, 2, 10, 11), (3, 2, 2, 3), (3, 4), (0, 1)),
     "padding-over-half-kernel": ((2, 2, 3, 4), (2, 2, 2, 2), (1, 2), (2, 3)),
     "large-batch9-c5": ((9, 5, 17, 15), (7, 5, 3, 4), (2, 1), (1, 2)),
+    "batch11-s1-p1x2": ((11, 2, 6, 5), (6, 2, 3, 4), (1, 1), (1, 2)),  # > DW_GROUP images
 }
 IDS = list(CASES)
 
@@ -40,6 +42,15 @@ def _cols_shape(x_shape, w_shape, stride, padding):
 def chunking(request, monkeypatch):
     if request.param == "one-image-chunks":
         monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    return request.param
+
+
+@pytest.fixture(params=["direct", "im2col"])
+def conv_path(request, monkeypatch):
+    """Stride-1 cases through the direct kernels (all test shapes are small) or, with
+    DIRECT_MAX_K = 0, through im2col + GEMM."""
+    if request.param == "im2col":
+        monkeypatch.setattr(conv, "DIRECT_MAX_K", 0)
     return request.param
 
 
@@ -102,6 +113,7 @@ def test_col2im_matches_reference_and_is_adjoint(rng, dtype, close, case):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", IDS)
+@pytest.mark.usefixtures("conv_path")
 def test_forward_matches_reference(rng, dtype, close, case, bias):
     """conv2d_forward against the shifted-einsum reference."""
     x_shape, w_shape, stride, padding = CASES[case]
@@ -113,6 +125,7 @@ def test_forward_matches_reference(rng, dtype, close, case, bias):
 
 
 @pytest.mark.parametrize("case", IDS)
+@pytest.mark.usefixtures("conv_path")
 def test_backward_matches_reference(rng, dtype, close, case):
     """dx, dw, db against the reference; garbage-filled outputs are overwritten."""
     x_shape, w_shape, stride, padding = CASES[case]
@@ -127,6 +140,7 @@ def test_backward_matches_reference(rng, dtype, close, case):
     close(db, rdb, scale=np.sqrt(m), err_msg="db")
 
 
+@pytest.mark.usefixtures("conv_path")
 def test_backward_dx_db_none(rng, dtype, close):
     """dx=None and db=None: dw alone, and each of dx / db alone, are still right."""
     x_shape, w_shape, stride, padding = CASES["nonsquare-s2x3-p1x0"]
@@ -142,14 +156,17 @@ def test_backward_dx_db_none(rng, dtype, close):
     close(db, rdb, scale=5.0, err_msg="db")
 
 
+@pytest.mark.parametrize("case", ["large-batch9-c5", "batch11-s1-p1x2"])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
-def test_fused_activation_matches_reference(rng, dtype, close, activation):
+@pytest.mark.usefixtures("conv_path")
+def test_fused_activation_matches_reference(rng, dtype, close, activation, case):
     """act(conv + b) forward; backward through it equals the plain conv backward of
     dout * act'(out)."""
-    x_shape, w_shape, stride, padding = CASES["large-batch9-c5"]
+    x_shape, w_shape, stride, padding = CASES[case]
     x, w, b = _data(rng, dtype, x_shape, w_shape)
     out = _forward(x, w, b, stride, padding, activation)
-    close(out, ref.conv2d_forward(x, w, b, stride, padding, activation), scale=np.sqrt(60))
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+    close(out, ref.conv2d_forward(x, w, b, stride, padding, activation), scale=np.sqrt(fan_in))
     dout = rng.standard_normal(out.shape).astype(dtype)
     got = _backward(dout, x, w, out, stride, padding, activation)
     want = ref.conv2d_backward(dout, x, w, stride, padding, out, activation)
@@ -159,6 +176,7 @@ def test_fused_activation_matches_reference(rng, dtype, close, activation):
 
 @pytest.mark.parametrize("case", ["3x3-s1-p1", "nonsquare-s2x3-p1x0", "padding-over-half-kernel",
                                   "kernel-is-input-padded-s2"])
+@pytest.mark.usefixtures("conv_path")
 def test_backward_matches_finite_differences(rng, case):
     """float64 central differences of conv2d_forward for x, w and b (tiny shapes)."""
     x_shape, w_shape, stride, padding = CASES[case]
@@ -174,6 +192,7 @@ def test_backward_matches_finite_differences(rng, case):
                    [x, w, b], rng, names=["x", "w", "b"])
 
 
+@pytest.mark.usefixtures("conv_path")
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 3), o=st.integers(1, 3),
        kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
@@ -191,3 +210,45 @@ def test_property_forward_backward_random_geometry(n, c, o, kh, kw, sh, sw, ph, 
     for got, want in zip(_backward(dout, x, w, None, stride, padding),
                          ref.conv2d_backward(dout, x, w, stride, padding)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("c, k, direct", [(6, 5, True), (151, 1, False), (1, 1, True)],
+                         ids=["k150-direct", "k151-im2col", "k1-direct"])
+def test_direct_size_rule_boundary(rng, dtype, close, monkeypatch, c, k, direct):
+    """C*KH*KW == DIRECT_MAX_K takes the direct kernels, one more does not; both are right."""
+    assert conv.DIRECT_MAX_K == 150
+    calls = []
+    for name in ("_direct_forward", "_direct_dw", "_im2col_s1"):
+        f = getattr(conv, name)
+        monkeypatch.setattr(conv, name, lambda *a, f=f, name=name: (calls.append(name), f(*a))[1])
+    x_shape, w_shape, stride, padding = (10, c, 7, 6), (3, c, k, k), (1, 1), (k // 2, 1)
+    x, w, b = _data(rng, dtype, x_shape, w_shape)
+    out = _forward(x, w, b, stride, padding)
+    close(out, ref.conv2d_forward(x, w, b, stride, padding), scale=np.sqrt(c * k * k))
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw, db = _backward(dout, x, w, None, stride, padding)
+    m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+    for g, r, name in zip((dx, dw, db), ref.conv2d_backward(dout, x, w, stride, padding),
+                          ("dx", "dw", "db")):
+        close(g, r, scale=np.sqrt(m), err_msg=name)
+    if direct:
+        assert "_direct_forward" in calls and "_direct_dw" in calls and "_im2col_s1" not in calls
+    else:
+        assert "_direct_forward" not in calls and "_direct_dw" not in calls and "_im2col_s1" in calls
+
+
+def test_direct_dw_does_not_depend_on_thread_count(rng):
+    """Fixed image groups: the direct dw is bitwise the same with 1 and 2 threads."""
+    import numba
+    x, w, b = _data(rng, np.float32, (37, 3, 12, 11), (5, 3, 3, 3))
+    dout = rng.standard_normal((37, 5, 12, 11)).astype(np.float32)
+    got = []
+    old = numba.get_num_threads()
+    try:
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(t)
+            got.append(_backward(dout, x, w, None, (1, 1), (1, 1)))
+    finally:
+        numba.set_num_threads(old)
+    for a, c in zip(*got):
+        np.testing.assert_array_equal(a, c)
