@@ -250,7 +250,7 @@ def _col2im_s1(dx, dxp, cols, kh, kw, ph, pw, ln):
     # dxp catch the padding), then its interior is copied to dx. dxp may be dx itself
     # when there is no padding.
     n_, c_, h, w = dx.shape
-    hp, wp = dxp.shape[2], dxp.shape[3]
+    wp = dxp.shape[3]
     cf = cols.ravel()
     m = n_ * ln
     for nc in prange(n_ * c_):

@@ -119,7 +119,7 @@ class Residual(Module):
         return dx
 
     def __repr__(self):
-        inner = f"\n  (block): " + repr(self.block).replace("\n", "\n  ")
+        inner = "\n  (block): " + repr(self.block).replace("\n", "\n  ")
         if self.shortcut is not None:
-            inner += f"\n  (shortcut): " + repr(self.shortcut).replace("\n", "\n  ")
+            inner += "\n  (shortcut): " + repr(self.shortcut).replace("\n", "\n  ")
         return f"Residual({inner}\n)"
