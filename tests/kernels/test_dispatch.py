@@ -185,9 +185,9 @@ def _exercise_float32():
         for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
             call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), xi, wc,
                  out if act else None, st, pd, act)
-    # stride 1: the direct kernels (small C*KH*KW) and im2col + GEMM (C*KH*KW > 150),
-    # padded and not
-    for wc1 in (wc, a(2, 17, 3, 3)):
+    # stride 1: the direct kernels (small C*KH*KW; dx direct only for one input channel)
+    # and im2col + GEMM (C*KH*KW > 150), padded and not
+    for wc1 in (wc, a(3, 1, 3, 2), a(2, 17, 3, 3)):
         xi1 = a(2, wc1.shape[1], 6, 5)
         for pd1 in ((1, 1), (0, 0)):
             out1 = np.empty((2, wc1.shape[0], 6 - 3 + 1 + 2 * pd1[0], 5 - wc1.shape[3] + 1 + 2 * pd1[1]), f)
