@@ -33,9 +33,11 @@ pairs.
 import threading
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from ._jit import parallel_kernel
+from ._jit import FASTMATH, parallel_kernel
+from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_MR, FWD_NV, VEC_BYTES, dw_tile_1,
+                           dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile, lanes)
 from .activations import ACTIVATIONS, activation_grad, apply_activation
 
 # im2col chunk size: big enough for an efficient GEMM, small enough that the chunk is
@@ -45,8 +47,11 @@ CHUNK_BYTES = 4 << 20
 # layers) skip im2col in forward and for dw: OpenBLAS is slow on GEMMs with so short an
 # inner dimension (forward) or so small an output (dw).
 DIRECT_MAX_K = 150
-# images per partial dw sum of the direct dw kernel
+# images per partial dw sum of the direct and micro-kernel dw kernels
 DW_GROUP = 8
+# Larger stride-1 convs take the register-blocked micro-kernels (_microkernel.py) when
+# True, im2col + BLAS GEMM when False (tests run both)
+MICROKERNELS = True
 _workspaces = threading.local()
 
 
@@ -452,6 +457,217 @@ def _direct_dx(dx, d, w, hp, wp, ph, pw, ln):
                     dx[n, c0 + u, r, t] = a[(r + ph) * wp + pw + t]
 
 
+# ---------------------------------------------------------------------------------------
+# Stride-1 path through the register-blocked micro-kernels (_microkernel.py): an implicit
+# GEMM over the padded input, no im2col, no col2im, no BLAS.
+# ---------------------------------------------------------------------------------------
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code):
+    # tile rows (FWD_MR channels x NR positions q0..) -> out[n, o0 + i] = act(tile + b),
+    # the valid columns (t < OW) of each output row the run covers
+    ow_ = out.shape[3]
+    q = q0
+    while q < q1:
+        r = q // wp
+        t = q - r * wp
+        e = min(q1 - q, ow_ - t)
+        for i in range(on):
+            src = tile[i * nr + q - q0:i * nr + q - q0 + max(e, 0)]
+            d = out[n, o0 + i, r, t:t + max(e, 0)]
+            bo = b[o0 + i] if b is not None else src.dtype.type(0)
+            for u in range(src.size):
+                d[u] = apply_activation(src[u] + bo, code)
+        q = (r + 1) * wp
+
+
+@parallel_kernel
+def _mk_forward(out, xf, img, wt, offs, b, code, wp, ln):
+    # xf: flat padded input, image n at n*img, tap k of output position q (row pitch wp)
+    # at n*img + offs[k] + q; wt (K, Opad) packed weights (zero columns past O) ->
+    # out (N, O, OH, OW) = act(conv + b). Per (image, run of NR positions, block of
+    # FWD_MR channels) one micro-kernel tile, then the valid columns go out row by row.
+    n_, o_, oh_, ow_ = out.shape
+    opad = wt.shape[1]
+    nr = FWD_NV * (VEC_BYTES // xf.itemsize)
+    nq = (ln + nr - 1) // nr
+    zero = xf.dtype.type(0)
+    for n in prange(n_):
+        tile = np.empty(FWD_MR * nr, xf.dtype)
+        for qt in range(nq):
+            q0 = qt * nr
+            q1 = min(q0 + nr, ln)
+            for o0 in range(0, o_, FWD_MR):
+                tile[:] = zero
+                fwd_tile(tile, wt, xf, offs, o0, opad, n * img + q0)
+                on = min(FWD_MR, o_ - o0)
+                # NOTE: the activation as a constant in each branch, so that the copy
+                # loops vectorise (a runtime switch inside them kept them scalar)
+                if code == 0:
+                    _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 0)
+                elif code == 1:
+                    _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 1)
+                else:
+                    _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+
+
+@parallel_kernel
+def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
+    # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
+    # read: gp (N, O, Hq, Wq), zero-padded by (ph2, pw2), for dx (None when dx is not
+    # wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the junk and
+    # padding columns, for dw. dbp (N, O): per-image sums (None without bias).
+    n_, o_, oh_, ow_ = dout.shape
+    zero = gt.dtype.type(0)
+    for n in prange(n_):
+        gn = gt[n]
+        gn[:] = zero
+        if gp is not None:
+            gp[n] = zero
+        for o in range(o_):
+            s = zero
+            for r in range(oh_):
+                for t in range(ow_):
+                    v = dout[n, o, r, t]
+                    if code != 0:
+                        v *= activation_grad(out[n, o, r, t], code)
+                    if gp is not None:
+                        gp[n, o, r + ph2, t + pw2] = v
+                    gn[r * wp + t, o] = v
+                    s += v
+            if dbp is not None:
+                dbp[n, o] = s
+
+
+@parallel_kernel
+def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
+    # gt (N, L, Opad) channels-last gradient, xf flat padded input (tap k of position q of
+    # image n at n*img + offs[k] + q), offs padded to a whole number of tiles ->
+    # part (G, Opad / (nv*W), Kpad, nv*W): group g's sum over its images of
+    # gt[n, q, o] * x[tap k, q] over q, per block of nv*W output channels.
+    # NOTE: fixed image groups (summed afterwards in group order), each group one task
+    # that owns its slice of part: race-free, and independent of the thread count.
+    g_, nob, kpad, ncols = part.shape
+    n_ = gt.shape[0]
+    opad = gt.shape[2]
+    mr = ACCUMULATORS // nv
+    gf = gt.ravel()
+    zero = part.dtype.type(0)
+    for g in prange(g_):
+        pg = part[g]
+        pg[:] = zero
+        for n in range(g * group, min(n_, (g + 1) * group)):
+            for ob in range(nob):
+                blk = pg[ob].ravel()
+                for k0 in range(0, kpad, mr):
+                    tile = blk[k0 * ncols:(k0 + mr) * ncols]
+                    a = offs[k0:k0 + mr]
+                    gb = n * ln * opad + ob * ncols
+                    if nv == 1:
+                        dw_tile_1(tile, xf, gf, a, n * img, gb, opad, ln)
+                    elif nv == 2:
+                        dw_tile_2(tile, xf, gf, a, n * img, gb, opad, ln)
+                    elif nv == 3:
+                        dw_tile_3(tile, xf, gf, a, n * img, gb, opad, ln)
+                    else:
+                        dw_tile_4(tile, xf, gf, a, n * img, gb, opad, ln)
+
+
+def _tap_offsets(c_, kh, kw, plane, wp):
+    """Offset of tap (c, i, j) from an output position in a padded image: c*plane +
+    i*Wp + j, for k = (c*KH + i)*KW + j."""
+    c = np.arange(c_, dtype=np.intp)[:, None, None] * plane
+    i = np.arange(kh, dtype=np.intp)[None, :, None] * wp
+    j = np.arange(kw, dtype=np.intp)[None, None, :]
+    return (c + i + j).ravel()
+
+
+def _padded_flat(name, x, ph, pw, slack):
+    """x (N, C, H, W) zero-padded into a workspace, flat, followed by ``slack`` zeros that
+    the last partial micro-kernel tile may read: (flat buffer, padded 4-D view)."""
+    n_, c_, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    size = n_ * c_ * hp * wp
+    flat = workspace(name, size + slack, x.dtype)
+    flat[size:] = 0
+    xp = flat[:size].reshape(n_, c_, hp, wp)
+    _pad(xp, np.ascontiguousarray(x), ph, pw)
+    return flat, xp
+
+
+def _mk_slack(dtype):
+    return FWD_NV * lanes(np.dtype(dtype).itemsize)
+
+
+def _mk_pack(wmat, mult):
+    """(K, O) -> (K, O rounded up to ``mult``), zeros in the extra columns."""
+    k, o = wmat.shape
+    packed = np.zeros((k, -(-o // mult) * mult), wmat.dtype)
+    packed[:, :o] = wmat
+    return packed
+
+
+def _mk_conv2d_forward(out, x, w, b, padding, code):
+    o_, c_, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    hp, wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
+    xf, _ = _padded_flat("xp", x, padding[0], padding[1], _mk_slack(x.dtype))
+    wt = _mk_pack(w.reshape(o_, c_ * kh * kw).T, FWD_MR)
+    offs = _tap_offsets(c_, kh, kw, hp * wp, wp)
+    _mk_forward(out, xf, c_ * hp * wp, wt, offs, b, code, wp, (oh - 1) * wp + ow)
+
+
+def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code):
+    o_, c_, kh, kw = w.shape
+    n_, _, oh, ow = dout.shape
+    k = c_ * kh * kw
+    ph, pw = padding
+    hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+    ln = (oh - 1) * wp + ow
+    dt = x.dtype
+    lanes_ = lanes(dt.itemsize)
+    # dw: output channels in vectors of W (nv of them per tile), taps mr at a time
+    nv = min(DW_MAX_NV, -(-o_ // lanes_))
+    ncols = nv * lanes_
+    opad = -(-o_ // ncols) * ncols
+    mr = ACCUMULATORS // nv
+    gt = workspace("gt", n_ * ln * opad, dt).reshape(n_, ln, opad)
+    # dx is the stride-1 conv of g padded by (KH-1-ph, KW-1-pw) with the flipped,
+    # transposed kernel: the forward micro-kernel computes it
+    ph2, pw2 = kh - 1 - ph, kw - 1 - pw
+    hq, wq = oh + 2 * ph2, ow + 2 * pw2
+    gp = gpf = None
+    if dx is not None:
+        size = n_ * o_ * hq * wq
+        gpf = workspace("gp", size + _mk_slack(dt), dt)
+        gpf[size:] = 0
+        gp = gpf[:size].reshape(n_, o_, hq, wq)
+    dbp = None if db is None else workspace("dbp", n_ * o_, dt).reshape(n_, o_)
+    _mk_grad_layouts(gp, gt, dbp, dout, dout if out is None else out, code, ph2, pw2, wp)
+    if db is not None:
+        np.sum(dbp, axis=0, out=db)
+
+    xf, _ = _padded_flat("xp", x, ph, pw, 0)
+    offs = _tap_offsets(c_, kh, kw, hp * wp, wp)
+    kpad = -(-k // mr) * mr
+    offs = np.concatenate([offs, np.full(kpad - k, offs[-1], np.intp)])
+    groups = -(-n_ // DW_GROUP)
+    part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
+        groups, opad // ncols, kpad, ncols)
+    _mk_dw(part, gt, xf, c_ * hp * wp, offs, ln, DW_GROUP, nv)
+    # part (G, blocks, Kpad, ncols) -> dw (O, K)
+    total = part.sum(axis=0)
+    dw.reshape(o_, k)[...] = total.transpose(0, 2, 1).reshape(opad, kpad)[:o_, :k]
+
+    if dx is not None:
+        wt = _mk_pack(w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(o_ * kh * kw, c_),
+                      FWD_MR)
+        offs2 = _tap_offsets(o_, kh, kw, hq * wq, wq)
+        _mk_forward(dx, gpf, o_ * hq * wq, wt, offs2, None, 0, wq,
+                    (x.shape[2] - 1) * wq + x.shape[3])
+
+
 def _chunks(x, w_shape, out_hw, run=None):
     """Image ranges [n0, n1) whose im2col matrices fit in CHUNK_BYTES (at least one image);
     ``run``: columns per image (OH*OW unless given)."""
@@ -487,6 +703,14 @@ def _direct(stride, w_shape):
             and w_shape[1] * w_shape[2] * w_shape[3] <= DIRECT_MAX_K)
 
 
+def _blocked(stride, padding, w_shape):
+    """Whether a conv takes the micro-kernel path: stride 1, not direct, padding at most
+    KH-1 / KW-1 (so that dx is a stride-1 conv of the padded gradient)."""
+    return (MICROKERNELS and stride[0] == 1 and stride[1] == 1
+            and not _direct(stride, w_shape)
+            and padding[0] <= w_shape[2] - 1 and padding[1] <= w_shape[3] - 1)
+
+
 def conv2d_forward(out, x, w, b, stride, padding, activation=None):
     """x (N, C, H, W), w (O, C, KH, KW), b (O,) | None -> out (N, O, OH, OW)
     = act(conv(x, w) + b); ``activation`` as for dense (None, "relu", ...)."""
@@ -494,6 +718,9 @@ def conv2d_forward(out, x, w, b, stride, padding, activation=None):
     oh, ow = out.shape[2], out.shape[3]
     k = c_ * kh * kw
     code = ACTIVATIONS[activation]
+    if _blocked(stride, padding, w.shape):
+        _mk_conv2d_forward(out, x, w, b, padding, code)
+        return
     w2 = w.reshape(o_, k)
     stride1 = stride[0] == 1 and stride[1] == 1
     direct = _direct(stride, w.shape)
@@ -530,6 +757,9 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
     None without activation) -> dx (N, C, H, W) | None, dw (O, C, KH, KW), db (O,) | None"""
     o_, c_, kh, kw = w.shape
     code = ACTIVATIONS[activation]
+    if _blocked(stride, padding, w.shape):
+        _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code)
+        return
     oh, ow = dout.shape[2], dout.shape[3]
     k = c_ * kh * kw
     w2 = w.reshape(o_, k)

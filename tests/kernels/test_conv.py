@@ -3,7 +3,8 @@ padding), conv2d_forward(out, x, w, b, stride, padding, activation) and
 conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation), NCHW.
 conv2d runs over the batch in cache-sized chunks: every conv2d test runs both with the
 default chunk size and with one image per chunk. Stride-1 convs with C*KH*KW <= DIRECT_MAX_K
-take the direct kernels, larger ones im2col + GEMM: conv2d tests run both ways."""
+take the direct kernels, larger ones the micro-kernels (or im2col + GEMM): conv2d tests
+run all three ways."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -24,6 +25,11 @@ CASES = {
     "padding-over-half-kernel": ((2, 2, 3, 4), (2, 2, 2, 2), (1, 2), (2, 3)),
     "large-batch9-c5": ((9, 5, 17, 15), (7, 5, 3, 4), (2, 1), (1, 2)),
     "batch11-s1-p1x2": ((11, 2, 6, 5), (6, 2, 3, 4), (1, 1), (1, 2)),  # > DW_GROUP images
+    # > 64 output channels (several dw channel blocks), taps not a whole number of tiles,
+    # padding KH-1 (the micro-kernel path's limit)
+    "wide-o70-s1-p2x1": ((3, 9, 6, 7), (70, 9, 3, 2), (1, 1), (2, 1)),
+    # stride 1 with padding past KW-1: not the micro-kernel path's geometry
+    "s1-padding-over-kernel": ((2, 3, 4, 4), (2, 3, 2, 2), (1, 1), (2, 1)),
 }
 IDS = list(CASES)
 
@@ -45,12 +51,15 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["direct", "im2col"])
+@pytest.fixture(params=["direct", "microkernel", "im2col"])
 def conv_path(request, monkeypatch):
     """Stride-1 cases through the direct kernels (all test shapes are small) or, with
-    DIRECT_MAX_K = 0, through im2col + GEMM."""
-    if request.param == "im2col":
+    DIRECT_MAX_K = 0, through the register-blocked micro-kernels (where the padding is at
+    most KH-1, KW-1) or, with MICROKERNELS off too, through im2col + GEMM."""
+    if request.param != "direct":
         monkeypatch.setattr(conv, "DIRECT_MAX_K", 0)
+    if request.param == "im2col":
+        monkeypatch.setattr(conv, "MICROKERNELS", False)
     return request.param
 
 
@@ -213,15 +222,16 @@ def test_property_forward_backward_random_geometry(n, c, o, kh, kw, sh, sw, ph, 
 
 
 @pytest.mark.parametrize("c, k, direct", [(6, 5, True), (151, 1, False), (1, 1, True)],
-                         ids=["k150-direct", "k151-im2col", "k1-direct"])
+                         ids=["k150-direct", "k151-microkernel", "k1-direct"])
 def test_direct_size_rule_boundary(rng, dtype, close, monkeypatch, c, k, direct):
-    """C*KH*KW == DIRECT_MAX_K takes the direct kernels, one more does not; both are right."""
+    """C*KH*KW == DIRECT_MAX_K takes the direct kernels, one more the micro-kernels; both
+    are right."""
     assert conv.DIRECT_MAX_K == 150
     calls = []
-    for name in ("_direct_forward", "_direct_dw", "_im2col_s1"):
+    for name in ("_direct_forward", "_direct_dw", "_im2col_s1", "_mk_forward", "_mk_dw"):
         f = getattr(conv, name)
         monkeypatch.setattr(conv, name, lambda *a, f=f, name=name: (calls.append(name), f(*a))[1])
-    x_shape, w_shape, stride, padding = (10, c, 7, 6), (3, c, k, k), (1, 1), (k // 2, 1)
+    x_shape, w_shape, stride, padding = (10, c, 7, 6), (3, c, k, k), (1, 1), (k // 2, k // 2)
     x, w, b = _data(rng, dtype, x_shape, w_shape)
     out = _forward(x, w, b, stride, padding)
     close(out, ref.conv2d_forward(x, w, b, stride, padding), scale=np.sqrt(c * k * k))
@@ -231,15 +241,22 @@ def test_direct_size_rule_boundary(rng, dtype, close, monkeypatch, c, k, direct)
     for g, r, name in zip((dx, dw, db), ref.conv2d_backward(dout, x, w, stride, padding),
                           ("dx", "dw", "db")):
         close(g, r, scale=np.sqrt(m), err_msg=name)
+    direct_calls = {"_direct_forward", "_direct_dw"}
+    mk_calls = {"_mk_forward", "_mk_dw"}
+    assert "_im2col_s1" not in calls
     if direct:
-        assert "_direct_forward" in calls and "_direct_dw" in calls and "_im2col_s1" not in calls
+        assert direct_calls <= set(calls) and not mk_calls & set(calls)
     else:
-        assert "_direct_forward" not in calls and "_direct_dw" not in calls and "_im2col_s1" in calls
+        assert mk_calls <= set(calls) and not direct_calls & set(calls)
 
 
-def test_direct_dw_does_not_depend_on_thread_count(rng):
-    """Fixed image groups: the direct dw is bitwise the same with 1 and 2 threads."""
+@pytest.mark.parametrize("path", ["direct", "microkernel"])
+def test_dw_does_not_depend_on_thread_count(rng, monkeypatch, path):
+    """Fixed image groups: the direct and the micro-kernel dw (and the whole backward)
+    are bitwise the same with 1 and 2 threads."""
     import numba
+    if path == "microkernel":
+        monkeypatch.setattr(conv, "DIRECT_MAX_K", 0)
     x, w, b = _data(rng, np.float32, (37, 3, 12, 11), (5, 3, 3, 3))
     dout = rng.standard_normal((37, 5, 12, 11)).astype(np.float32)
     got = []

@@ -1,0 +1,167 @@
+"""Register-blocked GEMM micro-kernels for the CPU convolutions, written in LLVM IR.
+
+LLVM does not turn a Numba loop nest into a register-blocked GEMM: the accumulators of
+an MR x NR output tile have to live in vector registers across the whole reduction, and
+only explicit vector code gets that. Each micro-kernel here is a Numba intrinsic that
+emits such a loop with ``<W x float>`` values (W lanes: one AVX-512 register, or one AVX2
+register on machines without AVX-512; LLVM lowers it to whatever the CPU has):
+
+    for s in range(S):                        # the reduction
+        b[v] = load W contiguous values       # v < NV
+        for i in range(MR):
+            a = broadcast one value
+            acc[i][v] = fma(a, b[v], acc[i][v])
+
+with MR * NV accumulators (24 with AVX-512, 12 with AVX2: they, the NV loads and the
+broadcast fill the register file without spilling). The tile is read from and written
+back to ``tile`` (MR rows of NV * W values), so a caller can zero it, or accumulate
+across calls. Two addressing schemes:
+
+* ``table`` (conv forward and dx, an implicit GEMM): step s reads b from
+  ``b[bbase + tab[s] + v*W ...]`` (tab: the offset of input tap s in the padded input)
+  and a_i = ``a[abase + s*astep + i]`` (packed weights, row s).
+* ``shift`` (conv dw): step s reads b from ``b[bbase + s*bstep + v*W ...]`` (a
+  channels-last gradient row) and a_i = ``a[abase + aofs[i] + s]`` (input tap i's run).
+
+Callers guarantee every address is inside its array (the conv kernels allocate slack
+after their buffers for the last, partial tile). Loads are unaligned (align 4/8).
+"""
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# bytes per vector register: 64 with AVX-512, else 32 (AVX2; older CPUs split it)
+VEC_BYTES = 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
+# accumulator registers per tile (MR * NV)
+ACCUMULATORS = 24 if VEC_BYTES == 64 else 12
+# forward / dx tile: MR output channels x NV vectors of output positions
+FWD_MR, FWD_NV = (8, 3) if VEC_BYTES == 64 else (4, 3)
+# dw tile: NV vectors of output channels x MR taps, NV chosen per layer (1 .. DW_MAX_NV)
+DW_MAX_NV = 4 if VEC_BYTES == 64 else 2
+
+
+def lanes(itemsize):
+    """Values per vector register for an element size in bytes."""
+    return VEC_BYTES // itemsize
+
+
+def _float_type(dtype):
+    if dtype == types.float32:
+        return ir.FloatType()
+    if dtype == types.float64:
+        return ir.DoubleType()
+    raise TypeError(f"micro-kernels take float32 or float64 arrays, not {dtype}")
+
+
+def _emit(context, builder, sig, args, mr, nv, mode):
+    tile_t, a_t, b_t = sig.args[:3]
+    tile_a = context.make_array(tile_t)(context, builder, args[0])
+    a_a = context.make_array(a_t)(context, builder, args[1])
+    b_a = context.make_array(b_t)(context, builder, args[2])
+    ft = _float_type(tile_t.dtype)
+    w = lanes(tile_t.dtype.bitwidth // 8)
+    vty = ir.VectorType(ft, w)
+    vptr = vty.as_pointer()
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    align = tile_t.dtype.bitwidth // 8
+    suffix = f"v{w}f{tile_t.dtype.bitwidth}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                         "llvm.fma." + suffix)
+    undef = ir.Constant(vty, ir.Undefined)
+    splat_mask = ir.Constant(ir.VectorType(i32, w), [0] * w)
+
+    def vload(ptr):
+        return builder.load(builder.bitcast(ptr, vptr), align=align)
+
+    def const(v):
+        return ir.Constant(i64, v)
+
+    # accumulators start from the tile (allocas in the entry block: promoted to registers)
+    accs = []
+    for i in range(mr):
+        row = []
+        for v in range(nv):
+            slot = cgutils.alloca_once(builder, vty)
+            builder.store(vload(builder.gep(tile_a.data, [const((i * nv + v) * w)])), slot)
+            row.append(slot)
+        accs.append(row)
+
+    if mode == "table":
+        tab_a = context.make_array(sig.args[3])(context, builder, args[3])
+        abase, astep, bbase = args[4], args[5], args[6]
+        steps = builder.extract_value(tab_a.shape, 0)
+    else:
+        aofs_a = context.make_array(sig.args[3])(context, builder, args[3])
+        abase, bbase, bstep, steps = args[4], args[5], args[6], args[7]
+        # a_i's run starts at a[abase + aofs[i]]
+        a_rows = [builder.gep(a_a.data, [builder.add(
+            abase, builder.load(builder.gep(aofs_a.data, [const(i)])))]) for i in range(mr)]
+
+    with cgutils.for_range(builder, steps) as loop:
+        s = loop.index
+        if mode == "table":
+            off = builder.load(builder.gep(tab_a.data, [s]))
+            bp = builder.gep(b_a.data, [builder.add(bbase, off)])
+            ap = builder.gep(a_a.data, [builder.add(abase, builder.mul(s, astep))])
+            a_ptrs = [builder.gep(ap, [const(i)]) for i in range(mr)]
+        else:
+            bp = builder.gep(b_a.data, [builder.add(bbase, builder.mul(s, bstep))])
+            a_ptrs = [builder.gep(a_rows[i], [s]) for i in range(mr)]
+        bv = [vload(builder.gep(bp, [const(v * w)])) for v in range(nv)]
+        for i in range(mr):
+            a = builder.load(a_ptrs[i])
+            av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(i32, 0)),
+                                        undef, splat_mask)
+            for v in range(nv):
+                builder.store(builder.call(fma, [av, bv[v], builder.load(accs[i][v])]),
+                              accs[i][v])
+
+    for i in range(mr):
+        for v in range(nv):
+            dst = builder.bitcast(builder.gep(tile_a.data, [const((i * nv + v) * w)]), vptr)
+            builder.store(builder.load(accs[i][v]), dst, align=align)
+    return context.get_dummy_value()
+
+
+def _check(tile, a, b):
+    for arr in (tile, a, b):
+        if not isinstance(arr, types.Array) or arr.dtype not in (types.float32, types.float64):
+            raise TypeError(f"micro-kernel arrays must be float arrays, not {arr}")
+    if not (tile.dtype == a.dtype == b.dtype):
+        raise TypeError("micro-kernel arrays must share one dtype")
+
+
+def make_table_tile(mr, nv):
+    """tile (mr*nv*W,) += the ``table`` product (see the module docstring); arguments
+    (tile, a, b, tab, abase, astep, bbase), S = len(tab)."""
+    @intrinsic
+    def table_tile(typingctx, tile, a, b, tab, abase, astep, bbase):
+        _check(tile, a, b)
+        sig = types.void(tile, a, b, tab, types.intp, types.intp, types.intp)
+        return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "table")
+    return table_tile
+
+
+def make_shift_tile(mr, nv):
+    """tile (mr*nv*W,) += the ``shift`` product (see the module docstring); arguments
+    (tile, a, b, aofs, abase, bbase, bstep, steps)."""
+    @intrinsic
+    def shift_tile(typingctx, tile, a, b, aofs, abase, bbase, bstep, steps):
+        _check(tile, a, b)
+        sig = types.void(tile, a, b, aofs, types.intp, types.intp, types.intp, types.intp)
+        return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "shift")
+    return shift_tile
+
+
+fwd_tile = make_table_tile(FWD_MR, FWD_NV)
+# dw tiles by NV (vectors of output channels); MR = ACCUMULATORS // NV taps
+dw_tile_1 = make_shift_tile(ACCUMULATORS // 1, 1)
+dw_tile_2 = make_shift_tile(ACCUMULATORS // 2, 2)
+if DW_MAX_NV >= 3:
+    dw_tile_3 = make_shift_tile(ACCUMULATORS // 3, 3)
+    dw_tile_4 = make_shift_tile(ACCUMULATORS // 4, 4)
+else:  # never called: the dw kernel caps NV at DW_MAX_NV
+    dw_tile_3 = dw_tile_4 = dw_tile_2
