@@ -518,13 +518,14 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
     # read: gp (N, O, Hq, Wq), zero-padded by (ph2, pw2), for dx (None when dx is not
     # wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the junk and
     # padding columns, for dw. dbp (N, O): per-image sums (None without bias).
+    # NOTE: per image, g is first computed plane by plane (reading a row of every
+    # channel in turn instead thrashed L1: the planes of a 32x32 image are exactly 4 KiB
+    # apart) into a scratch laid out (OH, O, OW), whose rows of all channels are close
+    # together for the transposition, then copied out of cache into both layouts.
     n_, o_, oh_, ow_ = dout.shape
     zero = gt.dtype.type(0)
     for n in prange(n_):
-        gn = gt[n]
-        gn[:] = zero
-        if gp is not None:
-            gp[n] = zero
+        gs = np.empty((oh_, o_, ow_), gt.dtype)
         for o in range(o_):
             s = zero
             for r in range(oh_):
@@ -532,12 +533,21 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
                     v = dout[n, o, r, t]
                     if code != 0:
                         v *= activation_grad(out[n, o, r, t], code)
-                    if gp is not None:
-                        gp[n, o, r + ph2, t + pw2] = v
-                    gn[r * wp + t, o] = v
+                    gs[r, o, t] = v
                     s += v
             if dbp is not None:
                 dbp[n, o] = s
+        gt[n] = zero
+        for r in range(oh_):
+            for t in range(ow_):
+                for o in range(o_):
+                    gt[n, r * wp + t, o] = gs[r, o, t]
+        if gp is not None:
+            gp[n] = zero
+            for o in range(o_):
+                for r in range(oh_):
+                    for t in range(ow_):
+                        gp[n, o, r + ph2, t + pw2] = gs[r, o, t]
 
 
 @parallel_kernel
