@@ -13,6 +13,13 @@ backward) for about --benchmark-max-time seconds, at least --benchmark-min-round
 rounds. GFLOP/s or GB/s and samples/s go to ``extra_info`` (``--benchmark-json``).
 """
 import importlib.util
+import os
+
+# NOTE: what ``import fastnet`` does when it comes before NumPy (fastnet/_threads.py,
+# OPENBLAS_THREAD_TIMEOUT): here PyTorch comes first and loads NumPy's OpenBLAS, so set
+# it before that. It shortens how long OpenBLAS's idle workers spin after a GEMM; PyTorch
+# runs its GEMMs through its own libraries and is not affected.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 if importlib.util.find_spec("torch") is not None:
     # NOTE: PyTorch first. Imported after fastnet, it would inherit the OMP_WAIT_POLICY

@@ -3,7 +3,7 @@
 A dense layer runs a BLAS GEMM (OpenBLAS threads) and then a Numba ``prange``
 epilogue (Numba's threads). With Numba's OpenMP layer, GNU OpenMP's worker threads
 busy-wait for ~ms after each parallel region; on a small machine they then starve
-OpenBLAS's threads and a 0.4 ms layer takes 8 ms. Two settings fix it:
+OpenBLAS's threads and a 0.4 ms layer takes 8 ms. These settings fix it:
 
 * ``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP workers sleep at once. libgomp reads it
   when it is loaded, which Numba does lazily on the first parallel launch, so
@@ -14,6 +14,10 @@ OpenBLAS's threads and a 0.4 ms layer takes 8 ms. Two settings fix it:
   first does that: torch loads its libgomp globally, Numba binds to it), the setting
   comes too late; fastnet then runs Numba's ``workqueue`` layer instead, unless the user
   picked a layer with NUMBA_THREADING_LAYER.
+* The other way round, OpenBLAS's idle workers busy-wait ~60 ms after each GEMM and
+  take the cores from the Numba kernels that follow (a convolution right after a dense
+  layer ran 2x slower). ``configure()`` sets ``OPENBLAS_THREAD_TIMEOUT`` when OpenBLAS is
+  not loaded yet, i.e. when fastnet is imported before NumPy (see _configure_openblas).
 * Numba's ``workqueue`` layer (used when neither TBB nor OpenMP loads, or as above) aborts the
   process when two Python threads launch parallel kernels at once. When that layer
   is in use, ``kernel_lock`` serialises fastnet's CPU kernel calls; with the
@@ -35,6 +39,12 @@ _STARTED = False
 _SERIALISE = False
 _AVOID_OMP = False
 WE_SET_WAIT_POLICY = False  # True when OMP_WAIT_POLICY=PASSIVE is fastnet's doing
+# OpenBLAS's idle workers spin for 2^16 cycles (~15 us) instead of 2^28 (see
+# _configure_openblas): long enough for back-to-back GEMMs, short enough to leave the
+# cores to Numba's kernels in between (a LeNet-5 step went from 12.7 to 8.0 ms, VGG-small
+# from 186 to 134 ms; 2^4 and 2^20 measured the same within noise, the MLP unchanged)
+OPENBLAS_THREAD_TIMEOUT = 16
+WE_SET_BLAS_TIMEOUT = False  # True when OPENBLAS_THREAD_TIMEOUT is fastnet's doing
 _LOCK = threading.RLock()
 
 
@@ -60,6 +70,7 @@ def configure() -> None:
     if _CONFIGURED:
         return
     _CONFIGURED = True
+    _configure_openblas()
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
     if _shared_libgomp_loaded():
@@ -79,6 +90,35 @@ def configure() -> None:
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     WE_SET_WAIT_POLICY = True
+
+
+def _openblas_loaded() -> bool:
+    """Whether an OpenBLAS (NumPy's, SciPy's) is already loaded in this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("openblas" in line.lower() for line in f)
+    except OSError:
+        return False
+
+
+def _configure_openblas() -> None:
+    """Shorten how long OpenBLAS's idle workers spin, if it is not loaded yet.
+
+    After each GEMM, OpenBLAS's worker threads busy-wait for new work for 2^28 cycles
+    (~60 ms) by default. A training step alternates BLAS calls with Numba kernels, so
+    those spinning workers take half of each core from Numba's threads: on 2 cores the
+    convolution kernels of a VGG-small step ran 2x slower right after a dense layer.
+    OpenBLAS reads OPENBLAS_THREAD_TIMEOUT (2^n cycles) once, when it is loaded, so this
+    only takes effect when fastnet is imported before NumPy (``python -m fastnet``
+    always is); a value the user set is left alone.
+    """
+    global WE_SET_BLAS_TIMEOUT
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
+        return
+    if _openblas_loaded():
+        return
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(OPENBLAS_THREAD_TIMEOUT)
+    WE_SET_BLAS_TIMEOUT = True
 
 
 def start() -> None:
@@ -120,6 +160,9 @@ def threading_info() -> dict:
         "threading_layer": layer,
         "num_threads": numba.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # None: OpenBLAS was loaded before fastnet and keeps its default (2^28 cycles)
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT",
+                                                  os.environ.get("GOTO_THREAD_TIMEOUT")),
         "serialised": _SERIALISE,
     }
 

@@ -107,3 +107,45 @@ def test_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+SPIN_CPU = """
+    import os, resource, time
+    {first}
+    import numpy as np
+    from fastnet import _threads
+    a = np.ones((512, 512), np.float32)
+    for _ in range(5):
+        a @ a                     # multi-threaded OpenBLAS GEMMs
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.2)               # the main thread idles; do BLAS's workers?
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    spin = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(repr((os.environ.get("OPENBLAS_THREAD_TIMEOUT"), _threads.WE_SET_BLAS_TIMEOUT, spin)))
+"""
+
+
+def _spin(first, **env):
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")}
+    full_env.update(env)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(SPIN_CPU.format(first=first))],
+                       env=full_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return eval(r.stdout.strip().splitlines()[-1])
+
+
+def test_openblas_workers_do_not_spin_after_a_gemm_when_fastnet_comes_first():
+    """Imported before NumPy, fastnet shortens OpenBLAS's idle spin (2^28 cycles, ~60 ms
+    by default), which otherwise takes the cores from the Numba kernels after each GEMM:
+    while the process sleeps, BLAS's workers use (almost) no CPU."""
+    timeout, ours, spin = _spin("import fastnet")
+    assert timeout == str(fastnet._threads.OPENBLAS_THREAD_TIMEOUT) and ours
+    assert spin < 0.03, f"OpenBLAS workers used {spin:.3f} s of CPU while the process slept"
+
+
+def test_openblas_timeout_is_left_alone_when_numpy_came_first_or_the_user_set_it():
+    timeout, ours, _ = _spin("import numpy; import fastnet")
+    assert timeout is None and not ours
+    timeout, ours, _ = _spin("import fastnet", OPENBLAS_THREAD_TIMEOUT="20")
+    assert timeout == "20" and not ours

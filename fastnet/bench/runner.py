@@ -44,14 +44,16 @@ def median_times(benches: dict, repeat: int) -> dict:
 
 
 def _worker_env():
-    """This environment without the OpenMP wait policy fastnet put there itself: the
-    PyTorch twins should run as a PyTorch user's code does."""
+    """This environment without the OpenMP wait policy and OpenBLAS spin time fastnet
+    put there itself: the PyTorch twins should run as a PyTorch user's code does."""
     import fastnet
     from fastnet import _threads
 
     env = dict(os.environ)
     if _threads.WE_SET_WAIT_POLICY:
         env.pop("OMP_WAIT_POLICY", None)
+    if _threads.WE_SET_BLAS_TIMEOUT:
+        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
