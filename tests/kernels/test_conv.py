@@ -2,9 +2,9 @@
 padding), conv2d_forward(out, x, w, b, stride, padding, activation) and
 conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation), NCHW.
 conv2d runs over the batch in cache-sized chunks: every conv2d test runs both with the
-default chunk size and with one image per chunk. Stride-1 convs with C*KH*KW <= DIRECT_MAX_K
-take the direct kernels, larger ones the micro-kernels (or im2col + GEMM): conv2d tests
-run all three ways."""
+default chunk size and with one image per chunk. Stride-1 convs take the micro-kernels
+(padding at most KH-1, KW-1), else the direct kernels (C*KH*KW <= DIRECT_MAX_K) or
+im2col + GEMM: conv2d tests run all three ways."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -51,15 +51,15 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["direct", "microkernel", "im2col"])
+@pytest.fixture(params=["microkernel", "direct", "im2col"])
 def conv_path(request, monkeypatch):
-    """Stride-1 cases through the direct kernels (all test shapes are small) or, with
-    DIRECT_MAX_K = 0, through the register-blocked micro-kernels (where the padding is at
-    most KH-1, KW-1) or, with MICROKERNELS off too, through im2col + GEMM."""
-    if request.param != "direct":
-        monkeypatch.setattr(conv, "DIRECT_MAX_K", 0)
-    if request.param == "im2col":
+    """Stride-1 cases through the register-blocked micro-kernels (the default, where the
+    padding is at most KH-1, KW-1) or, with MICROKERNELS off, through the direct kernels
+    (all test shapes are small) or, with DIRECT_MAX_K = 0 too, through im2col + GEMM."""
+    if request.param != "microkernel":
         monkeypatch.setattr(conv, "MICROKERNELS", False)
+    if request.param == "im2col":
+        monkeypatch.setattr(conv, "DIRECT_MAX_K", 0)
     return request.param
 
 
@@ -221,33 +221,60 @@ def test_property_forward_backward_random_geometry(n, c, o, kh, kw, sh, sw, ph, 
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("c, k, direct", [(6, 5, True), (151, 1, False), (1, 1, True)],
-                         ids=["k150-direct", "k151-microkernel", "k1-direct"])
-def test_direct_size_rule_boundary(rng, dtype, close, monkeypatch, c, k, direct):
-    """C*KH*KW == DIRECT_MAX_K takes the direct kernels, one more the micro-kernels; both
-    are right."""
-    assert conv.DIRECT_MAX_K == 150
+def _spy(monkeypatch, names):
     calls = []
-    for name in ("_direct_forward", "_direct_dw", "_im2col_s1", "_mk_forward", "_mk_dw"):
+    for name in names:
         f = getattr(conv, name)
         monkeypatch.setattr(conv, name, lambda *a, f=f, name=name: (calls.append(name), f(*a))[1])
-    x_shape, w_shape, stride, padding = (10, c, 7, 6), (3, c, k, k), (1, 1), (k // 2, k // 2)
+    return calls
+
+
+def _check_both_ways(rng, dtype, close, c, k, padding, want=("dx", "dw", "db")):
+    x_shape, w_shape, stride = (10, c, 7, 6), (3, c, k, k), (1, 1)
     x, w, b = _data(rng, dtype, x_shape, w_shape)
     out = _forward(x, w, b, stride, padding)
     close(out, ref.conv2d_forward(x, w, b, stride, padding), scale=np.sqrt(c * k * k))
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw, db = _backward(dout, x, w, None, stride, padding)
+    got = _backward(dout, x, w, None, stride, padding, want=want)
     m = dout.shape[0] * dout.shape[2] * dout.shape[3]
-    for g, r, name in zip((dx, dw, db), ref.conv2d_backward(dout, x, w, stride, padding),
+    for g, r, name in zip(got, ref.conv2d_backward(dout, x, w, stride, padding),
                           ("dx", "dw", "db")):
-        close(g, r, scale=np.sqrt(m), err_msg=name)
-    direct_calls = {"_direct_forward", "_direct_dw"}
-    mk_calls = {"_mk_forward", "_mk_dw"}
-    assert "_im2col_s1" not in calls
+        if g is not None:
+            close(g, r, scale=np.sqrt(m), err_msg=name)
+
+
+@pytest.mark.parametrize("c, k, direct", [(6, 5, True), (151, 1, False), (1, 1, True)],
+                         ids=["k150-direct", "k151-im2col", "k1-direct"])
+def test_direct_size_rule_boundary(rng, dtype, close, monkeypatch, c, k, direct):
+    """Without the micro-kernels (or outside their geometry), C*KH*KW == DIRECT_MAX_K
+    takes the direct kernels, one more im2col + GEMM; both are right."""
+    assert conv.DIRECT_MAX_K == 150
+    monkeypatch.setattr(conv, "MICROKERNELS", False)
+    calls = _spy(monkeypatch, ("_direct_forward", "_direct_dw", "_im2col_s1"))
+    _check_both_ways(rng, dtype, close, c, k, (k // 2, k // 2))
     if direct:
-        assert direct_calls <= set(calls) and not mk_calls & set(calls)
+        assert "_direct_forward" in calls and "_direct_dw" in calls and "_im2col_s1" not in calls
     else:
-        assert mk_calls <= set(calls) and not direct_calls & set(calls)
+        assert "_direct_forward" not in calls and "_direct_dw" not in calls and "_im2col_s1" in calls
+
+
+@pytest.mark.parametrize("c, padding, want, path", [
+    (6, (2, 2), ("dx", "dw", "db"), "microkernel"),
+    (151, (0, 0), ("dx", "dw", "db"), "microkernel"),
+    (1, (2, 2), ("dw", "db"), "microkernel"),        # a first layer: no dx
+    (1, (2, 2), ("dx", "dw", "db"), "direct"),       # dx of one channel: the direct kernel
+    (6, (2, 5), ("dx", "dw", "db"), "direct"),       # padding past KW-1: not micro-kernels
+], ids=["c6", "c151-k1", "c1-no-dx", "c1-dx", "padding-over-kernel"])
+def test_path_rule(rng, dtype, close, monkeypatch, c, padding, want, path):
+    """Stride-1 convs take the micro-kernels by default, except for dx of a one-channel
+    input and padding past KH-1, KW-1."""
+    k = 1 if c == 151 else 5
+    calls = _spy(monkeypatch, ("_direct_forward", "_direct_dw", "_direct_dx", "_im2col_s1",
+                               "_mk_forward", "_mk_dw"))
+    _check_both_ways(rng, dtype, close, c, k, padding, want)
+    mk = {"_mk_forward", "_mk_dw"} <= set(calls)
+    assert mk == (path == "microkernel"), calls
+    assert ("_direct_dx" in calls) == (path == "direct" and "dx" in want and c == 1), calls
 
 
 @pytest.mark.parametrize("path", ["direct", "microkernel"])
@@ -255,8 +282,8 @@ def test_dw_does_not_depend_on_thread_count(rng, monkeypatch, path):
     """Fixed image groups: the direct and the micro-kernel dw (and the whole backward)
     are bitwise the same with 1 and 2 threads."""
     import numba
-    if path == "microkernel":
-        monkeypatch.setattr(conv, "DIRECT_MAX_K", 0)
+    if path == "direct":
+        monkeypatch.setattr(conv, "MICROKERNELS", False)
     x, w, b = _data(rng, np.float32, (37, 3, 12, 11), (5, 3, 3, 3))
     dout = rng.standard_normal((37, 5, 12, 11)).astype(np.float32)
     got = []
