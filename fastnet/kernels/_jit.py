@@ -20,19 +20,23 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 FASTMATH_ORDERED = FASTMATH - {"reassoc"}
 
 # Below this many elements a kernel runs serially on the calling thread: waking Numba's
-# thread pool costs microseconds (tens of them once its threads have gone to sleep),
-# more than small tensors take to process.
-PARALLEL_MIN_WORK = 1 << 15
+# sleeping thread pool (OMP_WAIT_POLICY=PASSIVE, see fastnet/_threads.py) costs ~35 us
+# here, more than a memory-bound pass over a smaller array takes on one core (measured
+# serial vs parallel: relu breaks even at ~1M elements, SGD ~400K, sigmoid and Adam
+# ~300K). Compute-heavy kernels (the convolutions: many multiply-adds per element of
+# their largest array) parallelise from COMPUTE_FACTOR times fewer elements.
+PARALLEL_MIN_WORK = 1 << 18
+COMPUTE_FACTOR = 8
 
 
 class ParallelKernel:
     """A ``prange`` kernel compiled twice, parallel and serial, called as one function:
     the parallel build when the largest array argument has ``PARALLEL_MIN_WORK``
-    elements or more, the serial one otherwise. Both builds are cached on disk
+    elements or more (fewer for compute kernels), the serial one otherwise. Both builds are cached on disk
     (``cache=True``) and release the GIL (``nogil``), so several Python threads can run
     kernels at once."""
 
-    def __init__(self, fn, fastmath):
+    def __init__(self, fn, fastmath, compute=False):
         # NOTE: error_model="numpy": a float division by zero gives inf / NaN, as in
         # NumPy, instead of a check that raises ZeroDivisionError; that check kept the
         # serial builds' loops from vectorising (prange bodies already use this model).
@@ -45,6 +49,7 @@ class ParallelKernel:
         serial_fn.__qualname__ = fn.__qualname__ + "_serial"
         self.serial = njit(**options)(serial_fn)
         self.py_func = fn
+        self.compute = compute
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -52,7 +57,8 @@ class ParallelKernel:
         for a in args:
             if isinstance(a, np.ndarray) and a.size > work:
                 work = a.size
-        build = self.parallel if work >= PARALLEL_MIN_WORK else self.serial
+        threshold = PARALLEL_MIN_WORK // COMPUTE_FACTOR if self.compute else PARALLEL_MIN_WORK
+        build = self.parallel if work >= threshold else self.serial
         return build(*args)
 
     def dispatchers(self):
@@ -61,6 +67,11 @@ class ParallelKernel:
 
 def parallel_kernel(fn):
     return ParallelKernel(fn, FASTMATH)
+
+
+def compute_kernel(fn):
+    """A parallel_kernel with many operations per element (see COMPUTE_FACTOR)."""
+    return ParallelKernel(fn, FASTMATH, compute=True)
 
 
 def parallel_kernel_ordered(fn):

@@ -35,7 +35,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, parallel_kernel
+from ._jit import FASTMATH, compute_kernel, parallel_kernel
 from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_MR, FWD_NV, VEC_BYTES, dw_tile_1,
                            dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile, lanes)
 from .activations import ACTIVATIONS, activation_grad, apply_activation
@@ -320,7 +320,7 @@ def _nchw_to_ext(y, db, dout, out, code, first, wp, ln):
                 db[o] += s
 
 
-@parallel_kernel
+@compute_kernel
 def _direct_forward(out, xp, w, b, code):
     # xp (N, C, Hp, Wp) padded input -> out (N, O, OH, OW) = act(conv + b), stride 1.
     # Per (image, block of 4 output channels): 4 accumulator runs of L = (OH-1)*Wp + OW
@@ -368,7 +368,7 @@ def _direct_forward(out, xp, w, b, code):
                     out[n, o, r, t] = apply_activation(v, code)
 
 
-@parallel_kernel
+@compute_kernel
 def _direct_dw(part, d, xp, kh, kw, ln, group):
     # d (O, N*L) in the shifted layout, xp (N, C, Hp, Wp) -> part (G, O, C*KH*KW): the dw
     # sums over images [g*group, (g+1)*group), each tap a dot product of two runs of L.
@@ -414,7 +414,7 @@ def _direct_dw(part, d, xp, kh, kw, ln, group):
                             o += 1
 
 
-@parallel_kernel
+@compute_kernel
 def _direct_dx(dx, d, w, hp, wp, ph, pw, ln):
     # d (O, N*L) in the shifted layout -> dx (N, C, H, W), stride 1: the transpose of
     # _direct_forward. Per (image, block of 4 input channels): 4 padded (Hp*Wp) planes,
@@ -483,7 +483,7 @@ def _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code):
         q = (r + 1) * wp
 
 
-@parallel_kernel
+@compute_kernel
 def _mk_forward(out, xf, img, wt, offs, b, code, wp, ln):
     # xf: flat padded input, image n at n*img, tap k of output position q (row pitch wp)
     # at n*img + offs[k] + q; wt (K, Opad) packed weights (zero columns past O) ->
@@ -551,7 +551,7 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
                         gp[n, o, r + ph2, t + pw2] = gs[r, o, t]
 
 
-@parallel_kernel
+@compute_kernel
 def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
     # gt (N, L, Opad) channels-last gradient, xf flat padded input (tap k of position q of
     # image n at n*img + offs[k] + q), offs padded to a whole number of tiles ->
