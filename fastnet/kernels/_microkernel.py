@@ -26,14 +26,23 @@ across calls. Two addressing schemes:
 Callers guarantee every address is inside its array (the conv kernels allocate slack
 after their buffers for the last, partial tile). Loads are unaligned (align 4/8).
 """
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
+
+def _target_features():
+    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES if set, else the host's
+    (as numba.core.codegen does). Numba keys its on-disk cache on them too, so code
+    cached for one vector width is never loaded for the other."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return set(features.split(","))
+
+
 # bytes per vector register: 64 with AVX-512, else 32 (AVX2; older CPUs split it)
-VEC_BYTES = 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
+VEC_BYTES = 64 if "+avx512f" in _target_features() else 32
 # accumulator registers per tile (MR * NV)
 ACCUMULATORS = 24 if VEC_BYTES == 64 else 12
 # forward / dx tile: MR output channels x NV vectors of output positions

@@ -296,3 +296,4 @@ def test_dw_does_not_depend_on_thread_count(rng, monkeypatch, path):
         numba.set_num_threads(old)
     for a, c in zip(*got):
         np.testing.assert_array_equal(a, c)
+

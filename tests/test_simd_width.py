@@ -1,0 +1,50 @@
+"""The CPU convolution micro-kernels (fastnet/kernels/_microkernel.py) pick their tile
+sizes by vector width: 64 bytes with AVX-512, 32 without. The development machine has
+AVX-512, so the 32-byte configuration is forced here through NUMBA_CPU_FEATURES (which
+Numba also compiles for, and keys its cache on) in a fresh process with its own cache."""
+import os
+import subprocess
+import sys
+
+from numba.core.codegen import get_host_cpu_features
+
+AVX2_RUN = """
+import numpy as np
+from fastnet.kernels import conv, _microkernel
+from tests import reference as ref
+assert _microkernel.VEC_BYTES == 32 and _microkernel.FWD_MR == 4, _microkernel.VEC_BYTES
+rng = np.random.default_rng(0)
+# (x shape, w shape, padding, dx wanted): > 32 output channels (three dw channel blocks
+# of 16 at this width), odd sizes; a one-channel first layer (no dx); float32 and float64
+CASES = (((3, 5, 7, 6), (37, 5, 3, 2), (1, 0), True),
+         ((2, 1, 5, 9), (3, 1, 3, 3), (2, 2), False))
+for dtype in (np.float32, np.float64):
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for xs, ws, pad, want_dx in CASES:
+        x = rng.standard_normal(xs).astype(dtype)
+        w = rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        want = ref.conv2d_forward(x, w, b, (1, 1), pad)
+        out = np.empty_like(want)
+        conv.conv2d_forward(out, x, w, b, (1, 1), pad)
+        np.testing.assert_allclose(out, want, rtol=tol, atol=tol * 10)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        dx = np.empty_like(x) if want_dx else None
+        dw, db = np.empty_like(w), np.empty_like(b)
+        conv.conv2d_backward(dx, dw, db, dout, x, w, None, (1, 1), pad)
+        rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, (1, 1), pad)
+        for got, ref_ in ((dx, rdx), (dw, rdw), (db, rdb)):
+            if got is not None:
+                np.testing.assert_allclose(got, ref_, rtol=tol, atol=tol * 10)
+print("ok")
+"""
+
+
+def test_conv_microkernels_at_the_avx2_vector_width(tmp_path):
+    features = ",".join("-" + f[1:] if "avx512" in f else f
+                        for f in get_host_cpu_features().split(","))
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-c", AVX2_RUN], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
