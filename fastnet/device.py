@@ -87,14 +87,14 @@ class Device:
             x = a.copy_to_host()
         return cuda.to_device(np.asarray(x), dtype=dtype)
 
-    def accept(self, x, owner):
-        """``x`` as an array on this device, for ``owner`` (a layer or loss, named in the
-        errors): NumPy input is copied to a CUDA device; a CUDA array given to the CPU
-        is an error (copies to the host are never implicit)."""
-        owner = owner if isinstance(owner, str) else repr(owner)
+    def accept(self, x, owner, what=""):
+        """``x`` as an array on this device, for ``owner`` (a layer or loss) and ``what``
+        (e.g. " labels"), named in the errors: NumPy input is copied to a CUDA device; a
+        CUDA array given to the CPU is an error (copies to the host are never implicit)."""
+        if self.type == "cpu" and isinstance(x, np.ndarray):
+            return x  # the hot path: no repr(owner) unless an error needs it
+        owner = (owner if isinstance(owner, str) else repr(owner)) + what
         if self.type == "cpu":
-            if isinstance(x, np.ndarray):
-                return x
             from . import cuda
 
             if cuda.is_cuda_array(x):

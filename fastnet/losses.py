@@ -50,7 +50,7 @@ class CrossEntropyLoss(_Loss):
     def __call__(self, logits, labels):
         device = _device(self, logits)
         logits = check_input(self, logits, (None, None), device=device)
-        labels = device.accept(labels, f"{self!r} labels")
+        labels = device.accept(labels, self, " labels")
         if not hasattr(labels, "dtype"):
             raise TypeError(f"{self!r}: labels must be an array of ints, got {type(labels).__name__}")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -81,7 +81,7 @@ class MSELoss(_Loss):
         if getattr(pred, "ndim", 0) < 1:
             check_input(self, pred, (None,), device=device)
         pred = check_input(self, pred, (None,) * pred.ndim, device=device)
-        target = device.accept(target, f"{self!r} target")
+        target = device.accept(target, self, " target")
         if target.shape != pred.shape:
             raise ValueError(
                 f"{self!r}: target shape {tuple(target.shape)} does not match prediction shape "

@@ -30,6 +30,7 @@ workspaces reused across calls. Backward kernels overwrite their outputs; pass `
 for an output that is not needed. ``kernel_size``, ``stride`` and ``padding`` are (h, w)
 pairs.
 """
+import functools
 import threading
 
 import numpy as np
@@ -585,13 +586,19 @@ def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
                         dw_tile_4(tile, xf, gf, a, n * img, gb, opad, ln)
 
 
-def _tap_offsets(c_, kh, kw, plane, wp):
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(c_, kh, kw, plane, wp, pad_to=1):
     """Offset of tap (c, i, j) from an output position in a padded image: c*plane +
-    i*Wp + j, for k = (c*KH + i)*KW + j."""
+    i*Wp + j, for k = (c*KH + i)*KW + j; padded with copies of the last offset to a
+    multiple of ``pad_to`` taps. Cached per geometry (read-only)."""
     c = np.arange(c_, dtype=np.intp)[:, None, None] * plane
     i = np.arange(kh, dtype=np.intp)[None, :, None] * wp
     j = np.arange(kw, dtype=np.intp)[None, None, :]
-    return (c + i + j).ravel()
+    offs = (c + i + j).ravel()
+    k = offs.size
+    offs = np.concatenate([offs, np.full(-(-k // pad_to) * pad_to - k, offs[-1], np.intp)])
+    offs.flags.writeable = False
+    return offs
 
 
 def _padded_flat(name, x, ph, pw, slack):
@@ -660,9 +667,8 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code):
         np.sum(dbp, axis=0, out=db)
 
     xf, _ = _padded_flat("xp", x, ph, pw, 0)
-    offs = _tap_offsets(c_, kh, kw, hp * wp, wp)
-    kpad = -(-k // mr) * mr
-    offs = np.concatenate([offs, np.full(kpad - k, offs[-1], np.intp)])
+    offs = _tap_offsets(c_, kh, kw, hp * wp, wp, mr)
+    kpad = offs.size
     groups = -(-n_ // DW_GROUP)
     part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
         groups, opad // ncols, kpad, ncols)

@@ -152,7 +152,7 @@ def check_input(layer, x, shape, dtype=None, device=None):
 def check_grad(layer, grad, shape, dtype):
     """Validate the gradient handed to backward: the forward output's shape and dtype."""
     device = layer.device
-    grad = device.accept(grad, f"{layer!r}.backward")
+    grad = device.accept(grad, layer, ".backward")
     if grad.shape != tuple(shape) or grad.dtype != dtype:
         raise ValueError(
             f"{layer!r}.backward: expected a gradient of shape {tuple(shape)} and dtype "

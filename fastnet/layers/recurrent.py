@@ -66,7 +66,7 @@ class _Recurrent(Module):
     # ---- validation ---------------------------------------------------------------------
     def _check_state(self, h, what, n, dtype):
         device = self.device
-        h = device.accept(h, f"{self!r} ({what})")
+        h = device.accept(h, self, f" ({what})")
         want = (1, n, self.hidden_size)
         if h.dtype != dtype:
             raise TypeError(f"{self!r}: expected {what} of dtype {dtype} (the input's), got "
