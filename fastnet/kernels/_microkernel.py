@@ -64,13 +64,13 @@ def _float_type(dtype):
     raise TypeError(f"micro-kernels take float32 or float64 arrays, not {dtype}")
 
 
-def _emit(context, builder, sig, args, mr, nv, mode):
+def _emit(context, builder, sig, args, mr, nv, mode, half=False):
     tile_t, a_t, b_t = sig.args[:3]
     tile_a = context.make_array(tile_t)(context, builder, args[0])
     a_a = context.make_array(a_t)(context, builder, args[1])
     b_a = context.make_array(b_t)(context, builder, args[2])
     ft = _float_type(tile_t.dtype)
-    w = lanes(tile_t.dtype.bitwidth // 8)
+    w = lanes(tile_t.dtype.bitwidth // 8) // (2 if half else 1)
     vty = ir.VectorType(ft, w)
     vptr = vty.as_pointer()
     i64 = ir.IntType(64)
@@ -154,19 +154,23 @@ def make_table_tile(mr, nv):
     return table_tile
 
 
-def make_shift_tile(mr, nv):
+def make_shift_tile(mr, nv, half=False):
     """tile (mr*nv*W,) += the ``shift`` product (see the module docstring); arguments
-    (tile, a, b, aofs, abase, bbase, bstep, steps)."""
+    (tile, a, b, aofs, abase, bbase, bstep, steps). ``half``: vectors of W/2 lanes (for
+    dw of layers with at most W/2 output channels, which would waste most of a full
+    vector)."""
     @intrinsic
     def shift_tile(typingctx, tile, a, b, aofs, abase, bbase, bstep, steps):
         _check(tile, a, b)
         sig = types.void(tile, a, b, aofs, types.intp, types.intp, types.intp, types.intp)
-        return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "shift")
+        return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "shift", half)
     return shift_tile
 
 
 fwd_tile = make_table_tile(FWD_MR, FWD_NV)
-# dw tiles by NV (vectors of output channels); MR = ACCUMULATORS // NV taps
+# dw tiles by NV (vectors of output channels); MR = ACCUMULATORS // NV taps; NV = 0: one
+# half-width vector
+dw_tile_0 = make_shift_tile(ACCUMULATORS, 1, half=True)
 dw_tile_1 = make_shift_tile(ACCUMULATORS // 1, 1)
 dw_tile_2 = make_shift_tile(ACCUMULATORS // 2, 2)
 if DW_MAX_NV >= 3:

@@ -37,8 +37,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
-from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_MR, FWD_NV, VEC_BYTES, dw_tile_1,
-                           dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile, lanes)
+from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_MR, FWD_NV, VEC_BYTES, dw_tile_0,
+                           dw_tile_1, dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile, lanes)
 from .activations import ACTIVATIONS, activation_grad, apply_activation
 
 # im2col chunk size: big enough for an efficient GEMM, small enough that the chunk is
@@ -563,7 +563,7 @@ def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
     g_, nob, kpad, ncols = part.shape
     n_ = gt.shape[0]
     opad = gt.shape[2]
-    mr = ACCUMULATORS // nv
+    mr = ACCUMULATORS // max(nv, 1)
     gf = gt.ravel()
     zero = part.dtype.type(0)
     for g in prange(g_):
@@ -576,7 +576,9 @@ def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
                     tile = blk[k0 * ncols:(k0 + mr) * ncols]
                     a = offs[k0:k0 + mr]
                     gb = n * ln * opad + ob * ncols
-                    if nv == 1:
+                    if nv == 0:
+                        dw_tile_0(tile, xf, gf, a, n * img, gb, opad, ln)
+                    elif nv == 1:
                         dw_tile_1(tile, xf, gf, a, n * img, gb, opad, ln)
                     elif nv == 2:
                         dw_tile_2(tile, xf, gf, a, n * img, gb, opad, ln)
@@ -645,11 +647,14 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code):
     ln = (oh - 1) * wp + ow
     dt = x.dtype
     lanes_ = lanes(dt.itemsize)
-    # dw: output channels in vectors of W (nv of them per tile), taps mr at a time
+    # dw: output channels in vectors of W (nv of them per tile), taps mr at a time; a
+    # layer with at most W/2 output channels (LeNet's first) in one half-width vector
     nv = min(DW_MAX_NV, -(-o_ // lanes_))
     ncols = nv * lanes_
+    if 2 * o_ <= lanes_:
+        nv, ncols = 0, lanes_ // 2
     opad = -(-o_ // ncols) * ncols
-    mr = ACCUMULATORS // nv
+    mr = ACCUMULATORS // max(nv, 1)
     gt = workspace("gt", n_ * ln * opad, dt).reshape(n_, ln, opad)
     # dx is the stride-1 conv of g padded by (KH-1-ph, KW-1-pw) with the flipped,
     # transposed kernel: the forward micro-kernel computes it
