@@ -7,7 +7,6 @@ ties go to the first element in row-major window order; NaN propagates, as in Py
 KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
 Backward kernels overwrite their outputs.
 """
-import numpy as np
 from numba import njit, prange
 
 from ._jit import parallel_kernel
@@ -150,7 +149,6 @@ def _max_pool2x2_forward(out, argmax, x):
 @parallel_kernel
 def _avg_pool2x2_forward(out, x):
     n_, c_, oh_, ow_ = out.shape
-    h, w = x.shape[2], x.shape[3]
     q = x.dtype.type(0.25)
     for nc in prange(n_ * c_):
         n = nc // c_
