@@ -539,17 +539,22 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
                     s += v
             if dbp is not None:
                 dbp[n, o] = s
+        # NOTE: inner loops from 0 over views: with an index like r * wp + t LLVM cannot
+        # prove it non-negative and keeps Numba's wraparound check in the loop
         gt[n] = zero
         for r in range(oh_):
             for t in range(ow_):
+                dst = gt[n, r * wp + t]
                 for o in range(o_):
-                    gt[n, r * wp + t, o] = gs[r, o, t]
+                    dst[o] = gs[r, o, t]
         if gp is not None:
             gp[n] = zero
             for o in range(o_):
                 for r in range(oh_):
+                    dst = gp[n, o, r + ph2, pw2:pw2 + ow_]
+                    src = gs[r, o]
                     for t in range(ow_):
-                        gp[n, o, r + ph2, t + pw2] = gs[r, o, t]
+                        dst[t] = src[t]
 
 
 @compute_kernel

@@ -49,13 +49,17 @@ def _grad_columns(g, db, dout, y, code):
         src = g if code != 0 else dout
         nblocks = (m + _COL_BLOCK - 1) // _COL_BLOCK
         for blk in prange(nblocks):
+            # NOTE: loops from 0 over views: with range(j0, j1) LLVM cannot prove the
+            # index non-negative and keeps Numba's wraparound check, scalar
             j0 = blk * _COL_BLOCK
             j1 = min(j0 + _COL_BLOCK, m)
-            for j in range(j0, j1):
-                db[j] = 0
+            dbb = db[j0:j1]
+            for j in range(dbb.size):
+                dbb[j] = 0
             for i in range(n):
-                for j in range(j0, j1):
-                    db[j] += src[i, j]
+                si = src[i, j0:j1]
+                for j in range(dbb.size):
+                    dbb[j] += si[j]
 
 
 @parallel_kernel

@@ -57,17 +57,19 @@ def _zeros_like_state(a, n, h, dtype):
 @parallel_kernel
 def _column_sums(out, a):
     # NOTE: parallel over column blocks, each summing its rows in order: race-free and
-    # deterministic whatever the thread count.
+    # deterministic whatever the thread count. Loops from 0 over views (see _lstm_step).
     m, c = a.shape
     nblocks = (c + _COL_BLOCK - 1) // _COL_BLOCK
     for blk in prange(nblocks):
         j0 = blk * _COL_BLOCK
         j1 = min(j0 + _COL_BLOCK, c)
-        for j in range(j0, j1):
-            out[j] = 0
+        ob = out[j0:j1]
+        for j in range(ob.size):
+            ob[j] = 0
         for i in range(m):
-            for j in range(j0, j1):
-                out[j] += a[i, j]
+            ai = a[i, j0:j1]
+            for j in range(ob.size):
+                ob[j] += ai[j]
 
 
 def _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, h_prev, w_ih):
@@ -172,29 +174,35 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
 
 @parallel_kernel
 def _lstm_step(out, h, c, cells, gates, gh, b_ih, b_hh, t):
+    # NOTE: every loop runs from 0 over a view (the gate's slice of the row): with
+    # g[2 * hs + j] or range(2 * hs, 3 * hs), LLVM cannot prove the index non-negative,
+    # keeps Numba's negative-index wraparound in the loop, and it stays scalar (10x
+    # slower). Likewise in the other step kernels.
     n, hs = h.shape
     for i in prange(n):
         g = gates[i, t]
         a = gh[i]
-        for j in range(4 * hs):
+        for j in range(g.size):
             v = g[j] + a[j]
             if b_ih is not None:
                 v += b_ih[j]
             if b_hh is not None:
                 v += b_hh[j]
             g[j] = v
-        for j in range(2 * hs):            # i, f
-            g[j] = apply_activation(g[j], _SIGMOID)
-        for j in range(2 * hs, 3 * hs):    # g
-            g[j] = apply_activation(g[j], _TANH)
-        for j in range(3 * hs, 4 * hs):    # o
-            g[j] = apply_activation(g[j], _SIGMOID)
+        gif, gg, go = g[:2 * hs], g[2 * hs:3 * hs], g[3 * hs:]
+        for j in range(gif.size):          # i, f
+            gif[j] = apply_activation(gif[j], _SIGMOID)
+        for j in range(gg.size):           # g
+            gg[j] = apply_activation(gg[j], _TANH)
+        for j in range(go.size):           # o
+            go[j] = apply_activation(go[j], _SIGMOID)
+        gi, gf = g[:hs], g[hs:2 * hs]
         ci = c[i]
         for j in range(hs):
-            ci[j] = g[hs + j] * ci[j] + g[j] * g[2 * hs + j]
+            ci[j] = gf[j] * ci[j] + gi[j] * gg[j]
         o = out[i, t]
         for j in range(hs):
-            o[j] = g[3 * hs + j] * apply_activation(ci[j], _TANH)
+            o[j] = go[j] * apply_activation(ci[j], _TANH)
         cr = cells[i, t]
         hi = h[i]
         for j in range(hs):  # loops: an array assignment brings Numba's broadcasting code
@@ -209,7 +217,9 @@ def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
     for i in prange(n):
         one = type(dh[i, 0])(1)
         g = gates[i, t]
+        gi, gf, gg, go = g[:hs], g[hs:2 * hs], g[2 * hs:3 * hs], g[3 * hs:]
         d = dg[i, t]
+        di, df, dgg, do_ = d[:hs], d[hs:2 * hs], d[2 * hs:3 * hs], d[3 * hs:]
         dhi = dh[i]
         dci = dc[i]
         ct = cells[i, t]
@@ -219,20 +229,20 @@ def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
             for j in range(hs):
                 dhi[j] += do[j]
         for j in range(hs):                # dc_t and the o gate
-            og = g[3 * hs + j]
+            og = go[j]
             tc = apply_activation(ct[j], _TANH)
             dci[j] += dhi[j] * og * (one - tc * tc)
-            d[3 * hs + j] = dhi[j] * tc * og * (one - og)
+            do_[j] = dhi[j] * tc * og * (one - og)
         for j in range(hs):                # i, f, g
-            ig = g[j]
-            fg = g[hs + j]
-            gg = g[2 * hs + j]
+            ig = gi[j]
+            fg = gf[j]
+            g_ = gg[j]
             dct = dci[j]
-            d[j] = dct * gg * ig * (one - ig)
-            d[hs + j] = dct * cp[j] * fg * (one - fg)
-            d[2 * hs + j] = dct * ig * (one - gg * gg)
+            di[j] = dct * g_ * ig * (one - ig)
+            df[j] = dct * cp[j] * fg * (one - fg)
+            dgg[j] = dct * ig * (one - g_ * g_)
         for j in range(hs):                # dc_{t-1}
-            dci[j] *= g[hs + j]
+            dci[j] *= gf[j]
 
 
 def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
@@ -276,6 +286,7 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
 @parallel_kernel
 def _gru_step(out, h, gates, hn, gh, b_ih, b_hh, t):
     n, hs = h.shape
+    # NOTE: loops from 0 over the gates' slices (see _lstm_step)
     for i in prange(n):
         one = type(h[i, 0])(1)
         g = gates[i, t]
@@ -288,21 +299,22 @@ def _gru_step(out, h, gates, hn, gh, b_ih, b_hh, t):
             if b_hh is not None:
                 v += b_hh[j]
             g[j] = apply_activation(v, _SIGMOID)
+        gr, gz, gn, an = g[:hs], g[hs:2 * hs], g[2 * hs:], a[2 * hs:]
         for j in range(hs):                # W_hn h + b_hn
-            v = a[2 * hs + j]
+            v = an[j]
             if b_hh is not None:
-                v += b_hh[2 * hs + j]
+                v += b_hh[2 * hs:][j]
             hr[j] = v
         for j in range(hs):                # n
-            v = g[2 * hs + j] + g[j] * hr[j]
+            v = gn[j] + gr[j] * hr[j]
             if b_ih is not None:
-                v += b_ih[2 * hs + j]
-            g[2 * hs + j] = apply_activation(v, _TANH)
+                v += b_ih[2 * hs:][j]
+            gn[j] = apply_activation(v, _TANH)
         o = out[i, t]
         hi = h[i]
         for j in range(hs):
-            z = g[hs + j]
-            o[j] = (one - z) * g[2 * hs + j] + z * hi[j]
+            z = gz[j]
+            o[j] = (one - z) * gn[j] + z * hi[j]
             hi[j] = o[j]
 
 
