@@ -47,11 +47,16 @@ def _mse(grad, partial, pred, target):
     scale = pred.dtype.type(2) / pred.dtype.type(size)
     for blk in prange(partial.size):
         s = pred.dtype.type(0)
-        for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, size)):
-            d = pred[i] - target[i]
+        # views looped from 0: vectorises (see recurrent.py's _lstm_step)
+        i0, i1 = blk * _BLOCK, min((blk + 1) * _BLOCK, size)
+        p, q = pred[i0:i1], target[i0:i1]
+        for i in range(p.size):
+            d = p[i] - q[i]
             s += d * d
-            if grad is not None:
-                grad[i] = d * scale
+        if grad is not None:
+            g = grad[i0:i1]
+            for i in range(p.size):
+                g[i] = (p[i] - q[i]) * scale
         partial[blk] = s
 
 

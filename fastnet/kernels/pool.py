@@ -229,8 +229,9 @@ def _global_avg_pool2d_forward(out, x):
     inv = x.dtype.type(1) / x.dtype.type(hw)
     for nc in prange(n_ * c_):
         s = x.dtype.type(0)
-        for i in range(nc * hw, (nc + 1) * hw):
-            s += xf[i]
+        p = xf[nc * hw:(nc + 1) * hw]  # a view, looped from 0: vectorises (see recurrent.py)
+        for i in range(p.size):
+            s += p[i]
         out[nc // c_, nc % c_] = s * inv
 
 
@@ -242,8 +243,9 @@ def _global_avg_pool2d_backward(dx, dout):
     inv = dx.dtype.type(1) / dx.dtype.type(hw)
     for nc in prange(n_ * c_):
         g = dout[nc // c_, nc % c_] * inv
-        for i in range(nc * hw, (nc + 1) * hw):
-            dxf[i] = g
+        p = dxf[nc * hw:(nc + 1) * hw]
+        for i in range(p.size):
+            p[i] = g
 
 
 def global_avg_pool2d_forward(out, x):
