@@ -6,24 +6,34 @@ x[n, c, oh*sh - ph + i, ow*sw - pw + j] (0 in the padding). conv2d with a stride
 uses them: per chunk of images one im2col, one GEMM w (O, C*KH*KW) @ cols through
 NumPy's BLAS, and one pass that scatters the (O, nb*OH*OW) result to NCHW adding the bias.
 
-Stride 1 ("shifted planes"): the chunk is zero-padded once to xp (nb, C, Hp, Wp), and
+Stride 1 ("shifted planes"): the batch is zero-padded once to xp (N, C, Hp, Wp), and
 outputs are laid out with row pitch Wp instead of OW: output (oh, ow) of image n is column
 q = oh*Wp + ow of a run of L = (OH-1)*Wp + OW columns (the Wp - OW columns at the end of
 each row are junk). Tap (c, i, j) then reads the *contiguous* run xp[n, c].flat[i*Wp + j :
-i*Wp + j + L], so im2col copies one run of L per (k, n) instead of OH runs of OW
-(10-32 elements, where loop overhead dominated), and col2im adds KH*KW such runs into a
-padded plane per (n, c) and crops it. The junk columns are dropped by the scatter to NCHW
-and are 0 in the gradient, so they add nothing to dw or dx.
-With C*KH*KW <= ``DIRECT_MAX_K`` (LeNet's layers, first layers) stride-1 forward and dw
-skip im2col and BLAS altogether: _direct_forward accumulates w * run for each tap into 4
-output channels at a time, _direct_dw takes each tap's dot product of the gradient run with
-the input run (OpenBLAS runs these short-K / tiny-output GEMMs at a fraction of its peak).
-dx goes through the GEMM w^T @ dout and col2im, except for one input channel, where
-_direct_dx gathers it directly.
+i*Wp + j + L]. Three implementations use this layout:
 
-conv2d runs over the batch in chunks of images whose im2col matrix fits in cache
-(``CHUNK_BYTES``; the direct kernels take the whole batch at once). Backward recomputes
-each chunk's im2col from x rather than keeping the
+* The micro-kernels (the default where padding <= KH-1, KW-1): an implicit GEMM with no
+  im2col and no BLAS. Forward: per (image, run of NR positions, block of FWD_MR output
+  channels) one register-blocked tile (_microkernel.py) that reads the NR-wide run of each
+  tap straight from xp, then a row-by-row epilogue (bias, activation, dropping the junk
+  columns). dx is the stride-1 conv of the gradient zero-padded by (KH-1-ph, KW-1-pw)
+  with the flipped, transposed kernel: the same forward kernel. dw: the gradient is laid
+  out channels-last (N, L, O) with zeros in the junk columns, and a tile of (taps x
+  output channels) accumulates, over the positions of a fixed group of images, one
+  broadcast input value times one vector of gradients per step: no horizontal sums, and
+  the groups are summed in order, so dw does not depend on the thread count.
+* The direct kernels (C*KH*KW <= ``DIRECT_MAX_K`` where the micro-kernels do not apply,
+  and dx of a one-channel input, where a micro-kernel tile would use 1 row of 8):
+  _direct_forward accumulates w * run for each tap into 4 output channels at a time,
+  _direct_dw takes each tap's dot product of the gradient run with the input run,
+  _direct_dx gathers dx directly.
+* im2col + GEMM otherwise: im2col copies one run of L per (k, n), col2im adds KH*KW such
+  runs into a padded plane per (n, c) and crops it. The junk columns are dropped by the
+  scatter to NCHW and are 0 in the gradient, so they add nothing to dw or dx.
+
+The im2col paths run over the batch in chunks of images whose im2col matrix fits in
+cache (``CHUNK_BYTES``; the direct and micro-kernels take the whole batch at once).
+Backward recomputes each chunk's im2col from x rather than keeping the
 whole matrix from forward (which for a 32-channel 3x3 conv on a 128x32x32 batch is 151 MB:
 writing and re-reading it cost more than the GEMMs). Chunk buffers are per-thread
 workspaces reused across calls. Backward kernels overwrite their outputs; pass ``None``
