@@ -5,9 +5,10 @@
 
 See README.md.
 """
-from . import _threads
+from . import _malloc, _threads
 
 _threads.configure()  # before any BLAS / Numba work: see fastnet/_threads.py
+_malloc.configure()  # large freed blocks are reused, not page-faulted in again
 
 from . import cuda, data, kernels, layers, losses, optim, train  # noqa: E402
 from ._rng import manual_seed  # noqa: E402

@@ -151,6 +151,8 @@ def threading_info() -> dict:
     """What fastnet runs with: Numba's threading layer, thread count, OpenMP wait policy."""
     import numba
 
+    from . import _malloc
+
     start()
     try:
         layer = numba.threading_layer()
@@ -164,6 +166,7 @@ def threading_info() -> dict:
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT",
                                                   os.environ.get("GOTO_THREAD_TIMEOUT")),
         "serialised": _SERIALISE,
+        "malloc_tuned": _malloc.TUNED,  # see fastnet/_malloc.py
     }
 
 

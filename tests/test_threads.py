@@ -149,3 +149,50 @@ def test_openblas_timeout_is_left_alone_when_numpy_came_first_or_the_user_set_it
     assert timeout is None and not ours
     timeout, ours, _ = _spin("import fastnet", OPENBLAS_THREAD_TIMEOUT="20")
     assert timeout == "20" and not ours
+
+
+FAULTS = """
+    import resource
+    import numpy as np
+    import fastnet
+    from fastnet import _malloc
+    from fastnet.layers import Conv2D, Dense, Flatten, MaxPool2D, Sequential
+    from fastnet.losses import CrossEntropyLoss
+    from fastnet.optim import SGD
+    model = Sequential(Conv2D(1, 6, 5, padding=2, activation="relu"), MaxPool2D(2),
+                       Conv2D(6, 16, 5, activation="relu"), MaxPool2D(2), Flatten(),
+                       Dense(400, 120, activation="relu"), Dense(120, 10))
+    opt, loss_fn = SGD(model.parameters(), lr=0.01, momentum=0.9), CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+    print(repr((_malloc.TUNED, fastnet.threading_info()["malloc_tuned"], faults)))
+"""
+
+
+def test_training_steps_reuse_memory_instead_of_page_faulting():
+    """With fastnet's glibc malloc settings a LeNet-5 training step at batch 128 reuses
+    the memory of the previous step; with glibc's defaults it took ~1900 page faults
+    per step here (9.1 ms instead of 5.8 ms). FASTNET_MALLOC_TUNING=0 keeps the defaults."""
+    import platform
+    r = _run(FAULTS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tuned, reported, faults = eval(r.stdout.strip().splitlines()[-1])
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert tuned and reported
+        assert faults < 50, f"{faults} minor page faults per training step"
+    r = _run(FAULTS, FASTNET_MALLOC_TUNING="0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    tuned, reported, _ = eval(r.stdout.strip().splitlines()[-1])
+    assert not tuned and not reported

@@ -45,7 +45,8 @@ def median_times(benches: dict, repeat: int) -> dict:
 
 def _worker_env():
     """This environment without the OpenMP wait policy and OpenBLAS spin time fastnet
-    put there itself: the PyTorch twins should run as a PyTorch user's code does."""
+    put there itself, and without its malloc settings (fastnet/_malloc.py): the PyTorch
+    twins should run as a PyTorch user's code does."""
     import fastnet
     from fastnet import _threads
 
@@ -54,6 +55,7 @@ def _worker_env():
         env.pop("OMP_WAIT_POLICY", None)
     if _threads.WE_SET_BLAS_TIMEOUT:
         env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    env["FASTNET_MALLOC_TUNING"] = "0"  # the worker imports fastnet too: glibc's defaults
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
