@@ -618,17 +618,17 @@ def _tap_offsets(c_, kh, kw, plane, wp, pad_to=1):
     return offs
 
 
-def _padded_flat(name, x, ph, pw, slack):
-    """x (N, C, H, W) zero-padded into a workspace, flat, followed by ``slack`` zeros that
-    the last partial micro-kernel tile may read: (flat buffer, padded 4-D view)."""
+def _padded_flat(x, ph, pw, slack=0):
+    """x (N, C, H, W) zero-padded to (N, C, H + 2*ph, W + 2*pw) in a workspace, returned
+    flat and followed by ``slack`` zeros that the last partial micro-kernel tile may
+    read. The whole batch at once: one parallel pass rather than one per chunk."""
     n_, c_, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     size = n_ * c_ * hp * wp
-    flat = workspace(name, size + slack, x.dtype)
+    flat = workspace("xp", size + slack, x.dtype)
     flat[size:] = 0
-    xp = flat[:size].reshape(n_, c_, hp, wp)
-    _pad(xp, np.ascontiguousarray(x), ph, pw)
-    return flat, xp
+    _pad(flat[:size].reshape(n_, c_, hp, wp), np.ascontiguousarray(x), ph, pw)
+    return flat
 
 
 def _mk_slack(dtype):
@@ -647,7 +647,7 @@ def _mk_conv2d_forward(out, x, w, b, padding, code):
     o_, c_, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     hp, wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
-    xf, _ = _padded_flat("xp", x, padding[0], padding[1], _mk_slack(x.dtype))
+    xf = _padded_flat(x, padding[0], padding[1], _mk_slack(x.dtype))
     wt = _mk_pack(w.reshape(o_, c_ * kh * kw).T, FWD_MR)
     offs = _tap_offsets(c_, kh, kw, hp * wp, wp)
     _mk_forward(out, xf, c_ * hp * wp, wt, offs, b, code, wp, (oh - 1) * wp + ow)
@@ -686,7 +686,7 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code):
     if db is not None:
         np.sum(dbp, axis=0, out=db)
 
-    xf, _ = _padded_flat("xp", x, ph, pw, 0)
+    xf = _padded_flat(x, ph, pw)
     offs = _tap_offsets(c_, kh, kw, hp * wp, wp, mr)
     kpad = offs.size
     groups = -(-n_ // DW_GROUP)
@@ -722,15 +722,10 @@ def _stride1_geometry(x, w, out_hw, padding):
 
 
 def _padded(x, hp, wp, padding):
-    """x zero-padded to (N, C, Hp, Wp) in a workspace (x itself if no padding). The whole
-    batch at once: one parallel pass rather than one per chunk."""
-    xs = np.ascontiguousarray(x)
+    """x zero-padded to (N, C, Hp, Wp) in a workspace (x itself if no padding)."""
     if padding[0] == 0 and padding[1] == 0:
-        return xs
-    xp = workspace("xp", xs.shape[0] * xs.shape[1] * hp * wp, x.dtype)
-    xp = xp.reshape(xs.shape[0], xs.shape[1], hp, wp)
-    _pad(xp, xs, padding[0], padding[1])
-    return xp
+        return np.ascontiguousarray(x)
+    return _padded_flat(x, padding[0], padding[1]).reshape(x.shape[0], x.shape[1], hp, wp)
 
 
 def _direct(stride, w_shape):

@@ -38,6 +38,26 @@ def _bias_activation(out, b, code):
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def sum_rows(out, a):
+    """out (M,) = the sum of a (N, M) over rows, parallel over column blocks, each
+    summing its rows in order: race-free and deterministic whatever the thread count."""
+    n, m = a.shape
+    nblocks = (m + _COL_BLOCK - 1) // _COL_BLOCK
+    for blk in prange(nblocks):
+        # NOTE: loops from 0 over views: with range(j0, j1) LLVM cannot prove the index
+        # non-negative, keeps Numba's wraparound check, and the loop stays scalar
+        j0 = blk * _COL_BLOCK
+        j1 = min(j0 + _COL_BLOCK, m)
+        ob = out[j0:j1]
+        for j in range(ob.size):
+            ob[j] = 0
+        for i in range(n):
+            ai = a[i, j0:j1]
+            for j in range(ob.size):
+                ob[j] += ai[j]
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _grad_columns(g, db, dout, y, code):
     n, m = dout.shape
     if code != 0:
@@ -46,20 +66,7 @@ def _grad_columns(g, db, dout, y, code):
             for j in range(m):
                 gi[j] = di[j] * activation_grad(yi[j], code)
     if db is not None:
-        src = g if code != 0 else dout
-        nblocks = (m + _COL_BLOCK - 1) // _COL_BLOCK
-        for blk in prange(nblocks):
-            # NOTE: loops from 0 over views: with range(j0, j1) LLVM cannot prove the
-            # index non-negative and keeps Numba's wraparound check, scalar
-            j0 = blk * _COL_BLOCK
-            j1 = min(j0 + _COL_BLOCK, m)
-            dbb = db[j0:j1]
-            for j in range(dbb.size):
-                dbb[j] = 0
-            for i in range(n):
-                si = src[i, j0:j1]
-                for j in range(dbb.size):
-                    dbb[j] += si[j]
+        sum_rows(db, g if code != 0 else dout)
 
 
 @parallel_kernel

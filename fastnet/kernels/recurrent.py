@@ -27,9 +27,9 @@ from numba import prange
 from . import _jit
 from ._jit import parallel_kernel
 from .activations import ACTIVATIONS, activation_grad, apply_activation
+from .dense import sum_rows
 
 _SIGMOID, _TANH = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
-_COL_BLOCK = 64
 
 # NOTE: the gate nonlinearities are most of a step's time; apply_activation's float32
 # sigmoid and tanh (kernels/_math.py) are plain arithmetic, so the step loops vectorise.
@@ -56,20 +56,8 @@ def _zeros_like_state(a, n, h, dtype):
 
 @parallel_kernel
 def _column_sums(out, a):
-    # NOTE: parallel over column blocks, each summing its rows in order: race-free and
-    # deterministic whatever the thread count. Loops from 0 over views (see _lstm_step).
-    m, c = a.shape
-    nblocks = (c + _COL_BLOCK - 1) // _COL_BLOCK
-    for blk in prange(nblocks):
-        j0 = blk * _COL_BLOCK
-        j1 = min(j0 + _COL_BLOCK, c)
-        ob = out[j0:j1]
-        for j in range(ob.size):
-            ob[j] = 0
-        for i in range(m):
-            ai = a[i, j0:j1]
-            for j in range(ob.size):
-                ob[j] += ai[j]
+    # out (M,) = a (N, M) summed over rows, deterministically (see dense.sum_rows)
+    sum_rows(out, a)
 
 
 def _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, h_prev, w_ih):
