@@ -14,25 +14,29 @@ from fastnet.kernels import conv, _microkernel
 from tests import reference as ref
 assert _microkernel.VEC_BYTES == 32 and _microkernel.FWD_MR == 4, _microkernel.VEC_BYTES
 rng = np.random.default_rng(0)
-# (x shape, w shape, padding, dx wanted): > 32 output channels (three dw channel blocks
-# of 16 at this width), odd sizes; a one-channel first layer (no dx); float32 and float64
-CASES = (((3, 5, 7, 6), (37, 5, 3, 2), (1, 0), True),
-         ((2, 1, 5, 9), (3, 1, 3, 3), (2, 2), False))
+# (x shape, w shape, stride, padding, dx wanted): > 32 output channels (three dw channel
+# blocks of 16 at this width), odd sizes; a one-channel first layer (no dx); strided
+# convs whose dx takes the shorter tiles (3 and 2 input channels) and one output channel
+# (the shortest forward tile); float32 and float64
+CASES = (((3, 5, 7, 6), (37, 5, 3, 2), (1, 1), (1, 0), True),
+         ((2, 1, 5, 9), (3, 1, 3, 3), (1, 1), (2, 2), False),
+         ((2, 3, 9, 8), (5, 3, 3, 3), (2, 2), (1, 1), True),
+         ((2, 2, 7, 9), (1, 2, 3, 2), (2, 3), (0, 1), True))
 for dtype in (np.float32, np.float64):
     tol = 1e-4 if dtype == np.float32 else 1e-10
-    for xs, ws, pad, want_dx in CASES:
+    for xs, ws, stride, pad, want_dx in CASES:
         x = rng.standard_normal(xs).astype(dtype)
         w = rng.standard_normal(ws).astype(dtype)
         b = rng.standard_normal(ws[0]).astype(dtype)
-        want = ref.conv2d_forward(x, w, b, (1, 1), pad)
+        want = ref.conv2d_forward(x, w, b, stride, pad)
         out = np.empty_like(want)
-        conv.conv2d_forward(out, x, w, b, (1, 1), pad)
+        conv.conv2d_forward(out, x, w, b, stride, pad)
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol * 10)
         dout = rng.standard_normal(out.shape).astype(dtype)
         dx = np.empty_like(x) if want_dx else None
         dw, db = np.empty_like(w), np.empty_like(b)
-        conv.conv2d_backward(dx, dw, db, dout, x, w, None, (1, 1), pad)
-        rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, (1, 1), pad)
+        conv.conv2d_backward(dx, dw, db, dout, x, w, None, stride, pad)
+        rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, stride, pad)
         for got, ref_ in ((dx, rdx), (dw, rdw), (db, rdb)):
             if got is not None:
                 np.testing.assert_allclose(got, ref_, rtol=tol, atol=tol * 10)

@@ -167,7 +167,17 @@ def make_shift_tile(mr, nv, half=False):
     return shift_tile
 
 
-fwd_tile = make_table_tile(FWD_MR, FWD_NV)
+# forward / dx tiles by index ti: MR = FWD_MR >> ti rows (output channels), NV =
+# ACCUMULATORS // MR vectors of positions; a conv with few output rows (dx of a 3-channel
+# input) takes a shorter, wider tile instead of leaving most rows of the tall one unused
+FWD_TILES = 4 if VEC_BYTES == 64 else 3
+fwd_tile_0 = make_table_tile(FWD_MR, FWD_NV)
+fwd_tile_1 = make_table_tile(FWD_MR >> 1, ACCUMULATORS // (FWD_MR >> 1))
+fwd_tile_2 = make_table_tile(FWD_MR >> 2, ACCUMULATORS // (FWD_MR >> 2))
+if FWD_TILES == 4:
+    fwd_tile_3 = make_table_tile(FWD_MR >> 3, ACCUMULATORS // (FWD_MR >> 3))
+else:  # never called: MR would be 0
+    fwd_tile_3 = fwd_tile_2
 # dw tiles by NV (vectors of output channels); MR = ACCUMULATORS // NV taps; NV = 0: one
 # half-width vector
 dw_tile_0 = make_shift_tile(ACCUMULATORS, 1, half=True)

@@ -2,43 +2,43 @@
 
 ``im2col`` / ``col2im`` (public, shared with the CUDA twins): ``cols`` is
 (C*KH*KW, N*OH*OW): row k = (c*KH + i)*KW + j, column (n*OH + oh)*OW + ow, holding
-x[n, c, oh*sh - ph + i, ow*sw - pw + j] (0 in the padding). conv2d with a stride > 1
-uses them: per chunk of images one im2col, one GEMM w (O, C*KH*KW) @ cols through
-NumPy's BLAS, and one pass that scatters the (O, nb*OH*OW) result to NCHW adding the bias.
+x[n, c, oh*sh - ph + i, ow*sw - pw + j] (0 in the padding).
 
-Stride 1 ("shifted planes"): the batch is zero-padded once to xp (N, C, Hp, Wp), and
-outputs are laid out with row pitch Wp instead of OW: output (oh, ow) of image n is column
-q = oh*Wp + ow of a run of L = (OH-1)*Wp + OW columns (the Wp - OW columns at the end of
-each row are junk). Tap (c, i, j) then reads the *contiguous* run xp[n, c].flat[i*Wp + j :
-i*Wp + j + L]. Three implementations use this layout:
+The micro-kernel path (the default, any stride and padding): an implicit GEMM with no
+im2col, no col2im and no BLAS, on the register-blocked tiles of _microkernel.py.
 
-* The micro-kernels (the default where padding <= KH-1, KW-1): an implicit GEMM with no
-  im2col and no BLAS. Forward: per (image, run of NR positions, block of FWD_MR output
-  channels) one register-blocked tile (_microkernel.py) that reads the NR-wide run of each
-  tap straight from xp, then a row-by-row epilogue (bias, activation, dropping the junk
-  columns). dx is the stride-1 conv of the gradient zero-padded by (KH-1-ph, KW-1-pw)
-  with the flipped, transposed kernel: the same forward kernel. dw: the gradient is laid
-  out channels-last (N, L, O) with zeros in the junk columns, and a tile of (taps x
-  output channels) accumulates, over the positions of a fixed group of images, one
-  broadcast input value times one vector of gradients per step: no horizontal sums, and
-  the groups are summed in order, so dw does not depend on the thread count.
-* The direct kernels (C*KH*KW <= ``DIRECT_MAX_K`` where the micro-kernels do not apply,
-  and dx of a one-channel input, where a micro-kernel tile would use 1 row of 8):
-  _direct_forward accumulates w * run for each tap into 4 output channels at a time,
-  _direct_dw takes each tap's dot product of the gradient run with the input run,
-  _direct_dx gathers dx directly.
-* im2col + GEMM otherwise: im2col copies one run of L per (k, n), col2im adds KH*KW such
-  runs into a padded plane per (n, c) and crops it. The junk columns are dropped by the
-  scatter to NCHW and are 0 in the gradient, so they add nothing to dw or dx.
+* The batch is zero-padded once and split into its stride phases (``_pad``): phase
+  (a, b) of channel c is the plane xp[n, c, a::SH, b::SW] (Hq x Wq; stride 1: one phase,
+  the padded input itself). Output (oh, ow) is column q = oh*Wq + ow of a run of
+  L = (OH-1)*Wq + OW columns (the Wq - OW columns at the end of each row are junk), and
+  tap (c, i, j) of every output position reads the *contiguous* run that starts at
+  ``_tap_offsets``[k] + q: the plane of phase (i % SH, j % SW), row i // SH, column
+  j // SW. Forward: per (image, run of NR positions, block of MR output channels) one
+  tile, then a row-by-row epilogue (bias, activation, dropping the junk columns).
+* dx: per stride phase of the input, a stride-1 conv of the zero-padded gradient with
+  the flipped, transposed kernel taps that land on that phase (``_dx_plan``; stride 1:
+  one phase, the whole kernel), through the forward kernel (``_mk_conv``), which writes
+  each phase's outputs to dx[:, :, y0::SH, x0::SW].
+* dw: the gradient is laid out channels-last (N, L, O) with zeros in the junk columns,
+  and a tile of (taps x output channels) accumulates, over the positions of a fixed
+  group of images, one broadcast input value times one vector of gradients per step: no
+  horizontal sums, and the groups are summed in order, so dw does not depend on the
+  thread count.
 
-The im2col paths run over the batch in chunks of images whose im2col matrix fits in
-cache (``CHUNK_BYTES``; the direct and micro-kernels take the whole batch at once).
-Backward recomputes each chunk's im2col from x rather than keeping the
-whole matrix from forward (which for a 32-channel 3x3 conv on a 128x32x32 batch is 151 MB:
-writing and re-reading it cost more than the GEMMs). Chunk buffers are per-thread
-workspaces reused across calls. Backward kernels overwrite their outputs; pass ``None``
-for an output that is not needed. ``kernel_size``, ``stride`` and ``padding`` are (h, w)
-pairs.
+The other paths (with ``MICROKERNELS`` off, and for dx of a one-channel input at
+stride 1, where a micro-kernel tile would use 1 of its rows): at stride 1 the
+"shifted planes" layout above, either through the direct kernels
+(C*KH*KW <= ``DIRECT_MAX_K``: _direct_forward accumulates w * run for each tap into 4
+output channels at a time, _direct_dw takes each tap's dot product of the gradient run
+with the input run, _direct_dx gathers dx directly) or through im2col + GEMM (im2col
+copies one run of L per (k, n), col2im adds KH*KW such runs into a padded plane per
+(n, c) and crops it); other strides through im2col, one GEMM w (O, C*KH*KW) @ cols
+through NumPy's BLAS, and one pass that scatters the result to NCHW adding the bias.
+These run over the batch in chunks of images whose im2col matrix fits in cache
+(``CHUNK_BYTES``), and backward recomputes each chunk's im2col from x rather than
+keeping the whole matrix from forward. Workspaces are per-thread buffers reused across
+calls. Backward kernels overwrite their outputs; pass ``None`` for an output that is not
+needed. ``kernel_size``, ``stride`` and ``padding`` are (h, w) pairs.
 """
 import functools
 import threading
@@ -47,8 +47,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
-from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_MR, FWD_NV, VEC_BYTES, dw_tile_0,
-                           dw_tile_1, dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile, lanes)
+from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_MR, FWD_TILES, VEC_BYTES, dw_tile_0,
+                           dw_tile_1, dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile_0, fwd_tile_1,
+                           fwd_tile_2, fwd_tile_3, lanes)
 from .activations import ACTIVATIONS, activation_grad, apply_activation
 
 # im2col chunk size: big enough for an efficient GEMM, small enough that the chunk is
@@ -60,9 +61,10 @@ CHUNK_BYTES = 4 << 20
 DIRECT_MAX_K = 150
 # images per partial dw sum of the direct and micro-kernel dw kernels
 DW_GROUP = 8
-# Stride-1 convs take the register-blocked micro-kernels (_microkernel.py) when True
-# (padding at most KH-1, KW-1; not for dx of a one-channel input); the direct kernels
-# (C*KH*KW <= DIRECT_MAX_K) or im2col + BLAS GEMM otherwise (tests run all three)
+# Convs take the register-blocked micro-kernels (_microkernel.py) when True (any stride
+# and padding; not for dx of a one-channel input at stride 1); the direct kernels
+# (stride 1, C*KH*KW <= DIRECT_MAX_K) or im2col + BLAS GEMM otherwise (tests run all
+# three)
 MICROKERNELS = True
 _workspaces = threading.local()
 
@@ -212,28 +214,48 @@ def _nchw_to_gemm(y, db, dout, out, code, first):
 
 
 @parallel_kernel
-def _pad(xp, x, ph, pw):
-    # x (N, C, H, W) -> xp (N, C, H + 2*ph, W + 2*pw), zeros around
+def _pad(xs, x, sh, sw, ph, pw, pb):
+    # x (N, C, H, W) -> xs (N, C, PA*PB, Hq, Wq), its zero-padded planes split into the
+    # stride phases a < PA, b < PB (those a kernel tap lands on: PA = min(SH, KH)):
+    # xs[n, c, a*PB + b, i, j] = x[n, c, SH*i + a - ph, SW*j + b - pw], 0 outside x.
+    # Stride 1: one phase, the plain zero-padded input.
+    # NOTE: flat unsigned indices: a signed index keeps Numba's wraparound check (and a
+    # view per row costs more than the copy on small planes), and the strided gather of
+    # a stride-2 conv ran 3x slower through views.
     n_, c_, h, w = x.shape
-    hp, wp = xp.shape[2], xp.shape[3]
-    zero = xp.dtype.type(0)
+    p_, hq, wq = xs.shape[2], xs.shape[3], xs.shape[4]
+    zero = xs.dtype.type(0)
+    xf = x.ravel()
+    xsf = xs.ravel()
+    swu = np.uint64(sw)
     for nc in prange(n_ * c_):
-        n = nc // c_
-        c = nc % c_
-        for r in range(hp):
-            ih = r - ph
-            if ih < 0 or ih >= h:
-                for t in range(wp):
-                    xp[n, c, r, t] = zero
-                continue
-            for t in range(pw):
-                xp[n, c, r, t] = zero
-            d = xp[n, c, r, pw:pw + w]
-            v = x[n, c, ih]
-            for t in range(w):
-                d[t] = v[t]
-            for t in range(pw + w, wp):
-                xp[n, c, r, t] = zero
+        for p in range(p_):
+            a = p // pb
+            b = p - a * pb
+            # rows i and columns j that land inside x: [ilo, ihi) x [jlo, jhi)
+            ilo = (ph - a + sh - 1) // sh if ph > a else 0
+            ihi = min(hq, (h - 1 + ph - a) // sh + 1) if h - 1 + ph - a >= 0 else 0
+            jlo = (pw - b + sw - 1) // sw if pw > b else 0
+            jhi = min(wq, (w - 1 + pw - b) // sw + 1) if w - 1 + pw - b >= 0 else 0
+            cnt = max(jhi - jlo, 0)
+            for i in range(hq):
+                d0 = np.uint64(((nc * p_ + p) * hq + i) * wq)
+                if i < ilo or i >= ihi or cnt == 0:
+                    for t in range(wq):
+                        xsf[d0 + np.uint64(t)] = zero
+                    continue
+                for t in range(jlo):
+                    xsf[d0 + np.uint64(t)] = zero
+                for t in range(jhi, wq):
+                    xsf[d0 + np.uint64(t)] = zero
+                d0 += np.uint64(jlo)
+                s0 = np.uint64((nc * h + sh * i + a - ph) * w + sw * jlo + b - pw)
+                if sw == 1:
+                    for t in range(cnt):
+                        xsf[d0 + np.uint64(t)] = xf[s0 + np.uint64(t)]
+                else:
+                    for t in range(cnt):
+                        xsf[d0 + np.uint64(t)] = xf[s0 + swu * np.uint64(t)]
 
 
 @parallel_kernel
@@ -470,14 +492,14 @@ def _direct_dx(dx, d, w, hp, wp, ph, pw, ln):
 
 
 # ---------------------------------------------------------------------------------------
-# Stride-1 path through the register-blocked micro-kernels (_microkernel.py): an implicit
-# GEMM over the padded input, no im2col, no col2im, no BLAS.
+# The micro-kernel path (_microkernel.py): an implicit GEMM over the phase-split padded
+# input, no im2col, no col2im, no BLAS.
 # ---------------------------------------------------------------------------------------
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code):
-    # tile rows (FWD_MR channels x NR positions q0..) -> out[n, o0 + i] = act(tile + b),
+    # tile rows (``on`` channels x NR positions q0..) -> out[n, o0 + i] = act(tile + b),
     # the valid columns (t < OW) of each output row the run covers
     ow_ = out.shape[3]
     q = q0
@@ -494,77 +516,136 @@ def _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code):
         q = (r + 1) * wp
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _mk_tile(ti, tile, wf, xf, tab, abase, astep, bbase):
+    # the table tile of index ti (MR = FWD_MR >> ti), each a compile-time constant
+    if ti == 0:
+        fwd_tile_0(tile, wf, xf, tab, abase, astep, bbase)
+    elif ti == 1:
+        fwd_tile_1(tile, wf, xf, tab, abase, astep, bbase)
+    elif ti == 2:
+        fwd_tile_2(tile, wf, xf, tab, abase, astep, bbase)
+    else:
+        fwd_tile_3(tile, wf, xf, tab, abase, astep, bbase)
+
+
 @compute_kernel
-def _mk_forward(out, xf, img, wt, offs, b, code, wp, ln):
-    # xf: flat padded input, image n at n*img, tap k of output position q (row pitch wp)
-    # at n*img + offs[k] + q; wt (K, Opad) packed weights (zero columns past O) ->
-    # out (N, O, OH, OW) = act(conv + b). Per (image, run of NR positions, block of
-    # FWD_MR channels) one micro-kernel tile, then the valid columns go out row by row.
-    n_, o_, oh_, ow_ = out.shape
+def _mk_conv(out, xf, img, wt, offs, phases, b, code, sh, sw, wp, ti):
+    # An implicit GEMM over xf, the flat (padded) input: image n at n*img, tap k of output
+    # position q (row pitch wp) at n*img + offs[k] + q; wt (K, Opad) packed weights (zero
+    # columns past O). out (N, O, ., .) = act(conv + b), in phases p (rows of phases:
+    # y0, x0, HV, WV, k0, k1): phase p's outputs are out[:, :, y0::sh, x0::sw] (HV x WV of
+    # them), summed over taps k0 <= k < k1. The forward is one phase (0, 0, OH, OW, 0, K)
+    # with sh = sw = 1; dx of a strided conv is one phase per stride phase of the input.
+    # Per (image, phase, run of NR positions, block of MR channels) one micro-kernel tile
+    # of index ti, then the valid columns go out row by row.
+    n_, o_ = out.shape[0], out.shape[1]
     opad = wt.shape[1]
-    nr = FWD_NV * (VEC_BYTES // xf.itemsize)
-    nq = (ln + nr - 1) // nr
+    mr = FWD_MR >> ti
+    nr = (ACCUMULATORS // mr) * (VEC_BYTES // xf.itemsize)
+    wf = wt.ravel()
     zero = xf.dtype.type(0)
     for n in prange(n_):
-        tile = np.empty(FWD_MR * nr, xf.dtype)
-        for qt in range(nq):
-            q0 = qt * nr
-            q1 = min(q0 + nr, ln)
-            for o0 in range(0, o_, FWD_MR):
-                tile[:] = zero
-                fwd_tile(tile, wt, xf, offs, o0, opad, n * img + q0)
-                on = min(FWD_MR, o_ - o0)
-                # NOTE: the activation as a constant in each branch, so that the copy
-                # loops vectorise (a runtime switch inside them kept them scalar)
-                if code == 0:
-                    _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 0)
-                elif code == 1:
-                    _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 1)
-                else:
-                    _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+        tile = np.empty(mr * nr, xf.dtype)
+        for p in range(phases.shape[0]):
+            y0, x0, hv, wv, k0, k1 = phases[p, 0], phases[p, 1], phases[p, 2], phases[p, 3], phases[p, 4], phases[p, 5]
+            if hv <= 0 or wv <= 0:
+                continue
+            ln = (hv - 1) * wp + wv
+            tab = offs[k0:k1]
+            for q0 in range(0, ln, nr):
+                q1 = min(q0 + nr, ln)
+                for o0 in range(0, o_, mr):
+                    tile[:] = zero
+                    _mk_tile(ti, tile, wf, xf, tab, k0 * opad + o0, opad, n * img + q0)
+                    on = min(mr, o_ - o0)
+                    # NOTE: the activation as a constant in each branch, so that the copy
+                    # loops vectorise (a runtime switch inside them kept them scalar)
+                    if sh != 1 or sw != 1:
+                        _mk_store(out[:, :, y0::sh, x0::sw], tile, b, n, o0, on, nr, q0, q1, wp, code)
+                    elif code == 0:
+                        _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 0)
+                    elif code == 1:
+                        _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 1)
+                    else:
+                        _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _grad_planes(gs, dbp, dout, out, n, code):
+    # gs[r, o, t] = dout[n, o, r, t] * act'(out[n, o, r, t]); dbp[n, o] = its sum
+    o_, oh_, ow_ = dout.shape[1], dout.shape[2], dout.shape[3]
+    for o in range(o_):
+        s = gs.dtype.type(0)
+        for r in range(oh_):
+            d = gs[r, o]
+            g = dout[n, o, r]
+            y = out[n, o, r]
+            for t in range(ow_):
+                v = g[t]
+                if code != 0:
+                    v *= activation_grad(y[t], code)
+                d[t] = v
+                s += v
+        if dbp is not None:
+            dbp[n, o] = s
 
 
 @parallel_kernel
 def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
     # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
-    # read: gp (N, O, Hq, Wq), zero-padded by (ph2, pw2), for dx (None when dx is not
-    # wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the junk and
-    # padding columns, for dw. dbp (N, O): per-image sums (None without bias).
+    # read: gp (N, O, Hg, Wg), zero-padded with g at [ph2:, pw2:], for dx (None when dx
+    # is not wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the
+    # junk and padding columns, for dw. dbp (N, O): per-image sums (None without bias).
     # NOTE: per image, g is first computed plane by plane (reading a row of every
     # channel in turn instead thrashed L1: the planes of a 32x32 image are exactly 4 KiB
     # apart) into a scratch laid out (OH, O, OW), whose rows of all channels are close
-    # together for the transposition, then copied out of cache into both layouts.
+    # together for the transposition, then copied out of cache into both layouts, with
+    # flat unsigned indices (a signed index keeps Numba's wraparound check, and a view
+    # per row cost more than the copy on small planes).
     n_, o_, oh_, ow_ = dout.shape
+    ln, opad = gt.shape[1], gt.shape[2]
     zero = gt.dtype.type(0)
+    gtf = gt.ravel()
+    u = np.uint64
     for n in prange(n_):
         gs = np.empty((oh_, o_, ow_), gt.dtype)
-        for o in range(o_):
-            s = zero
-            for r in range(oh_):
-                for t in range(ow_):
-                    v = dout[n, o, r, t]
-                    if code != 0:
-                        v *= activation_grad(out[n, o, r, t], code)
-                    gs[r, o, t] = v
-                    s += v
-            if dbp is not None:
-                dbp[n, o] = s
-        # NOTE: inner loops from 0 over views: with an index like r * wp + t LLVM cannot
-        # prove it non-negative and keeps Numba's wraparound check in the loop
-        gt[n] = zero
+        # the activation as a constant in each branch (the loops vectorise)
+        if code == 0:
+            _grad_planes(gs, dbp, dout, out, n, 0)
+        elif code == 1:
+            _grad_planes(gs, dbp, dout, out, n, 1)
+        else:
+            _grad_planes(gs, dbp, dout, out, n, code)
+        gsf = gs.ravel()
         for r in range(oh_):
             for t in range(ow_):
-                dst = gt[n, r * wp + t]
+                d = u((n * ln + r * wp + t) * opad)
+                src = u((r * o_) * ow_ + t)
                 for o in range(o_):
-                    dst[o] = gs[r, o, t]
+                    gtf[d + u(o)] = gsf[src + u(o * ow_)]
+                for o in range(o_, opad):
+                    gtf[d + u(o)] = zero
+            if r < oh_ - 1:  # the junk columns of the row
+                d = u((n * ln + r * wp + ow_) * opad)
+                for k in range((wp - ow_) * opad):
+                    gtf[d + u(k)] = zero
         if gp is not None:
-            gp[n] = zero
+            hg, wg = gp.shape[2], gp.shape[3]
+            gpf = gp.ravel()
             for o in range(o_):
+                d = u((n * o_ + o) * hg * wg)
+                for k in range(ph2 * wg + pw2):
+                    gpf[d + u(k)] = zero
                 for r in range(oh_):
-                    dst = gp[n, o, r + ph2, pw2:pw2 + ow_]
-                    src = gs[r, o]
+                    d2 = d + u((ph2 + r) * wg + pw2)
+                    src = u((r * o_ + o) * ow_)
                     for t in range(ow_):
-                        dst[t] = src[t]
+                        gpf[d2 + u(t)] = gsf[src + u(t)]
+                    # the rest of this row and the start of the next, up to its data
+                    e = (ph2 + r + 1) * wg + pw2 if r < oh_ - 1 else hg * wg
+                    for k in range((ph2 + r) * wg + pw2 + ow_, e):
+                        gpf[d + u(k)] = zero
 
 
 @compute_kernel
@@ -603,36 +684,65 @@ def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
                         dw_tile_4(tile, xf, gf, a, n * img, gb, opad, ln)
 
 
+def _phases(stride, kernel):
+    """(PA, PB): the stride phases of the input that kernel taps land on."""
+    return min(stride[0], kernel[0]), min(stride[1], kernel[1])
+
+
 @functools.lru_cache(maxsize=256)
-def _tap_offsets(c_, kh, kw, plane, wp, pad_to=1):
-    """Offset of tap (c, i, j) from an output position in a padded image: c*plane +
-    i*Wp + j, for k = (c*KH + i)*KW + j; padded with copies of the last offset to a
-    multiple of ``pad_to`` taps. Cached per geometry (read-only)."""
-    c = np.arange(c_, dtype=np.intp)[:, None, None] * plane
-    i = np.arange(kh, dtype=np.intp)[None, :, None] * wp
-    j = np.arange(kw, dtype=np.intp)[None, None, :]
-    offs = (c + i + j).ravel()
+def _tap_offsets(c_, kh, kw, stride, hq, wq, pad_to=1):
+    """Offset of tap (c, i, j) from an output position in a phase-split padded image
+    (``_padded_flat``: C x PA*PB planes of Hq x Wq): the plane of channel c and phase
+    (i % SH, j % SW), then row i // SH and column j // SW, for k = (c*KH + i)*KW + j
+    (stride 1: c*Hq*Wq + i*Wq + j). Padded with copies of the last offset to a multiple of
+    ``pad_to`` taps. Cached per geometry (read-only)."""
+    sh, sw = stride
+    pa, pb = _phases(stride, (kh, kw))
+    i = np.arange(kh, dtype=np.intp)
+    j = np.arange(kw, dtype=np.intp)
+    plane = (np.arange(c_, dtype=np.intp)[:, None, None] * (pa * pb)
+             + (i % sh)[None, :, None] * pb + (j % sw)[None, None, :])
+    offs = (plane * (hq * wq) + (i // sh)[None, :, None] * wq + (j // sw)[None, None, :]).ravel()
     k = offs.size
     offs = np.concatenate([offs, np.full(-(-k // pad_to) * pad_to - k, offs[-1], np.intp)])
     offs.flags.writeable = False
     return offs
 
 
-def _padded_flat(x, ph, pw, slack=0):
-    """x (N, C, H, W) zero-padded to (N, C, H + 2*ph, W + 2*pw) in a workspace, returned
-    flat and followed by ``slack`` zeros that the last partial micro-kernel tile may
-    read. The whole batch at once: one parallel pass rather than one per chunk."""
-    n_, c_, h, w = x.shape
-    hp, wp = h + 2 * ph, w + 2 * pw
-    size = n_ * c_ * hp * wp
+def _phase_shape(x_shape, stride, padding):
+    """(Hq, Wq): the size of each stride phase of the padded input."""
+    return (-(-(x_shape[2] + 2 * padding[0]) // stride[0]),
+            -(-(x_shape[3] + 2 * padding[1]) // stride[1]))
+
+
+def _padded_flat(x, stride, padding, kernel, slack=0):
+    """x (N, C, H, W) zero-padded and split into the stride phases its taps read,
+    (N, C, PA*PB, Hq, Wq) (see ``_pad``; stride 1: the padded input), in a workspace,
+    returned flat and followed by ``slack`` zeros that the last partial micro-kernel tile
+    may read. The whole batch at once: one parallel pass rather than one per chunk."""
+    n_, c_ = x.shape[:2]
+    hq, wq = _phase_shape(x.shape, stride, padding)
+    pa, pb = _phases(stride, kernel)
+    size = n_ * c_ * pa * pb * hq * wq
     flat = workspace("xp", size + slack, x.dtype)
     flat[size:] = 0
-    _pad(flat[:size].reshape(n_, c_, hp, wp), np.ascontiguousarray(x), ph, pw)
+    _pad(flat[:size].reshape(n_, c_, pa * pb, hq, wq), np.ascontiguousarray(x),
+         stride[0], stride[1], padding[0], padding[1], pb)
     return flat
 
 
 def _mk_slack(dtype):
-    return FWD_NV * lanes(np.dtype(dtype).itemsize)
+    """Values past a buffer that the last tile of a run may read: the widest tile's NR."""
+    return ACCUMULATORS * lanes(np.dtype(dtype).itemsize)
+
+
+def _mk_tile_index(rows):
+    """The forward tile for ``rows`` output rows: the shortest of MR = FWD_MR, FWD_MR/2,
+    ... that still holds min(rows, FWD_MR) of them."""
+    ti = 0
+    while ti + 1 < FWD_TILES and (FWD_MR >> (ti + 1)) >= rows:
+        ti += 1
+    return ti
 
 
 def _mk_pack(wmat, mult):
@@ -643,23 +753,77 @@ def _mk_pack(wmat, mult):
     return packed
 
 
-def _mk_conv2d_forward(out, x, w, b, padding, code):
+def _mk_conv2d_forward(out, x, w, b, stride, padding, code):
     o_, c_, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
-    hp, wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
-    xf = _padded_flat(x, padding[0], padding[1], _mk_slack(x.dtype))
-    wt = _mk_pack(w.reshape(o_, c_ * kh * kw).T, FWD_MR)
-    offs = _tap_offsets(c_, kh, kw, hp * wp, wp)
-    _mk_forward(out, xf, c_ * hp * wp, wt, offs, b, code, wp, (oh - 1) * wp + ow)
+    hq, wq = _phase_shape(x.shape, stride, padding)
+    xf = _padded_flat(x, stride, padding, (kh, kw), _mk_slack(x.dtype))
+    ti = _mk_tile_index(o_)
+    wt = _mk_pack(w.reshape(o_, c_ * kh * kw).T, FWD_MR >> ti)
+    offs = _tap_offsets(c_, kh, kw, tuple(stride), hq, wq)
+    phases = np.array([[0, 0, oh, ow, 0, offs.size]], np.intp)
+    pa, pb = _phases(stride, (kh, kw))
+    _mk_conv(out, xf, c_ * pa * pb * hq * wq, wt, offs, phases, b, code, 1, 1, wq, ti)
 
 
-def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code):
+@functools.lru_cache(maxsize=256)
+def _dx_plan(o_, kh, kw, stride, padding, h, w, oh, ow):
+    """dx of a conv as stride-1 convs of the zero-padded gradient, one per stride phase
+    (a, b) of the padded input position (Y, X) = (SH*i + a, SW*j + b): dx[y0::SH, x0::SW]
+    gathers the gradient with the kernel taps (a + SH*m, b + SW*m'), m < MH, m' < MW, at
+    gradient position (i - m, j - m'). Returns (offs, phases, taps, covered, (Th, Tw,
+    Hg, Wg)):
+    the padded gradient is (O, Hg, Wg) per image with the gradient at [Th:, Tw:]; offs
+    the taps' offsets in it from an output position, phase by phase (tap (o, m, m'):
+    o*Hg*Wg + (Th + i0 - m)*Wg + Tw + j0 - m', i0 / j0 the phase's first padded position
+    at or past the padding); phases the rows _mk_conv takes; taps (a, b) per phase, for
+    packing the weights in the same order; covered: False when some phase gets no tap
+    (a stride larger than the kernel), whose dx is 0. Cached per geometry (read-only)."""
+    def axis(k, s, p, size, n_out):
+        # per phase a: (a, taps M, first i0 with s*i0 + a >= p, y0 = s*i0 + a - p, count)
+        ph = []
+        for a in range(s):
+            i0 = -(-(p - a) // s) if p > a else 0
+            y0 = s * i0 + a - p
+            ph.append((a, len(range(a, k, s)), i0, y0, len(range(y0, size, s))))
+        live = [(m, i0, v) for _, m, i0, _, v in ph if m and v]
+        # leading zeros T: tap m of output i0 reads gradient row T + i0 - m >= 0; length:
+        # the gradient itself and the last output's row T + i0 + V - 1
+        t = max([m - 1 - i0 for m, i0, _ in live] + [0])
+        return ph, t, max([t + n_out] + [t + i0 + v for _, i0, v in live])
+
+    rows, th, hg = axis(kh, stride[0], padding[0], h, oh)
+    cols, tw, wg = axis(kw, stride[1], padding[1], w, ow)
+    offs, phases, taps = [np.zeros(0, np.intp)], [], []
+    k0 = 0
+    covered = True
+    for a, mh, i0, y0, hv in rows:
+        for b, mw, j0, x0, wv in cols:
+            o = np.arange(o_, dtype=np.intp)[:, None, None] * (hg * wg)
+            m = (th + i0 - np.arange(mh, dtype=np.intp))[None, :, None] * wg
+            n = (tw + j0 - np.arange(mw, dtype=np.intp))[None, None, :]
+            if hv == 0 or wv == 0:
+                continue
+            if mh == 0 or mw == 0:  # no tap lands here (stride > kernel): dx is 0
+                covered = False
+                continue
+            offs.append((o + m + n).ravel())
+            phases.append((y0, x0, hv, wv, k0, k0 + o_ * mh * mw))
+            taps.append((a, b))
+            k0 += o_ * mh * mw
+    offs = np.concatenate(offs)
+    phases = np.array(phases, np.intp).reshape(-1, 6)
+    offs.flags.writeable = phases.flags.writeable = False
+    return offs, phases, tuple(taps), covered, (th, tw, hg, wg)
+
+
+def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
     o_, c_, kh, kw = w.shape
     n_, _, oh, ow = dout.shape
     k = c_ * kh * kw
-    ph, pw = padding
-    hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
-    ln = (oh - 1) * wp + ow
+    sh, sw = stride
+    hq, wq = _phase_shape(x.shape, stride, padding)
+    ln = (oh - 1) * wq + ow
     dt = x.dtype
     lanes_ = lanes(dt.itemsize)
     # dw: output channels in vectors of W (nv of them per tile), taps mr at a time; a
@@ -671,38 +835,44 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code):
     opad = -(-o_ // ncols) * ncols
     mr = ACCUMULATORS // max(nv, 1)
     gt = workspace("gt", n_ * ln * opad, dt).reshape(n_, ln, opad)
-    # dx is the stride-1 conv of g padded by (KH-1-ph, KW-1-pw) with the flipped,
-    # transposed kernel: the forward micro-kernel computes it
-    ph2, pw2 = kh - 1 - ph, kw - 1 - pw
-    hq, wq = oh + 2 * ph2, ow + 2 * pw2
-    gp = gpf = None
+    # dx: stride-1 convs of the zero-padded gradient with the flipped, transposed
+    # kernel, one per stride phase of the input (see _dx_plan), on the forward kernel
+    gpf = gp = None
+    th = tw = 0
     if dx is not None:
-        size = n_ * o_ * hq * wq
+        offs2, phases, taps, covered, (th, tw, hg, wg) = _dx_plan(o_, kh, kw, tuple(stride),
+                                                          tuple(padding), x.shape[2],
+                                                          x.shape[3], oh, ow)
+        size = n_ * o_ * hg * wg
         gpf = workspace("gp", size + _mk_slack(dt), dt)
         gpf[size:] = 0
-        gp = gpf[:size].reshape(n_, o_, hq, wq)
+        gp = gpf[:size].reshape(n_, o_, hg, wg)
     dbp = None if db is None else workspace("dbp", n_ * o_, dt).reshape(n_, o_)
-    _mk_grad_layouts(gp, gt, dbp, dout, dout if out is None else out, code, ph2, pw2, wp)
+    _mk_grad_layouts(gp, gt, dbp, dout, dout if out is None else out, code, th, tw, wq)
     if db is not None:
         np.sum(dbp, axis=0, out=db)
 
-    xf = _padded_flat(x, ph, pw)
-    offs = _tap_offsets(c_, kh, kw, hp * wp, wp, mr)
+    xf = _padded_flat(x, stride, padding, (kh, kw))
+    offs = _tap_offsets(c_, kh, kw, tuple(stride), hq, wq, mr)
+    pa, pb = _phases(stride, (kh, kw))
     kpad = offs.size
     groups = -(-n_ // DW_GROUP)
     part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
         groups, opad // ncols, kpad, ncols)
-    _mk_dw(part, gt, xf, c_ * hp * wp, offs, ln, DW_GROUP, nv)
+    _mk_dw(part, gt, xf, c_ * pa * pb * hq * wq, offs, ln, DW_GROUP, nv)
     # part (G, blocks, Kpad, ncols) -> dw (O, K)
     total = part.sum(axis=0)
     dw.reshape(o_, k)[...] = total.transpose(0, 2, 1).reshape(opad, kpad)[:o_, :k]
 
-    if dx is not None:
-        wt = _mk_pack(w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(o_ * kh * kw, c_),
-                      FWD_MR)
-        offs2 = _tap_offsets(o_, kh, kw, hq * wq, wq)
-        _mk_forward(dx, gpf, o_ * hq * wq, wt, offs2, None, 0, wq,
-                    (x.shape[2] - 1) * wq + x.shape[3])
+    if dx is None:
+        return
+    if not covered:
+        dx[...] = 0
+    ti = _mk_tile_index(c_)
+    wt = np.concatenate([np.zeros((0, c_), w.dtype)] + [
+        w[:, :, a::sh, b::sw].transpose(0, 2, 3, 1).reshape(-1, c_) for a, b in taps])
+    _mk_conv(dx, gpf, o_ * hg * wg, _mk_pack(wt, FWD_MR >> ti), offs2, phases, None, 0,
+             sh, sw, wg, ti)
 
 
 def _chunks(x, w_shape, out_hw, run=None):
@@ -725,7 +895,7 @@ def _padded(x, hp, wp, padding):
     """x zero-padded to (N, C, Hp, Wp) in a workspace (x itself if no padding)."""
     if padding[0] == 0 and padding[1] == 0:
         return np.ascontiguousarray(x)
-    return _padded_flat(x, padding[0], padding[1]).reshape(x.shape[0], x.shape[1], hp, wp)
+    return _padded_flat(x, (1, 1), padding, (1, 1)).reshape(x.shape[0], x.shape[1], hp, wp)
 
 
 def _direct(stride, w_shape):
@@ -735,11 +905,11 @@ def _direct(stride, w_shape):
             and w_shape[1] * w_shape[2] * w_shape[3] <= DIRECT_MAX_K)
 
 
-def _blocked(stride, padding, w_shape):
-    """Whether a conv takes the micro-kernel path: stride 1 and padding at most KH-1 /
-    KW-1 (so that dx is a stride-1 conv of the padded gradient)."""
-    return (MICROKERNELS and stride[0] == 1 and stride[1] == 1
-            and padding[0] <= w_shape[2] - 1 and padding[1] <= w_shape[3] - 1)
+def _blocked(dx_wanted, stride, w_shape):
+    """Whether a conv takes the micro-kernel path: always (any stride, any padding),
+    except for dx of a one-channel input that the direct kernel takes (stride 1 and
+    KH*KW <= DIRECT_MAX_K): a micro-kernel tile would use 1 of its FWD_MR rows there."""
+    return MICROKERNELS and not (dx_wanted and w_shape[1] == 1 and _direct(stride, w_shape))
 
 
 def conv2d_forward(out, x, w, b, stride, padding, activation=None):
@@ -749,8 +919,8 @@ def conv2d_forward(out, x, w, b, stride, padding, activation=None):
     oh, ow = out.shape[2], out.shape[3]
     k = c_ * kh * kw
     code = ACTIVATIONS[activation]
-    if _blocked(stride, padding, w.shape):
-        _mk_conv2d_forward(out, x, w, b, padding, code)
+    if _blocked(False, stride, w.shape):
+        _mk_conv2d_forward(out, x, w, b, stride, padding, code)
         return
     w2 = w.reshape(o_, k)
     stride1 = stride[0] == 1 and stride[1] == 1
@@ -790,8 +960,8 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
     code = ACTIVATIONS[activation]
     # NOTE: dx of a one-channel input would use 1 of the micro-kernel's 8 tile rows; the
     # direct kernel is 1.4x faster there (LeNet's first layer needs no dx at all).
-    if _blocked(stride, padding, w.shape) and (dx is None or c_ > 1):
-        _mk_conv2d_backward(dx, dw, db, dout, x, w, out, padding, code)
+    if _blocked(dx is not None, stride, w.shape):
+        _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code)
         return
     oh, ow = dout.shape[2], dout.shape[3]
     k = c_ * kh * kw

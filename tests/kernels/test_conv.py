@@ -2,9 +2,9 @@
 padding), conv2d_forward(out, x, w, b, stride, padding, activation) and
 conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation), NCHW.
 conv2d runs over the batch in cache-sized chunks: every conv2d test runs both with the
-default chunk size and with one image per chunk. Stride-1 convs take the micro-kernels
-(padding at most KH-1, KW-1), else the direct kernels (C*KH*KW <= DIRECT_MAX_K) or
-im2col + GEMM: conv2d tests run all three ways."""
+default chunk size and with one image per chunk. Convs take the micro-kernels (any
+stride and padding), else (MICROKERNELS off) the direct kernels (stride 1,
+C*KH*KW <= DIRECT_MAX_K) or im2col + GEMM: conv2d tests run all three ways."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -28,8 +28,12 @@ CASES = {
     # > 64 output channels (several dw channel blocks), taps not a whole number of tiles,
     # padding KH-1 (the micro-kernel path's limit)
     "wide-o70-s1-p2x1": ((3, 9, 6, 7), (70, 9, 3, 2), (1, 1), (2, 1)),
-    # stride 1 with padding past KW-1: not the micro-kernel path's geometry
+    # stride 1 with padding past KW-1
     "s1-padding-over-kernel": ((2, 3, 4, 4), (2, 3, 2, 2), (1, 1), (2, 1)),
+    # stride 2 with > 64 output channels and a 3-channel input (the short dx tile)
+    "wide-o70-s2-p1": ((3, 3, 9, 10), (70, 3, 3, 3), (2, 2), (1, 1)),
+    # 1x1 stride 2 (a ResNet shortcut): three of the four input phases get no tap
+    "1x1-s2-shortcut": ((2, 5, 7, 8), (9, 5, 1, 1), (2, 2), (0, 0)),
 }
 IDS = list(CASES)
 
@@ -53,9 +57,10 @@ def chunking(request, monkeypatch):
 
 @pytest.fixture(params=["microkernel", "direct", "im2col"])
 def conv_path(request, monkeypatch):
-    """Stride-1 cases through the register-blocked micro-kernels (the default, where the
-    padding is at most KH-1, KW-1) or, with MICROKERNELS off, through the direct kernels
-    (all test shapes are small) or, with DIRECT_MAX_K = 0 too, through im2col + GEMM."""
+    """Every case through the register-blocked micro-kernels (the default) or, with
+    MICROKERNELS off, through the direct kernels (stride-1 cases; all test shapes are
+    small) or, with DIRECT_MAX_K = 0 too, through im2col + GEMM (strided cases take
+    im2col in both)."""
     if request.param != "microkernel":
         monkeypatch.setattr(conv, "MICROKERNELS", False)
     if request.param == "im2col":
@@ -229,8 +234,8 @@ def _spy(monkeypatch, names):
     return calls
 
 
-def _check_both_ways(rng, dtype, close, c, k, padding, want=("dx", "dw", "db")):
-    x_shape, w_shape, stride = (10, c, 7, 6), (3, c, k, k), (1, 1)
+def _check_both_ways(rng, dtype, close, c, k, padding, want=("dx", "dw", "db"), stride=(1, 1)):
+    x_shape, w_shape = (10, c, 7, 6), (3, c, k, k)
     x, w, b = _data(rng, dtype, x_shape, w_shape)
     out = _forward(x, w, b, stride, padding)
     close(out, ref.conv2d_forward(x, w, b, stride, padding), scale=np.sqrt(c * k * k))
@@ -258,23 +263,40 @@ def test_direct_size_rule_boundary(rng, dtype, close, monkeypatch, c, k, direct)
         assert "_direct_forward" not in calls and "_direct_dw" not in calls and "_im2col_s1" in calls
 
 
-@pytest.mark.parametrize("c, padding, want, path", [
-    (6, (2, 2), ("dx", "dw", "db"), "microkernel"),
-    (151, (0, 0), ("dx", "dw", "db"), "microkernel"),
-    (1, (2, 2), ("dw", "db"), "microkernel"),        # a first layer: no dx
-    (1, (2, 2), ("dx", "dw", "db"), "direct"),       # dx of one channel: the direct kernel
-    (6, (2, 5), ("dx", "dw", "db"), "direct"),       # padding past KW-1: not micro-kernels
-], ids=["c6", "c151-k1", "c1-no-dx", "c1-dx", "padding-over-kernel"])
-def test_path_rule(rng, dtype, close, monkeypatch, c, padding, want, path):
-    """Stride-1 convs take the micro-kernels by default, except for dx of a one-channel
-    input and padding past KH-1, KW-1."""
+@pytest.mark.parametrize("c, padding, stride, want, path", [
+    (6, (2, 2), (1, 1), ("dx", "dw", "db"), "microkernel"),
+    (151, (0, 0), (1, 1), ("dx", "dw", "db"), "microkernel"),
+    (1, (2, 2), (1, 1), ("dw", "db"), "microkernel"),        # a first layer: no dx
+    (1, (2, 2), (1, 1), ("dx", "dw", "db"), "direct"),       # dx of one channel: direct
+    (6, (2, 5), (1, 1), ("dx", "dw", "db"), "microkernel"),  # padding past KW-1
+    (6, (1, 2), (2, 3), ("dx", "dw", "db"), "microkernel"),  # strided: phase-split input
+    (1, (1, 2), (2, 3), ("dx", "dw", "db"), "microkernel"),  # strided dx of one channel
+], ids=["c6", "c151-k1", "c1-no-dx", "c1-dx", "padding-over-kernel", "stride2x3",
+        "stride2x3-c1"])
+def test_path_rule(rng, dtype, close, monkeypatch, c, padding, stride, want, path):
+    """Convs take the micro-kernels by default, any stride and padding, except for dx of a
+    one-channel input at stride 1 (the direct kernel)."""
     k = 1 if c == 151 else 5
     calls = _spy(monkeypatch, ("_direct_forward", "_direct_dw", "_direct_dx", "_im2col_s1",
-                               "_mk_forward", "_mk_dw"))
-    _check_both_ways(rng, dtype, close, c, k, padding, want)
-    mk = {"_mk_forward", "_mk_dw"} <= set(calls)
+                               "_mk_conv", "_mk_dw", "_im2col", "_col2im"))
+    _check_both_ways(rng, dtype, close, c, k, padding, want, stride)
+    mk = {"_mk_conv", "_mk_dw"} <= set(calls)
     assert mk == (path == "microkernel"), calls
     assert ("_direct_dx" in calls) == (path == "direct" and "dx" in want and c == 1), calls
+    if path == "microkernel" and "dx" in want:
+        assert not {"_im2col", "_col2im", "_im2col_s1"} & set(calls), calls
+
+
+def test_tile_choice():
+    """The forward / dx tile is the shortest that holds the rows (output channels, or
+    input channels for dx), up to FWD_MR; every tile is used by some test case (one,
+    two, three and many channels)."""
+    from fastnet.kernels import _microkernel as mk
+    mrs = [conv.FWD_MR >> conv._mk_tile_index(rows) for rows in range(1, 20)]
+    for rows, mr in zip(range(1, 20), mrs):
+        assert mr >= min(rows, mk.FWD_MR) and (mr == mk.FWD_MR >> (mk.FWD_TILES - 1)
+                                               or (mr >> 1) < min(rows, mk.FWD_MR))
+    assert len(set(mrs)) == mk.FWD_TILES
 
 
 @pytest.mark.parametrize("path", ["direct", "microkernel"])
