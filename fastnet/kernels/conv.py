@@ -772,11 +772,10 @@ def _dx_plan(o_, kh, kw, stride, padding, h, w, oh, ow):
     (a, b) of the padded input position (Y, X) = (SH*i + a, SW*j + b): dx[y0::SH, x0::SW]
     gathers the gradient with the kernel taps (a + SH*m, b + SW*m'), m < MH, m' < MW, at
     gradient position (i - m, j - m'). Returns (offs, phases, taps, covered, (Th, Tw,
-    Hg, Wg)):
-    the padded gradient is (O, Hg, Wg) per image with the gradient at [Th:, Tw:]; offs
-    the taps' offsets in it from an output position, phase by phase (tap (o, m, m'):
-    o*Hg*Wg + (Th + i0 - m)*Wg + Tw + j0 - m', i0 / j0 the phase's first padded position
-    at or past the padding); phases the rows _mk_conv takes; taps (a, b) per phase, for
+    Hg, Wg)): the padded gradient is (O, Hg, Wg) per image with the gradient at
+    [Th:, Tw:]; offs the taps' offsets in it from an output position, phase by phase
+    (tap (o, m, m'), m and m' from MH-1 and MW-1 down to 0: o*Hg*Wg + (Th + i0 - m)*Wg +
+    Tw + j0 - m', i0 / j0 the phase's first padded position at or past the padding); phases the rows _mk_conv takes; taps (a, b) per phase, for
     packing the weights in the same order; covered: False when some phase gets no tap
     (a stride larger than the kernel), whose dx is 0. Cached per geometry (read-only)."""
     def axis(k, s, p, size, n_out):
@@ -799,9 +798,11 @@ def _dx_plan(o_, kh, kw, stride, padding, h, w, oh, ow):
     covered = True
     for a, mh, i0, y0, hv in rows:
         for b, mw, j0, x0, wv in cols:
+            # NOTE: taps in flipped order (m = MH-1 .. 0), so that the offsets increase
+            # (read backwards, the dx of a 32x32 layer ran 7% slower)
             o = np.arange(o_, dtype=np.intp)[:, None, None] * (hg * wg)
-            m = (th + i0 - np.arange(mh, dtype=np.intp))[None, :, None] * wg
-            n = (tw + j0 - np.arange(mw, dtype=np.intp))[None, None, :]
+            m = (th + i0 - np.arange(mh - 1, -1, -1, dtype=np.intp))[None, :, None] * wg
+            n = (tw + j0 - np.arange(mw - 1, -1, -1, dtype=np.intp))[None, None, :]
             if hv == 0 or wv == 0:
                 continue
             if mh == 0 or mw == 0:  # no tap lands here (stride > kernel): dx is 0
@@ -870,7 +871,8 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         dx[...] = 0
     ti = _mk_tile_index(c_)
     wt = np.concatenate([np.zeros((0, c_), w.dtype)] + [
-        w[:, :, a::sh, b::sw].transpose(0, 2, 3, 1).reshape(-1, c_) for a, b in taps])
+        w[:, :, a::sh, b::sw][:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c_)
+        for a, b in taps])
     _mk_conv(dx, gpf, o_ * hg * wg, _mk_pack(wt, FWD_MR >> ti), offs2, phases, None, 0,
              sh, sw, wg, ti)
 
