@@ -40,6 +40,28 @@ for dtype in (np.float32, np.float64):
         for got, ref_ in ((dx, rdx), (dw, rdw), (db, rdb)):
             if got is not None:
                 np.testing.assert_allclose(got, ref_, rtol=tol, atol=tol * 10)
+# the LSTM's row-block recurrence (6 rows x 16 columns per tile at this width): more
+# than one block of rows, a partial one, columns not a whole number of tiles
+from fastnet.kernels import recurrent
+for dtype in (np.float32, np.float64):
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    n, t, f, h = 13, 3, 5, 7
+    x = rng.standard_normal((n, t, f)).astype(dtype)
+    h0, c0 = (rng.standard_normal((n, h)).astype(dtype) for _ in range(2))
+    w_ih = (rng.standard_normal((4 * h, f)) / 3).astype(dtype)
+    w_hh = (rng.standard_normal((4 * h, h)) / 3).astype(dtype)
+    b_ih, b_hh = (rng.standard_normal(4 * h).astype(dtype) for _ in range(2))
+    out, h_n, c_n = np.empty((n, t, h), dtype), np.empty((n, h), dtype), np.empty((n, h), dtype)
+    gates, cells = np.empty((n, t, 4 * h), dtype), np.empty((n, t, h), dtype)
+    recurrent.lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    want = ref.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    np.testing.assert_allclose(out, want[0], rtol=tol, atol=tol * 10)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = [np.empty_like(a) for a in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    recurrent.lstm_backward(*grads, dout, None, None, x, h0, c0, w_ih, w_hh, out, gates, cells)
+    rgrads = ref.lstm_backward(dout, None, None, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    for got, ref_ in zip(grads, rgrads):
+        np.testing.assert_allclose(got, ref_, rtol=tol * 10, atol=tol * 10)
 print("ok")
 """
 

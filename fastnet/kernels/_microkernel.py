@@ -188,3 +188,8 @@ if DW_MAX_NV >= 3:
     dw_tile_4 = make_shift_tile(ACCUMULATORS // 4, 4)
 else:  # never called: the dw kernel caps NV at DW_MAX_NV
     dw_tile_3 = dw_tile_4 = dw_tile_2
+# the recurrent layers' row-block GEMM (rows of the state times a packed weight matrix):
+# the shift tile with ROWS_MR rows and ROWS_NC_VECTORS vectors of columns
+ROWS_NC_VECTORS = 3 if VEC_BYTES == 64 else 2
+ROWS_MR = ACCUMULATORS // ROWS_NC_VECTORS
+rows_tile = make_shift_tile(ROWS_MR, ROWS_NC_VECTORS)

@@ -5,41 +5,44 @@ Shapes: x (N, T, F), out (N, T, H), h0 / c0 / h_n / c_n (N, H), w_ih (G*H, F),
 w_hh (G*H, H), b_ih / b_hh (G*H,) or None, with G = 1 (RNN), 4 (LSTM), 3 (GRU).
 
 Forward: the input projection of every timestep is one GEMM (NumPy's BLAS),
-x (N*T, F) @ w_ih.T, written into ``gates`` (N, T, G*H) (into ``out`` for the RNN);
-then per timestep one GEMM h @ w_hh.T and one fused Numba pass that adds both biases,
-applies every gate nonlinearity, updates the cell and writes h_t. That pass overwrites
-gates[:, t] with the activated gates, which are what backward needs: ``gates`` is the
-projection's workspace and the saved activations at once. ``cells`` (LSTM) keeps c_t and
-``hn`` (GRU) keeps W_hn h_{t-1} + b_hn. ``h_n`` (and ``c_n``) serve as the running state.
+x (N*T, F) @ w_ih.T, written into ``gates`` (N, T, G*H) (into ``out`` for the RNN).
+The recurrence runs in one parallel kernel per sequence: batch rows are independent
+across time, so each block of ROWS_MR rows runs every step on its own, its h @ w_hh.T on
+a register-blocked micro-kernel (_microkernel.py; w_hh packed once, in cache all along)
+and then one fused pass per row that adds both biases, applies every gate
+nonlinearity, updates the cell and writes h_t. That pass overwrites gates[:, t] with the
+activated gates, which are what backward needs: ``gates`` is the projection's workspace
+and the saved activations at once. ``cells`` (LSTM) keeps c_t and ``hn`` (GRU) keeps
+W_hn h_{t-1} + b_hn. ``h_n`` (and ``c_n``) serve as the running state.
 
-Backward through time: per timestep one fused pass forms the pre-activation gate
-gradients dG[:, t] and one GEMM dG_t @ w_hh carries dh back to t-1. After the loop
-dw_ih = dG.T @ x, dw_hh = dG.T @ h_prev and dx = dG @ w_ih are one GEMM each over all
-timesteps, and the bias gradients are column sums in a fixed order (deterministic).
+Backward through time, block by block as well: per step one fused pass per row forms
+the pre-activation gate gradients dG[:, t], and the block's dG_t @ w_hh carries dh back
+to t-1. After the loop dw_ih = dG.T @ x, dw_hh = dG.T @ h_prev and dx = dG @ w_ih are one
+GEMM each over all timesteps, and the bias gradients are column sums in a fixed order
+(deterministic: no sum depends on the blocking or the thread count).
 Backward kernels overwrite their outputs; pass ``None`` for an output that is not
 needed (dx, dh0 / dc0 without an initial state, db_* without bias). ``h0`` / ``c0`` /
 ``dout`` / ``dh_n`` / ``dc_n`` may be None, meaning zeros (``dout`` None: only the final
 state is used downstream).
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from . import _jit
-from ._jit import parallel_kernel
+from ._jit import FASTMATH, compute_kernel, parallel_kernel
+from ._microkernel import ROWS_MR, ROWS_NC_VECTORS, VEC_BYTES, lanes, rows_tile
 from .activations import ACTIVATIONS, activation_grad, apply_activation
 from .dense import sum_rows
 
 _SIGMOID, _TANH = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
 
-# NOTE: the gate nonlinearities are most of a step's time; apply_activation's float32
-# sigmoid and tanh (kernels/_math.py) are plain arithmetic, so the step loops vectorise.
+
+def rows_columns(itemsize):
+    """Columns per _rows_times tile for an element size: the packing multiple."""
+    return ROWS_NC_VECTORS * lanes(itemsize)
 
 
-def _run(kern, work, *args):
-    """The parallel build of a step kernel when one timestep has enough work (a
-    ParallelKernel would judge by its largest argument, the whole sequence)."""
-    build = kern.parallel if work >= _jit.PARALLEL_MIN_WORK else kern.serial
-    build(*args)
+# NOTE: apply_activation's float32 sigmoid and tanh (kernels/_math.py) are plain
+# arithmetic, so the row loops over the gates vectorise.
 
 
 def _state(h_n, h0):
@@ -92,38 +95,134 @@ def _shifted(out, h0):
     return h_prev
 
 
+# ---- the recurrence, block of batch rows by block ------------------------------------------
+# Rows are independent across time, so each block of ROWS_MR batch rows runs all T steps on
+# its own: one parallel region per sequence instead of two per step (a GEMM through
+# OpenBLAS and a step kernel, each waking its thread pool), and the recurrent GEMM of a
+# block, its rows times the packed w_hh (in cache all along), on the shift micro-kernel.
+
+def _packed(w, dtype):
+    """w (K, C) -> flat (K, Cpad) copy, C rounded up to a whole number of _rows_times
+    tiles, zeros in the extra columns."""
+    k, c = w.shape
+    mult = rows_columns(np.dtype(dtype).itemsize)
+    p = np.zeros((k, -(-c // mult) * mult), dtype)
+    p[:, :c] = w
+    return p.ravel()
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _row_block(blk, n):
+    # block blk of ROWS_MR rows: (first row, rows in it, scratch for their offsets)
+    r0 = blk * ROWS_MR
+    return r0, min(ROWS_MR, n - r0), np.empty(ROWS_MR, np.intp)
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _block_offsets(aofs, r0, rows, stride, base):
+    # flat offset of each row of the block (row r at r*stride + base); the tile's rows
+    # past the block repeat its last row (computed, never stored)
+    for i in range(ROWS_MR):
+        aofs[i] = (r0 + min(i, rows - 1)) * stride + base
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _rows_times(res, a, aofs, wf, k, cpad):
+    # res (ROWS_MR, cpad) = the rows a[aofs[i]:aofs[i] + k] @ W, W (k, cpad) packed in wf
+    # (cpad a multiple of the tile's columns), on the shift micro-kernel: one broadcast
+    # value of a row times a vector of W's row per step; the sums run in a fixed order,
+    # whatever the blocking
+    ncol = ROWS_NC_VECTORS * (VEC_BYTES // res.itemsize)
+    tile = np.empty(ROWS_MR * ncol, res.dtype)
+    for q0 in range(0, cpad, ncol):
+        tile[:] = 0
+        rows_tile(tile, a, wf, aofs, 0, q0, cpad, k)
+        for i in range(ROWS_MR):
+            src = tile[i * ncol:(i + 1) * ncol]
+            dst = res[i, q0:q0 + ncol]
+            for j in range(ncol):
+                dst[j] = src[j]
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _copy_rows(dst, res, r0, rows):
+    # dst[r0 + i] = the first dst.shape[1] columns of res[i]
+    for i in range(rows):
+        d = dst[r0 + i]
+        src = res[i]
+        for j in range(d.size):
+            d[j] = src[j]
+
+
 # ---- RNN: h_t = act(x_t @ w_ih.T + b_ih + h_{t-1} @ w_hh.T + b_hh) ---------------------------
 
-@parallel_kernel
-def _rnn_step(out, h, gh, b_ih, b_hh, t, code):
-    # NOTE: the step kernels work row by row on 1-D views, one simple loop per stage:
-    # a loop that stores to several arrays needs more runtime alias checks than LLVM
-    # allows and stays scalar.
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _rnn_row(out, h, a, b_ih, b_hh, i, t, code):
+    # row i of step t: out[i, t] (input projection) + a (h_{t-1} @ w_hh.T) + biases ->
+    # h_t, into out[i, t] and h[i].
+    # NOTE: the row functions work on 1-D views, one simple loop per stage: a loop that
+    # stores to several arrays needs more runtime alias checks than LLVM allows and
+    # stays scalar.
+    o = out[i, t]
+    for j in range(o.size):
+        v = o[j] + a[j]
+        if b_ih is not None:
+            v += b_ih[j]
+        if b_hh is not None:
+            v += b_hh[j]
+        o[j] = apply_activation(v, code)
+    hi = h[i]
+    for j in range(o.size):
+        hi[j] = o[j]
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _rnn_row_backward(dg, dh, dout, out, i, t, code):
+    # row i of step t: (dh[i] + dout[i, t]) * act'(out[i, t]) -> dg[i, t]
+    d = dg[i, t]
+    dhi = dh[i]
+    y = out[i, t]
+    if dout is not None:
+        do = dout[i, t]
+        for j in range(d.size):
+            dhi[j] += do[j]
+    for j in range(d.size):
+        d[j] = dhi[j] * activation_grad(y[j], code)
+
+
+@compute_kernel
+def _rnn_sequence(out, h, wf, b_ih, b_hh, code):
+    # the whole recurrence, block of rows by block (see _lstm_sequence)
     n, hs = h.shape
-    for i in prange(n):
-        o = out[i, t]
-        a = gh[i]
-        for j in range(hs):
-            v = o[j] + a[j]
-            if b_ih is not None:
-                v += b_ih[j]
-            if b_hh is not None:
-                v += b_hh[j]
-            o[j] = apply_activation(v, code)
-        hi = h[i]
-        for j in range(hs):
-            hi[j] = o[j]
+    cpad = wf.size // hs
+    hf = h.ravel()
+    for blk in prange((n + ROWS_MR - 1) // ROWS_MR):
+        r0, rows, aofs = _row_block(blk, n)
+        _block_offsets(aofs, r0, rows, hs, 0)
+        gh = np.empty((ROWS_MR, cpad), h.dtype)
+        for t in range(out.shape[1]):
+            _rows_times(gh, hf, aofs, wf, hs, cpad)
+            for i in range(rows):
+                _rnn_row(out, h, gh[i], b_ih, b_hh, r0 + i, t, code)
 
 
-@parallel_kernel
-def _rnn_step_backward(dg, dh, dout, out, t, code):
+@compute_kernel
+def _rnn_sequence_backward(dg, dh, dout, out, wf, last, code):
+    # backward through time, block of rows by block (see _lstm_sequence_backward)
     n, hs = dh.shape
-    for i in prange(n):
-        for j in range(hs):
-            d = dh[i, j]
-            if dout is not None:
-                d += dout[i, t, j]
-            dg[i, t, j] = d * activation_grad(out[i, t, j], code)
+    t_ = dg.shape[1]
+    hpad = wf.size // hs
+    dgf = dg.ravel()
+    for blk in prange((n + ROWS_MR - 1) // ROWS_MR):
+        r0, rows, aofs = _row_block(blk, n)
+        res = np.empty((ROWS_MR, hpad), dh.dtype)
+        for s in range(t_ - 1, -1, -1):
+            for i in range(rows):
+                _rnn_row_backward(dg, dh, dout, out, r0 + i, s, code)
+            if s >= last:
+                _block_offsets(aofs, r0, rows, t_ * hs, s * hs)
+                _rows_times(res, dgf, aofs, wf, hs, hpad)
+                _copy_rows(dh, res, r0, rows)
 
 
 def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
@@ -131,13 +230,10 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     -> out (N, T, H), h_n (N, H); nonlinearity "tanh" or "relu\""""
     n, t, f = x.shape
     hs = h_n.shape[1]
-    code = ACTIVATIONS[nonlinearity]
     np.matmul(x.reshape(n * t, f), w_ih.T, out=out.reshape(n * t, hs))
     _state(h_n, h0)
-    gh = np.empty((n, hs), out.dtype)
-    for s in range(t):
-        np.matmul(h_n, w_hh.T, out=gh)
-        _run(_rnn_step, n * hs, out, h_n, gh, b_ih, b_hh, s, code)
+    _rnn_sequence(out, h_n, _packed(w_hh.T, out.dtype), b_ih, b_hh,
+                  ACTIVATIONS[nonlinearity])
 
 
 def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
@@ -146,13 +242,10 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dx (N, T, F) | None, dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
-    code = ACTIVATIONS[nonlinearity]
     dg = np.empty_like(out)
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
-    for s in range(t - 1, -1, -1):
-        _run(_rnn_step_backward, n * hs, dg, dh, dout, out, s, code)
-        if s > 0 or dh0 is not None:
-            np.matmul(dg[:, s], w_hh, out=dh)
+    _rnn_sequence_backward(dg, dh, dout, out, _packed(w_hh, out.dtype),
+                           0 if dh0 is not None else 1, ACTIVATIONS[nonlinearity])
     if dh0 is not None:
         dh0[:] = dh
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dg, dg, x, _shifted(out, h0), w_ih)
@@ -160,77 +253,115 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
 
 # ---- LSTM (gates i, f, g, o): c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t) ----------------------
 
-@parallel_kernel
-def _lstm_step(out, h, c, cells, gates, gh, b_ih, b_hh, t):
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _lstm_row(out, h, c, cells, gates, a, b_ih, b_hh, i, t):
+    # row i of step t: gates[i, t] (input projection) + a (h_{t-1} @ w_hh.T) + biases ->
+    # activated gates, c_t, h_t.
     # NOTE: every loop runs from 0 over a view (the gate's slice of the row): with
     # g[2 * hs + j] or range(2 * hs, 3 * hs), LLVM cannot prove the index non-negative,
     # keeps Numba's negative-index wraparound in the loop, and it stays scalar (10x
     # slower). Likewise in the other step kernels.
+    hs = h.shape[1]
+    g = gates[i, t]
+    for j in range(g.size):
+        v = g[j] + a[j]
+        if b_ih is not None:
+            v += b_ih[j]
+        if b_hh is not None:
+            v += b_hh[j]
+        g[j] = v
+    gif, gg, go = g[:2 * hs], g[2 * hs:3 * hs], g[3 * hs:]
+    for j in range(gif.size):          # i, f
+        gif[j] = apply_activation(gif[j], _SIGMOID)
+    for j in range(gg.size):           # g
+        gg[j] = apply_activation(gg[j], _TANH)
+    for j in range(go.size):           # o
+        go[j] = apply_activation(go[j], _SIGMOID)
+    gi, gf = g[:hs], g[hs:2 * hs]
+    ci = c[i]
+    for j in range(hs):
+        ci[j] = gf[j] * ci[j] + gi[j] * gg[j]
+    o = out[i, t]
+    for j in range(hs):
+        o[j] = go[j] * apply_activation(ci[j], _TANH)
+    cr = cells[i, t]
+    hi = h[i]
+    for j in range(hs):  # loops: an array assignment brings Numba's broadcasting code
+        cr[j] = ci[j]
+        hi[j] = o[j]
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _lstm_row_backward(dg, dh, dc, dout, gates, cells, c0, i, t):
+    # row i of step t: dh[i] (+ dout[i, t]), dc[i] -> dg[i, t] (pre-activation gate
+    # gradients), dc[i] = dc_{t-1}; dh[i] is left for the GEMM to overwrite
+    hs = dh.shape[1]
+    one = type(dh[i, 0])(1)
+    g = gates[i, t]
+    gi, gf, gg, go = g[:hs], g[hs:2 * hs], g[2 * hs:3 * hs], g[3 * hs:]
+    d = dg[i, t]
+    di, df, dgg, do_ = d[:hs], d[hs:2 * hs], d[2 * hs:3 * hs], d[3 * hs:]
+    dhi = dh[i]
+    dci = dc[i]
+    ct = cells[i, t]
+    cp = c0[i] if t == 0 else cells[i, t - 1]
+    if dout is not None:
+        do = dout[i, t]
+        for j in range(hs):
+            dhi[j] += do[j]
+    for j in range(hs):                # dc_t and the o gate
+        og = go[j]
+        tc = apply_activation(ct[j], _TANH)
+        dci[j] += dhi[j] * og * (one - tc * tc)
+        do_[j] = dhi[j] * tc * og * (one - og)
+    for j in range(hs):                # i, f, g
+        ig = gi[j]
+        fg = gf[j]
+        g_ = gg[j]
+        dct = dci[j]
+        di[j] = dct * g_ * ig * (one - ig)
+        df[j] = dct * cp[j] * fg * (one - fg)
+        dgg[j] = dct * ig * (one - g_ * g_)
+    for j in range(hs):                # dc_{t-1}
+        dci[j] *= gf[j]
+
+
+@compute_kernel
+def _lstm_sequence(out, h, c, cells, gates, wf, b_ih, b_hh):
+    # the whole recurrence, block of rows by block: per step the block's h @ w_hh.T
+    # (w_hh.T packed (H, Cpad) in wf), then its rows' gates, c_t and h_t
     n, hs = h.shape
-    for i in prange(n):
-        g = gates[i, t]
-        a = gh[i]
-        for j in range(g.size):
-            v = g[j] + a[j]
-            if b_ih is not None:
-                v += b_ih[j]
-            if b_hh is not None:
-                v += b_hh[j]
-            g[j] = v
-        gif, gg, go = g[:2 * hs], g[2 * hs:3 * hs], g[3 * hs:]
-        for j in range(gif.size):          # i, f
-            gif[j] = apply_activation(gif[j], _SIGMOID)
-        for j in range(gg.size):           # g
-            gg[j] = apply_activation(gg[j], _TANH)
-        for j in range(go.size):           # o
-            go[j] = apply_activation(go[j], _SIGMOID)
-        gi, gf = g[:hs], g[hs:2 * hs]
-        ci = c[i]
-        for j in range(hs):
-            ci[j] = gf[j] * ci[j] + gi[j] * gg[j]
-        o = out[i, t]
-        for j in range(hs):
-            o[j] = go[j] * apply_activation(ci[j], _TANH)
-        cr = cells[i, t]
-        hi = h[i]
-        for j in range(hs):  # loops: an array assignment brings Numba's broadcasting code
-            cr[j] = ci[j]
-            hi[j] = o[j]
+    cpad = wf.size // hs
+    hf = h.ravel()
+    for blk in prange((n + ROWS_MR - 1) // ROWS_MR):
+        r0, rows, aofs = _row_block(blk, n)
+        _block_offsets(aofs, r0, rows, hs, 0)
+        gh = np.empty((ROWS_MR, cpad), h.dtype)
+        for t in range(gates.shape[1]):
+            _rows_times(gh, hf, aofs, wf, hs, cpad)
+            for i in range(rows):
+                _lstm_row(out, h, c, cells, gates, gh[i], b_ih, b_hh, r0 + i, t)
 
 
-@parallel_kernel
-def _lstm_step_backward(dg, dh, dc, dout, gates, cells, c0, t):
-    # dh (scratch, overwritten by the next GEMM) takes dout[:, t] in place
+@compute_kernel
+def _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0, wf, last):
+    # backward through time, block of rows by block: per step the rows' gate gradients,
+    # then dh = dg[:, t] @ w_hh (packed (4H, Hpad) in wf), down to step ``last`` (0: dh
+    # then holds dh0; 1: the last GEMM is not needed)
     n, hs = dh.shape
-    for i in prange(n):
-        one = type(dh[i, 0])(1)
-        g = gates[i, t]
-        gi, gf, gg, go = g[:hs], g[hs:2 * hs], g[2 * hs:3 * hs], g[3 * hs:]
-        d = dg[i, t]
-        di, df, dgg, do_ = d[:hs], d[hs:2 * hs], d[2 * hs:3 * hs], d[3 * hs:]
-        dhi = dh[i]
-        dci = dc[i]
-        ct = cells[i, t]
-        cp = c0[i] if t == 0 else cells[i, t - 1]
-        if dout is not None:
-            do = dout[i, t]
-            for j in range(hs):
-                dhi[j] += do[j]
-        for j in range(hs):                # dc_t and the o gate
-            og = go[j]
-            tc = apply_activation(ct[j], _TANH)
-            dci[j] += dhi[j] * og * (one - tc * tc)
-            do_[j] = dhi[j] * tc * og * (one - og)
-        for j in range(hs):                # i, f, g
-            ig = gi[j]
-            fg = gf[j]
-            g_ = gg[j]
-            dct = dci[j]
-            di[j] = dct * g_ * ig * (one - ig)
-            df[j] = dct * cp[j] * fg * (one - fg)
-            dgg[j] = dct * ig * (one - g_ * g_)
-        for j in range(hs):                # dc_{t-1}
-            dci[j] *= gf[j]
+    t_, g4 = dg.shape[1], dg.shape[2]
+    hpad = wf.size // g4
+    dgf = dg.ravel()
+    for blk in prange((n + ROWS_MR - 1) // ROWS_MR):
+        r0, rows, aofs = _row_block(blk, n)
+        res = np.empty((ROWS_MR, hpad), dh.dtype)
+        for s in range(t_ - 1, -1, -1):
+            for i in range(rows):
+                _lstm_row_backward(dg, dh, dc, dout, gates, cells, c0, r0 + i, s)
+            if s >= last:
+                _block_offsets(aofs, r0, rows, t_ * g4, s * g4)
+                _rows_times(res, dgf, aofs, wf, g4, hpad)
+                _copy_rows(dh, res, r0, rows)
 
 
 def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
@@ -242,10 +373,7 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     np.matmul(x.reshape(n * t, f), w_ih.T, out=gates.reshape(n * t, 4 * hs))
     _state(h_n, h0)
     _state(c_n, c0)
-    gh = np.empty((n, 4 * hs), out.dtype)
-    for s in range(t):
-        np.matmul(h_n, w_hh.T, out=gh)
-        _run(_lstm_step, n * 4 * hs, out, h_n, c_n, cells, gates, gh, b_ih, b_hh, s)
+    _lstm_sequence(out, h_n, c_n, cells, gates, _packed(w_hh.T, out.dtype), b_ih, b_hh)
 
 
 def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x, h0, c0,
@@ -258,10 +386,8 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((n, hs), out.dtype) if dc_n is None else dc_n.copy()
     c0 = _zeros_like_state(c0, n, hs, out.dtype)
-    for s in range(t - 1, -1, -1):
-        _run(_lstm_step_backward, n * 4 * hs, dg, dh, dc, dout, gates, cells, c0, s)
-        if s > 0 or dh0 is not None:
-            np.matmul(dg[:, s], w_hh, out=dh)
+    _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0, _packed(w_hh, out.dtype),
+                            0 if dh0 is not None else 1)
     if dh0 is not None:
         dh0[:] = dh
     if dc0 is not None:
@@ -271,65 +397,118 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
 
 # ---- GRU (gates r, z, n): n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h ----
 
-@parallel_kernel
-def _gru_step(out, h, gates, hn, gh, b_ih, b_hh, t):
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _gru_row(out, h, gates, hn, a, b_ih, b_hh, i, t):
+    # row i of step t: gates[i, t] (input projection) + a (h_{t-1} @ w_hh.T) + biases ->
+    # activated r, z, n (in gates[i, t]), hn[i, t] = W_hn h + b_hn, h_t
+    hs = h.shape[1]
+    one = type(h[i, 0])(1)
+    g = gates[i, t]
+    hr = hn[i, t]
+    grz, ar = g[:2 * hs], a[:2 * hs]
+    for j in range(2 * hs):            # r, z
+        v = grz[j] + ar[j]
+        if b_ih is not None:
+            v += b_ih[j]
+        if b_hh is not None:
+            v += b_hh[j]
+        grz[j] = apply_activation(v, _SIGMOID)
+    gr, gz, gn, an = g[:hs], g[hs:2 * hs], g[2 * hs:3 * hs], a[2 * hs:3 * hs]
+    for j in range(hs):                # W_hn h + b_hn
+        v = an[j]
+        if b_hh is not None:
+            v += b_hh[2 * hs:][j]
+        hr[j] = v
+    for j in range(hs):                # n
+        v = gn[j] + gr[j] * hr[j]
+        if b_ih is not None:
+            v += b_ih[2 * hs:][j]
+        gn[j] = apply_activation(v, _TANH)
+    o = out[i, t]
+    hi = h[i]
+    for j in range(hs):
+        z = gz[j]
+        o[j] = (one - z) * gn[j] + z * hi[j]
+    for j in range(hs):
+        hi[j] = o[j]
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _gru_row_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, i, t):
+    # row i of step t. dh[i]: dG_{t+1}^h @ w_hh (from the GEMM), dhz[i]: dh_{t+1} *
+    # z_{t+1} (the direct path) -> dgx[i, t], dgh[i, t] (the input- and hidden-side
+    # pre-activation gradients), dhz[i] = dh_t * z_t; dh[i] is left for the GEMM.
+    # NOTE: views looped from 0 (see _lstm_row), one array stored per loop
+    hs = dh.shape[1]
+    one = type(dh[i, 0])(1)
+    g = gates[i, t]
+    gr, gz, gn = g[:hs], g[hs:2 * hs], g[2 * hs:3 * hs]
+    hr = hn[i, t]
+    hp = h0[i] if t == 0 else out[i, t - 1]
+    dht = dh[i]
+    dzi = dhz[i]
+    for j in range(hs):
+        dht[j] += dzi[j]
+    if dout is not None:
+        do = dout[i, t]
+        for j in range(hs):
+            dht[j] += do[j]
+    gx, gh = dgx[i, t], dgh[i, t]
+    dar, daz, dan = gx[:hs], gx[hs:2 * hs], gx[2 * hs:3 * hs]
+    hhr, hhz, hhn = gh[:hs], gh[hs:2 * hs], gh[2 * hs:3 * hs]
+    for j in range(hs):                # n
+        nn = gn[j]
+        dan[j] = dht[j] * (one - gz[j]) * (one - nn * nn)
+    for j in range(hs):                # z
+        z = gz[j]
+        daz[j] = dht[j] * (hp[j] - gn[j]) * z * (one - z)
+    for j in range(hs):                # r
+        r = gr[j]
+        dar[j] = dan[j] * hr[j] * r * (one - r)
+    for j in range(hs):
+        hhr[j] = dar[j]
+    for j in range(hs):
+        hhz[j] = daz[j]
+    for j in range(hs):
+        hhn[j] = dan[j] * gr[j]
+    for j in range(hs):
+        dzi[j] = dht[j] * gz[j]
+
+
+@compute_kernel
+def _gru_sequence(out, h, gates, hn, wf, b_ih, b_hh):
+    # the whole recurrence, block of rows by block (see _lstm_sequence)
     n, hs = h.shape
-    # NOTE: loops from 0 over the gates' slices (see _lstm_step)
-    for i in prange(n):
-        one = type(h[i, 0])(1)
-        g = gates[i, t]
-        a = gh[i]
-        hr = hn[i, t]
-        for j in range(2 * hs):            # r, z
-            v = g[j] + a[j]
-            if b_ih is not None:
-                v += b_ih[j]
-            if b_hh is not None:
-                v += b_hh[j]
-            g[j] = apply_activation(v, _SIGMOID)
-        gr, gz, gn, an = g[:hs], g[hs:2 * hs], g[2 * hs:], a[2 * hs:]
-        for j in range(hs):                # W_hn h + b_hn
-            v = an[j]
-            if b_hh is not None:
-                v += b_hh[2 * hs:][j]
-            hr[j] = v
-        for j in range(hs):                # n
-            v = gn[j] + gr[j] * hr[j]
-            if b_ih is not None:
-                v += b_ih[2 * hs:][j]
-            gn[j] = apply_activation(v, _TANH)
-        o = out[i, t]
-        hi = h[i]
-        for j in range(hs):
-            z = gz[j]
-            o[j] = (one - z) * gn[j] + z * hi[j]
-            hi[j] = o[j]
+    cpad = wf.size // hs
+    hf = h.ravel()
+    for blk in prange((n + ROWS_MR - 1) // ROWS_MR):
+        r0, rows, aofs = _row_block(blk, n)
+        _block_offsets(aofs, r0, rows, hs, 0)
+        gh = np.empty((ROWS_MR, cpad), h.dtype)
+        for t in range(gates.shape[1]):
+            _rows_times(gh, hf, aofs, wf, hs, cpad)
+            for i in range(rows):
+                _gru_row(out, h, gates, hn, gh[i], b_ih, b_hh, r0 + i, t)
 
 
-@parallel_kernel
-def _gru_step_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, t):
-    # dh: dG_{t+1}^h @ w_hh from the GEMM; dhz: dh_{t+1} * z_{t+1}, the direct path
+@compute_kernel
+def _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, wf, last):
+    # backward through time, block of rows by block (see _lstm_sequence_backward):
+    # dh = dgh[:, t] @ w_hh (packed (3H, Hpad) in wf)
     n, hs = dh.shape
-    for i in prange(n):
-        for j in range(hs):
-            one = type(dh[i, j])(1)
-            r = gates[i, t, j]
-            z = gates[i, t, hs + j]
-            nn = gates[i, t, 2 * hs + j]
-            hp = h0[i, j] if t == 0 else out[i, t - 1, j]
-            dht = dh[i, j] + dhz[i, j]
-            if dout is not None:
-                dht += dout[i, t, j]
-            dan = dht * (one - z) * (one - nn * nn)
-            daz = dht * (hp - nn) * z * (one - z)
-            dar = dan * hn[i, t, j] * r * (one - r)
-            dgx[i, t, j] = dar
-            dgx[i, t, hs + j] = daz
-            dgx[i, t, 2 * hs + j] = dan
-            dgh[i, t, j] = dar
-            dgh[i, t, hs + j] = daz
-            dgh[i, t, 2 * hs + j] = dan * r
-            dhz[i, j] = dht * z
+    t_, g3 = dgh.shape[1], dgh.shape[2]
+    hpad = wf.size // g3
+    dghf = dgh.ravel()
+    for blk in prange((n + ROWS_MR - 1) // ROWS_MR):
+        r0, rows, aofs = _row_block(blk, n)
+        res = np.empty((ROWS_MR, hpad), dh.dtype)
+        for s in range(t_ - 1, -1, -1):
+            for i in range(rows):
+                _gru_row_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, r0 + i, s)
+            if s >= last:
+                _block_offsets(aofs, r0, rows, t_ * g3, s * g3)
+                _rows_times(res, dghf, aofs, wf, g3, hpad)
+                _copy_rows(dh, res, r0, rows)
 
 
 def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
@@ -340,10 +519,7 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
     hs = h_n.shape[1]
     np.matmul(x.reshape(n * t, f), w_ih.T, out=gates.reshape(n * t, 3 * hs))
     _state(h_n, h0)
-    gh = np.empty((n, 3 * hs), out.dtype)
-    for s in range(t):
-        np.matmul(h_n, w_hh.T, out=gh)
-        _run(_gru_step, n * 3 * hs, out, h_n, gates, hn, gh, b_ih, b_hh, s)
+    _gru_sequence(out, h_n, gates, hn, _packed(w_hh.T, out.dtype), b_ih, b_hh)
 
 
 def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
@@ -357,10 +533,8 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     dhz = np.zeros((n, hs), out.dtype)
     h0z = _zeros_like_state(h0, n, hs, out.dtype)
-    for s in range(t - 1, -1, -1):
-        _run(_gru_step_backward, n * 3 * hs, dgx, dgh, dh, dhz, dout, gates, hn, out, h0z, s)
-        if s > 0 or dh0 is not None:
-            np.matmul(dgh[:, s], w_hh, out=dh)
+    _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0z,
+                           _packed(w_hh, out.dtype), 0 if dh0 is not None else 1)
     if dh0 is not None:
         np.add(dh, dhz, out=dh0)
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, _shifted(out, h0), w_ih)

@@ -150,6 +150,27 @@ def _double_ops(llvm_ir):
     return [m.group(0).strip()[:160] for m in DOUBLE_OP.finditer(llvm_ir)]
 
 
+def _exercise_conv_float32(call, a, xi, wc, st, pd, oh, ow):
+    f = np.float32
+    out = np.empty((2, 4, oh, ow), f)
+    for act in (None, "relu"):
+        for bias in (a(4), None):
+            call("conv2d_forward", out, xi, wc, bias, st, pd, act)
+        for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
+            call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), xi, wc,
+                 out if act else None, st, pd, act)
+    # stride 1, padded and not, padding past KH-1, dx of one input channel (the direct
+    # kernel even with the micro-kernels on); without the micro-kernels the direct
+    # kernels (small C*KH*KW) and im2col + GEMM (C*KH*KW > 150)
+    for wc1 in (wc, a(3, 1, 3, 2), a(2, 17, 3, 3)):
+        xi1 = a(2, wc1.shape[1], 6, 5)
+        for pd1 in ((1, 1), (0, 0), (3, 1)):
+            out1 = np.empty((2, wc1.shape[0], 6 - 3 + 1 + 2 * pd1[0], 5 - wc1.shape[3] + 1 + 2 * pd1[1]), f)
+            call("conv2d_forward", out1, xi1, wc1, None, (1, 1), pd1, "relu")
+            call("conv2d_backward", np.empty_like(xi1), np.empty_like(wc1), np.empty(wc1.shape[0], f),
+                 a(*out1.shape), xi1, wc1, out1, (1, 1), pd1, "relu")
+
+
 def _exercise_float32():
     """Run every op of the table on small float32 inputs (all None variants included);
     returns the ops that were run."""
@@ -178,23 +199,15 @@ def _exercise_float32():
     cols = np.empty((3 * 3 * 2, 2 * oh * ow), f)
     call("im2col", cols, xi, ks, st, pd)
     call("col2im", np.empty_like(xi), cols, ks, st, pd)
-    out = np.empty((2, 4, oh, ow), f)
-    for act in (None, "relu"):
-        for bias in (a(4), None):
-            call("conv2d_forward", out, xi, wc, bias, st, pd, act)
-        for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
-            call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), xi, wc,
-                 out if act else None, st, pd, act)
-    # stride 1: the micro-kernels, padded and not (dx of one input channel: the direct
-    # kernel); with padding past KH-1 the direct kernels (small C*KH*KW) and im2col + GEMM
-    # (C*KH*KW > 150)
-    for wc1 in (wc, a(3, 1, 3, 2), a(2, 17, 3, 3)):
-        xi1 = a(2, wc1.shape[1], 6, 5)
-        for pd1 in ((1, 1), (0, 0), (3, 1)):
-            out1 = np.empty((2, wc1.shape[0], 6 - 3 + 1 + 2 * pd1[0], 5 - wc1.shape[3] + 1 + 2 * pd1[1]), f)
-            call("conv2d_forward", out1, xi1, wc1, None, (1, 1), pd1, "relu")
-            call("conv2d_backward", np.empty_like(xi1), np.empty_like(wc1), np.empty(wc1.shape[0], f),
-                 a(*out1.shape), xi1, wc1, out1, (1, 1), pd1, "relu")
+    # every conv twice: through the micro-kernels (the default) and, with them off,
+    # through im2col + GEMM (strided) and the direct / im2col stride-1 kernels
+    from fastnet.kernels import conv
+    for mk in (True, False):
+        conv.MICROKERNELS = mk
+        try:
+            _exercise_conv_float32(call, a, xi, wc, st, pd, oh, ow)
+        finally:
+            conv.MICROKERNELS = True
 
     pooled = np.empty((2, 3, oh, ow), f)
     argmax = np.empty(pooled.shape, np.int32)

@@ -10,8 +10,10 @@ from tests.gradcheck import check_backward
 # cell name -> (kernel family prefix, gates, rnn nonlinearity)
 CELLS = {"rnn_tanh": ("rnn", 1, "tanh"), "rnn_relu": ("rnn", 1, "relu"),
          "lstm": ("lstm", 4, None), "gru": ("gru", 3, None)}
-# (N, T, F, H): odd sizes; batch 1 and sequence length 1; several 64-column bias blocks
-SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20)]
+# (N, T, F, H): odd sizes; batch 1 and sequence length 1; several 64-column bias blocks;
+# more than two blocks of batch rows for the LSTM's row-block recurrence (the last one
+# partial) and gate / hidden columns that are not a whole number of its tiles
+SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20), (19, 3, 6, 13)]
 # (bias, initial state)
 VARIANTS = [(True, True), (False, False), (True, False)]
 
@@ -199,14 +201,37 @@ def _fd_case(rng, cell, shape, bias, init):
 
 
 @pytest.mark.parametrize("case", [((1, 1, 3, 5), True, True), ((3, 3, 3, 5), True, True),
-                                  ((3, 2, 3, 5), False, False), ((1, 3, 3, 5), True, False)],
-                         ids=["N1-T1", "N3-T3", "N3-nobias-noh0", "N1-noh0"])
+                                  ((3, 2, 3, 5), False, False), ((1, 3, 3, 5), True, False),
+                                  ((11, 2, 3, 5), True, True)],
+                         ids=["N1-T1", "N3-T3", "N3-nobias-noh0", "N1-noh0", "N11-T2"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_backward_matches_finite_differences(rng, cell, case):
     """float64 central differences of the kernels' own forward, for every input."""
     shape, bias, init = case
     forward, backward, inputs, keys = _fd_case(rng, cell, shape, bias, init)
     check_backward(forward, backward, inputs, rng, names=keys)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_does_not_depend_on_thread_count(rng, cell):
+    """Forward and backward are bitwise the same with 1 and 2 threads (the LSTM runs
+    blocks of batch rows in parallel; every sum keeps its order)."""
+    import numba
+    from fastnet.kernels import _jit
+    a = _make(rng, np.float32, cell, (37, 4, 6, 24))
+    douts = _douts(rng, cell, a, np.float32)
+    got = []
+    old = numba.get_num_threads()
+    try:
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(t)
+            got.append((_forward(cell, a)[0], _backward(cell, a, douts)))
+    finally:
+        numba.set_num_threads(old)
+    (o1, g1), (o2, g2) = got
+    for x, y in zip(list(o1) + list(g1), list(o2) + list(g2)):
+        if x is not None:
+            np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
