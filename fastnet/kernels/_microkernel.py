@@ -167,17 +167,18 @@ def make_shift_tile(mr, nv, half=False):
     return shift_tile
 
 
-# forward / dx tiles by index ti: MR = FWD_MR >> ti rows (output channels), NV =
-# ACCUMULATORS // MR vectors of positions; a conv with few output rows (dx of a 3-channel
-# input) takes a shorter, wider tile instead of leaving most rows of the tall one unused
-FWD_TILES = 4 if VEC_BYTES == 64 else 3
-fwd_tile_0 = make_table_tile(FWD_MR, FWD_NV)
-fwd_tile_1 = make_table_tile(FWD_MR >> 1, ACCUMULATORS // (FWD_MR >> 1))
-fwd_tile_2 = make_table_tile(FWD_MR >> 2, ACCUMULATORS // (FWD_MR >> 2))
-if FWD_TILES == 4:
-    fwd_tile_3 = make_table_tile(FWD_MR >> 3, ACCUMULATORS // (FWD_MR >> 3))
-else:  # never called: MR would be 0
-    fwd_tile_3 = fwd_tile_2
+# forward / dx tiles by index ti: MR = FWD_TILE_MRS[ti] rows (output channels), NV =
+# ACCUMULATORS // MR vectors of positions. A conv takes the tile that is cheapest for its
+# channel count (conv.py, _mk_tile_index): on 6 output channels (LeNet's first layer), or
+# dx of a 6- or 3-channel input, the tall tile would leave a quarter or more of its rows
+# unused.
+FWD_TILE_MRS = (8, 6, 4, 2, 1) if VEC_BYTES == 64 else (4, 3, 2, 1)
+# relative time per computed row of each tile (the short ones load more per FMA): measured
+# on the LeNet-5 and strided benchmark layers with AVX-512; the AVX2 ones by analogy
+FWD_TILE_COST = (1.0, 1.1, 1.22, 2.35, 3.4) if VEC_BYTES == 64 else (1.0, 1.1, 2.0, 3.0)
+_fwd_tiles = [make_table_tile(mr, ACCUMULATORS // mr) for mr in FWD_TILE_MRS]
+_fwd_tiles += _fwd_tiles[-1:] * (5 - len(_fwd_tiles))  # the spares are never called
+fwd_tile_0, fwd_tile_1, fwd_tile_2, fwd_tile_3, fwd_tile_4 = _fwd_tiles
 # dw tiles by NV (vectors of output channels); MR = ACCUMULATORS // NV taps; NV = 0: one
 # half-width vector
 dw_tile_0 = make_shift_tile(ACCUMULATORS, 1, half=True)

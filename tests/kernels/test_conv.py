@@ -288,15 +288,22 @@ def test_path_rule(rng, dtype, close, monkeypatch, c, padding, stride, want, pat
 
 
 def test_tile_choice():
-    """The forward / dx tile is the shortest that holds the rows (output channels, or
-    input channels for dx), up to FWD_MR; every tile is used by some test case (one,
-    two, three and many channels)."""
+    """The forward / dx tile is the cheapest for the channel count (output channels, or
+    input channels for dx): rows computed, padding included, times the tile's relative
+    cost per row. The tall tile for many channels; the 6-row one for 6 (LeNet); no
+    padding rows for one channel; every tile is used by some test case (CASES has 1, 2,
+    3, 5, 6, 9 and 70 channels)."""
     from fastnet.kernels import _microkernel as mk
-    mrs = [conv.FWD_MR >> conv._mk_tile_index(rows) for rows in range(1, 20)]
-    for rows, mr in zip(range(1, 20), mrs):
-        assert mr >= min(rows, mk.FWD_MR) and (mr == mk.FWD_MR >> (mk.FWD_TILES - 1)
-                                               or (mr >> 1) < min(rows, mk.FWD_MR))
-    assert len(set(mrs)) == mk.FWD_TILES
+    mrs, cost = mk.FWD_TILE_MRS, mk.FWD_TILE_COST
+    for rows in range(1, 80):
+        ti = conv._mk_tile_index(rows)
+        c = [-(-rows // m) * m * k for m, k in zip(mrs, cost)]
+        assert c[ti] == min(c), rows
+    assert mrs[conv._mk_tile_index(64)] == mrs[0] and mrs[conv._mk_tile_index(1)] == 1
+    if 6 in mrs:
+        assert mrs[conv._mk_tile_index(6)] == 6
+    used = {conv._mk_tile_index(r) for r in (1, 2, 3, 5, 6, 9, 70)}
+    assert used == set(range(len(mrs))), used
 
 
 @pytest.mark.parametrize("path", ["direct", "microkernel"])
