@@ -53,6 +53,20 @@ def _state(h_n, h0):
         np.copyto(h_n, h0)
 
 
+def _running_state(h_n, h0):
+    """The array the sequence kernel runs its state in, started at h0: h_n itself, or a
+    C-contiguous copy when h_n is a strided view (the micro-kernel reads h as flat rows);
+    _finish_state copies the copy back."""
+    h = h_n if h_n.flags.c_contiguous else np.empty(h_n.shape, h_n.dtype)
+    _state(h, h0)
+    return h
+
+
+def _finish_state(h_n, h):
+    if h is not h_n:
+        np.copyto(h_n, h)
+
+
 def _zeros_like_state(a, n, h, dtype):
     return np.zeros((n, h), dtype) if a is None else a
 
@@ -231,9 +245,9 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     n, t, f = x.shape
     hs = h_n.shape[1]
     np.matmul(x.reshape(n * t, f), w_ih.T, out=out.reshape(n * t, hs))
-    _state(h_n, h0)
-    _rnn_sequence(out, h_n, _packed(w_hh.T, out.dtype), b_ih, b_hh,
-                  ACTIVATIONS[nonlinearity])
+    h = _running_state(h_n, h0)
+    _rnn_sequence(out, h, _packed(w_hh.T, out.dtype), b_ih, b_hh, ACTIVATIONS[nonlinearity])
+    _finish_state(h_n, h)
 
 
 def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
@@ -242,7 +256,7 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dx (N, T, F) | None, dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
-    dg = np.empty_like(out)
+    dg = np.empty(out.shape, out.dtype)  # C order: the micro-kernel reads flat rows
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     _rnn_sequence_backward(dg, dh, dout, out, _packed(w_hh, out.dtype),
                            0 if dh0 is not None else 1, ACTIVATIONS[nonlinearity])
@@ -371,9 +385,10 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     n, t, f = x.shape
     hs = h_n.shape[1]
     np.matmul(x.reshape(n * t, f), w_ih.T, out=gates.reshape(n * t, 4 * hs))
-    _state(h_n, h0)
+    h = _running_state(h_n, h0)
     _state(c_n, c0)
-    _lstm_sequence(out, h_n, c_n, cells, gates, _packed(w_hh.T, out.dtype), b_ih, b_hh)
+    _lstm_sequence(out, h, c_n, cells, gates, _packed(w_hh.T, out.dtype), b_ih, b_hh)
+    _finish_state(h_n, h)
 
 
 def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x, h0, c0,
@@ -382,7 +397,7 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
     None, dh0, dc0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
-    dg = np.empty_like(gates)
+    dg = np.empty(gates.shape, gates.dtype)  # C order: the micro-kernel reads flat rows
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((n, hs), out.dtype) if dc_n is None else dc_n.copy()
     c0 = _zeros_like_state(c0, n, hs, out.dtype)
@@ -518,8 +533,9 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
     n, t, f = x.shape
     hs = h_n.shape[1]
     np.matmul(x.reshape(n * t, f), w_ih.T, out=gates.reshape(n * t, 3 * hs))
-    _state(h_n, h0)
-    _gru_sequence(out, h_n, gates, hn, _packed(w_hh.T, out.dtype), b_ih, b_hh)
+    h = _running_state(h_n, h0)
+    _gru_sequence(out, h, gates, hn, _packed(w_hh.T, out.dtype), b_ih, b_hh)
+    _finish_state(h_n, h)
 
 
 def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
@@ -528,8 +544,8 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
-    dgx = np.empty_like(gates)
-    dgh = np.empty_like(gates)
+    dgx = np.empty(gates.shape, gates.dtype)
+    dgh = np.empty(gates.shape, gates.dtype)  # C order: the micro-kernel reads flat rows
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     dhz = np.zeros((n, hs), out.dtype)
     h0z = _zeros_like_state(h0, n, hs, out.dtype)

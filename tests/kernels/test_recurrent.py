@@ -37,19 +37,24 @@ def _make(rng, dtype, cell, shape, bias=True, init=True):
     return {k: None if v is None else v.astype(dtype) for k, v in a.items()}
 
 
-def _garbage(shape, dtype):
+def _garbage(shape, dtype, strided=False):
+    """Garbage-filled output; ``strided``: a column slice of a wider buffer (a view that
+    is not C-contiguous, as a caller's slice of a bigger state array would be)."""
+    if strided:
+        return np.full(shape[:-1] + (2 * shape[-1] + 1,), 123.0, dtype)[..., 1::2]
     return np.full(shape, 123.0, dtype)
 
 
-def _forward(cell, a):
+def _forward(cell, a, strided_state=False):
     """-> (outputs, saved): outputs (out, h_n[, c_n]); saved the arrays backward takes
-    after ``out`` (gates and cells / hn) or the nonlinearity."""
+    after ``out`` (gates and cells / hn) or the nonlinearity. ``strided_state``: h_n and
+    c_n are strided views."""
     op, g, act = CELLS[cell]
     x = a["x"]
     n, t, _ = x.shape
     h = a["w_hh"].shape[1]
     dt = x.dtype
-    out, h_n = _garbage((n, t, h), dt), _garbage((n, h), dt)
+    out, h_n = _garbage((n, t, h), dt), _garbage((n, h), dt, strided_state)
     w = (a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
     if op == "rnn":
         kernel("rnn_forward")(out, h_n, x, a["h0"], *w, act)
@@ -57,7 +62,7 @@ def _forward(cell, a):
     gates = _garbage((n, t, g * h), dt)
     extra = _garbage((n, t, h), dt)
     if op == "lstm":
-        c_n = _garbage((n, h), dt)
+        c_n = _garbage((n, h), dt, strided_state)
         kernel("lstm_forward")(out, h_n, c_n, gates, extra, x, a["h0"], a["c0"], *w)
         return (out, h_n, c_n), (gates, extra)
     kernel("gru_forward")(out, h_n, gates, extra, x, a["h0"], *w)
@@ -210,6 +215,18 @@ def test_backward_matches_finite_differences(rng, cell, case):
     shape, bias, init = case
     forward, backward, inputs, keys = _fd_case(rng, cell, shape, bias, init)
     check_backward(forward, backward, inputs, rng, names=keys)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_final_state_into_strided_views(rng, dtype, close, cell):
+    """h_n / c_n may be strided views (a slice of a caller's bigger state buffer): the
+    same results as into fresh arrays (the recurrence runs on a contiguous copy)."""
+    a = _make(rng, dtype, cell, (11, 3, 4, 6))
+    want, _ = _forward(cell, a)
+    got, _ = _forward(cell, a, strided_state=True)
+    assert not got[1].flags.c_contiguous
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
