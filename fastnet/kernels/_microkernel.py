@@ -45,8 +45,6 @@ def _target_features():
 VEC_BYTES = 64 if "+avx512f" in _target_features() else 32
 # accumulator registers per tile (MR * NV)
 ACCUMULATORS = 24 if VEC_BYTES == 64 else 12
-# forward / dx tile: MR output channels x NV vectors of output positions
-FWD_MR, FWD_NV = (8, 3) if VEC_BYTES == 64 else (4, 3)
 # dw tile: NV vectors of output channels x MR taps, NV chosen per layer (1 .. DW_MAX_NV)
 DW_MAX_NV = 4 if VEC_BYTES == 64 else 2
 
@@ -176,6 +174,8 @@ FWD_TILE_MRS = (8, 6, 4, 2, 1) if VEC_BYTES == 64 else (4, 3, 2, 1)
 # relative time per computed row of each tile (the short ones load more per FMA): measured
 # on the LeNet-5 and strided benchmark layers with AVX-512; the AVX2 ones by analogy
 FWD_TILE_COST = (1.0, 1.1, 1.22, 2.35, 3.4) if VEC_BYTES == 64 else (1.0, 1.1, 2.0, 3.0)
+# the tallest forward tile's rows (the others are narrower in rows, wider in positions)
+FWD_MR = FWD_TILE_MRS[0]
 _fwd_tiles = [make_table_tile(mr, ACCUMULATORS // mr) for mr in FWD_TILE_MRS]
 _fwd_tiles += _fwd_tiles[-1:] * (5 - len(_fwd_tiles))  # the spares are never called
 fwd_tile_0, fwd_tile_1, fwd_tile_2, fwd_tile_3, fwd_tile_4 = _fwd_tiles

@@ -231,10 +231,9 @@ def test_final_state_into_strided_views(rng, dtype, close, cell):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_does_not_depend_on_thread_count(rng, cell):
-    """Forward and backward are bitwise the same with 1 and 2 threads (the LSTM runs
-    blocks of batch rows in parallel; every sum keeps its order)."""
+    """Forward and backward are bitwise the same with 1 and 2 threads (RNN, LSTM and GRU
+    run blocks of batch rows in parallel; every sum keeps its order)."""
     import numba
-    from fastnet.kernels import _jit
     a = _make(rng, np.float32, cell, (37, 4, 6, 24))
     douts = _douts(rng, cell, a, np.float32)
     got = []
