@@ -10,7 +10,7 @@ from numba.core.codegen import get_host_cpu_features
 
 AVX2_RUN = """
 import numpy as np
-from fastnet.kernels import conv, _microkernel
+from fastnet.kernels import conv, pool, _microkernel
 from tests import reference as ref
 assert _microkernel.VEC_BYTES == 32 and _microkernel.FWD_MR == 4, _microkernel.VEC_BYTES
 rng = np.random.default_rng(0)
@@ -62,6 +62,13 @@ for dtype in (np.float32, np.float64):
     rgrads = ref.lstm_backward(dout, None, None, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     for got, ref_ in zip(grads, rgrads):
         np.testing.assert_allclose(got, ref_, rtol=tol * 10, atol=tol * 10)
+# 2x2 average pooling backward: explicit vector code (_vector.py) with masked last steps
+for dtype in (np.float32, np.float64):
+    for xs in ((2, 3, 6, 43), (2, 2, 7, 9), (1, 2, 4, 4)):
+        dout = rng.standard_normal((xs[0], xs[1], xs[2] // 2, xs[3] // 2)).astype(dtype)
+        dx = np.full(xs, 7.0, dtype)
+        pool.avg_pool2d_backward(dx, dout, (2, 2), (2, 2), (0, 0))
+        np.testing.assert_array_equal(dx, ref.avg_pool2d_backward(dout, xs, (2, 2), (2, 2), (0, 0)))
 print("ok")
 """
 

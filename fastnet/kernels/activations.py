@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, parallel_kernel, parallel_kernel_ordered
-from ._math import fast_exp, fast_tanh
+from ._math import fast_exp, fast_tanh, row_max
 
 # Codes for the activations that other kernels fuse into their epilogues (dense).
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -120,9 +120,7 @@ def softmax_forward(out, x):
     for i in prange(n):
         # NOTE: subtracting the row max keeps exp() in range for logits of +-1e4;
         # accumulators are typed like x (type(m)(0)) so float32 stays float32.
-        m = x[i, 0]
-        for j in range(1, c):
-            m = max(m, x[i, j])
+        m = row_max(x[i])
         s = type(m)(0)
         for j in range(c):
             e = fast_exp(x[i, j] - m)
@@ -163,10 +161,7 @@ def row_max_logsumexp(x, i):
     while m + logsum would round logsum to float32's spacing at m (1e-3 at m = 1e4).
     Callers compile without "reassoc" so that LLVM keeps that order.
     """
-    c = x.shape[1]
-    m = x[i, 0]
-    for j in range(1, c):
-        m = max(m, x[i, j])
+    m = row_max(x[i])
     return m, np.log(_sum_exp_shifted(x, i, m))
 
 

@@ -10,6 +10,7 @@ Backward kernels overwrite their outputs.
 from numba import njit, prange
 
 from ._jit import parallel_kernel
+from ._vector import upsample2
 
 
 @njit(inline="always")
@@ -162,23 +163,21 @@ def _avg_pool2x2_forward(out, x):
 
 @parallel_kernel
 def _avg_pool2x2_backward(dx, dout):
+    # NOTE: each dout row goes to its two dx rows through explicit vector code (see
+    # _vector.py): as a loop of r[2 * j] = r[2 * j + 1] = g it stayed scalar, 3.7x slower
     n_, c_, oh_, ow_ = dout.shape
     h, w = dx.shape[2], dx.shape[3]
     q = dx.dtype.type(0.25)
+    dxf, df = dx.ravel(), dout.ravel()  # both C-contiguous (the layers pass fresh arrays)
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
         for oh in range(oh_):
-            r0, r1, d = dx[n, c, 2 * oh], dx[n, c, 2 * oh + 1], dout[n, c, oh]
-            for ow in range(ow_):
-                g = d[ow] * q
-                r0[2 * ow] = g
-                r0[2 * ow + 1] = g
-                r1[2 * ow] = g
-                r1[2 * ow + 1] = g
+            d0 = (nc * h + 2 * oh) * w
+            upsample2(dxf, df, d0, d0 + w, (nc * oh_ + oh) * ow_, ow_, q)
             if w > 2 * ow_:  # an odd last column belongs to no window
-                r0[w - 1] = 0
-                r1[w - 1] = 0
+                dx[n, c, 2 * oh, w - 1] = 0
+                dx[n, c, 2 * oh + 1, w - 1] = 0
         if h > 2 * oh_:  # nor does an odd last row
             for t in range(w):
                 dx[n, c, h - 1, t] = 0

@@ -177,3 +177,22 @@ def test_rowwise_extreme_logits(dtype, close, op):
     assert np.all(np.isfinite(dx))
     close(dx, ROWWISE[op][1](dout, out), err_msg="backward")
     close(out, ROWWISE[op][0](x), err_msg="forward")
+
+
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_nan_and_inf_logits(dtype, op):
+    """A row with a NaN comes out all NaN, as from the NumPy formula; -inf logits get
+    probability 0 (log-probability -inf); the other rows are untouched by either.
+    Rows long enough for the vectorised row max to have a remainder."""
+    x = np.zeros((4, 37), dtype)
+    x[0, 20] = np.nan
+    x[1, :5] = -np.inf
+    x[2] = np.linspace(-3, 3, 37)
+    x[3, 36] = np.nan
+    out = _row_forward(op, x)
+    assert np.all(np.isnan(out[0])) and np.all(np.isnan(out[3]))
+    with np.errstate(invalid="ignore"):
+        want = ROWWISE[op][0](x[1:3])
+    np.testing.assert_allclose(out[1:3], want, rtol=1e-5)
+    zero = 0 if op == "softmax" else -np.inf
+    assert np.all(out[1, :5] == zero)

@@ -82,6 +82,16 @@ def test_cross_entropy_extreme_logits(dtype, tolerance, close):
     close(grad, rgrad, err_msg="gradient")
 
 
+def test_cross_entropy_nan_logits_give_nan(dtype):
+    """A NaN logit anywhere in a row (not only at its label) makes the loss NaN: it is
+    not skipped by the row max."""
+    logits = np.zeros((3, 21), dtype)
+    logits[1, 17] = np.nan
+    loss, grad = _ce(logits, np.array([0, 0, 0]))
+    assert np.isnan(loss)
+    assert np.all(np.isnan(grad[1])) and np.all(np.isfinite(grad[[0, 2]]))
+
+
 @pytest.mark.parametrize("shape", MSE_SHAPES, ids=str)
 def test_mse_matches_reference(rng, dtype, tolerance, close, shape):
     """Loss (a Python float) and gradient 2 (pred - target) / size against the reference."""

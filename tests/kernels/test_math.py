@@ -7,7 +7,7 @@ from numba import njit
 
 from fastnet.kernels import activations
 from fastnet.kernels._jit import FASTMATH
-from fastnet.kernels._math import fast_exp, fast_tanh
+from fastnet.kernels._math import fast_exp, fast_tanh, row_max
 
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625,
                     88.72, 88.7229, 89.0, -87.3, -87.4, -100.0, 20.0, -20.0], np.float32)
@@ -23,6 +23,11 @@ def _exp_loop(out, x):
 def _tanh_loop(out, x):
     for i in range(x.size):
         out[i] = fast_tanh(x[i])
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _row_max_of(r):
+    return row_max(r)
 
 
 def every_float32(step=61):
@@ -117,3 +122,33 @@ def test_softmax_and_cross_entropy_with_masked_logits():
     grad = np.empty_like(x)
     loss = losses.softmax_cross_entropy_forward(grad, x, np.array([2, 1]))
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 33, 1000])
+def test_row_max_matches_numpy(rng, dtype, n):
+    """The vectorised row max (llvm.maxnum) equals np.max wherever the largest value sits
+    (the first, a middle and the last element: the scalar remainder included), on
+    all-negative rows and rows with infinities."""
+    base = rng.standard_normal(n).astype(dtype) - dtype(10)
+    for where in sorted({0, n // 2, n - 1}):
+        r = base.copy()
+        r[where] = dtype(3)
+        assert _row_max_of(r) == 3
+    assert _row_max_of(base) == base.max()
+    r = base.copy()
+    r[n // 2] = -np.inf
+    assert _row_max_of(r) == r.max()
+    r[n - 1] = np.inf
+    assert _row_max_of(r) == np.inf
+    assert _row_max_of(np.full(n, -np.inf, dtype)) == -np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_skips_nan(dtype):
+    """maxnum semantics: a NaN loses to any number; only an all-NaN row gives NaN (the
+    softmax and log-sum-exp callers still turn a row with a NaN into NaN, see
+    test_activations.py)."""
+    r = np.array([1.0, np.nan, 5.0, 2.0] * 9 + [np.nan], dtype)
+    assert _row_max_of(r) == 5
+    assert np.isnan(_row_max_of(np.full(19, np.nan, dtype)))

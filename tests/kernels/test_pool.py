@@ -15,6 +15,9 @@ CASES = {
     # 2x2/stride 2/no padding has its own kernels: odd sizes leave a row and a column out
     "2x2-s2-odd": ((3, 2, 7, 9), (2, 2), (2, 2), (0, 0)),
     "2x2-s2-parallel": ((4, 8, 34, 33), (2, 2), (2, 2), (0, 0)),
+    # rows of 21 and 1 outputs: full vector steps plus a masked last one, a masked one only
+    "2x2-s2-long-rows": ((2, 3, 6, 43), (2, 2), (2, 2), (0, 0)),
+    "2x2-s2-one-column": ((2, 3, 5, 3), (2, 2), (2, 2), (0, 0)),
     "3x3-s2-p1-odd": ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),
     "nonsquare-3x2-s1x2-p1x1": ((1, 2, 5, 6), (3, 2), (1, 2), (1, 1)),
     "overlap-s1-p1x0": ((2, 2, 5, 5), (3, 3), (1, 1), (1, 0)),
@@ -159,7 +162,8 @@ def test_avg_backward_matches_reference(rng, dtype, close, case):
           ref.avg_pool2d_backward(dout, x_shape, ks, stride, padding))
 
 
-@pytest.mark.parametrize("case", ["3x3-s2-p1-odd", "nonsquare-3x2-s1x2-p1x1", "kernel-is-input-padded"])
+@pytest.mark.parametrize("case", ["3x3-s2-p1-odd", "nonsquare-3x2-s1x2-p1x1", "kernel-is-input-padded",
+                                  "2x2-s2-odd"])
 def test_avg_backward_matches_finite_differences(rng, case):
     """float64 central differences of avg_pool2d_forward."""
     x_shape, ks, stride, padding = CASES[case]
