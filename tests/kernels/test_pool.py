@@ -239,3 +239,17 @@ def test_global_avg_pool_backward_matches_finite_differences(rng):
         return [dx]
 
     check_backward(forward, backward, [rng.standard_normal((2, 3, 3, 2))], rng)
+
+
+def test_avg_2x2_backward_into_strided_views(rng, dtype):
+    """dx and dout as strided views (direct kernel callers may pass them): the same
+    result as into fresh arrays (the 2x2 fast path needs C-contiguous buffers and
+    leaves these to the general kernel)."""
+    dout_full = rng.standard_normal((2, 6, 4, 5)).astype(dtype)
+    dout = dout_full[:, ::2]
+    want = ref.avg_pool2d_backward(dout, (2, 3, 8, 11), (2, 2), (2, 2), (0, 0))
+    big = np.full((2, 3, 8, 22), 7.0, dtype)
+    dx = big[:, :, :, ::2]
+    kernel("avg_pool2d_backward")(dx, dout, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(dx, want)
+    assert np.all(big[:, :, :, 1::2] == 7)
