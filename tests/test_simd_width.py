@@ -21,7 +21,11 @@ rng = np.random.default_rng(0)
 CASES = (((3, 5, 7, 6), (37, 5, 3, 2), (1, 1), (1, 0), True),
          ((2, 1, 5, 9), (3, 1, 3, 3), (1, 1), (2, 2), False),
          ((2, 3, 9, 8), (5, 3, 3, 3), (2, 2), (1, 1), True),
-         ((2, 2, 7, 9), (1, 2, 3, 2), (2, 3), (0, 1), True))
+         ((2, 2, 7, 9), (1, 2, 3, 2), (2, 3), (0, 1), True),
+         # tap counts that end on the 12-tap dw tile's tails: 25 (1 left), 6, 2 (half vector)
+         ((2, 1, 7, 6), (5, 1, 5, 5), (1, 1), (0, 0), False),
+         ((2, 6, 5, 6), (7, 6, 1, 1), (1, 1), (0, 0), True),
+         ((2, 2, 5, 6), (3, 2, 1, 1), (1, 1), (0, 0), True))
 for dtype in (np.float32, np.float64):
     tol = 1e-4 if dtype == np.float32 else 1e-10
     for xs, ws, stride, pad, want_dx in CASES:

@@ -189,6 +189,13 @@ if DW_MAX_NV >= 3:
     dw_tile_4 = make_shift_tile(ACCUMULATORS // 4, 4)
 else:  # never called: the dw kernel caps NV at DW_MAX_NV
     dw_tile_3 = dw_tile_4 = dw_tile_2
+# dw tail tiles, for the last taps of a layer with one output-channel vector (NV 0 or 1,
+# whose full tile takes ACCUMULATORS taps): the smallest of these that covers what is
+# left. LeNet's first layer has 25 taps, its second 150 and the strided 3->16 layer 27:
+# padded to whole 24-tap tiles they computed 48, 168 and 48.
+DW_TAIL_MRS = (12, 6, 3, 1) if VEC_BYTES == 64 else (6, 3, 2, 1)
+dw_tail_h0, dw_tail_h1, dw_tail_h2, dw_tail_h3 = [make_shift_tile(m, 1, half=True) for m in DW_TAIL_MRS]
+dw_tail_0, dw_tail_1, dw_tail_2, dw_tail_3 = [make_shift_tile(m, 1) for m in DW_TAIL_MRS]
 # the recurrent layers' row-block GEMM (rows of the state times a packed weight matrix):
 # the shift tile with ROWS_MR rows and ROWS_NC_VECTORS vectors of columns
 ROWS_NC_VECTORS = 3 if VEC_BYTES == 64 else 2

@@ -47,8 +47,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
-from ._microkernel import (ACCUMULATORS, DW_MAX_NV, FWD_TILE_COST, FWD_TILE_MRS, VEC_BYTES,
-                           dw_tile_0,
+from ._microkernel import (ACCUMULATORS, DW_MAX_NV, DW_TAIL_MRS, FWD_TILE_COST, FWD_TILE_MRS,
+                           VEC_BYTES, dw_tail_0, dw_tail_1, dw_tail_2, dw_tail_3, dw_tail_h0,
+                           dw_tail_h1, dw_tail_h2, dw_tail_h3, dw_tile_0,
                            dw_tile_1, dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile_0, fwd_tile_1,
                            fwd_tile_2, fwd_tile_3, fwd_tile_4, lanes)
 from .activations import ACTIVATIONS, activation_grad, apply_activation
@@ -651,12 +652,42 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
                         gpf[d + u(k)] = zero
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _dw_tail(tile, xf, gf, a, xb, gb, opad, ln, half, rem):
+    # the last rem taps (rem < ACCUMULATORS) of a one-vector dw tile on the smallest tail
+    # tile that covers them (its rows past rem repeat the last tap: computed, never read)
+    if half:
+        if rem <= DW_TAIL_MRS[3]:
+            dw_tail_h3(tile, xf, gf, a, xb, gb, opad, ln)
+        elif rem <= DW_TAIL_MRS[2]:
+            dw_tail_h2(tile, xf, gf, a, xb, gb, opad, ln)
+        elif rem <= DW_TAIL_MRS[1]:
+            dw_tail_h1(tile, xf, gf, a, xb, gb, opad, ln)
+        elif rem <= DW_TAIL_MRS[0]:
+            dw_tail_h0(tile, xf, gf, a, xb, gb, opad, ln)
+        else:
+            dw_tile_0(tile, xf, gf, a, xb, gb, opad, ln)
+    else:
+        if rem <= DW_TAIL_MRS[3]:
+            dw_tail_3(tile, xf, gf, a, xb, gb, opad, ln)
+        elif rem <= DW_TAIL_MRS[2]:
+            dw_tail_2(tile, xf, gf, a, xb, gb, opad, ln)
+        elif rem <= DW_TAIL_MRS[1]:
+            dw_tail_1(tile, xf, gf, a, xb, gb, opad, ln)
+        elif rem <= DW_TAIL_MRS[0]:
+            dw_tail_0(tile, xf, gf, a, xb, gb, opad, ln)
+        else:
+            dw_tile_1(tile, xf, gf, a, xb, gb, opad, ln)
+
+
 @compute_kernel
-def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
+def _mk_dw(part, gt, xf, img, offs, ln, group, nv, k):
     # gt (N, L, Opad) channels-last gradient, xf flat padded input (tap k of position q of
     # image n at n*img + offs[k] + q), offs padded to a whole number of tiles ->
     # part (G, Opad / (nv*W), Kpad, nv*W): group g's sum over its images of
-    # gt[n, q, o] * x[tap k, q] over q, per block of nv*W output channels.
+    # gt[n, q, o] * x[tap k, q] over q, per block of nv*W output channels. k: the real
+    # taps; with one channel vector (nv 0 or 1) the padding past them is not computed
+    # (those rows of part stay 0) but for what a tail tile's rows round up to.
     # NOTE: fixed image groups (summed afterwards in group order), each group one task
     # that owns its slice of part: race-free, and independent of the thread count.
     g_, nob, kpad, ncols = part.shape
@@ -675,7 +706,9 @@ def _mk_dw(part, gt, xf, img, offs, ln, group, nv):
                     tile = blk[k0 * ncols:(k0 + mr) * ncols]
                     a = offs[k0:k0 + mr]
                     gb = n * ln * opad + ob * ncols
-                    if nv == 0:
+                    if nv <= 1 and k - k0 < mr:  # the last taps: a shorter tile
+                        _dw_tail(tile, xf, gf, a, n * img, gb, opad, ln, nv == 0, k - k0)
+                    elif nv == 0:
                         dw_tile_0(tile, xf, gf, a, n * img, gb, opad, ln)
                     elif nv == 1:
                         dw_tile_1(tile, xf, gf, a, n * img, gb, opad, ln)
@@ -862,7 +895,7 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
     groups = -(-n_ // DW_GROUP)
     part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
         groups, opad // ncols, kpad, ncols)
-    _mk_dw(part, gt, xf, c_ * pa * pb * hq * wq, offs, ln, DW_GROUP, nv)
+    _mk_dw(part, gt, xf, c_ * pa * pb * hq * wq, offs, ln, DW_GROUP, nv, k)
     # part (G, blocks, Kpad, ncols) -> dw (O, K)
     total = part.sum(axis=0)
     dw.reshape(o_, k)[...] = total.transpose(0, 2, 1).reshape(opad, kpad)[:o_, :k]

@@ -214,10 +214,10 @@ def avg_pool2d_forward(out, x, kernel_size, stride, padding):
 
 def avg_pool2d_backward(dx, dout, kernel_size, stride, padding):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)"""
-    # the 2x2 kernel works on flat C-contiguous buffers (a strided view would be raveled
-    # into a copy, and the result lost); the general kernel takes any strides
+    # the 2x2 kernel works on flat C-contiguous buffers of one dtype (a strided view would
+    # be raveled into a copy, and the result lost); the general kernel takes any strides
     if (_is_2x2(kernel_size, stride, padding) and dx.flags.c_contiguous
-            and dout.flags.c_contiguous):
+            and dout.flags.c_contiguous and dx.dtype == dout.dtype):
         _avg_pool2x2_backward(dx, dout)
     else:
         _avg_pool2d_backward(dx, dout, *kernel_size, *stride, *padding)

@@ -306,6 +306,32 @@ def test_tile_choice():
     assert used == set(range(len(mrs))), used
 
 
+# (input channels, kernel) -> taps 25, 27, 6, 9, 18, 2: with 24-tap dw tiles (AVX-512)
+# the last tile is the 1-, 3-, 6- and 12-tap tail or a full tile; with 12-tap tiles
+# (AVX2) the 1-, 3-, 6-, 2-tap tails or a full tile
+DW_TAIL_GEOMETRIES = [(1, (5, 5)), (3, (3, 3)), (6, (1, 1)), (1, (3, 3)), (2, (3, 3)),
+                      (2, (1, 1))]
+
+
+@pytest.mark.parametrize("o", [5, 12], ids=["half-vector", "one-vector"])
+@pytest.mark.parametrize("geometry", DW_TAIL_GEOMETRIES, ids=str)
+def test_dw_tail_tiles(rng, dtype, close, geometry, o):
+    """dw of layers with one vector of output channels (or half of one) whose tap count
+    is not a multiple of the tile's: the last taps run on a shorter tail tile, and
+    every dw value matches the reference; every tail tile is used by these cases."""
+    from fastnet.kernels import _microkernel as mk
+    c, ks = geometry
+    x, w, b = _data(rng, dtype, (3, c, 7, 6), (o, c) + ks)
+    dout = rng.standard_normal((3, o, 7 - ks[0] + 1, 6 - ks[1] + 1)).astype(dtype)
+    _, dw, db = _backward(dout, x, w, None, (1, 1), (0, 0), want=("dw", "db"))
+    _, rdw, rdb = ref.conv2d_backward(dout, x, w, (1, 1), (0, 0))
+    close(dw, rdw, scale=np.sqrt(dout[0, 0].size))
+    close(db, rdb, scale=np.sqrt(dout[0, 0].size))
+    rems = {c * kh * kw % mk.ACCUMULATORS for c, (kh, kw) in DW_TAIL_GEOMETRIES} - {0}
+    tails = {min(m for m in mk.DW_TAIL_MRS + (mk.ACCUMULATORS,) if m >= r) for r in rems}
+    assert tails == set(mk.DW_TAIL_MRS) | {mk.ACCUMULATORS}, tails
+
+
 @pytest.mark.parametrize("path", ["direct", "microkernel"])
 def test_dw_does_not_depend_on_thread_count(rng, monkeypatch, path):
     """Fixed image groups: the direct and the micro-kernel dw (and the whole backward)
