@@ -595,6 +595,24 @@ def _grad_planes(gs, dbp, dout, out, n, code):
             dbp[n, o] = s
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, opad):
+    # image n's gradient gs (OH, Opad, OW), flat in gsf -> gt[n] (L, Opad) flat in gtf:
+    # position (r, t) at r*wp + t, zeros in the junk columns between rows
+    u = np.uint64
+    zero = gtf.dtype.type(0)
+    for r in range(oh_):
+        for t in range(ow_):
+            d = u((n * ln + r * wp + t) * opad)
+            src = u(r * opad * ow_ + t)
+            for o in range(opad):
+                gtf[d + u(o)] = gsf[src + u(o * ow_)]
+        if r < oh_ - 1:  # the junk columns of the row
+            d = u((n * ln + r * wp + ow_) * opad)
+            for k in range((wp - ow_) * opad):
+                gtf[d + u(k)] = zero
+
+
 @parallel_kernel
 def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
     # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
@@ -603,7 +621,7 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
     # junk and padding columns, for dw. dbp (N, O): per-image sums (None without bias).
     # NOTE: per image, g is first computed plane by plane (reading a row of every
     # channel in turn instead thrashed L1: the planes of a 32x32 image are exactly 4 KiB
-    # apart) into a scratch laid out (OH, O, OW), whose rows of all channels are close
+    # apart) into a scratch laid out (OH, Opad, OW), whose rows of all channels are close
     # together for the transposition, then copied out of cache into both layouts, with
     # flat unsigned indices (a signed index keeps Numba's wraparound check, and a view
     # per row cost more than the copy on small planes).
@@ -613,7 +631,12 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
     gtf = gt.ravel()
     u = np.uint64
     for n in prange(n_):
-        gs = np.empty((oh_, o_, ow_), gt.dtype)
+        gs = np.empty((oh_, opad, ow_), gt.dtype)
+        for r in range(oh_):  # the padding channels: zeros in the channels-last copy
+            for o in range(o_, opad):
+                pad = gs[r, o]
+                for t in range(ow_):
+                    pad[t] = zero
         # the activation as a constant in each branch (the loops vectorise)
         if code == 0:
             _grad_planes(gs, dbp, dout, out, n, 0)
@@ -622,18 +645,14 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
         else:
             _grad_planes(gs, dbp, dout, out, n, code)
         gsf = gs.ravel()
-        for r in range(oh_):
-            for t in range(ow_):
-                d = u((n * ln + r * wp + t) * opad)
-                src = u((r * o_) * ow_ + t)
-                for o in range(o_):
-                    gtf[d + u(o)] = gsf[src + u(o * ow_)]
-                for o in range(o_, opad):
-                    gtf[d + u(o)] = zero
-            if r < oh_ - 1:  # the junk columns of the row
-                d = u((n * ln + r * wp + ow_) * opad)
-                for k in range((wp - ow_) * opad):
-                    gtf[d + u(k)] = zero
+        # the channel count as a constant for one-vector layouts (LeNet's 6 and 16
+        # channels): the copy of a position's channels unrolls into one vector store
+        if opad == 8:
+            _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, 8)
+        elif opad == 16:
+            _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, 16)
+        else:
+            _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, opad)
         if gp is not None:
             hg, wg = gp.shape[2], gp.shape[3]
             gpf = gp.ravel()
@@ -643,7 +662,7 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
                     gpf[d + u(k)] = zero
                 for r in range(oh_):
                     d2 = d + u((ph2 + r) * wg + pw2)
-                    src = u((r * o_ + o) * ow_)
+                    src = u((r * opad + o) * ow_)
                     for t in range(ow_):
                         gpf[d2 + u(t)] = gsf[src + u(t)]
                     # the rest of this row and the start of the next, up to its data
