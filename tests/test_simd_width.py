@@ -73,6 +73,17 @@ for dtype in (np.float32, np.float64):
         dx = np.full(xs, 7.0, dtype)
         pool.avg_pool2d_backward(dx, dout, (2, 2), (2, 2), (0, 0))
         np.testing.assert_array_equal(dx, ref.avg_pool2d_backward(dout, xs, (2, 2), (2, 2), (0, 0)))
+# 2x2 max pooling forward: explicit vector code with masked last steps; ties and NaNs
+for dtype in (np.float32, np.float64):
+    for xs in ((2, 3, 6, 43), (2, 2, 7, 9), (1, 2, 4, 4), (1, 1, 2, 34)):
+        x = np.round(rng.standard_normal(xs)).astype(dtype)
+        x[:, :, ::3, ::5] = np.nan  # at most one NaN per window (with two, the last wins)
+        oshape = (xs[0], xs[1], xs[2] // 2, xs[3] // 2)
+        out, am = np.empty(oshape, dtype), np.empty(oshape, np.int32)
+        pool.max_pool2d_forward(out, am, x, (2, 2), (2, 2), (0, 0))
+        rout, rarg = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+        np.testing.assert_array_equal(out, rout)
+        np.testing.assert_array_equal(am, rarg)
 print("ok")
 """
 

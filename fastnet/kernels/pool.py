@@ -7,10 +7,11 @@ ties go to the first element in row-major window order; NaN propagates, as in Py
 KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
 Backward kernels overwrite their outputs.
 """
+import numpy as np
 from numba import njit, prange
 
 from ._jit import parallel_kernel
-from ._vector import upsample2
+from ._vector import max_pool2x2_row, upsample2
 
 
 @njit(inline="always")
@@ -110,41 +111,17 @@ def _avg_pool2d_backward(dx, dout, kh, kw, sh, sw, ph, pw):
 # NOTE: 2x2 windows with stride 2 and no padding are nearly every CNN's pooling: they get
 # kernels with fixed windows and branch-free selects. On real activations the max
 # comparison is a coin flip, and mispredicted branches made the general kernel 5x slower.
-@njit(inline="always")
-def _take(v, best):
-    return (v > best) | (v != v)  # strict >: ties keep the first; a NaN wins
-
-
 @parallel_kernel
 def _max_pool2x2_forward(out, argmax, x):
-    # NOTE: one select per value (not a tuple-valued conditional, which LLVM kept as
-    # branches): the loop over ow vectorises, 4.7x faster
+    # NOTE: each output row on explicit vector code (see _vector.py): the Numba loop, one
+    # select per value, vectorised but ran at 13-23 GB/s on rows of 14 or 16 outputs
     n_, c_, oh_, ow_ = out.shape
-    w = x.shape[3]
+    h, w = x.shape[2], x.shape[3]
+    of, af, xf = out.ravel(), argmax.ravel(), x.ravel()  # C-contiguous (see the wrapper)
     for nc in prange(n_ * c_):
-        n = nc // c_
-        c = nc % c_
         for oh in range(oh_):
-            r0, r1 = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
-            o, am = out[n, c, oh], argmax[n, c, oh]
-            base = 2 * oh * w
-            for ow in range(ow_):
-                j = 2 * ow
-                best, k = r0[j], 0
-                v = r0[j + 1]
-                t = _take(v, best)
-                best = v if t else best
-                k = 1 if t else k
-                v = r1[j]
-                t = _take(v, best)
-                best = v if t else best
-                k = w if t else k
-                v = r1[j + 1]
-                t = _take(v, best)
-                best = v if t else best
-                k = w + 1 if t else k
-                o[ow] = best
-                am[ow] = base + j + k
+            max_pool2x2_row(of, af, xf, (nc * oh_ + oh) * ow_, (nc * h + 2 * oh) * w, w, ow_,
+                            2 * oh * w)
 
 
 @parallel_kernel
@@ -189,7 +166,15 @@ def _is_2x2(kernel_size, stride, padding):
 
 def max_pool2d_forward(out, argmax, x, kernel_size, stride, padding):
     """x (N, C, H, W) -> out (N, C, OH, OW), argmax (N, C, OH, OW) int32"""
-    if _is_2x2(kernel_size, stride, padding):
+    # the kernels work on flat C-contiguous buffers: other arrays go through copies (a
+    # strided view would be raveled into a copy, and the result lost)
+    if not (out.flags.c_contiguous and argmax.flags.c_contiguous):
+        o, a = np.empty(out.shape, out.dtype), np.empty(argmax.shape, np.int32)
+        max_pool2d_forward(o, a, x, kernel_size, stride, padding)
+        out[...], argmax[...] = o, a
+        return
+    x = np.ascontiguousarray(x)
+    if _is_2x2(kernel_size, stride, padding) and out.dtype == x.dtype:
         _max_pool2x2_forward(out, argmax, x)
     else:
         _max_pool2d_forward(out, argmax, x, *kernel_size, *stride, *padding)

@@ -253,3 +253,20 @@ def test_avg_2x2_backward_into_strided_views(rng, dtype):
     kernel("avg_pool2d_backward")(dx, dout, (2, 2), (2, 2), (0, 0))
     np.testing.assert_array_equal(dx, want)
     assert np.all(big[:, :, :, 1::2] == 7)
+
+
+@pytest.mark.parametrize("case", ["2x2-s2-long-rows", "3x3-s2-p1-odd"])
+def test_max_forward_strided_views(rng, dtype, case):
+    """x, out and argmax as strided views (direct kernel callers may pass them): the same
+    values and argmax as the reference, and nothing written between the view's elements
+    (the kernels work on flat buffers; the wrapper goes through copies)."""
+    x_shape, ks, stride, padding = CASES[case]
+    x = rng.standard_normal(x_shape[:3] + (2 * x_shape[3],)).astype(dtype)[..., ::2]
+    rout, rarg = ref.max_pool2d_forward(x, ks, stride, padding)
+    big = np.full(rout.shape[:3] + (2 * rout.shape[3],), 7.0, dtype)
+    bigarg = np.full(big.shape, -5, np.int32)
+    out, argmax = big[..., ::2], bigarg[..., 1::2]
+    kernel("max_pool2d_forward")(out, argmax, x, ks, stride, padding)
+    np.testing.assert_array_equal(out, rout)
+    np.testing.assert_array_equal(argmax, rarg)
+    assert np.all(big[..., 1::2] == 7) and np.all(bigarg[..., ::2] == -5)
