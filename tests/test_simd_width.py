@@ -84,6 +84,10 @@ for dtype in (np.float32, np.float64):
         rout, rarg = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
         np.testing.assert_array_equal(out, rout)
         np.testing.assert_array_equal(am, rarg)
+        g = rng.standard_normal(oshape).astype(dtype)
+        dx = np.full(xs, 7.0, dtype)
+        pool.max_pool2d_backward(dx, g, am, (2, 2), (2, 2), (0, 0))
+        np.testing.assert_array_equal(dx, ref.max_pool2d_backward(g, am, xs))
 print("ok")
 """
 

@@ -150,3 +150,70 @@ def max_pool2x2_row(typingctx, out, argmax, x, o0, x0, w, n, base):
             builder.call(store_idx, [idx, pa, ir.Constant(i32, 4), mo])
         return context.get_dummy_value()
     return sig, codegen
+
+
+@intrinsic
+def max_unpool2x2_row(typingctx, dx, dout, argmax, d0, w, s0, n, base):
+    """The backward of one output row of 2x2 / stride-2 max pooling, W/2 outputs per step:
+    for i < n with a = argmax[s0 + i] - (base + 2i) (0, 1, w or w + 1: the forward's
+    pick), dx[d0 + 2i + j] = dout[s0 + i] if a == j else 0 for j in (0, 1), and
+    dx[d0 + w + 2i + j] likewise for a == w + j. Every element of the two dx rows is
+    written once (zeros included); each output's gradient goes to one place, as the
+    windows do not overlap. dx and dout 1-D contiguous float arrays of one dtype, argmax
+    1-D contiguous int32; the caller keeps every index inside them."""
+    if not (isinstance(dx, types.Array) and isinstance(dout, types.Array)
+            and dx.dtype == dout.dtype and dx.dtype in (types.float32, types.float64)
+            and isinstance(argmax, types.Array) and argmax.dtype == types.int32):
+        raise TypeError(f"max_unpool2x2_row takes float dx and dout of one dtype and int32 "
+                        f"argmax, not {dx}, {dout}, {argmax}")
+    sig = types.void(dx, dout, argmax, types.intp, types.intp, types.intp, types.intp,
+                     types.intp)
+
+    def codegen(context, builder, signature, args):
+        dx_a = context.make_array(signature.args[0])(context, builder, args[0])
+        g_a = context.make_array(signature.args[1])(context, builder, args[1])
+        am_a = context.make_array(signature.args[2])(context, builder, args[2])
+        d0, w, s0, n, base = args[3:]
+        bits = signature.args[0].dtype.bitwidth
+        lw = lanes(bits // 8)
+        h = lw // 2
+        ft = _float_type(signature.args[0].dtype)
+        hv, wv = ir.VectorType(ft, h), ir.VectorType(ft, lw)
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        hk = ir.VectorType(i32, h)
+        align = ir.Constant(i32, bits // 8)
+        load_g, store_dx = _masked(builder, "load", hv, bits), _masked(builder, "store", wv, bits)
+        load_k = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(hk, [hk.as_pointer(), i32, ir.VectorType(i1, h), hk]),
+            f"llvm.masked.load.v{h}i32.p0")
+        lane_h = ir.Constant(ir.VectorType(i64, h), list(range(h)))
+        lane_w = ir.Constant(ir.VectorType(i64, lw), list(range(lw)))
+        twice_lane = ir.Constant(hk, [2 * k for k in range(h)])
+        zip_ = ir.Constant(ir.VectorType(i32, lw), [k // 2 + (k % 2) * h for k in range(lw)])
+        zero_g = ir.Constant(hv, [0.0] * h)
+        zero_k = ir.Constant(hk, [0] * h)
+        w32 = builder.trunc(w, i32)
+        picks = [ir.Constant(hk, [0] * h), ir.Constant(hk, [1] * h), _splat(builder, w32, h),
+                 _splat(builder, builder.add(w32, ir.Constant(i32, 1)), h)]
+        steps = builder.udiv(builder.add(n, ir.Constant(i64, h - 1)), ir.Constant(i64, h))
+        with cgutils.for_range(builder, steps) as loop:
+            i = builder.mul(loop.index, ir.Constant(i64, h))
+            left = builder.sub(n, i)  # outputs still to read, > 0
+            mh = builder.icmp_unsigned("<", lane_h, _splat(builder, left, h))
+            mw = builder.icmp_unsigned("<", lane_w, _splat(builder, builder.add(left, left), lw))
+            src = builder.add(s0, i)
+            g = builder.call(load_g, [builder.bitcast(builder.gep(g_a.data, [src]), hv.as_pointer()),
+                                      align, mh, zero_g])
+            k = builder.call(load_k, [builder.bitcast(builder.gep(am_a.data, [src]), hk.as_pointer()),
+                                      ir.Constant(i32, 4), mh, zero_k])
+            first = builder.trunc(builder.add(base, builder.add(i, i)), i32)
+            rel = builder.sub(k, builder.add(_splat(builder, first, h), twice_lane))
+            vals = [builder.select(builder.icmp_signed("==", rel, p), g, zero_g) for p in picks]
+            dst = builder.add(d0, builder.add(i, i))
+            for row, (even, odd) in enumerate(((vals[0], vals[1]), (vals[2], vals[3]))):
+                pairs = builder.shuffle_vector(even, odd, zip_)
+                at = dst if row == 0 else builder.add(dst, w)
+                p = builder.bitcast(builder.gep(dx_a.data, [at]), wv.as_pointer())
+                builder.call(store_dx, [pairs, p, align, mw])
+        return context.get_dummy_value()
+    return sig, codegen

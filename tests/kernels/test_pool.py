@@ -270,3 +270,19 @@ def test_max_forward_strided_views(rng, dtype, case):
     np.testing.assert_array_equal(out, rout)
     np.testing.assert_array_equal(argmax, rarg)
     assert np.all(big[..., 1::2] == 7) and np.all(bigarg[..., ::2] == -5)
+
+
+@pytest.mark.parametrize("case", ["2x2-s2-odd", "3x3-s2-p1-odd"])
+def test_max_backward_into_strided_views(rng, dtype, case):
+    """dx, dout and argmax as strided views: the reference's gradient, and nothing written
+    between dx's elements."""
+    x_shape, ks, stride, padding = CASES[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    out, argmax = _max_forward(x, ks, stride, padding)
+    dout = np.repeat(rng.standard_normal(out.shape).astype(dtype), 2, axis=3)[..., ::2]
+    am = np.repeat(argmax, 2, axis=3)[..., 1::2]
+    big = np.full(x_shape[:3] + (2 * x_shape[3],), 7.0, dtype)
+    dx = big[..., 1::2]
+    kernel("max_pool2d_backward")(dx, dout, am, ks, stride, padding)
+    np.testing.assert_allclose(dx, ref.max_pool2d_backward(dout, argmax, x_shape), rtol=1e-6)
+    assert np.all(big[..., ::2] == 7)
