@@ -185,6 +185,14 @@ def _is_2x2(kernel_size, stride, padding):
     return tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
 
 
+def _vector_ok(floats, argmax=None):
+    """Whether the 2x2 vector code (_vector.py) takes these arrays: float32 or float64 of
+    one dtype (and int32 argmax); the general kernels take the rest."""
+    dt = floats[0].dtype
+    return (dt in (np.float32, np.float64) and all(a.dtype == dt for a in floats)
+            and (argmax is None or argmax.dtype == np.int32))
+
+
 def max_pool2d_forward(out, argmax, x, kernel_size, stride, padding):
     """x (N, C, H, W) -> out (N, C, OH, OW), argmax (N, C, OH, OW) int32"""
     # the kernels work on flat C-contiguous buffers: other arrays go through copies (a
@@ -195,7 +203,7 @@ def max_pool2d_forward(out, argmax, x, kernel_size, stride, padding):
         out[...], argmax[...] = o, a
         return
     x = np.ascontiguousarray(x)
-    if _is_2x2(kernel_size, stride, padding) and out.dtype == x.dtype:
+    if _is_2x2(kernel_size, stride, padding) and _vector_ok((out, x), argmax):
         _max_pool2x2_forward(out, argmax, x)
     else:
         _max_pool2d_forward(out, argmax, x, *kernel_size, *stride, *padding)
@@ -215,7 +223,7 @@ def max_pool2d_backward(dx, dout, argmax, kernel_size, stride, padding):
         dx[...] = d
         return
     dout, argmax = np.ascontiguousarray(dout), np.ascontiguousarray(argmax)
-    if _is_2x2(kernel_size, stride, padding) and dout.dtype == dx.dtype and argmax.dtype == np.int32:
+    if _is_2x2(kernel_size, stride, padding) and _vector_ok((dx, dout), argmax):
         _max_pool2x2_backward(dx, dout, argmax)
     else:
         _max_pool2d_backward(dx, dout, argmax)
@@ -234,7 +242,7 @@ def avg_pool2d_backward(dx, dout, kernel_size, stride, padding):
     # the 2x2 kernel works on flat C-contiguous buffers of one dtype (a strided view would
     # be raveled into a copy, and the result lost); the general kernel takes any strides
     if (_is_2x2(kernel_size, stride, padding) and dx.flags.c_contiguous
-            and dout.flags.c_contiguous and dx.dtype == dout.dtype):
+            and dout.flags.c_contiguous and _vector_ok((dx, dout))):
         _avg_pool2x2_backward(dx, dout)
     else:
         _avg_pool2d_backward(dx, dout, *kernel_size, *stride, *padding)
