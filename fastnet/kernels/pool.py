@@ -49,6 +49,20 @@ def _max_pool2d_forward(out, argmax, x, kh, kw, sh, sw, ph, pw):
                 af[ob + oh * ow_ + ow] = arg
 
 
+@njit(inline="always")
+def _zero_odd_edges(dxf, nc, h, w, oh_, ow_):
+    # plane nc of a 2x2 / stride-2 backward: an odd last column and an odd last row of dx
+    # belong to no window
+    zero = dxf.dtype.type(0)
+    if w > 2 * ow_:
+        for r in range(2 * oh_):
+            dxf[(nc * h + r) * w + w - 1] = zero
+    if h > 2 * oh_:
+        last = dxf[(nc * h + h - 1) * w:(nc * h + h) * w]
+        for t in range(last.size):
+            last[t] = zero
+
+
 @parallel_kernel
 def _max_pool2x2_backward(dx, dout, argmax):
     # each output row's gradient into its two dx rows, every dx element written once, on
@@ -56,18 +70,11 @@ def _max_pool2x2_backward(dx, dout, argmax):
     n_, c_, oh_, ow_ = dout.shape
     h, w = dx.shape[2], dx.shape[3]
     dxf, gf, af = dx.ravel(), dout.ravel(), argmax.ravel()  # C-contiguous (see the wrapper)
-    zero = dx.dtype.type(0)
     for nc in prange(n_ * c_):
         for oh in range(oh_):
             d0 = (nc * h + 2 * oh) * w
             max_unpool2x2_row(dxf, gf, af, d0, w, (nc * oh_ + oh) * ow_, ow_, 2 * oh * w)
-            if w > 2 * ow_:  # an odd last column belongs to no window
-                dxf[d0 + w - 1] = zero
-                dxf[d0 + 2 * w - 1] = zero
-        if h > 2 * oh_:  # nor does an odd last row
-            last = dxf[(nc * h + h - 1) * w:(nc * h + h) * w]
-            for t in range(w):
-                last[t] = zero
+        _zero_odd_edges(dxf, nc, h, w, oh_, ow_)
 
 
 @parallel_kernel
@@ -166,19 +173,12 @@ def _avg_pool2x2_backward(dx, dout):
     n_, c_, oh_, ow_ = dout.shape
     h, w = dx.shape[2], dx.shape[3]
     q = dx.dtype.type(0.25)
-    dxf, df = dx.ravel(), dout.ravel()  # both C-contiguous (the layers pass fresh arrays)
+    dxf, df = dx.ravel(), dout.ravel()  # C-contiguous (see the wrapper)
     for nc in prange(n_ * c_):
-        n = nc // c_
-        c = nc % c_
         for oh in range(oh_):
             d0 = (nc * h + 2 * oh) * w
             upsample2(dxf, df, d0, d0 + w, (nc * oh_ + oh) * ow_, ow_, q)
-            if w > 2 * ow_:  # an odd last column belongs to no window
-                dx[n, c, 2 * oh, w - 1] = 0
-                dx[n, c, 2 * oh + 1, w - 1] = 0
-        if h > 2 * oh_:  # nor does an odd last row
-            for t in range(w):
-                dx[n, c, h - 1, t] = 0
+        _zero_odd_edges(dxf, nc, h, w, oh_, ow_)
 
 
 def _is_2x2(kernel_size, stride, padding):

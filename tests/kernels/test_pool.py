@@ -86,7 +86,8 @@ def test_max_backward_matches_reference(rng, dtype, close, case):
     close(dx, ref.max_pool2d_backward(dout, argmax, x_shape), scale=np.sqrt(np.prod(ks)))
 
 
-@pytest.mark.parametrize("case", ["3x3-s2-p1-odd", "overlap-s1-p1x0", "kernel-is-input-padded"])
+@pytest.mark.parametrize("case", ["3x3-s2-p1-odd", "overlap-s1-p1x0", "kernel-is-input-padded",
+                                  "2x2-s2-odd", "2x2-s2-long-rows"])
 def test_max_backward_matches_finite_differences(rng, case):
     """float64 central differences of max_pool2d_forward (distinct random values)."""
     x_shape, ks, stride, padding = CASES[case]
