@@ -53,7 +53,7 @@ class CrossEntropyLoss(_Loss):
         labels = device.accept(labels, self, " labels")
         if not hasattr(labels, "dtype"):
             raise TypeError(f"{self!r}: labels must be an array of ints, got {type(labels).__name__}")
-        if not np.issubdtype(labels.dtype, np.integer):
+        if labels.dtype.kind not in "iu":  # (np.issubdtype(.., np.integer), 10x cheaper)
             raise TypeError(f"{self!r}: labels must be integer class indices, got dtype {labels.dtype}")
         n, c = logits.shape
         if labels.shape != (n,):
@@ -62,13 +62,18 @@ class CrossEntropyLoss(_Loss):
                 f"got {tuple(labels.shape)}"
             )
         if isinstance(labels, np.ndarray):
-            lo, hi = labels.min(), labels.max()
-            if lo < 0 or hi >= c:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{self!r}: label {bad} is out of range for {c} classes [0, {c})")
+            if device.type != "cpu":  # checked before the copy (the CPU kernel checks them itself)
+                lo, hi = labels.min(), labels.max()
+                if lo < 0 or hi >= c:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(f"{self!r}: label {bad} is out of range for {c} classes "
+                                     f"[0, {c})")
             labels = device.asarray(labels, dtype=np.int64)
         grad = device.empty(logits.shape, logits.dtype)
-        loss = kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
+        try:
+            loss = kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
+        except ValueError as e:
+            raise ValueError(f"{self!r}: {e}") from None
         self._grad = grad
         return loss
 

@@ -88,6 +88,25 @@ for dtype in (np.float32, np.float64):
         dx = np.full(xs, 7.0, dtype)
         pool.max_pool2d_backward(dx, g, am, (2, 2), (2, 2), (0, 0))
         np.testing.assert_array_equal(dx, ref.max_pool2d_backward(g, am, xs))
+# softmax and cross-entropy rows of one vector (explicit vector code: up to 8 float32
+# values at this width) and longer
+from fastnet.kernels import activations, losses
+for dtype in (np.float32, np.float64):
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for c in (1, 5, 8, 9, 10):
+        x = (3 * rng.standard_normal((19, c))).astype(dtype)
+        out = np.empty_like(x)
+        activations.softmax_forward(out, x)
+        np.testing.assert_allclose(out, ref.softmax_forward(x), rtol=tol, atol=tol)
+        g = rng.standard_normal(x.shape).astype(dtype)
+        dx = np.empty_like(x)
+        activations.softmax_backward(dx, g, out)
+        np.testing.assert_allclose(dx, ref.softmax_backward(g, out), rtol=tol * 10, atol=tol)
+        labels = rng.integers(0, c, 19)
+        loss = losses.softmax_cross_entropy_forward(dx, x, labels)
+        rloss, rgrad = ref.softmax_cross_entropy(x, labels)
+        np.testing.assert_allclose(loss, rloss, rtol=tol * 10)
+        np.testing.assert_allclose(dx, rgrad, rtol=tol * 10, atol=tol)
 print("ok")
 """
 

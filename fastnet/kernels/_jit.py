@@ -49,17 +49,15 @@ class ParallelKernel:
         serial_fn.__qualname__ = fn.__qualname__ + "_serial"
         self.serial = njit(**options)(serial_fn)
         self.py_func = fn
-        self.compute = compute
+        self.factor = COMPUTE_FACTOR if compute else 1
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        work = 0
+        threshold = PARALLEL_MIN_WORK // self.factor
         for a in args:
-            if isinstance(a, np.ndarray) and a.size > work:
-                work = a.size
-        threshold = PARALLEL_MIN_WORK // COMPUTE_FACTOR if self.compute else PARALLEL_MIN_WORK
-        build = self.parallel if work >= threshold else self.serial
-        return build(*args)
+            if isinstance(a, np.ndarray) and a.size >= threshold:
+                return self.parallel(*args)
+        return self.serial(*args)
 
     def dispatchers(self):
         return (self.parallel, self.serial)

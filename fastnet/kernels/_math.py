@@ -66,6 +66,13 @@ def row_max(r):
     return m
 
 
+# float32 exp(x) = 2^k e^r (see exp32 below; _vector.py's vector exp uses the same)
+EXP_LO, EXP_HI = -87.33654, 88.7229  # x is clamped to these first
+LOG2E = 1.44269504
+LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split in two
+EXP_TAYLOR = (1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0)  # r^7 .. r^0
+
+
 def fast_exp(x):
     """exp(x); vectorisable for float32 (see the module docstring)."""
     return np.exp(x)
@@ -93,18 +100,18 @@ def _fast_exp(x):
         # so that k lies in [-126, 128]; 2^k = 2 * 2^(k-1), where 2^(k-1) is 0 for
         # k = -126 (results below 2e-38 flush to 0, exp(-inf) = 0) and the product
         # overflows to inf above log(FLT_MAX) (exp(+inf) = inf).
-        x = min(max(x, f(-87.33654)), f(88.7229))
-        k = np.floor(x * f(1.44269504) + f(0.5))
-        r = _fma32(-k, f(0.693359375), x)
-        r = _fma32(-k, f(-2.12194440e-4), r)
-        p = f(1.0 / 5040)
-        p = p * r + f(1.0 / 720)
-        p = p * r + f(1.0 / 120)
-        p = p * r + f(1.0 / 24)
-        p = p * r + f(1.0 / 6)
-        p = p * r + f(0.5)
-        p = p * r + f(1.0)
-        p = p * r + f(1.0)
+        x = min(max(x, f(EXP_LO)), f(EXP_HI))
+        k = np.floor(x * f(LOG2E) + f(0.5))
+        r = _fma32(-k, f(LN2_HI), x)
+        r = _fma32(-k, f(LN2_LO), r)
+        p = f(EXP_TAYLOR[0])
+        p = p * r + f(EXP_TAYLOR[1])
+        p = p * r + f(EXP_TAYLOR[2])
+        p = p * r + f(EXP_TAYLOR[3])
+        p = p * r + f(EXP_TAYLOR[4])
+        p = p * r + f(EXP_TAYLOR[5])
+        p = p * r + f(EXP_TAYLOR[6])
+        p = p * r + f(EXP_TAYLOR[7])
         return (p * f(2.0)) * _float32_from_bits((np.int32(k) + np.int32(126)) << np.int32(23))
     return exp32
 

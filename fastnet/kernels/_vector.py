@@ -21,6 +21,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._math import EXP_HI, EXP_LO, EXP_TAYLOR, LN2_HI, LN2_LO, LOG2E
 from ._microkernel import _float_type, lanes
 
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -34,16 +35,20 @@ def _splat(builder, value, n):
                                   undef, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
+def _suffix(vty):
+    """An intrinsic's type suffix: v16f32, v8f64, v8i32 ..."""
+    return f"v{vty.count}" + {"float": "f32", "double": "f64", "i32": "i32"}[str(vty.element)]
+
+
 def _masked(builder, op, vty):
     """llvm.masked.load / llvm.masked.store for vectors of float, double or i32."""
-    elem = {"float": "f32", "double": "f64", "i32": "i32"}[str(vty.element)]
     mask = ir.VectorType(_I1, vty.count)
     if op == "load":
         fnty = ir.FunctionType(vty, [vty.as_pointer(), _I32, mask, vty])
     else:
         fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, mask])
     return cgutils.get_or_insert_function(builder.module, fnty,
-                                          f"llvm.masked.{op}.v{vty.count}{elem}.p0")
+                                          f"llvm.masked.{op}.{_suffix(vty)}.p0")
 
 
 class _Emitter:
@@ -52,8 +57,9 @@ class _Emitter:
 
     def __init__(self, context, builder, signature, args, narrays):
         self.b = builder
-        self.data = [context.make_array(t)(context, builder, a).data
-                     for t, a in zip(signature.args[:narrays], args[:narrays])]
+        self.arrays = [context.make_array(t)(context, builder, a)
+                       for t, a in zip(signature.args[:narrays], args[:narrays])]
+        self.data = [a.data for a in self.arrays]
         dtype = signature.args[0].dtype
         self.bits = dtype.bitwidth
         self.lanes = lanes(self.bits // 8)  # floats per vector register
@@ -70,14 +76,16 @@ class _Emitter:
     def _ptr(self, array, index, vty):
         return self.b.bitcast(self.b.gep(self.data[array], [index]), vty.as_pointer())
 
-    def load(self, array, index, vty, left):
-        """vty's lanes from data[array][index:], those past ``left`` zero (not read)."""
+    def load(self, array, index, vty, left, fill=None):
+        """vty's lanes from data[array][index:], those past ``left`` ``fill`` (zero by
+        default; not read)."""
         align = ir.Constant(_I32, vty.element.width // 8 if isinstance(vty.element, ir.IntType)
                             else self.bits // 8)
-        zero = ir.Constant(vty, [0] * vty.count if isinstance(vty.element, ir.IntType)
-                           else [0.0] * vty.count)
+        if fill is None:
+            fill = ir.Constant(vty, [0] * vty.count if isinstance(vty.element, ir.IntType)
+                               else [0.0] * vty.count)
         return self.b.call(_masked(self.b, "load", vty),
-                           [self._ptr(array, index, vty), align, self.mask(left, vty.count), zero])
+                           [self._ptr(array, index, vty), align, self.mask(left, vty.count), fill])
 
     def store(self, value, array, index, left):
         """value's lanes below ``left`` to data[array][index:]."""
@@ -93,6 +101,9 @@ class _Emitter:
         with cgutils.for_range(self.b, count) as loop:
             i = self.b.mul(loop.index, ir.Constant(_I64, per))
             yield i, self.b.sub(n, i)
+
+    def size(self, array):
+        return self.arrays[array].nitems
 
     def twice(self, value):
         return self.b.add(value, value)
@@ -205,3 +216,120 @@ def max_unpool2x2_row(typingctx, dx, dout, argmax, d0, w, s0, n, base):
                 e.store(builder.shuffle_vector(even, odd, zip_), 0, at, e.twice(left))
         return context.get_dummy_value()
     return sig, codegen
+
+
+# ---- rows of softmax, log-sum-exp and cross-entropy ---------------------------------
+# A row of 10 logits was a scalar loop in Numba (a vectorised loop needs 16 or more
+# values before its scalar remainder): ~60 ns a row for the loss. Here a row is one
+# masked vector, or a few, with the float32 exp of _math.py on whole vectors.
+
+def _declare(builder, name, vty, nargs):
+    """The intrinsic ``name`` on vectors of type vty (llvm.fma.v16f32 ...)."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * nargs),
+                                          f"{name}.{_suffix(vty)}")
+
+
+def _vexp32(builder, x):
+    """exp of a <n x float>, as _math.fast_exp computes it for one float32."""
+    vty, n = x.type, x.type.count
+
+    def c(v):
+        return ir.Constant(vty, [float(v)] * n)
+
+    fma = _declare(builder, "llvm.fma", vty, 3)
+    lo, hi = c(EXP_LO), c(EXP_HI)
+    x = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)  # a NaN stays
+    x = builder.select(builder.fcmp_ordered(">", x, hi), hi, x)
+    k = builder.call(_declare(builder, "llvm.floor", vty, 1),
+                     [builder.call(fma, [x, c(LOG2E), c(0.5)])])
+    nk = builder.fneg(k)
+    r = builder.call(fma, [nk, c(LN2_HI), x])
+    r = builder.call(fma, [nk, c(LN2_LO), r])
+    p = c(EXP_TAYLOR[0])
+    for t in EXP_TAYLOR[1:]:
+        p = builder.call(fma, [p, r, c(t)])
+    # 2^k in the exponent bits (k of a NaN is NaN, which has no int: 0 instead)
+    ki = builder.fptosi(builder.select(builder.fcmp_unordered("uno", k, k), c(0), k),
+                        ir.VectorType(_I32, n))
+    two_k = builder.shl(builder.add(ki, ir.Constant(ki.type, [126] * n)),
+                        ir.Constant(ki.type, [23] * n))
+    return builder.fmul(builder.fmul(p, c(2.0)), builder.bitcast(two_k, vty))
+
+
+def _reduce(builder, v, op):
+    """op over the lanes of v, halving: a fixed order."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        v = op(builder.shuffle_vector(v, v, _shuffle_mask(range(n))),
+               builder.shuffle_vector(v, v, _shuffle_mask(range(n, 2 * n))))
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _check_rows(name, arrays, float32=False):
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+               for a in arrays):
+        raise TypeError(f"{name} takes 1-D C-contiguous arrays, not {arrays}")
+    _check(name, arrays)
+    if float32 and arrays[0].dtype != types.float32:
+        raise TypeError(f"{name} takes float32 arrays, not {arrays}")
+
+
+def _max_exp(e, row):
+    """For the row in array ``row`` (1 to ``lanes`` float32 values): its max m, the
+    vector exp(row - m) (zeros past the row) and their sum, added in a fixed order.
+    With a NaN in the row m may or may not be NaN: the exp of the NaN is NaN either way."""
+    b, n, zero = e.b, e.size(row), ir.Constant(_I64, 0)
+    first = _splat(b, b.load(e.data[row]), e.lanes)  # fills the lanes past n
+    v = e.load(row, zero, e.vec(e.lanes), n, first)
+    m = _reduce(b, v, lambda x, y: b.select(b.fcmp_ordered(">", x, y), x, y))
+    ex = _vexp32(b, b.fsub(v, _splat(b, m, e.lanes)))
+    ex = b.select(e.mask(n, e.lanes), ex, ir.Constant(ex.type, [0.0] * e.lanes))
+    return m, ex, _reduce(b, ex, b.fadd)
+
+
+def _pair(context, builder, signature, m, s):
+    return context.make_tuple(builder, signature.return_type, [m, s])
+
+
+@intrinsic
+def row1_softmax(typingctx, dst, src, k):
+    """dst[j] = exp(src[j] - m) * k / s over a float32 row of 1 to ``lanes`` values, with
+    m = max(src) and s = sum(exp(src - m)); returns (m, s)."""
+    _check_rows("row1_softmax", (dst, src), float32=True)
+
+    def codegen(context, builder, signature, args):
+        e = _Emitter(context, builder, signature, args, 2)
+        m, ex, s = _max_exp(e, 1)
+        scale = _splat(builder, builder.fdiv(args[2], s), e.lanes)
+        e.store(builder.fmul(ex, scale), 0, ir.Constant(_I64, 0), e.size(0))
+        return _pair(context, builder, signature, m, s)
+    return types.UniTuple(src.dtype, 2)(dst, src, src.dtype), codegen
+
+
+@intrinsic
+def row1_max_sum_exp(typingctx, src):
+    """(m, sum(exp(src - m))) with m = max(src), for a float32 row of 1 to ``lanes``
+    values."""
+    _check_rows("row1_max_sum_exp", (src,), float32=True)
+
+    def codegen(context, builder, signature, args):
+        m, _, s = _max_exp(_Emitter(context, builder, signature, args, 1), 0)
+        return _pair(context, builder, signature, m, s)
+    return types.UniTuple(src.dtype, 2)(src), codegen
+
+
+@intrinsic
+def row1_softmax_grad(typingctx, dx, dout, out):
+    """dx[j] = out[j] * (dout[j] - sum(dout * out)) over a row of 1 to ``lanes`` values
+    (dx may be dout)."""
+    _check_rows("row1_softmax_grad", (dx, dout, out))
+
+    def codegen(context, builder, signature, args):
+        e = _Emitter(context, builder, signature, args, 3)
+        zero, n, vty = ir.Constant(_I64, 0), e.size(0), e.vec(e.lanes)
+        g, y = e.load(1, zero, vty, n), e.load(2, zero, vty, n)  # zeros past n
+        s = _reduce(builder, builder.fmul(g, y), builder.fadd)
+        e.store(builder.fmul(y, builder.fsub(g, _splat(builder, s, e.lanes))), 0, zero, n)
+        return context.get_dummy_value()
+    return types.void(dx, dout, out), codegen

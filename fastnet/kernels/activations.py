@@ -7,10 +7,13 @@ Where the derivative is a function of the output (relu, sigmoid, tanh, softmax,
 log_softmax) backward takes the forward output ``out`` rather than the input.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._jit import FASTMATH, parallel_kernel, parallel_kernel_ordered
 from ._math import fast_exp, fast_tanh, row_max
+from ._microkernel import lanes
+from ._vector import row1_max_sum_exp, row1_softmax, row1_softmax_grad
 
 # Codes for the activations that other kernels fuse into their epilogues (dense).
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -113,44 +116,122 @@ def tanh_backward(dx, dout, out):
     _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 3)
 
 
+# ---- rows of softmax, log-sum-exp and the cross-entropy loss ------------------------
+# A float32 row that fits one vector (10 logits: a classifier's head) runs on the
+# one-vector code of _vector.py: as a loop it was scalar (a vectorised loop needs 16 or
+# more values), ~20 ns a row for softmax. Longer rows, float64 and strided rows run the
+# loops, which vectorise.
+ROW1 = lanes(4)  # float32 values per vector
+
+
+def _one_vector_rows(*rows):
+    return all(r.dtype == types.float32 and r.layout == "C" for r in rows)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _softmax_row_loop(dst, r, k):
+    m = row_max(r)
+    s = type(m)(0)
+    for j in range(r.size):
+        e = fast_exp(r[j] - m)
+        dst[j] = e
+        s += e
+    scale = k / s
+    for j in range(r.size):
+        dst[j] *= scale
+    return m, s
+
+
+def softmax_row(dst, r, k):
+    """dst = softmax(r) * k over a row; returns (m, s): m = max(r), s = sum(exp(r - m))."""
+
+
+@overload(softmax_row, inline="always")
+def _softmax_row(dst, r, k):
+    if not _one_vector_rows(dst, r):
+        return lambda dst, r, k: _softmax_row_loop(dst, r, k)
+
+    def impl(dst, r, k):
+        if r.size <= ROW1:
+            return row1_softmax(dst, r, k)
+        return _softmax_row_loop(dst, r, k)
+    return impl
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _sum_exp_shifted(r, m):
+    # sum(exp(r - m)); compiled on its own, with "reassoc", so that the sum
+    # vectorises even inside the callers of row_max_logsumexp, which compile without it
+    s = type(m)(0)
+    for j in range(r.size):
+        s += fast_exp(r[j] - m)
+    return s
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _max_sum_exp_loop(r):
+    m = row_max(r)
+    return m, _sum_exp_shifted(r, m)
+
+
+def max_sum_exp(r):
+    """(m, s) for a row r: m = max(r), s = sum(exp(r - m))."""
+
+
+@overload(max_sum_exp, inline="always")
+def _max_sum_exp(r):
+    if not _one_vector_rows(r):
+        return lambda r: _max_sum_exp_loop(r)
+
+    def impl(r):
+        if r.size <= ROW1:
+            return row1_max_sum_exp(r)
+        return _max_sum_exp_loop(r)
+    return impl
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _softmax_grad_loop(dx, dout, out):
+    s = dout[0] * out[0]
+    for j in range(1, out.size):
+        s += dout[j] * out[j]
+    for j in range(out.size):
+        dx[j] = out[j] * (dout[j] - s)
+
+
+def softmax_grad_row(dx, dout, out):
+    """dx = out * (dout - sum(dout * out)) over a row."""
+
+
+@overload(softmax_grad_row, inline="always")
+def _softmax_grad_row(dx, dout, out):
+    if not all(r.layout == "C" for r in (dx, dout, out)):
+        return lambda dx, dout, out: _softmax_grad_loop(dx, dout, out)
+    one_vector = lanes(out.dtype.bitwidth // 8)
+
+    def impl(dx, dout, out):
+        if out.size <= one_vector:
+            row1_softmax_grad(dx, dout, out)
+        else:
+            _softmax_grad_loop(dx, dout, out)
+    return impl
+
+
 @parallel_kernel
 def softmax_forward(out, x):
     """x (N, C) -> out (N, C), softmax over C"""
     n, c = x.shape
     for i in prange(n):
         # NOTE: subtracting the row max keeps exp() in range for logits of +-1e4;
-        # accumulators are typed like x (type(m)(0)) so float32 stays float32.
-        m = row_max(x[i])
-        s = type(m)(0)
-        for j in range(c):
-            e = fast_exp(x[i, j] - m)
-            out[i, j] = e
-            s += e
-        inv = type(s)(1) / s
-        for j in range(c):
-            out[i, j] *= inv
+        # sums are typed like x so float32 stays float32.
+        softmax_row(out[i], x[i], x.dtype.type(1))
 
 
 @parallel_kernel
 def softmax_backward(dx, dout, out):
     """dout (N, C), out (N, C) -> dx (N, C) = out * (dout - sum(dout * out))"""
-    n, c = out.shape
-    for i in prange(n):
-        s = dout[i, 0] * out[i, 0]
-        for j in range(1, c):
-            s += dout[i, j] * out[i, j]
-        for j in range(c):
-            dx[i, j] = out[i, j] * (dout[i, j] - s)
-
-
-@njit(fastmath=FASTMATH, error_model="numpy")
-def _sum_exp_shifted(x, i, m):
-    # sum(exp(x[i, :] - m)); compiled on its own, with "reassoc", so that the sum
-    # vectorises even inside the callers of row_max_logsumexp, which compile without it
-    s = type(m)(0)
-    for j in range(x.shape[1]):
-        s += fast_exp(x[i, j] - m)
-    return s
+    for i in prange(out.shape[0]):
+        softmax_grad_row(dx[i], dout[i], out[i])
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -161,8 +242,8 @@ def row_max_logsumexp(x, i):
     while m + logsum would round logsum to float32's spacing at m (1e-3 at m = 1e4).
     Callers compile without "reassoc" so that LLVM keeps that order.
     """
-    m = row_max(x[i])
-    return m, np.log(_sum_exp_shifted(x, i, m))
+    m, s = max_sum_exp(x[i])
+    return m, np.log(s)
 
 
 @parallel_kernel_ordered

@@ -8,37 +8,61 @@ Sums are taken over fixed blocks, then the blocks in order, so the loss does not
 depend on the thread count.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._jit import parallel_kernel, parallel_kernel_ordered
 from ._math import fast_exp
-from .activations import row_max_logsumexp
+from .activations import max_sum_exp, softmax_row
 
 _BLOCK = 4096
+_ROWS = 16  # rows of the cross-entropy loss summed per block (a parallel task)
+
+
+@njit(inline="always")
+def _first_bad_label(labels, c):
+    """The index of the first label outside [0, c), or -1."""
+    for i in range(labels.size):
+        if labels[i] < 0 or labels[i] >= c:
+            return i
+    return -1
 
 
 @parallel_kernel_ordered
-def _softmax_cross_entropy(grad, row_loss, logits, labels):
+def _softmax_cross_entropy(grad, logits, labels):
     n, c = logits.shape
+    bad = _first_bad_label(labels, c)
+    if bad >= 0:
+        return logits.dtype.type(0), bad  # before any output is written
     inv_n = logits.dtype.type(1) / logits.dtype.type(n)
-    for i in prange(n):
-        # NOTE: log-sum-exp with the row max subtracted: finite and accurate for logits
-        # of +-1e4 (see row_max_logsumexp).
-        m, logsum = row_max_logsumexp(logits, i)
-        y = labels[i]
-        row_loss[i] = logsum - (logits[i, y] - m)
-        if grad is not None:
-            for j in range(c):
-                grad[i, j] = fast_exp((logits[i, j] - m) - logsum) * inv_n
-            grad[i, y] -= inv_n
+    partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
+    for blk in prange(partial.size):
+        t = logits.dtype.type(0)
+        for i in range(blk * _ROWS, min((blk + 1) * _ROWS, n)):
+            # NOTE: log-sum-exp with the row max subtracted: finite and accurate for
+            # logits of +-1e4 (see row_max_logsumexp); the gradient is exp(x - m) / s / N.
+            y = labels[i]
+            if grad is not None:
+                m, s = softmax_row(grad[i], logits[i], inv_n)
+                grad[i, y] -= inv_n
+            else:
+                m, s = max_sum_exp(logits[i])
+            t += np.log(s) - (logits[i, y] - m)
+        partial[blk] = t
+    total = logits.dtype.type(0)
+    for blk in range(partial.size):
+        total += partial[blk]
+    return total / logits.dtype.type(n), -1
 
 
 def softmax_cross_entropy_forward(grad, logits, labels):
     """logits (N, C), labels (N,) int in [0, C) -> loss = mean(logsumexp(logits) -
-    logits[label]); grad (N, C) | None <- (softmax(logits) - onehot(labels)) / N"""
-    row_loss = np.empty(logits.shape[0], dtype=logits.dtype)
-    _softmax_cross_entropy(grad, row_loss, logits, labels)
-    return float(row_loss.sum() / logits.shape[0])
+    logits[label]); grad (N, C) | None <- (softmax(logits) - onehot(labels)) / N.
+    A label outside [0, C) raises ValueError before grad is written."""
+    loss, bad = _softmax_cross_entropy(grad, logits, labels)
+    if bad >= 0:
+        c = logits.shape[1]
+        raise ValueError(f"label {labels[bad]} is out of range for {c} classes [0, {c})")
+    return loss
 
 
 @parallel_kernel

@@ -140,7 +140,12 @@ def check_input(layer, x, shape, dtype=None, device=None):
             f"{x.dtype}; convert the input (x.astype(np.{np.dtype(dtype)})) or the model "
             f"(model.to(np.{x.dtype}))"
         )
-    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+    bad_shape = x.ndim != len(shape)
+    if not bad_shape:
+        for s, d in zip(shape, x.shape):  # (a loop: a generator costs more on this hot path)
+            if s is not None and s != d:
+                bad_shape = True
+    if bad_shape:
         want = "(" + ", ".join("N" if i == 0 and s is None else "*" if s is None else str(s)
                                for i, s in enumerate(shape)) + ("," if len(shape) == 1 else "") + ")"
         raise ValueError(f"{layer!r}: expected input of shape {want}, got {tuple(x.shape)}")

@@ -179,16 +179,47 @@ def test_rowwise_extreme_logits(dtype, close, op):
     close(out, ROWWISE[op][0](x), err_msg="forward")
 
 
+# float32 rows of up to one vector (8 or 16 values) run explicit vector code, longer ones
+# loops: every width around both vector sizes
+@pytest.mark.parametrize("c", [1, 2, 7, 8, 9, 10, 15, 16, 17, 31, 33])
 @pytest.mark.parametrize("op", list(ROWWISE))
-def test_rowwise_nan_and_inf_logits(dtype, op):
+def test_rowwise_every_width_near_one_vector(rng, dtype, close, op, c):
+    """Forward and backward against the reference for rows of 1 to 33 values."""
+    x = (3 * rng.standard_normal((37, c))).astype(dtype)
+    out = _row_forward(op, x)
+    close(out, ROWWISE[op][0](x))
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    dx = _row_backward(op, np.full_like(x, 123.0), dout, out)
+    close(dx, ROWWISE[op][1](dout, out), scale=np.sqrt(c))
+
+
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_strided_rows(rng, dtype, close, op):
+    """Rows that are not contiguous (a column-strided view) give the contiguous result
+    (up to rounding: short float32 rows take another path when contiguous)."""
+    for c in (5, 40):
+        x = rng.standard_normal((6, 2 * c)).astype(dtype)
+        dout = rng.standard_normal((6, c)).astype(dtype)
+        out, dx = np.empty((6, 2 * c), dtype)[:, ::2], np.empty((6, 2 * c), dtype)[:, ::2]
+        kernel(f"{op}_forward")(out, x[:, ::2])
+        kernel(f"{op}_backward")(dx, dout, out)
+        want = _row_forward(op, np.ascontiguousarray(x[:, ::2]))
+        close(out, want)
+        close(dx, _row_backward(op, np.empty_like(want), dout, want), scale=np.sqrt(c))
+
+
+@pytest.mark.parametrize("c", [10, 37])
+@pytest.mark.parametrize("op", list(ROWWISE))
+def test_rowwise_nan_and_inf_logits(dtype, op, c):
     """A row with a NaN comes out all NaN, as from the NumPy formula; -inf logits get
     probability 0 (log-probability -inf); the other rows are untouched by either.
-    Rows long enough for the vectorised row max to have a remainder."""
-    x = np.zeros((4, 37), dtype)
-    x[0, 20] = np.nan
+    Rows of one vector and rows long enough for the vectorised row max to have a
+    remainder."""
+    x = np.zeros((4, c), dtype)
+    x[0, c // 2] = np.nan
     x[1, :5] = -np.inf
-    x[2] = np.linspace(-3, 3, 37)
-    x[3, 36] = np.nan
+    x[2] = np.linspace(-3, 3, c)
+    x[3, c - 1] = np.nan
     out = _row_forward(op, x)
     assert np.all(np.isnan(out[0])) and np.all(np.isnan(out[3]))
     with np.errstate(invalid="ignore"):

@@ -9,7 +9,8 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import numerical_grad
 
-CE_SHAPES = [(5, 3), (1, 7), (4, 1), (130, 10)]
+# one vector of logits per row or longer rows; 130 rows: several blocks of 16, one partial
+CE_SHAPES = [(5, 3), (1, 7), (4, 1), (130, 10), (33, 16), (17, 17), (40, 100)]
 # mse sums in 4096-element blocks: one partial block, one full block plus a bit, several
 MSE_SHAPES = [(7,), (1,), (3, 4, 5), (4097,), (3, 4099)]
 
@@ -82,14 +83,40 @@ def test_cross_entropy_extreme_logits(dtype, tolerance, close):
     close(grad, rgrad, err_msg="gradient")
 
 
-def test_cross_entropy_nan_logits_give_nan(dtype):
+@pytest.mark.parametrize("c", [10, 21])
+def test_cross_entropy_nan_logits_give_nan(dtype, c):
     """A NaN logit anywhere in a row (not only at its label) makes the loss NaN: it is
-    not skipped by the row max."""
-    logits = np.zeros((3, 21), dtype)
-    logits[1, 17] = np.nan
+    not skipped by the row max (rows of one vector and longer)."""
+    logits = np.zeros((3, c), dtype)
+    logits[1, c - 4] = np.nan
     loss, grad = _ce(logits, np.array([0, 0, 0]))
     assert np.isnan(loss)
     assert np.all(np.isnan(grad[1])) and np.all(np.isfinite(grad[[0, 2]]))
+
+
+@pytest.mark.parametrize("bad", [-1, 10, 2**40])
+def test_cross_entropy_label_out_of_range(rng, bad):
+    """A label outside [0, C) raises ValueError naming it, before grad is written."""
+    logits = rng.standard_normal((20, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 20)
+    labels[13] = bad
+    grad = np.full_like(logits, 123.0)
+    with pytest.raises(ValueError, match=rf"label {bad} is out of range for 10 classes"):
+        kernel("softmax_cross_entropy_forward")(grad, logits, labels)
+    assert np.all(grad == 123.0)
+
+
+def test_cross_entropy_does_not_depend_on_the_thread_count(rng):
+    """The loss sums fixed blocks of rows, then the blocks in order: the serial and the
+    parallel build give the same bits."""
+    from fastnet.kernels import losses
+    logits = rng.standard_normal((1000, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 1000)
+    g1, g2 = np.empty_like(logits), np.empty_like(logits)
+    a = losses._softmax_cross_entropy.serial(g1, logits, labels)
+    b = losses._softmax_cross_entropy.parallel(g2, logits, labels)
+    assert a == b
+    np.testing.assert_array_equal(g1, g2)
 
 
 @pytest.mark.parametrize("shape", MSE_SHAPES, ids=str)
