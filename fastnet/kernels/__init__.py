@@ -91,7 +91,8 @@ def kernel(op, device="cpu"):
         raise RuntimeError(f"fastnet has no {device} kernel for {op!r}") from None
     if isinstance(fn, CudaKernel):
         return fn  # CUDA launchers only queue work; no CPU threads or locks involved
-    _threads.start()
+    if not _threads._STARTED:
+        _threads.start()
     if not _threads._SERIALISE:
         return fn
     # workqueue threading layer: one kernel at a time (see fastnet._threads)

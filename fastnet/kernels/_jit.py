@@ -29,48 +29,56 @@ PARALLEL_MIN_WORK = 1 << 18
 COMPUTE_FACTOR = 8
 
 
-class ParallelKernel:
+def _parallel_kernel(fn, fastmath, compute=False):
     """A ``prange`` kernel compiled twice, parallel and serial, called as one function:
-    the parallel build when the largest array argument has ``PARALLEL_MIN_WORK``
-    elements or more (fewer for compute kernels), the serial one otherwise. Both builds are cached on disk
+    the parallel build when an array argument has ``PARALLEL_MIN_WORK`` elements or more
+    (fewer for compute kernels), the serial one otherwise. Both builds are cached on disk
     (``cache=True``) and release the GIL (``nogil``), so several Python threads can run
-    kernels at once."""
+    kernels at once. The function has ``.parallel``, ``.serial`` (the two Numba
+    dispatchers), ``.py_func`` and ``.dispatchers()``.
 
-    def __init__(self, fn, fastmath, compute=False):
-        # NOTE: error_model="numpy": a float division by zero gives inf / NaN, as in
-        # NumPy, instead of a check that raises ZeroDivisionError; that check kept the
-        # serial builds' loops from vectorising (prange bodies already use this model).
-        options = dict(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
-        self.parallel = njit(parallel=True, **options)(fn)
-        # a copy under another name: Numba's cache files are named after the function,
-        # so the two builds must not share one
-        serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
-                                       fn.__defaults__, fn.__closure__)
-        serial_fn.__qualname__ = fn.__qualname__ + "_serial"
-        self.serial = njit(**options)(serial_fn)
-        self.py_func = fn
-        self.factor = COMPUTE_FACTOR if compute else 1
-        functools.update_wrapper(self, fn)
+    (A plain function rather than an object with ``__call__``: a kernel call on a small
+    array costs ~0.5 us of Python, and the class's call took half of that.)"""
+    # NOTE: error_model="numpy": a float division by zero gives inf / NaN, as in
+    # NumPy, instead of a check that raises ZeroDivisionError; that check kept the
+    # serial builds' loops from vectorising (prange bodies already use this model).
+    options = dict(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
+    parallel = njit(parallel=True, **options)(fn)
+    # a copy under another name: Numba's cache files are named after the function,
+    # so the two builds must not share one
+    serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                   fn.__defaults__, fn.__closure__)
+    serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+    serial = njit(**options)(serial_fn)
+    factor = COMPUTE_FACTOR if compute else 1
+    ndarray = np.ndarray
 
-    def __call__(self, *args):
-        threshold = PARALLEL_MIN_WORK // self.factor
+    def call(*args):
+        threshold = PARALLEL_MIN_WORK // factor  # (read per call: tests change it)
         for a in args:
-            if isinstance(a, np.ndarray) and a.size >= threshold:
-                return self.parallel(*args)
-        return self.serial(*args)
+            if isinstance(a, ndarray) and a.size >= threshold:
+                return parallel(*args)
+        return serial(*args)
 
-    def dispatchers(self):
-        return (self.parallel, self.serial)
+    functools.update_wrapper(call, fn)
+    call.parallel, call.serial, call.py_func = parallel, serial, fn
+    call.dispatchers = lambda: (parallel, serial)
+    return call
+
+
+def is_parallel_kernel(obj):
+    """Whether obj was made by parallel_kernel / compute_kernel / parallel_kernel_ordered."""
+    return callable(getattr(obj, "dispatchers", None)) and hasattr(obj, "serial")
 
 
 def parallel_kernel(fn):
-    return ParallelKernel(fn, FASTMATH)
+    return _parallel_kernel(fn, FASTMATH)
 
 
 def compute_kernel(fn):
     """A parallel_kernel with many operations per element (see COMPUTE_FACTOR)."""
-    return ParallelKernel(fn, FASTMATH, compute=True)
+    return _parallel_kernel(fn, FASTMATH, compute=True)
 
 
 def parallel_kernel_ordered(fn):
-    return ParallelKernel(fn, FASTMATH_ORDERED)
+    return _parallel_kernel(fn, FASTMATH_ORDERED)

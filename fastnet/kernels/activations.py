@@ -128,14 +128,22 @@ def _one_vector_rows(*rows):
     return all(r.dtype == types.float32 and r.layout == "C" for r in rows)
 
 
-@njit(inline="always", fastmath=FASTMATH)
-def _softmax_row_loop(dst, r, k):
-    m = row_max(r)
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _exp_shifted(dst, r, m):
+    # dst = exp(r - m), returns sum(dst); compiled on its own, with "reassoc", so that
+    # the sum vectorises even inside the cross-entropy kernel, which compiles without it
     s = type(m)(0)
     for j in range(r.size):
         e = fast_exp(r[j] - m)
         dst[j] = e
         s += e
+    return s
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _softmax_row_loop(dst, r, k):
+    m = row_max(r)
+    s = _exp_shifted(dst, r, m)
     scale = k / s
     for j in range(r.size):
         dst[j] *= scale
