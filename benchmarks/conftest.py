@@ -22,7 +22,7 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 if importlib.util.find_spec("torch") is not None:
-    # NOTE: PyTorch first. Imported after fastnet, it would inherit the OMP_WAIT_POLICY
+    # NOTE: PyTorch first. Imported after fastnet, it would inherit the OpenMP spin count
     # fastnet sets and run several times slower than it does for its users; imported
     # first, it keeps its own OpenMP runtime and fastnet picks Numba's workqueue layer
     # (fastnet/_threads.py).

@@ -2,14 +2,21 @@
 
 A dense layer runs a BLAS GEMM (OpenBLAS threads) and then a Numba ``prange``
 epilogue (Numba's threads). With Numba's OpenMP layer, GNU OpenMP's worker threads
-busy-wait for ~ms after each parallel region; on a small machine they then starve
-OpenBLAS's threads and a 0.4 ms layer takes 8 ms. These settings fix it:
+busy-wait for ~ms after each parallel region (300000 spins by default); on a small
+machine they then starve OpenBLAS's threads and a 0.4 ms layer takes 8 ms. These
+settings fix it:
 
-* ``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP workers sleep at once. libgomp reads it
+* ``GOMP_SPINCOUNT=3000`` makes idle OpenMP workers spin for about 40 microseconds
+  (measured as CPU time after a kernel), then sleep. The kernels of one layer follow
+  each other closely (a convolution's backward runs four or five) and find the workers
+  still awake. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``, which fastnet set
+  before) cost a wake-up of tens of microseconds per kernel: a LeNet-5 training step
+  measured 8% slower, a strided convolution's forward and backward 11%; BLAS calls
+  (dense layers, the MLP step) measured the same either way. libgomp reads the variable
   when it is loaded, which Numba does lazily on the first parallel launch, so
-  ``configure()`` puts it in the environment at ``import fastnet``. A value the user set
-  themselves is left alone. (Waking sleeping workers costs tens of microseconds, which
-  is why small kernels run serially: see fastnet/kernels/_jit.py.)
+  ``configure()`` puts it in the environment at ``import fastnet``. A
+  ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` the user set is left alone. (Kernels on
+  small arrays run serially: see fastnet/kernels/_jit.py.)
 * If a GNU OpenMP runtime was initialised before ``import fastnet`` (``import torch``
   first does that: torch loads its libgomp globally, Numba binds to it), the setting
   comes too late; fastnet then runs Numba's ``workqueue`` layer instead, unless the user
@@ -38,7 +45,10 @@ _CONFIGURED = False
 _STARTED = False
 _SERIALISE = False
 _AVOID_OMP = False
-WE_SET_WAIT_POLICY = False  # True when OMP_WAIT_POLICY=PASSIVE is fastnet's doing
+# spins of an idle OpenMP worker before it sleeps (libgomp's default is 300000; 1000 and
+# 10000 measured between this and the passive policy on a LeNet-5 step)
+GOMP_SPINCOUNT = 3000
+WE_SET_SPINCOUNT = False  # True when GOMP_SPINCOUNT is fastnet's doing
 # OpenBLAS's idle workers spin for 2^16 cycles (~15 us) instead of 2^28 (see
 # _configure_openblas): long enough for back-to-back GEMMs, short enough to leave the
 # cores to Numba's kernels in between (a LeNet-5 step went from 12.7 to 8.0 ms, VGG-small
@@ -65,8 +75,8 @@ def _shared_libgomp_loaded() -> bool:
 
 
 def configure() -> None:
-    """Choose the wait policy (or the threading layer) before Numba's pool starts."""
-    global _CONFIGURED, WE_SET_WAIT_POLICY, _AVOID_OMP
+    """Choose the OpenMP spin count (or the threading layer) before Numba's pool starts."""
+    global _CONFIGURED, WE_SET_SPINCOUNT, _AVOID_OMP
     if _CONFIGURED:
         return
     _CONFIGURED = True
@@ -82,14 +92,14 @@ def configure() -> None:
             warnings.warn(
                 "fastnet: GNU OpenMP was loaded before fastnet with its default (spinning) "
                 "wait policy, so Numba kernels and NumPy's BLAS may stall each other. "
-                "Import fastnet first, start Python with OMP_WAIT_POLICY=PASSIVE, or leave "
+                "Import fastnet first, start Python with GOMP_SPINCOUNT=3000, or leave "
                 "NUMBA_THREADING_LAYER unset so that fastnet can pick the workqueue layer.",
                 RuntimeWarning,
                 stacklevel=3,
             )
         return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    WE_SET_WAIT_POLICY = True
+    os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPINCOUNT)
+    WE_SET_SPINCOUNT = True
 
 
 def _openblas_loaded() -> bool:
@@ -148,7 +158,7 @@ def start() -> None:
 
 
 def threading_info() -> dict:
-    """What fastnet runs with: Numba's threading layer, thread count, OpenMP wait policy."""
+    """What fastnet runs with: Numba's threading layer, thread count, OpenMP settings."""
     import numba
 
     from . import _malloc
@@ -162,6 +172,7 @@ def threading_info() -> dict:
         "threading_layer": layer,
         "num_threads": numba.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         # None: OpenBLAS was loaded before fastnet and keeps its default (2^28 cycles)
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT",
                                                   os.environ.get("GOTO_THREAD_TIMEOUT")),

@@ -2,7 +2,7 @@
 
 runner.py starts it as ``python -c "import torch; from fastnet.bench.torch_worker import
 main; main()" --threads N [--quick]``, torch imported before fastnet and without the
-OMP_WAIT_POLICY fastnet set in the parent, so that PyTorch runs as in a user's program.
+GOMP_SPINCOUNT fastnet set in the parent, so that PyTorch runs as in a user's program.
 Requests come on stdin, one JSON line per case: {"case": name, "repeat": n, "outputs":
 path}. The worker runs the torch twin once (the warm-up), saves its outputs to ``path``
 (.npz) for the parent to check, times ``repeat`` runs and answers one JSON line on
