@@ -28,6 +28,12 @@ import numpy as np
 from .cases import all_cases, compare, torch_available
 
 OTHERS = ("numpy", "torch")
+# NOTE: after each PyTorch case the worker's OpenMP threads spin on both cores for a few
+# ms (libgomp's default 300000 spins; the worker runs with PyTorch's own settings), and
+# fastnet's two-thread kernels timed in that window ran up to 2x slower (softmax
+# 1024x1000 forward 0.60 ms against 0.29 ms with --no-torch). So the parent waits for
+# them to go to sleep before timing its own twins.
+WORKER_SETTLE_S = 0.05
 
 
 def median_times(benches: dict, repeat: int) -> dict:
@@ -123,6 +129,7 @@ def measure(case, repeat, worker, problems):
         else:
             if not differs("torch", outputs):
                 cells["torch"] = seconds
+        time.sleep(WORKER_SETTLE_S)
     cells.update(median_times(benches, repeat))
     return cells
 
