@@ -196,6 +196,70 @@ else:  # never called: the dw kernel caps NV at DW_MAX_NV
 DW_TAIL_MRS = (12, 6, 3, 1) if VEC_BYTES == 64 else (6, 3, 2, 1)
 dw_tail_h0, dw_tail_h1, dw_tail_h2, dw_tail_h3 = [make_shift_tile(m, 1, half=True) for m in DW_TAIL_MRS]
 dw_tail_0, dw_tail_1, dw_tail_2, dw_tail_3 = [make_shift_tile(m, 1) for m in DW_TAIL_MRS]
+# dw of a layer with few output channels as dot products over positions (``dot`` tiles,
+# below): MO output channels (the layer's, rounded up to one of these) x DOT_MT[MO] taps;
+# AVX-512 only (with 16 registers AVX2 would fit too few accumulators)
+DOT_MOS = (1, 2, 4, 6, 8)
+DOT_MT = {1: 24, 2: 12, 4: 6, 6: 4, 8: 2}
+
+
+def _emit_dot(context, builder, sig, args, mo, mt):
+    tile_t, g_t, x_t, aofs_t = sig.args[:4]
+    tile_a, g_a, x_a, aofs_a = [context.make_array(t)(context, builder, a)
+                                for t, a in zip(sig.args[:4], args[:4])]
+    gbase, gstep, xbase, steps = args[4:]
+    ft = _float_type(tile_t.dtype)
+    w = lanes(tile_t.dtype.bitwidth // 8)
+    vty = ir.VectorType(ft, w)
+    vptr = vty.as_pointer()
+    i64 = ir.IntType(64)
+    align = tile_t.dtype.bitwidth // 8
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                         f"llvm.fma.v{w}f{tile_t.dtype.bitwidth}")
+
+    def vload(ptr):
+        return builder.load(builder.bitcast(ptr, vptr), align=align)
+
+    def const(v):
+        return ir.Constant(i64, v)
+
+    accs = [[cgutils.alloca_once(builder, vty) for t in range(mt)] for i in range(mo)]
+    for i in range(mo):
+        for t in range(mt):
+            builder.store(vload(builder.gep(tile_a.data, [const((i * mt + t) * w)])), accs[i][t])
+    g_rows = [builder.gep(g_a.data, [builder.add(gbase, builder.mul(gstep, const(i)))])
+              for i in range(mo)]
+    x_rows = [builder.gep(x_a.data, [builder.add(
+        xbase, builder.load(builder.gep(aofs_a.data, [const(t)])))]) for t in range(mt)]
+    with cgutils.for_range(builder, steps) as loop:
+        q = builder.mul(loop.index, const(w))
+        gv = [vload(builder.gep(g_rows[i], [q])) for i in range(mo)]
+        for t in range(mt):  # one x vector live at a time: mo*mt + mo + 1 registers
+            xv = vload(builder.gep(x_rows[t], [q]))
+            for i in range(mo):
+                builder.store(builder.call(fma, [gv[i], xv, builder.load(accs[i][t])]),
+                              accs[i][t])
+    for i in range(mo):
+        for t in range(mt):
+            dst = builder.bitcast(builder.gep(tile_a.data, [const((i * mt + t) * w)]), vptr)
+            builder.store(builder.load(accs[i][t]), dst, align=align)
+    return context.get_dummy_value()
+
+
+def make_dot_tile(mo, mt):
+    """tile (mo*mt*W,) += per lane, over steps s: g[gbase + i*gstep + s*W + lane] *
+    x[xbase + aofs[t] + s*W + lane] for row i < mo, tap t < mt (tile row i*mt + t; the
+    caller sums the lanes); arguments (tile, g, x, aofs, gbase, gstep, xbase, steps)."""
+    @intrinsic
+    def dot_tile(typingctx, tile, g, x, aofs, gbase, gstep, xbase, steps):
+        _check(tile, g, x)
+        sig = types.void(tile, g, x, aofs, types.intp, types.intp, types.intp, types.intp)
+        return sig, lambda c, bld, s, args: _emit_dot(c, bld, s, args, mo, mt)
+    return dot_tile
+
+
+dot_tile_1, dot_tile_2, dot_tile_4, dot_tile_6, dot_tile_8 = [
+    make_dot_tile(mo, DOT_MT[mo]) for mo in DOT_MOS]
 # the recurrent layers' row-block GEMM (rows of the state times a packed weight matrix):
 # the shift tile with ROWS_MR rows and ROWS_NC_VECTORS vectors of columns
 ROWS_NC_VECTORS = 3 if VEC_BYTES == 64 else 2

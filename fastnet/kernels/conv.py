@@ -47,8 +47,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
-from ._microkernel import (ACCUMULATORS, DW_MAX_NV, DW_TAIL_MRS, FWD_TILE_COST, FWD_TILE_MRS,
-                           VEC_BYTES, dw_tail_0, dw_tail_1, dw_tail_2, dw_tail_3, dw_tail_h0,
+from ._microkernel import (ACCUMULATORS, DOT_MOS, DOT_MT, DW_MAX_NV, DW_TAIL_MRS,
+                           FWD_TILE_COST, FWD_TILE_MRS, VEC_BYTES, dot_tile_1, dot_tile_2,
+                           dot_tile_4, dot_tile_6, dot_tile_8, dw_tail_0, dw_tail_1, dw_tail_2, dw_tail_3, dw_tail_h0,
                            dw_tail_h1, dw_tail_h2, dw_tail_h3, dw_tile_0,
                            dw_tile_1, dw_tile_2, dw_tile_3, dw_tile_4, fwd_tile_0, fwd_tile_1,
                            fwd_tile_2, fwd_tile_3, fwd_tile_4, lanes)
@@ -613,46 +614,92 @@ def _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, opad):
                 gtf[d + u(k)] = zero
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _grad_planar(gtf, dbp, dout, out, n, code, opad, lp, wp):
+    # gt[n] (Opad, Lp) flat in gtf: g = dout * act'(out) of each channel at r*wp + t,
+    # zeros in the junk columns, past L and in the padding channels; dbp[n, o] its sum
+    o_, oh_, ow_ = dout.shape[1], dout.shape[2], dout.shape[3]
+    u = np.uint64
+    zero = gtf.dtype.type(0)
+    for o in range(opad):
+        d = u((n * opad + o) * lp)
+        if o < o_:
+            s = zero
+            for r in range(oh_):
+                g = dout[n, o, r]
+                y = out[n, o, r]
+                d2 = d + u(r * wp)
+                for t in range(ow_):
+                    v = g[t]
+                    if code != 0:
+                        v *= activation_grad(y[t], code)
+                    gtf[d2 + u(t)] = v
+                    s += v
+                end = (r + 1) * wp if r < oh_ - 1 else lp
+                for k in range(r * wp + ow_, end):
+                    gtf[d + u(k)] = zero
+            if dbp is not None:
+                dbp[n, o] = s
+        else:
+            for k in range(lp):
+                gtf[d + u(k)] = zero
+
+
 @parallel_kernel
-def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
+def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp, planar):
     # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
     # read: gp (N, O, Hg, Wg), zero-padded with g at [ph2:, pw2:], for dx (None when dx
     # is not wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the
-    # junk and padding columns, for dw. dbp (N, O): per-image sums (None without bias).
+    # junk and padding columns, for dw; or, with ``planar``, gt (N, Opad, Lp): each
+    # channel's positions at row pitch wp, zeros in the junk columns, past L and in the
+    # padding channels (the dot-product dw). dbp (N, O): per-image sums (None without bias).
     # NOTE: per image, g is first computed plane by plane (reading a row of every
     # channel in turn instead thrashed L1: the planes of a 32x32 image are exactly 4 KiB
     # apart) into a scratch laid out (OH, Opad, OW), whose rows of all channels are close
     # together for the transposition, then copied out of cache into both layouts, with
     # flat unsigned indices (a signed index keeps Numba's wraparound check, and a view
-    # per row cost more than the copy on small planes).
+    # per row cost more than the copy on small planes). The planar layout is written
+    # directly, with no scratch, and gp copied from it.
     n_, o_, oh_, ow_ = dout.shape
-    ln, opad = gt.shape[1], gt.shape[2]
+    if planar:
+        opad, ln = gt.shape[1], gt.shape[2]
+    else:
+        ln, opad = gt.shape[1], gt.shape[2]
     zero = gt.dtype.type(0)
     gtf = gt.ravel()
     u = np.uint64
     for n in prange(n_):
-        gs = np.empty((oh_, opad, ow_), gt.dtype)
-        for r in range(oh_):  # the padding channels: zeros in the channels-last copy
-            for o in range(o_, opad):
-                pad = gs[r, o]
-                for t in range(ow_):
-                    pad[t] = zero
         # the activation as a constant in each branch (the loops vectorise)
-        if code == 0:
-            _grad_planes(gs, dbp, dout, out, n, 0)
-        elif code == 1:
-            _grad_planes(gs, dbp, dout, out, n, 1)
+        if planar:
+            if code == 0:
+                _grad_planar(gtf, dbp, dout, out, n, 0, opad, ln, wp)
+            elif code == 1:
+                _grad_planar(gtf, dbp, dout, out, n, 1, opad, ln, wp)
+            else:
+                _grad_planar(gtf, dbp, dout, out, n, code, opad, ln, wp)
+            srcf = gtf  # where gp's rows come from: gt itself
         else:
-            _grad_planes(gs, dbp, dout, out, n, code)
-        gsf = gs.ravel()
-        # the channel count as a constant for one-vector layouts (LeNet's 6 and 16
-        # channels): the copy of a position's channels unrolls into one vector store
-        if opad == 8:
-            _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, 8)
-        elif opad == 16:
-            _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, 16)
-        else:
-            _channels_last(gtf, gsf, n, ln, wp, oh_, ow_, opad)
+            gs = np.empty((oh_, opad, ow_), gt.dtype)
+            for r in range(oh_):  # the padding channels: zeros in the channels-last copy
+                for o in range(o_, opad):
+                    pad = gs[r, o]
+                    for t in range(ow_):
+                        pad[t] = zero
+            if code == 0:
+                _grad_planes(gs, dbp, dout, out, n, 0)
+            elif code == 1:
+                _grad_planes(gs, dbp, dout, out, n, 1)
+            else:
+                _grad_planes(gs, dbp, dout, out, n, code)
+            srcf = gs.ravel()
+            # the channel count as a constant for one-vector layouts (LeNet's 6 and 16
+            # channels): the copy of a position's channels unrolls into one vector store
+            if opad == 8:
+                _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 8)
+            elif opad == 16:
+                _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 16)
+            else:
+                _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, opad)
         if gp is not None:
             hg, wg = gp.shape[2], gp.shape[3]
             gpf = gp.ravel()
@@ -662,9 +709,12 @@ def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp):
                     gpf[d + u(k)] = zero
                 for r in range(oh_):
                     d2 = d + u((ph2 + r) * wg + pw2)
-                    src = u((r * opad + o) * ow_)
+                    if planar:
+                        src = u((n * opad + o) * ln + r * wp)
+                    else:
+                        src = u((r * opad + o) * ow_)
                     for t in range(ow_):
-                        gpf[d2 + u(t)] = gsf[src + u(t)]
+                        gpf[d2 + u(t)] = srcf[src + u(t)]
                     # the rest of this row and the start of the next, up to its data
                     e = (ph2 + r + 1) * wg + pw2 if r < oh_ - 1 else hg * wg
                     for k in range((ph2 + r) * wg + pw2 + ow_, e):
@@ -737,6 +787,42 @@ def _mk_dw(part, gt, xf, img, offs, ln, group, nv, k):
                         dw_tile_3(tile, xf, gf, a, n * img, gb, opad, ln)
                     else:
                         dw_tile_4(tile, xf, gf, a, n * img, gb, opad, ln)
+
+
+@compute_kernel
+def _mk_dw_dot(part, gq, xf, img, offs, lp, group, mo):
+    # gq (N, MO, Lp) planar gradient (see _mk_grad_layouts), xf flat padded input (tap k
+    # of position q of image n at n*img + offs[k] + q), offs padded to whole tiles of
+    # MT = DOT_MT[mo] taps -> part (G, Kpad / MT, MO*MT*W): per lane, group g's sum over
+    # its images and positions of gq[n, o, q] * x[tap k, q] (the caller sums the lanes).
+    # Vectors run over positions, so a layer with few output channels uses whole vectors
+    # and reads its gradient planes as they are (no channels-last copy).
+    # NOTE: fixed image groups, one task each, as _mk_dw: independent of the thread count.
+    g_, ntile, tsize = part.shape
+    n_ = gq.shape[0]
+    mt = offs.size // ntile
+    w = tsize // (mo * mt)
+    steps = lp // w
+    gf = gq.ravel()
+    zero = part.dtype.type(0)
+    for g in prange(g_):
+        pg = part[g]
+        pg[:] = zero
+        for n in range(g * group, min(n_, (g + 1) * group)):
+            gb, xb = n * mo * lp, n * img
+            for tt in range(ntile):
+                tile = pg[tt]
+                a = offs[tt * mt:(tt + 1) * mt]
+                if mo == 1:
+                    dot_tile_1(tile, gf, xf, a, gb, lp, xb, steps)
+                elif mo == 2:
+                    dot_tile_2(tile, gf, xf, a, gb, lp, xb, steps)
+                elif mo == 4:
+                    dot_tile_4(tile, gf, xf, a, gb, lp, xb, steps)
+                elif mo == 6:
+                    dot_tile_6(tile, gf, xf, a, gb, lp, xb, steps)
+                else:
+                    dot_tile_8(tile, gf, xf, a, gb, lp, xb, steps)
 
 
 def _phases(stride, kernel):
@@ -889,7 +975,15 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         nv, ncols = 0, lanes_ // 2
     opad = -(-o_ // ncols) * ncols
     mr = ACCUMULATORS // max(nv, 1)
-    gt = workspace("gt", n_ * ln * opad, dt).reshape(n_, ln, opad)
+    # with AVX-512, at most 8 output channels: dot products over positions instead
+    # (_mk_dw_dot), MO channels (O rounded up) x MT taps per tile
+    dot = VEC_BYTES == 64 and o_ <= DOT_MOS[-1]
+    if dot:
+        mo = next(m for m in DOT_MOS if m >= o_)
+        lp = -(-ln // lanes_) * lanes_
+        gt = workspace("gt", n_ * mo * lp, dt).reshape(n_, mo, lp)
+    else:
+        gt = workspace("gt", n_ * ln * opad, dt).reshape(n_, ln, opad)
     # dx: stride-1 convs of the zero-padded gradient with the flipped, transposed
     # kernel, one per stride phase of the input (see _dx_plan), on the forward kernel
     gpf = gp = None
@@ -903,21 +997,35 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         gpf[size:] = 0
         gp = gpf[:size].reshape(n_, o_, hg, wg)
     dbp = None if db is None else workspace("dbp", n_ * o_, dt).reshape(n_, o_)
-    _mk_grad_layouts(gp, gt, dbp, dout, dout if out is None else out, code, th, tw, wq)
+    _mk_grad_layouts(gp, gt, dbp, dout, dout if out is None else out, code, th, tw, wq, dot)
     if db is not None:
         np.sum(dbp, axis=0, out=db)
 
-    xf = _padded_flat(x, stride, padding, (kh, kw))
-    offs = _tap_offsets(c_, kh, kw, tuple(stride), hq, wq, mr)
     pa, pb = _phases(stride, (kh, kw))
-    kpad = offs.size
+    img = c_ * pa * pb * hq * wq
     groups = -(-n_ // DW_GROUP)
-    part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
-        groups, opad // ncols, kpad, ncols)
-    _mk_dw(part, gt, xf, c_ * pa * pb * hq * wq, offs, ln, DW_GROUP, nv, k)
-    # part (G, blocks, Kpad, ncols) -> dw (O, K)
-    total = part.sum(axis=0)
-    dw.reshape(o_, k)[...] = total.transpose(0, 2, 1).reshape(opad, kpad)[:o_, :k]
+    if dot:
+        # a tile's last step reads up to W - 1 values past an image's last position
+        xf = _padded_flat(x, stride, padding, (kh, kw), lanes_)
+        mt = DOT_MT[mo]
+        offs = _tap_offsets(c_, kh, kw, tuple(stride), hq, wq, mt)
+        ntile = offs.size // mt
+        part = workspace("dw_groups", groups * ntile * mo * mt * lanes_, dt).reshape(
+            groups, ntile, mo * mt * lanes_)
+        _mk_dw_dot(part, gt, xf, img, offs, lp, DW_GROUP, mo)
+        # part (G, tiles, MO*MT*W) -> dw (O, K): the groups, then the lanes
+        total = part.sum(axis=0).reshape(ntile, mo, mt, lanes_).sum(axis=3)
+        dw.reshape(o_, k)[...] = total.transpose(1, 0, 2).reshape(mo, ntile * mt)[:o_, :k]
+    else:
+        xf = _padded_flat(x, stride, padding, (kh, kw))
+        offs = _tap_offsets(c_, kh, kw, tuple(stride), hq, wq, mr)
+        kpad = offs.size
+        part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
+            groups, opad // ncols, kpad, ncols)
+        _mk_dw(part, gt, xf, img, offs, ln, DW_GROUP, nv, k)
+        # part (G, blocks, Kpad, ncols) -> dw (O, K)
+        total = part.sum(axis=0)
+        dw.reshape(o_, k)[...] = total.transpose(0, 2, 1).reshape(opad, kpad)[:o_, :k]
 
     if dx is None:
         return

@@ -278,9 +278,9 @@ def test_path_rule(rng, dtype, close, monkeypatch, c, padding, stride, want, pat
     one-channel input at stride 1 (the direct kernel)."""
     k = 1 if c == 151 else 5
     calls = _spy(monkeypatch, ("_direct_forward", "_direct_dw", "_direct_dx", "_im2col_s1",
-                               "_mk_conv", "_mk_dw", "_im2col", "_col2im"))
+                               "_mk_conv", "_mk_dw", "_mk_dw_dot", "_im2col", "_col2im"))
     _check_both_ways(rng, dtype, close, c, k, padding, want, stride)
-    mk = {"_mk_conv", "_mk_dw"} <= set(calls)
+    mk = "_mk_conv" in calls and bool({"_mk_dw", "_mk_dw_dot"} & set(calls))
     assert mk == (path == "microkernel"), calls
     assert ("_direct_dx" in calls) == (path == "direct" and "dx" in want and c == 1), calls
     if path == "microkernel" and "dx" in want:
@@ -330,6 +330,32 @@ def test_dw_tail_tiles(rng, dtype, close, geometry, o):
     rems = {c * kh * kw % mk.ACCUMULATORS for c, (kh, kw) in DW_TAIL_GEOMETRIES} - {0}
     tails = {min(m for m in mk.DW_TAIL_MRS + (mk.ACCUMULATORS,) if m >= r) for r in rems}
     assert tails == set(mk.DW_TAIL_MRS) | {mk.ACCUMULATORS}, tails
+
+
+@pytest.mark.parametrize("geometry", [(1, (5, 5), (1, 1), (2, 2)), (3, (3, 3), (2, 2), (1, 1)),
+                                      (2, (1, 3), (1, 2), (0, 1))], ids=str)
+@pytest.mark.parametrize("o", range(1, 9))
+def test_dw_as_dot_products_for_few_channels(rng, dtype, close, monkeypatch, o, geometry):
+    """With AVX-512 a layer of at most 8 output channels computes dw as dot products over
+    positions (_mk_dw_dot): every channel count (5 and 7 run on the 6- and 8-row tiles,
+    3 on the 4-row one), tap counts that are not a multiple of a tile's, strides,
+    padding, a fused ReLU, odd sizes; dx, dw and db against the reference."""
+    from fastnet.kernels import _microkernel as mk
+    c, ks, stride, padding = geometry
+    calls = _spy(monkeypatch, ("_mk_dw", "_mk_dw_dot"))
+    x, w, b = _data(rng, dtype, (10, c, 9, 7), (o, c) + ks)
+    out = _forward(x, w, b, stride, padding, "relu")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    # a one-channel input as a first layer (no dx): with dx it takes the direct kernels
+    want = ("dw", "db") if c == 1 else ("dx", "dw", "db")
+    got = _backward(dout, x, w, out, stride, padding, "relu", want)
+    g = dout * (out > 0)
+    m = np.sqrt(dout[0, 0].size * dout.shape[0])
+    for a, r, name in zip(got, ref.conv2d_backward(g, x, w, stride, padding), ("dx", "dw", "db")):
+        if a is not None:
+            close(a, r, scale=m, err_msg=name)
+    assert ("_mk_dw_dot" in calls) == (mk.VEC_BYTES == 64), calls
+    assert ("_mk_dw" in calls) == (mk.VEC_BYTES != 64), calls
 
 
 @pytest.mark.parametrize("path", ["direct", "microkernel"])

@@ -165,8 +165,9 @@ def _exercise_conv_float32(call, a, xi, wc, st, pd, oh, ow):
                  out if act else None, st, pd, act)
     # stride 1, padded and not, padding past KH-1, dx of one input channel (the direct
     # kernel even with the micro-kernels on); without the micro-kernels the direct
-    # kernels (small C*KH*KW) and im2col + GEMM (C*KH*KW > 150)
-    for wc1 in (wc, a(3, 1, 3, 2), a(2, 17, 3, 3)):
+    # kernels (small C*KH*KW) and im2col + GEMM (C*KH*KW > 150); 12 output channels: dw
+    # on the channel-vector tiles (with AVX-512, 8 or fewer take the dot-product tiles)
+    for wc1 in (wc, a(3, 1, 3, 2), a(2, 17, 3, 3), a(12, 2, 3, 3)):
         xi1 = a(2, wc1.shape[1], 6, 5)
         for pd1 in ((1, 1), (0, 0), (3, 1)):
             out1 = np.empty((2, wc1.shape[0], 6 - 3 + 1 + 2 * pd1[0], 5 - wc1.shape[3] + 1 + 2 * pd1[1]), f)
