@@ -54,6 +54,9 @@ def lanes(itemsize):
     return VEC_BYTES // itemsize
 
 
+_I64 = ir.IntType(64)
+
+
 def _float_type(dtype):
     if dtype == types.float32:
         return ir.FloatType()
@@ -62,39 +65,55 @@ def _float_type(dtype):
     raise TypeError(f"micro-kernels take float32 or float64 arrays, not {dtype}")
 
 
+class _Tile:
+    """What the tile emitters share: vectors of the tile's dtype (W lanes, or W/2 with
+    ``half``), loads aligned as the elements, llvm.fma, and ``count`` accumulators that
+    start from the tile's vectors (allocas in the entry block: promoted to registers) and
+    go back to it with ``finish()``."""
+
+    def __init__(self, context, builder, tile_t, tile, count, half=False):
+        self.b = builder
+        self.tile = context.make_array(tile_t)(context, builder, tile)
+        self.w = lanes(tile_t.dtype.bitwidth // 8) // (2 if half else 1)
+        self.vty = ir.VectorType(_float_type(tile_t.dtype), self.w)
+        self.align = tile_t.dtype.bitwidth // 8
+        self._fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vty, [self.vty] * 3),
+            f"llvm.fma.v{self.w}f{tile_t.dtype.bitwidth}")
+        self.accs = []
+        for j in range(count):
+            slot = cgutils.alloca_once(builder, self.vty)
+            builder.store(self.load(self._at(j)), slot)
+            self.accs.append(slot)
+
+    def _at(self, j):
+        return self.b.gep(self.tile.data, [_const(j * self.w)])
+
+    def load(self, ptr):
+        return self.b.load(self.b.bitcast(ptr, self.vty.as_pointer()), align=self.align)
+
+    def fma(self, a, b, j):
+        """accumulator j += a * b"""
+        self.b.store(self.b.call(self._fma, [a, b, self.b.load(self.accs[j])]), self.accs[j])
+
+    def finish(self):
+        for j, slot in enumerate(self.accs):
+            self.b.store(self.b.load(slot), self.b.bitcast(self._at(j), self.vty.as_pointer()),
+                         align=self.align)
+
+
+def _const(v):
+    return ir.Constant(_I64, v)
+
+
 def _emit(context, builder, sig, args, mr, nv, mode, half=False):
-    tile_t, a_t, b_t = sig.args[:3]
-    tile_a = context.make_array(tile_t)(context, builder, args[0])
-    a_a = context.make_array(a_t)(context, builder, args[1])
-    b_a = context.make_array(b_t)(context, builder, args[2])
-    ft = _float_type(tile_t.dtype)
-    w = lanes(tile_t.dtype.bitwidth // 8) // (2 if half else 1)
-    vty = ir.VectorType(ft, w)
-    vptr = vty.as_pointer()
-    i64 = ir.IntType(64)
+    tile = _Tile(context, builder, sig.args[0], args[0], mr * nv, half)
+    a_a = context.make_array(sig.args[1])(context, builder, args[1])
+    b_a = context.make_array(sig.args[2])(context, builder, args[2])
+    w, vty = tile.w, tile.vty
     i32 = ir.IntType(32)
-    align = tile_t.dtype.bitwidth // 8
-    suffix = f"v{w}f{tile_t.dtype.bitwidth}"
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                         "llvm.fma." + suffix)
     undef = ir.Constant(vty, ir.Undefined)
     splat_mask = ir.Constant(ir.VectorType(i32, w), [0] * w)
-
-    def vload(ptr):
-        return builder.load(builder.bitcast(ptr, vptr), align=align)
-
-    def const(v):
-        return ir.Constant(i64, v)
-
-    # accumulators start from the tile (allocas in the entry block: promoted to registers)
-    accs = []
-    for i in range(mr):
-        row = []
-        for v in range(nv):
-            slot = cgutils.alloca_once(builder, vty)
-            builder.store(vload(builder.gep(tile_a.data, [const((i * nv + v) * w)])), slot)
-            row.append(slot)
-        accs.append(row)
 
     if mode == "table":
         tab_a = context.make_array(sig.args[3])(context, builder, args[3])
@@ -105,7 +124,7 @@ def _emit(context, builder, sig, args, mr, nv, mode, half=False):
         abase, bbase, bstep, steps = args[4], args[5], args[6], args[7]
         # a_i's run starts at a[abase + aofs[i]]
         a_rows = [builder.gep(a_a.data, [builder.add(
-            abase, builder.load(builder.gep(aofs_a.data, [const(i)])))]) for i in range(mr)]
+            abase, builder.load(builder.gep(aofs_a.data, [_const(i)])))]) for i in range(mr)]
 
     with cgutils.for_range(builder, steps) as loop:
         s = loop.index
@@ -113,23 +132,18 @@ def _emit(context, builder, sig, args, mr, nv, mode, half=False):
             off = builder.load(builder.gep(tab_a.data, [s]))
             bp = builder.gep(b_a.data, [builder.add(bbase, off)])
             ap = builder.gep(a_a.data, [builder.add(abase, builder.mul(s, astep))])
-            a_ptrs = [builder.gep(ap, [const(i)]) for i in range(mr)]
+            a_ptrs = [builder.gep(ap, [_const(i)]) for i in range(mr)]
         else:
             bp = builder.gep(b_a.data, [builder.add(bbase, builder.mul(s, bstep))])
             a_ptrs = [builder.gep(a_rows[i], [s]) for i in range(mr)]
-        bv = [vload(builder.gep(bp, [const(v * w)])) for v in range(nv)]
+        bv = [tile.load(builder.gep(bp, [_const(v * w)])) for v in range(nv)]
         for i in range(mr):
             a = builder.load(a_ptrs[i])
             av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(i32, 0)),
                                         undef, splat_mask)
             for v in range(nv):
-                builder.store(builder.call(fma, [av, bv[v], builder.load(accs[i][v])]),
-                              accs[i][v])
-
-    for i in range(mr):
-        for v in range(nv):
-            dst = builder.bitcast(builder.gep(tile_a.data, [const((i * nv + v) * w)]), vptr)
-            builder.store(builder.load(accs[i][v]), dst, align=align)
+                tile.fma(av, bv[v], i * nv + v)
+    tile.finish()
     return context.get_dummy_value()
 
 
@@ -204,45 +218,22 @@ DOT_MT = {1: 24, 2: 12, 4: 6, 6: 4, 8: 2}
 
 
 def _emit_dot(context, builder, sig, args, mo, mt):
-    tile_t, g_t, x_t, aofs_t = sig.args[:4]
-    tile_a, g_a, x_a, aofs_a = [context.make_array(t)(context, builder, a)
-                                for t, a in zip(sig.args[:4], args[:4])]
+    tile = _Tile(context, builder, sig.args[0], args[0], mo * mt)
+    g_a, x_a, aofs_a = [context.make_array(t)(context, builder, a)
+                        for t, a in zip(sig.args[1:4], args[1:4])]
     gbase, gstep, xbase, steps = args[4:]
-    ft = _float_type(tile_t.dtype)
-    w = lanes(tile_t.dtype.bitwidth // 8)
-    vty = ir.VectorType(ft, w)
-    vptr = vty.as_pointer()
-    i64 = ir.IntType(64)
-    align = tile_t.dtype.bitwidth // 8
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                         f"llvm.fma.v{w}f{tile_t.dtype.bitwidth}")
-
-    def vload(ptr):
-        return builder.load(builder.bitcast(ptr, vptr), align=align)
-
-    def const(v):
-        return ir.Constant(i64, v)
-
-    accs = [[cgutils.alloca_once(builder, vty) for t in range(mt)] for i in range(mo)]
-    for i in range(mo):
-        for t in range(mt):
-            builder.store(vload(builder.gep(tile_a.data, [const((i * mt + t) * w)])), accs[i][t])
-    g_rows = [builder.gep(g_a.data, [builder.add(gbase, builder.mul(gstep, const(i)))])
+    g_rows = [builder.gep(g_a.data, [builder.add(gbase, builder.mul(gstep, _const(i)))])
               for i in range(mo)]
     x_rows = [builder.gep(x_a.data, [builder.add(
-        xbase, builder.load(builder.gep(aofs_a.data, [const(t)])))]) for t in range(mt)]
+        xbase, builder.load(builder.gep(aofs_a.data, [_const(t)])))]) for t in range(mt)]
     with cgutils.for_range(builder, steps) as loop:
-        q = builder.mul(loop.index, const(w))
-        gv = [vload(builder.gep(g_rows[i], [q])) for i in range(mo)]
+        q = builder.mul(loop.index, _const(tile.w))
+        gv = [tile.load(builder.gep(g_rows[i], [q])) for i in range(mo)]
         for t in range(mt):  # one x vector live at a time: mo*mt + mo + 1 registers
-            xv = vload(builder.gep(x_rows[t], [q]))
+            xv = tile.load(builder.gep(x_rows[t], [q]))
             for i in range(mo):
-                builder.store(builder.call(fma, [gv[i], xv, builder.load(accs[i][t])]),
-                              accs[i][t])
-    for i in range(mo):
-        for t in range(mt):
-            dst = builder.bitcast(builder.gep(tile_a.data, [const((i * mt + t) * w)]), vptr)
-            builder.store(builder.load(accs[i][t]), dst, align=align)
+                tile.fma(gv[i], xv, i * mt + t)
+    tile.finish()
     return context.get_dummy_value()
 
 
