@@ -34,6 +34,23 @@ OTHERS = ("numpy", "torch")
 # 1024x1000 forward 0.60 ms against 0.29 ms with --no-torch). So the parent waits for
 # them to go to sleep before timing its own twins.
 WORKER_SETTLE_S = 0.05
+# ... and after that pause (the cores idle), the first ms of work ran slower again (an SGD
+# step measured 0.56-0.59 ms right after it, 0.26-0.36 ms without it): so both twins run,
+# untimed, for this long before the timed runs.
+WARM_UP_S = 0.05
+
+
+def warm_up(benches: dict, seconds: float) -> None:
+    """Run every implementation, interleaved, untimed, until ``seconds`` have passed (at
+    least once each)."""
+    deadline = time.perf_counter() + seconds
+    while True:
+        for bench in benches.values():
+            if bench.setup is not None:
+                bench.setup()
+            bench.run()
+        if time.perf_counter() >= deadline:
+            return
 
 
 def median_times(benches: dict, repeat: int) -> dict:
@@ -130,6 +147,7 @@ def measure(case, repeat, worker, problems):
             if not differs("torch", outputs):
                 cells["torch"] = seconds
         time.sleep(WORKER_SETTLE_S)
+        warm_up(benches, WARM_UP_S)
     cells.update(median_times(benches, repeat))
     return cells
 
