@@ -62,7 +62,9 @@ class CrossEntropyLoss(_Loss):
                 f"got {tuple(labels.shape)}"
             )
         if isinstance(labels, np.ndarray):
-            if device.type != "cpu":  # checked before the copy (the CPU kernel checks them itself)
+            # checked before the copy to the GPU, or before uint64 labels past int64's
+            # range wrap (otherwise the CPU kernel checks them itself)
+            if device.type != "cpu" or labels.dtype == np.uint64:
                 lo, hi = labels.min(), labels.max()
                 if lo < 0 or hi >= c:
                     bad = lo if lo < 0 else hi

@@ -213,7 +213,8 @@ def softmax_grad_row(dx, dout, out):
 
 @overload(softmax_grad_row, inline="always")
 def _softmax_grad_row(dx, dout, out):
-    if not all(r.layout == "C" for r in (dx, dout, out)):
+    if not (all(r.layout == "C" for r in (dx, dout, out))
+            and dx.dtype == dout.dtype == out.dtype):
         return lambda dx, dout, out: _softmax_grad_loop(dx, dout, out)
     one_vector = lanes(out.dtype.bitwidth // 8)
 

@@ -23,7 +23,13 @@ im2col, no col2im and no BLAS, on the register-blocked tiles of _microkernel.py.
   and a tile of (taps x output channels) accumulates, over the positions of a fixed
   group of images, one broadcast input value times one vector of gradients per step: no
   horizontal sums, and the groups are summed in order, so dw does not depend on the
-  thread count.
+  thread count. With AVX-512 and at most 8 output channels, dw is instead dot products
+  over positions (``_mk_dw_dot``): whole vectors of 16 positions of the gradient planes
+  (N, O, Lp; zeros in the junk columns and up to Lp, L rounded up to 16) times the input
+  run of each tap.
+* Contract for non-finite input: the junk columns (and, in the dot-product dw, the
+  positions up to Lp) multiply input values that no output reads by a zero gradient, so
+  an inf or NaN anywhere in x can make dw NaN even where the exact result is finite.
 
 The other paths (with ``MICROKERNELS`` off, and for dx of a one-channel input at
 stride 1, where a micro-kernel tile would use 1 of its rows): at stride 1 the

@@ -208,6 +208,15 @@ def test_rowwise_strided_rows(rng, dtype, close, op):
         close(dx, _row_backward(op, np.empty_like(want), dout, want), scale=np.sqrt(c))
 
 
+def test_softmax_backward_of_mixed_dtypes(rng):
+    """Arrays of two float dtypes in one backward call (the loop, not the vector code)."""
+    out = _row_forward("softmax", rng.standard_normal((5, 10)).astype(np.float32))
+    dout = rng.standard_normal((5, 10))
+    dx = np.empty((5, 10))
+    kernel("softmax_backward")(dx, dout, out)
+    np.testing.assert_allclose(dx, ref.softmax_backward(dout, out.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("c", [10, 37])
 @pytest.mark.parametrize("op", list(ROWWISE))
 def test_rowwise_nan_and_inf_logits(dtype, op, c):

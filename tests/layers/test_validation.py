@@ -80,6 +80,8 @@ def test_backward_before_forward_is_an_error():
 @pytest.mark.parametrize("logits, labels, error, pattern", [
     (np.zeros((3, 4), f32), np.array([0, 4, 1]), ValueError, r"label 4 is out of range for 4 classes"),
     (np.zeros((3, 4), f32), np.array([0, -1, 1]), ValueError, r"label -1 is out of range"),
+    (np.zeros((3, 4), f32), np.array([0, 2**63, 1], np.uint64), ValueError,
+     r"label 9223372036854775808 is out of range"),
     (np.zeros((3, 4), f32), np.array([0.0, 1.0, 2.0]), TypeError, r"integer class indices, got dtype float64"),
     (np.zeros((3, 4), f32), np.array([0, 1]), ValueError, r"expected labels of shape \(3,\).*got \(2,\)"),
     (np.zeros((3, 4), f32), [0, 1, 2], TypeError, r"CrossEntropyLoss\(\) labels: expected a numpy.ndarray, got list"),
