@@ -11,7 +11,6 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import parallel_kernel, parallel_kernel_ordered
-from ._math import fast_exp
 from .activations import max_sum_exp, softmax_row
 
 _BLOCK = 4096
