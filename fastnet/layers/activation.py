@@ -1,10 +1,15 @@
+import numpy as np
+
 from ..kernels import kernel
 from ._args import real
-from .module import Module, check_grad, check_input
+from .module import FLOAT_DTYPES, Module, check_grad, check_input
 
 
 def _check_any(layer, x):
     """Any shape with a leading batch axis, any float dtype."""
+    if (x.__class__ is np.ndarray and x.ndim and x.size and x.dtype in FLOAT_DTYPES
+            and x.flags.c_contiguous and layer.device.type == "cpu"):
+        return x  # the hot path: what check_input would return unchanged
     if getattr(x, "ndim", 0) < 1:
         return check_input(layer, x, (None,))  # raises the right TypeError / ValueError
     return check_input(layer, x, (None,) * x.ndim)
@@ -14,16 +19,26 @@ class _Elementwise(Module):
     """An activation whose derivative is a function of its output."""
 
     op = ""
+    rows = False  # whether the kernels see (rows, last axis) rather than any shape
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls._ops = (cls.op + "_forward", cls.op + "_backward")
 
     @staticmethod
     def _view(a):
-        """How the kernel sees an array (any shape for elementwise kernels)."""
-        return a
+        """``a`` as the (rows, C) array the row kernels take."""
+        c = a.shape[a.ndim - 1]  # (not shape[-1]: the CUDA simulator's shapes refuse it)
+        return a.reshape(a.size // c, c)
 
     def forward(self, x):
         x = _check_any(self, x)
         out = self.device.empty(x.shape, x.dtype)
-        kernel(self.op + "_forward", self.device)(self._view(out), self._view(x))
+        k = kernel(self._ops[0], self.device)
+        if self.rows and x.ndim != 2:
+            k(self._view(out), self._view(x))
+        else:
+            k(out, x)
         if self.training:
             self._saved = out
         return out
@@ -34,8 +49,11 @@ class _Elementwise(Module):
         if not input_grad:
             return None
         dx = self.device.empty(out.shape, out.dtype)
-        kernel(self.op + "_backward", self.device)(self._view(dx), self._view(grad_out),
-                                                   self._view(out))
+        k = kernel(self._ops[1], self.device)
+        if self.rows and out.ndim != 2:
+            k(self._view(dx), self._view(grad_out), self._view(out))
+        else:
+            k(dx, grad_out, out)
         return dx
 
 
@@ -64,15 +82,10 @@ class _LastAxis(_Elementwise):
             )
         self.dim = -1
 
+    rows = True
+
     def config(self):
         return {"dim": self.dim}
-
-    @staticmethod
-    def _view(a):
-        if a.ndim == 2:
-            return a
-        c = a.shape[a.ndim - 1]  # (not shape[-1]: the CUDA simulator's shapes refuse it)
-        return a.reshape(a.size // c, c)  # the kernels work on (rows, C)
 
 
 class Softmax(_LastAxis):

@@ -31,6 +31,8 @@ f32 = np.float32
     (AvgPool2D(2), np.zeros((4, 4), f32), ValueError, r"AvgPool2D.*\(N, \*, \*, \*\), got \(4, 4\)"),
     (ReLU(), np.zeros((), f32), ValueError, r"ReLU.*expected input of shape \(N,\), got \(\)"),
     (Softmax(), np.zeros((2, 3), np.int32), TypeError, r"Softmax.*got dtype int32"),
+    (Softmax(), np.zeros((2, 3), np.float16), TypeError, r"Softmax.*got dtype float16"),
+    (ReLU(), np.zeros((0, 3), f32), ValueError, r"ReLU.*empty input of shape \(0, 3\)"),
     (Flatten(), np.zeros((5,), f32), ValueError, r"Flatten.*\(N, \*\), got \(5,\)"),
     (Sequential(Flatten(), Dense(12, 3)), np.zeros((2, 13), f32), ValueError,
      r"Dense\(in_features=12.*got \(2, 13\)"),
@@ -38,6 +40,23 @@ f32 = np.float32
 def test_bad_input_is_rejected_with_a_clear_message(layer, x, error, pattern):
     with pytest.raises(error, match=pattern):
         layer(x)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: ReLU(), (3, 4, 5)),
+    (lambda: Softmax(), (3, 4, 5)),
+    (lambda: Softmax(), (4, 5)),
+    (lambda: Dense(5, 3, activation="relu"), (4, 5)),
+    (lambda: Conv2D(2, 3, 3, padding=1), (2, 2, 5, 5)),
+])
+def test_views_and_fortran_order_input_give_the_contiguous_result(make, shape):
+    # CPU layers take C-contiguous input as it is (a fast path) and copy anything else
+    layer = make()
+    big = np.random.default_rng(0).standard_normal((2,) + shape, f32)
+    x = big[1]  # contiguous
+    for view in (big[..., ::1][1], np.asfortranarray(x), np.flip(np.flip(x, -1), -1)):
+        np.testing.assert_array_equal(layer(view), layer(x))
+        assert layer(view).flags.c_contiguous
 
 
 @pytest.mark.parametrize("make, pattern", [
