@@ -82,3 +82,45 @@ def compute_kernel(fn):
 
 def parallel_kernel_ordered(fn):
     return _parallel_kernel(fn, FASTMATH_ORDERED)
+
+
+class KernelFamily:
+    """Parallel kernels specialised on compile-time constants: ``family[key]`` is the
+    kernel ``make(*key)`` returns (a closure over the constants), wrapped as
+    ``compute_kernel`` / ``parallel_kernel``, built on first use.
+
+    A kernel with runtime switches between many inlined code paths (tile shapes, the
+    activation of an epilogue, a layout) compiles all of them for every signature; one
+    kernel per key compiles only the paths a model uses (the LeNet-5 step compiled
+    about twice as fast). Numba's cache keys a closure on the values it closes over, so
+    every member is cached on disk under its key."""
+
+    def __init__(self, make, compute=False):
+        self._make = make
+        self._compute = compute
+        self._members = {}
+        functools.update_wrapper(self, make)
+
+    def __getitem__(self, key):
+        k = self._members.get(key)
+        if k is None:
+            fn = self._make(*key) if isinstance(key, tuple) else self._make(key)
+            k = self._members[key] = _parallel_kernel(fn, FASTMATH, compute=self._compute)
+        return k
+
+    def members(self):
+        """{key: kernel} of the members built so far."""
+        return dict(self._members)
+
+    def dispatchers(self):
+        return tuple(d for k in self._members.values() for d in k.dispatchers())
+
+
+def compute_family(make):
+    """A KernelFamily of compute kernels (see compute_kernel)."""
+    return KernelFamily(make, compute=True)
+
+
+def parallel_family(make):
+    """A KernelFamily of memory-bound kernels (see parallel_kernel)."""
+    return KernelFamily(make)

@@ -52,7 +52,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, compute_kernel, parallel_kernel
+from ._jit import FASTMATH, compute_family, compute_kernel, parallel_family, parallel_kernel
 from ._microkernel import (ACCUMULATORS, DOT_MOS, DOT_MT, DW_MAX_NV, DW_TAIL_MRS,
                            FWD_TILE_COST, FWD_TILE_MRS, VEC_BYTES, dot_tile_1, dot_tile_2,
                            dot_tile_4, dot_tile_6, dot_tile_8, dw_tail_0, dw_tail_1, dw_tail_2, dw_tail_3, dw_tail_h0,
@@ -540,46 +540,46 @@ def _mk_tile(ti, tile, wf, xf, tab, abase, astep, bbase):
         fwd_tile_4(tile, wf, xf, tab, abase, astep, bbase)
 
 
-@compute_kernel
-def _mk_conv(out, xf, img, wt, offs, phases, b, code, sh, sw, wp, ti):
-    # An implicit GEMM over xf, the flat (padded) input: image n at n*img, tap k of output
-    # position q (row pitch wp) at n*img + offs[k] + q; wt (K, Opad) packed weights (zero
-    # columns past O). out (N, O, ., .) = act(conv + b), in phases p (rows of phases:
-    # y0, x0, HV, WV, k0, k1): phase p's outputs are out[:, :, y0::sh, x0::sw] (HV x WV of
-    # them), summed over taps k0 <= k < k1. The forward is one phase (0, 0, OH, OW, 0, K)
-    # with sh = sw = 1; dx of a strided conv is one phase per stride phase of the input.
-    # Per (image, phase, run of NR positions, block of MR channels) one micro-kernel tile
-    # of index ti, then the valid columns go out row by row.
-    n_, o_ = out.shape[0], out.shape[1]
-    opad = wt.shape[1]
-    mr = FWD_TILE_MRS[ti]
-    nr = (ACCUMULATORS // mr) * (VEC_BYTES // xf.itemsize)
-    wf = wt.ravel()
-    zero = xf.dtype.type(0)
-    for n in prange(n_):
-        tile = np.empty(mr * nr, xf.dtype)
-        for p in range(phases.shape[0]):
-            y0, x0, hv, wv, k0, k1 = phases[p, 0], phases[p, 1], phases[p, 2], phases[p, 3], phases[p, 4], phases[p, 5]
-            if hv <= 0 or wv <= 0:
-                continue
-            ln = (hv - 1) * wp + wv
-            tab = offs[k0:k1]
-            for q0 in range(0, ln, nr):
-                q1 = min(q0 + nr, ln)
-                for o0 in range(0, o_, mr):
-                    tile[:] = zero
-                    _mk_tile(ti, tile, wf, xf, tab, k0 * opad + o0, opad, n * img + q0)
-                    on = min(mr, o_ - o0)
-                    # NOTE: the activation as a constant in each branch, so that the copy
-                    # loops vectorise (a runtime switch inside them kept them scalar)
-                    if sh != 1 or sw != 1:
-                        _mk_store(out[:, :, y0::sh, x0::sw], tile, b, n, o0, on, nr, q0, q1, wp, code)
-                    elif code == 0:
-                        _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 0)
-                    elif code == 1:
-                        _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, 1)
-                    else:
-                        _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+@compute_family
+def _mk_conv(ti, code, strided):
+    """The forward kernel for tile ti, activation ``code`` and (``strided``) the phases
+    of a strided dx: ``_mk_conv[ti, code, strided](out, xf, img, wt, offs, phases, b, sh,
+    sw, wp)``."""
+    def kernel(out, xf, img, wt, offs, phases, b, sh, sw, wp):
+        # An implicit GEMM over xf, the flat (padded) input: image n at n*img, tap k of
+        # output position q (row pitch wp) at n*img + offs[k] + q; wt (K, Opad) packed
+        # weights (zero columns past O). out (N, O, ., .) = act(conv + b), in phases p
+        # (rows of phases: y0, x0, HV, WV, k0, k1): phase p's outputs are
+        # out[:, :, y0::sh, x0::sw] (HV x WV of them), summed over taps k0 <= k < k1. The
+        # forward is one phase (0, 0, OH, OW, 0, K) with sh = sw = 1; dx of a strided
+        # conv is one phase per stride phase of the input. Per (image, phase, run of NR
+        # positions, block of MR channels) one micro-kernel tile of index ti, then the
+        # valid columns go out row by row.
+        n_, o_ = out.shape[0], out.shape[1]
+        opad = wt.shape[1]
+        mr = FWD_TILE_MRS[ti]
+        nr = (ACCUMULATORS // mr) * (VEC_BYTES // xf.itemsize)
+        wf = wt.ravel()
+        zero = xf.dtype.type(0)
+        for n in prange(n_):
+            tile = np.empty(mr * nr, xf.dtype)
+            for p in range(phases.shape[0]):
+                y0, x0, hv, wv, k0, k1 = phases[p, 0], phases[p, 1], phases[p, 2], phases[p, 3], phases[p, 4], phases[p, 5]
+                if hv <= 0 or wv <= 0:
+                    continue
+                ln = (hv - 1) * wp + wv
+                tab = offs[k0:k1]
+                for q0 in range(0, ln, nr):
+                    q1 = min(q0 + nr, ln)
+                    for o0 in range(0, o_, mr):
+                        tile[:] = zero
+                        _mk_tile(ti, tile, wf, xf, tab, k0 * opad + o0, opad, n * img + q0)
+                        on = min(mr, o_ - o0)
+                        if strided:
+                            _mk_store(out[:, :, y0::sh, x0::sw], tile, b, n, o0, on, nr, q0, q1, wp, code)
+                        else:
+                            _mk_store(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+    return kernel
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -651,80 +651,74 @@ def _grad_planar(gtf, dbp, dout, out, n, code, opad, lp, wp):
                 gtf[d + u(k)] = zero
 
 
-@parallel_kernel
-def _mk_grad_layouts(gp, gt, dbp, dout, out, code, ph2, pw2, wp, planar):
-    # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
-    # read: gp (N, O, Hg, Wg), zero-padded with g at [ph2:, pw2:], for dx (None when dx
-    # is not wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the
-    # junk and padding columns, for dw; or, with ``planar``, gt (N, Opad, Lp): each
-    # channel's positions at row pitch wp, zeros in the junk columns, past L and in the
-    # padding channels (the dot-product dw). dbp (N, O): per-image sums (None without bias).
-    # NOTE: per image, g is first computed plane by plane (reading a row of every
-    # channel in turn instead thrashed L1: the planes of a 32x32 image are exactly 4 KiB
-    # apart) into a scratch laid out (OH, Opad, OW), whose rows of all channels are close
-    # together for the transposition, then copied out of cache into both layouts, with
-    # flat unsigned indices (a signed index keeps Numba's wraparound check, and a view
-    # per row cost more than the copy on small planes). The planar layout is written
-    # directly, with no scratch, and gp copied from it.
-    n_, o_, oh_, ow_ = dout.shape
-    if planar:
-        opad, ln = gt.shape[1], gt.shape[2]
-    else:
-        ln, opad = gt.shape[1], gt.shape[2]
-    zero = gt.dtype.type(0)
-    gtf = gt.ravel()
-    u = np.uint64
-    for n in prange(n_):
-        # the activation as a constant in each branch (the loops vectorise)
+@parallel_family
+def _mk_grad_layouts(planar, code):
+    """``_mk_grad_layouts[planar, code](gp, gt, dbp, dout, out, ph2, pw2, wp)``: the
+    gradient layouts of the backward kernels for one layout and activation ``code``."""
+    def kernel(gp, gt, dbp, dout, out, ph2, pw2, wp):
+        # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
+        # read: gp (N, O, Hg, Wg), zero-padded with g at [ph2:, pw2:], for dx (None when dx
+        # is not wanted); gt (N, L, Opad) channels-last with row pitch wp and zeros in the
+        # junk and padding columns, for dw; or, with ``planar``, gt (N, Opad, Lp): each
+        # channel's positions at row pitch wp, zeros in the junk columns, past L and in the
+        # padding channels (the dot-product dw). dbp (N, O): per-image sums (None without
+        # bias).
+        # NOTE: per image, g is first computed plane by plane (reading a row of every
+        # channel in turn instead thrashed L1: the planes of a 32x32 image are exactly 4
+        # KiB apart) into a scratch laid out (OH, Opad, OW), whose rows of all channels are
+        # close together for the transposition, then copied out of cache into both
+        # layouts, with flat unsigned indices (a signed index keeps Numba's wraparound
+        # check, and a view per row cost more than the copy on small planes). The planar
+        # layout is written directly, with no scratch, and gp copied from it.
+        n_, o_, oh_, ow_ = dout.shape
         if planar:
-            if code == 0:
-                _grad_planar(gtf, dbp, dout, out, n, 0, opad, ln, wp)
-            elif code == 1:
-                _grad_planar(gtf, dbp, dout, out, n, 1, opad, ln, wp)
-            else:
-                _grad_planar(gtf, dbp, dout, out, n, code, opad, ln, wp)
-            srcf = gtf  # where gp's rows come from: gt itself
+            opad, ln = gt.shape[1], gt.shape[2]
         else:
-            gs = np.empty((oh_, opad, ow_), gt.dtype)
-            for r in range(oh_):  # the padding channels: zeros in the channels-last copy
-                for o in range(o_, opad):
-                    pad = gs[r, o]
-                    for t in range(ow_):
-                        pad[t] = zero
-            if code == 0:
-                _grad_planes(gs, dbp, dout, out, n, 0)
-            elif code == 1:
-                _grad_planes(gs, dbp, dout, out, n, 1)
+            ln, opad = gt.shape[1], gt.shape[2]
+        zero = gt.dtype.type(0)
+        gtf = gt.ravel()
+        u = np.uint64
+        for n in prange(n_):
+            if planar:
+                _grad_planar(gtf, dbp, dout, out, n, code, opad, ln, wp)
+                srcf = gtf  # where gp's rows come from: gt itself
             else:
+                gs = np.empty((oh_, opad, ow_), gt.dtype)
+                for r in range(oh_):  # the padding channels: zeros in the channels-last copy
+                    for o in range(o_, opad):
+                        pad = gs[r, o]
+                        for t in range(ow_):
+                            pad[t] = zero
                 _grad_planes(gs, dbp, dout, out, n, code)
-            srcf = gs.ravel()
-            # the channel count as a constant for one-vector layouts (LeNet's 6 and 16
-            # channels): the copy of a position's channels unrolls into one vector store
-            if opad == 8:
-                _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 8)
-            elif opad == 16:
-                _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 16)
-            else:
-                _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, opad)
-        if gp is not None:
-            hg, wg = gp.shape[2], gp.shape[3]
-            gpf = gp.ravel()
-            for o in range(o_):
-                d = u((n * o_ + o) * hg * wg)
-                for k in range(ph2 * wg + pw2):
-                    gpf[d + u(k)] = zero
-                for r in range(oh_):
-                    d2 = d + u((ph2 + r) * wg + pw2)
-                    if planar:
-                        src = u((n * opad + o) * ln + r * wp)
-                    else:
-                        src = u((r * opad + o) * ow_)
-                    for t in range(ow_):
-                        gpf[d2 + u(t)] = srcf[src + u(t)]
-                    # the rest of this row and the start of the next, up to its data
-                    e = (ph2 + r + 1) * wg + pw2 if r < oh_ - 1 else hg * wg
-                    for k in range((ph2 + r) * wg + pw2 + ow_, e):
+                srcf = gs.ravel()
+                # the channel count as a constant for one-vector layouts (LeNet's 6 and 16
+                # channels): the copy of a position's channels unrolls into one vector store
+                if opad == 8:
+                    _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 8)
+                elif opad == 16:
+                    _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 16)
+                else:
+                    _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, opad)
+            if gp is not None:
+                hg, wg = gp.shape[2], gp.shape[3]
+                gpf = gp.ravel()
+                for o in range(o_):
+                    d = u((n * o_ + o) * hg * wg)
+                    for k in range(ph2 * wg + pw2):
                         gpf[d + u(k)] = zero
+                    for r in range(oh_):
+                        d2 = d + u((ph2 + r) * wg + pw2)
+                        if planar:
+                            src = u((n * opad + o) * ln + r * wp)
+                        else:
+                            src = u((r * opad + o) * ow_)
+                        for t in range(ow_):
+                            gpf[d2 + u(t)] = srcf[src + u(t)]
+                        # the rest of this row and the start of the next, up to its data
+                        e = (ph2 + r + 1) * wg + pw2 if r < oh_ - 1 else hg * wg
+                        for k in range((ph2 + r) * wg + pw2 + ow_, e):
+                            gpf[d + u(k)] = zero
+    return kernel
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -755,80 +749,89 @@ def _dw_tail(tile, xf, gf, a, xb, gb, opad, ln, half, rem):
             dw_tile_1(tile, xf, gf, a, xb, gb, opad, ln)
 
 
-@compute_kernel
-def _mk_dw(part, gt, xf, img, offs, ln, group, nv, k):
-    # gt (N, L, Opad) channels-last gradient, xf flat padded input (tap k of position q of
-    # image n at n*img + offs[k] + q), offs padded to a whole number of tiles ->
-    # part (G, Opad / (nv*W), Kpad, nv*W): group g's sum over its images of
-    # gt[n, q, o] * x[tap k, q] over q, per block of nv*W output channels. k: the real
-    # taps; with one channel vector (nv 0 or 1) the padding past them is not computed
-    # (those rows of part stay 0) but for what a tail tile's rows round up to.
-    # NOTE: fixed image groups (summed afterwards in group order), each group one task
-    # that owns its slice of part: race-free, and independent of the thread count.
-    g_, nob, kpad, ncols = part.shape
-    n_ = gt.shape[0]
-    opad = gt.shape[2]
-    mr = ACCUMULATORS // max(nv, 1)
-    gf = gt.ravel()
-    zero = part.dtype.type(0)
-    for g in prange(g_):
-        pg = part[g]
-        pg[:] = zero
-        for n in range(g * group, min(n_, (g + 1) * group)):
-            for ob in range(nob):
-                blk = pg[ob].ravel()
-                for k0 in range(0, kpad, mr):
-                    tile = blk[k0 * ncols:(k0 + mr) * ncols]
-                    a = offs[k0:k0 + mr]
-                    gb = n * ln * opad + ob * ncols
-                    if nv <= 1 and k - k0 < mr:  # the last taps: a shorter tile
-                        _dw_tail(tile, xf, gf, a, n * img, gb, opad, ln, nv == 0, k - k0)
-                    elif nv == 0:
-                        dw_tile_0(tile, xf, gf, a, n * img, gb, opad, ln)
-                    elif nv == 1:
-                        dw_tile_1(tile, xf, gf, a, n * img, gb, opad, ln)
-                    elif nv == 2:
-                        dw_tile_2(tile, xf, gf, a, n * img, gb, opad, ln)
-                    elif nv == 3:
-                        dw_tile_3(tile, xf, gf, a, n * img, gb, opad, ln)
+@compute_family
+def _mk_dw(nv):
+    """``_mk_dw[nv](part, gt, xf, img, offs, ln, group, k)``: dw on tiles of nv channel
+    vectors (0: one half vector)."""
+    def kernel(part, gt, xf, img, offs, ln, group, k):
+        # gt (N, L, Opad) channels-last gradient, xf flat padded input (tap k of position q
+        # of image n at n*img + offs[k] + q), offs padded to a whole number of tiles ->
+        # part (G, Opad / (nv*W), Kpad, nv*W): group g's sum over its images of
+        # gt[n, q, o] * x[tap k, q] over q, per block of nv*W output channels. k: the real
+        # taps; with one channel vector (nv 0 or 1) the padding past them is not computed
+        # (those rows of part stay 0) but for what a tail tile's rows round up to.
+        # NOTE: fixed image groups (summed afterwards in group order), each group one task
+        # that owns its slice of part: race-free, and independent of the thread count.
+        g_, nob, kpad, ncols = part.shape
+        n_ = gt.shape[0]
+        opad = gt.shape[2]
+        mr = ACCUMULATORS // max(nv, 1)
+        gf = gt.ravel()
+        zero = part.dtype.type(0)
+        for g in prange(g_):
+            pg = part[g]
+            pg[:] = zero
+            for n in range(g * group, min(n_, (g + 1) * group)):
+                for ob in range(nob):
+                    blk = pg[ob].ravel()
+                    for k0 in range(0, kpad, mr):
+                        tile = blk[k0 * ncols:(k0 + mr) * ncols]
+                        a = offs[k0:k0 + mr]
+                        gb = n * ln * opad + ob * ncols
+                        if nv <= 1 and k - k0 < mr:  # the last taps: a shorter tile
+                            _dw_tail(tile, xf, gf, a, n * img, gb, opad, ln, nv == 0, k - k0)
+                        elif nv == 0:
+                            dw_tile_0(tile, xf, gf, a, n * img, gb, opad, ln)
+                        elif nv == 1:
+                            dw_tile_1(tile, xf, gf, a, n * img, gb, opad, ln)
+                        elif nv == 2:
+                            dw_tile_2(tile, xf, gf, a, n * img, gb, opad, ln)
+                        elif nv == 3:
+                            dw_tile_3(tile, xf, gf, a, n * img, gb, opad, ln)
+                        else:
+                            dw_tile_4(tile, xf, gf, a, n * img, gb, opad, ln)
+    return kernel
+
+
+@compute_family
+def _mk_dw_dot(mo):
+    """``_mk_dw_dot[mo](part, gq, xf, img, offs, lp, group)``: dw as dot products over
+    positions, MO output channels per tile."""
+    def kernel(part, gq, xf, img, offs, lp, group):
+        # gq (N, MO, Lp) planar gradient (see _mk_grad_layouts), xf flat padded input (tap
+        # k of position q of image n at n*img + offs[k] + q), offs padded to whole tiles
+        # of MT = DOT_MT[mo] taps -> part (G, Kpad / MT, MO*MT*W): per lane, group g's sum
+        # over its images and positions of gq[n, o, q] * x[tap k, q] (the caller sums the
+        # lanes). Vectors run over positions, so a layer with few output channels uses
+        # whole vectors and reads its gradient planes as they are (no channels-last copy).
+        # NOTE: fixed image groups, one task each, as _mk_dw: independent of the thread
+        # count.
+        g_, ntile, tsize = part.shape
+        n_ = gq.shape[0]
+        mt = offs.size // ntile
+        w = tsize // (mo * mt)
+        steps = lp // w
+        gf = gq.ravel()
+        zero = part.dtype.type(0)
+        for g in prange(g_):
+            pg = part[g]
+            pg[:] = zero
+            for n in range(g * group, min(n_, (g + 1) * group)):
+                gb, xb = n * mo * lp, n * img
+                for tt in range(ntile):
+                    tile = pg[tt]
+                    a = offs[tt * mt:(tt + 1) * mt]
+                    if mo == 1:
+                        dot_tile_1(tile, gf, xf, a, gb, lp, xb, steps)
+                    elif mo == 2:
+                        dot_tile_2(tile, gf, xf, a, gb, lp, xb, steps)
+                    elif mo == 4:
+                        dot_tile_4(tile, gf, xf, a, gb, lp, xb, steps)
+                    elif mo == 6:
+                        dot_tile_6(tile, gf, xf, a, gb, lp, xb, steps)
                     else:
-                        dw_tile_4(tile, xf, gf, a, n * img, gb, opad, ln)
-
-
-@compute_kernel
-def _mk_dw_dot(part, gq, xf, img, offs, lp, group, mo):
-    # gq (N, MO, Lp) planar gradient (see _mk_grad_layouts), xf flat padded input (tap k
-    # of position q of image n at n*img + offs[k] + q), offs padded to whole tiles of
-    # MT = DOT_MT[mo] taps -> part (G, Kpad / MT, MO*MT*W): per lane, group g's sum over
-    # its images and positions of gq[n, o, q] * x[tap k, q] (the caller sums the lanes).
-    # Vectors run over positions, so a layer with few output channels uses whole vectors
-    # and reads its gradient planes as they are (no channels-last copy).
-    # NOTE: fixed image groups, one task each, as _mk_dw: independent of the thread count.
-    g_, ntile, tsize = part.shape
-    n_ = gq.shape[0]
-    mt = offs.size // ntile
-    w = tsize // (mo * mt)
-    steps = lp // w
-    gf = gq.ravel()
-    zero = part.dtype.type(0)
-    for g in prange(g_):
-        pg = part[g]
-        pg[:] = zero
-        for n in range(g * group, min(n_, (g + 1) * group)):
-            gb, xb = n * mo * lp, n * img
-            for tt in range(ntile):
-                tile = pg[tt]
-                a = offs[tt * mt:(tt + 1) * mt]
-                if mo == 1:
-                    dot_tile_1(tile, gf, xf, a, gb, lp, xb, steps)
-                elif mo == 2:
-                    dot_tile_2(tile, gf, xf, a, gb, lp, xb, steps)
-                elif mo == 4:
-                    dot_tile_4(tile, gf, xf, a, gb, lp, xb, steps)
-                elif mo == 6:
-                    dot_tile_6(tile, gf, xf, a, gb, lp, xb, steps)
-                else:
-                    dot_tile_8(tile, gf, xf, a, gb, lp, xb, steps)
+                        dot_tile_8(tile, gf, xf, a, gb, lp, xb, steps)
+    return kernel
 
 
 def _phases(stride, kernel):
@@ -909,7 +912,7 @@ def _mk_conv2d_forward(out, x, w, b, stride, padding, code):
     offs = _tap_offsets(c_, kh, kw, tuple(stride), hq, wq)
     phases = np.array([[0, 0, oh, ow, 0, offs.size]], np.intp)
     pa, pb = _phases(stride, (kh, kw))
-    _mk_conv(out, xf, c_ * pa * pb * hq * wq, wt, offs, phases, b, code, 1, 1, wq, ti)
+    _mk_conv[ti, code, False](out, xf, c_ * pa * pb * hq * wq, wt, offs, phases, b, 1, 1, wq)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1003,7 +1006,7 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         gpf[size:] = 0
         gp = gpf[:size].reshape(n_, o_, hg, wg)
     dbp = None if db is None else workspace("dbp", n_ * o_, dt).reshape(n_, o_)
-    _mk_grad_layouts(gp, gt, dbp, dout, dout if out is None else out, code, th, tw, wq, dot)
+    _mk_grad_layouts[dot, code](gp, gt, dbp, dout, dout if out is None else out, th, tw, wq)
     if db is not None:
         np.sum(dbp, axis=0, out=db)
 
@@ -1018,7 +1021,7 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         ntile = offs.size // mt
         part = workspace("dw_groups", groups * ntile * mo * mt * lanes_, dt).reshape(
             groups, ntile, mo * mt * lanes_)
-        _mk_dw_dot(part, gt, xf, img, offs, lp, DW_GROUP, mo)
+        _mk_dw_dot[mo](part, gt, xf, img, offs, lp, DW_GROUP)
         # part (G, tiles, MO*MT*W) -> dw (O, K): the groups, then the lanes
         total = part.sum(axis=0).reshape(ntile, mo, mt, lanes_).sum(axis=3)
         dw.reshape(o_, k)[...] = total.transpose(1, 0, 2).reshape(mo, ntile * mt)[:o_, :k]
@@ -1028,7 +1031,7 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         kpad = offs.size
         part = workspace("dw_groups", groups * opad * kpad, dt).reshape(
             groups, opad // ncols, kpad, ncols)
-        _mk_dw(part, gt, xf, img, offs, ln, DW_GROUP, nv, k)
+        _mk_dw[nv](part, gt, xf, img, offs, ln, DW_GROUP, k)
         # part (G, blocks, Kpad, ncols) -> dw (O, K)
         total = part.sum(axis=0)
         dw.reshape(o_, k)[...] = total.transpose(0, 2, 1).reshape(opad, kpad)[:o_, :k]
@@ -1041,8 +1044,8 @@ def _mk_conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, code):
     wt = np.concatenate([np.zeros((0, c_), w.dtype)] + [
         w[:, :, a::sh, b::sw][:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c_)
         for a, b in taps])
-    _mk_conv(dx, gpf, o_ * hg * wg, _mk_pack(wt, FWD_TILE_MRS[ti]), offs2, phases, None, 0,
-             sh, sw, wg, ti)
+    _mk_conv[ti, 0, sh != 1 or sw != 1](dx, gpf, o_ * hg * wg, _mk_pack(wt, FWD_TILE_MRS[ti]),
+                                        offs2, phases, None, sh, sw, wg)
 
 
 def _chunks(x, w_shape, out_hw, run=None):

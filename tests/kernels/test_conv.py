@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fastnet.kernels import conv, kernel
+from fastnet.kernels._jit import KernelFamily
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
@@ -226,11 +227,25 @@ def test_property_forward_backward_random_geometry(n, c, o, kh, kw, sh, sw, ph, 
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+class _FamilySpy:
+    """Stands in for a KernelFamily: records the family's name when a member is taken."""
+
+    def __init__(self, family, name, calls):
+        self.family, self.name, self.calls = family, name, calls
+
+    def __getitem__(self, key):
+        self.calls.append(self.name)
+        return self.family[key]
+
+
 def _spy(monkeypatch, names):
     calls = []
     for name in names:
         f = getattr(conv, name)
-        monkeypatch.setattr(conv, name, lambda *a, f=f, name=name: (calls.append(name), f(*a))[1])
+        if isinstance(f, KernelFamily):
+            monkeypatch.setattr(conv, name, _FamilySpy(f, name, calls))
+        else:
+            monkeypatch.setattr(conv, name, lambda *a, f=f, name=name: (calls.append(name), f(*a))[1])
     return calls
 
 
