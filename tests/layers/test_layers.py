@@ -7,6 +7,7 @@ import fastnet
 from fastnet.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, LogSoftmax,
                             MaxPool2D, ReLU, Sequential, Sigmoid, Softmax, Tanh)
 from fastnet.losses import CrossEntropyLoss, MSELoss
+from fastnet.layers import Parameter
 from fastnet.optim import SGD, Adam, AdamW
 from tests import reference as ref
 from tests.gradcheck import numerical_grad
@@ -268,6 +269,28 @@ def test_mse_regression_fits(rng):
         model.backward(loss_fn.backward())
         opt.step()
     assert loss < 0.02
+
+
+def test_sgd_updates_parameters_of_two_dtypes(rng):
+    """An optimizer over parameters of two dtypes gives each the update sgd_step gives
+    (momentum, Nesterov and weight decay, over several steps), in its own dtype."""
+    from fastnet.kernels import kernel
+
+    shapes = [(3, 4), (5,), (2, 3, 3, 3)]
+    dtypes = [np.float32, np.float64, np.float32]
+    ps = [Parameter(rng.standard_normal(s).astype(d)) for s, d in zip(shapes, dtypes)]
+    want = [p.data.copy() for p in ps]
+    vel = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
+    opt = SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    for _ in range(3):
+        for p in ps:
+            p.grad = rng.standard_normal(p.shape).astype(p.dtype)
+        opt.step()
+        for p, r, v in zip(ps, want, vel):
+            kernel("sgd_step")(r, v, p.grad, 0.1, 0.9, 0.01, True)
+    for p, r in zip(ps, want):
+        assert p.data.dtype == r.dtype
+        np.testing.assert_array_equal(p.data, r)
 
 
 def test_optimizer_skips_parameters_without_grad_and_state_round_trip(rng):
