@@ -116,6 +116,29 @@ def test_every_op_has_a_cuda_kernel_with_the_cpu_signature():
         assert _params(launcher) == _params(row["cpu"]), op
 
 
+def test_kernel_family_builds_each_member_once():
+    """A KernelFamily builds one parallel kernel per key, on first use, and keeps it; the
+    constants reach the kernel as its closure (what Numba's cache keys members on)."""
+    from fastnet.kernels._jit import KernelFamily
+
+    def make(scale):
+        def kernel(out, x):
+            for i in prange(x.size):
+                out[i] = x[i] * scale
+        return kernel
+
+    fam = KernelFamily(make)
+    assert fam.members() == {} and fam.dispatchers() == ()
+    x = np.arange(5, dtype=np.float32)
+    for scale in (2, 3):
+        out = np.empty_like(x)
+        fam[scale](out, x)
+        np.testing.assert_array_equal(out, x * scale)
+    assert fam[2] is fam[2] and fam[2] is not fam[3]
+    assert set(fam.members()) == {2, 3} and len(fam.dispatchers()) == 4
+    assert is_parallel_kernel(fam[2]) and fam[2].py_func.__closure__[0].cell_contents == 2
+
+
 def test_unknown_op_or_device_raises():
     """kernel() names what is missing: an unknown op or device is a RuntimeError."""
     with pytest.raises(RuntimeError, match="no_such_op"):
