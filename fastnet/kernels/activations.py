@@ -14,21 +14,19 @@ from ._jit import FASTMATH, parallel_kernel, parallel_kernel_ordered
 from ._math import fast_exp, fast_tanh, row_max
 from ._microkernel import lanes
 from ._vector import row1_max_sum_exp, row1_softmax, row1_softmax_grad
-
-# Codes for the activations that other kernels fuse into their epilogues (dense).
-ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+from .codes import ACTIVATIONS, RELU, SIGMOID, TANH  # noqa: F401  (ACTIVATIONS re-exported)
 
 
 @njit(inline="always", fastmath=FASTMATH)
 def apply_activation(v, code):
-    """act(v) for a scalar, by code (0 identity, 1 relu, 2 sigmoid, 3 tanh)."""
-    if code == 1:
+    """act(v) for a scalar, by code (fastnet/kernels/codes.py)."""
+    if code == RELU:
         return v if v > 0 else type(v)(0)
-    if code == 2:
+    if code == SIGMOID:
         # NOTE: exp(-v) overflows to inf for v << 0 and 1 / inf == 0: no NaN, no branch.
         one = type(v)(1)
         return one / (one + fast_exp(-v))
-    if code == 3:
+    if code == TANH:
         return fast_tanh(v)
     return v
 
@@ -38,11 +36,11 @@ def activation_grad(y, code):
     """d act / d v expressed through the output y = act(v)."""
     # NOTE: constants take y's type; a bare 1 or 0.5 would promote float32 to float64.
     one = type(y)(1)
-    if code == 1:
+    if code == RELU:
         return one if y > 0 else type(y)(0)
-    if code == 2:
+    if code == SIGMOID:
         return y * (one - y)
-    if code == 3:
+    if code == TANH:
         return one - y * y
     return one
 
