@@ -3,8 +3,7 @@ import math
 
 from numba import cuda
 
-# the same codes as fastnet.kernels.activations.ACTIVATIONS
-RELU, SIGMOID, TANH = 1, 2, 3
+from ..codes import RELU, SIGMOID, TANH
 
 
 @cuda.jit(device=True, inline=True)
@@ -17,7 +16,7 @@ def sigmoid(v, one):
 
 @cuda.jit(device=True, inline=True)
 def apply_activation(v, code, one):
-    """act(v) by code (0 identity, 1 relu, 2 sigmoid, 3 tanh); ``one`` is 1 in v's dtype.
+    """act(v) by code (fastnet.kernels.codes: IDENTITY, RELU, SIGMOID, TANH); ``one`` is 1 in v's dtype.
 
     NOTE: constants come in typed (``one``): a bare 1.0 is float64 and would turn the
     float32 kernels' arithmetic into double precision (checked on the PTX by the tests).

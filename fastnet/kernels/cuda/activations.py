@@ -13,8 +13,8 @@ import math
 from numba import cuda, float32, int64
 
 from . import _launch
-from ._device import (RELU, SIGMOID, TANH, activation_grad, apply_activation,
-                      block_sum, row_max_sumexp, row_of_thread)
+from ..codes import RELU, SIGMOID, TANH
+from ._device import activation_grad, apply_activation, block_sum, row_max_sumexp, row_of_thread
 from ._launch import THREADS, launch_1d, launch_rows
 
 # ---- elementwise ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ pool and are reused across steps. Backward kernels overwrite their outputs; pass
 """
 from numba import cuda
 
-from ..activations import ACTIVATIONS
+from ..codes import ACTIVATIONS
 from ._device import activation_grad, block_sum
 from ._launch import THREADS, blocks, empty, flat
 from .gemm import BIAS_PER_ROW, NO_BIAS, gemm

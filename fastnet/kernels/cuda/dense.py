@@ -8,7 +8,7 @@ an output that is not needed (``dx`` of a first layer, ``db`` without bias).
 """
 from numba import cuda
 
-from ..activations import ACTIVATIONS
+from ..codes import ACTIVATIONS
 from ._device import activation_grad
 from ._launch import empty, flat
 from .gemm import BIAS_PER_COL, NO_BIAS, gemm

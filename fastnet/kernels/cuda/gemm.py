@@ -21,7 +21,8 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from ...cuda import simulator
-from ._device import RELU, SIGMOID, TANH, sigmoid
+from ..codes import RELU, SIGMOID, TANH
+from ._device import sigmoid
 
 NO_BIAS, BIAS_PER_ROW, BIAS_PER_COL = 0, 1, 2
 

@@ -15,8 +15,8 @@ Backward kernels overwrite their outputs; None as on the CPU.
 """
 from numba import cuda
 
-from ..activations import ACTIVATIONS
-from ._device import SIGMOID, TANH, activation_grad, apply_activation
+from ..codes import ACTIVATIONS, SIGMOID, TANH
+from ._device import activation_grad, apply_activation
 from ._launch import empty, flat, launch_1d, scalar
 from .gemm import gemm
 
