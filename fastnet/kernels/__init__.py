@@ -7,7 +7,7 @@ filled in by the CUDA backend (``fastnet.kernels.cuda``), imported lazily.
 import importlib
 
 from .. import _threads
-from . import activations, conv, dense, dropout, losses, norm, optim, pool, recurrent
+from . import activations, conv, dense, dropout, elementwise, losses, norm, optim, pool, recurrent
 
 
 class CudaKernel:
@@ -66,8 +66,8 @@ KERNELS = {
     "dropout_backward":              {"cpu": dropout.dropout_backward,          "cuda": CudaKernel("dropout", "dropout_backward")},
     "sgd_step":                      {"cpu": optim.sgd_step,                    "cuda": CudaKernel("optim", "sgd_step")},
     "adam_step":                     {"cpu": optim.adam_step,                   "cuda": CudaKernel("optim", "adam_step")},
-    "accumulate":                    {"cpu": optim.accumulate,                  "cuda": CudaKernel("optim", "accumulate")},
-    "add":                           {"cpu": optim.add,                         "cuda": CudaKernel("optim", "add")},
+    "accumulate":                    {"cpu": elementwise.accumulate,            "cuda": CudaKernel("elementwise", "accumulate")},
+    "add":                           {"cpu": elementwise.add,                   "cuda": CudaKernel("elementwise", "add")},
     "batch_norm_forward":            {"cpu": norm.batch_norm_forward,           "cuda": CudaKernel("norm", "batch_norm_forward")},
     "batch_norm_backward":           {"cpu": norm.batch_norm_backward,          "cuda": CudaKernel("norm", "batch_norm_backward")},
     "global_avg_pool2d_forward":     {"cpu": pool.global_avg_pool2d_forward,    "cuda": CudaKernel("pool", "global_avg_pool2d_forward")},

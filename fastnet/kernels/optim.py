@@ -5,7 +5,8 @@ dampening 0 (a zero-initialised velocity gives PyTorch's first step, buf = g, ex
 Adam with L2 weight decay added to the gradient, AdamW with decoupled decay
 p *= 1 - lr * wd, both bias-corrected. Hyper-parameters arrive as Python floats and are
 cast to the parameter's dtype once, so float32 updates stay float32.
-All arrays of one call are C-contiguous with the same shape.
+All arrays of one call are C-contiguous with the same shape. (``add`` and ``accumulate``
+live in ``elementwise.py``.)
 """
 import math
 
@@ -64,25 +65,3 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
     bc2 = 1.0 - beta2 ** step
     _adam(param.reshape(-1), m.reshape(-1), v.reshape(-1), grad.reshape(-1), lr, beta1,
           beta2, eps, weight_decay, decoupled, lr / bc1, 1.0 / math.sqrt(bc2))
-
-
-@parallel_kernel
-def _accumulate(out, x):
-    for i in prange(out.size):
-        out[i] += x[i]
-
-
-def accumulate(out, x):
-    """out (...), x (...) -> out (...) += x: gradient accumulation across backward passes"""
-    _accumulate(out.reshape(-1), x.reshape(-1))
-
-
-@parallel_kernel
-def _add(out, a, b):
-    for i in prange(out.size):
-        out[i] = a[i] + b[i]
-
-
-def add(out, a, b):
-    """a (...), b (...) -> out (...) = a + b: a residual block's sum and its input gradient"""
-    _add(out.reshape(-1), a.reshape(-1), b.reshape(-1))

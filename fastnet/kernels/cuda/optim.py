@@ -66,35 +66,9 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
         _launch.scalar(lr / bc1, t), _launch.scalar(1.0 / math.sqrt(bc2), t), bool(decoupled))
 
 
-@cuda.jit
-def _accumulate_kernel(out, x):
-    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[i] += x[i]
-
-
-def accumulate(out, x):
-    """out (...), x (...) -> out (...) += x: gradient accumulation across backward passes"""
-    grid, threads = launch_1d(out.size)
-    _accumulate_kernel[grid, threads](_launch.flat(out), _launch.flat(x))
-
-
-@cuda.jit
-def _add_kernel(out, a, b):
-    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[i] = a[i] + b[i]
-
-
-def add(out, a, b):
-    """a (...), b (...) -> out (...) = a + b: a residual block's sum and its input gradient"""
-    grid, threads = launch_1d(out.size)
-    _add_kernel[grid, threads](_launch.flat(out), _launch.flat(a), _launch.flat(b))
-
-
 _F1 = float32[::1]
 PTX_SIGNATURES = {
     _sgd_step_kernel: [(_F1, velocity, _F1, float32, float32, float32, boolean)
                        for velocity in (_F1, types.none)],
     _adam_step_kernel: [(_F1, _F1, _F1, _F1) + (float32,) * 9 + (boolean,)],
-    _accumulate_kernel: [(_F1, _F1)],
-    _add_kernel: [(_F1, _F1, _F1)],
 }

@@ -1,0 +1,32 @@
+"""Elementwise array arithmetic (CUDA), one thread per element over flat views, the CPU
+kernels' maths (``fastnet/kernels/elementwise.py``): ``add`` and ``accumulate``.
+All arrays of one call are C-contiguous device arrays with the same shape.
+"""
+from numba import cuda
+
+from . import _launch
+from ._launch import launch_1d
+
+
+@cuda.jit
+def _accumulate_kernel(out, x):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] += x[i]
+
+
+def accumulate(out, x):
+    """out (...), x (...) -> out (...) += x: gradient accumulation across backward passes"""
+    grid, threads = launch_1d(out.size)
+    _accumulate_kernel[grid, threads](_launch.flat(out), _launch.flat(x))
+
+
+@cuda.jit
+def _add_kernel(out, a, b):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] + b[i]
+
+
+def add(out, a, b):
+    """a (...), b (...) -> out (...) = a + b: a residual block's sum and its input gradient"""
+    grid, threads = launch_1d(out.size)
+    _add_kernel[grid, threads](_launch.flat(out), _launch.flat(a), _launch.flat(b))
