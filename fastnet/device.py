@@ -24,12 +24,25 @@ def is_available(name: str = "cuda") -> bool:
     return False
 
 
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what kernels compute in
+
+
 class Device:
-    """``Device("cpu")`` or ``Device("cuda")``; compares equal to its name, prints as it."""
+    """``Device("cpu")`` or ``Device("cuda")``; compares equal to its name, prints as it.
+
+    Each backend is a subclass (``CPUDevice``, ``CUDADevice``; ``Device(name)`` makes the
+    right one): layers and losses call these methods and never test ``device.type``.
+    The ``ready*`` methods are the hot path of input validation: True only when an array
+    can go to this device's kernels as is (what the full checks would return unchanged);
+    False sends the caller through the full checks, which also raise the errors.
+    """
 
     __slots__ = ("type",)
+    eager_errors = False
+    """Whether kernels raise bad-input errors (a label out of range) when called, rather
+    than when their result is read."""
 
-    def __init__(self, name: "str | Device" = "cpu"):
+    def __new__(cls, name: "str | Device" = "cpu"):
         if isinstance(name, Device):
             name = name.type
         if not isinstance(name, str) or name.split(":")[0] not in _NAMES:
@@ -41,7 +54,12 @@ class Device:
             reason = cuda.unavailable_reason()
             if reason is not None:
                 raise RuntimeError(f"device 'cuda' is not available: {reason}")
+        self = object.__new__(CUDADevice if name == "cuda" else CPUDevice)
         self.type = name
+        return self
+
+    def __reduce__(self):
+        return Device, (self.type,)
 
     def __str__(self):
         return self.type
@@ -60,24 +78,107 @@ class Device:
         return hash(self.type)
 
     def empty(self, shape, dtype):
-        if self.type == "cpu":
-            return np.empty(shape, dtype=dtype)
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype):
+        raise NotImplementedError
+
+    def asarray(self, x, dtype=None):
+        """``x`` on this device, C-contiguous (no copy when it is already there with that
+        dtype)."""
+        raise NotImplementedError
+
+    def accept(self, x, owner, what=""):
+        """``x`` as an array for this device, for ``owner`` (a layer or loss) and ``what``
+        (e.g. " labels"), named in the errors."""
+        raise NotImplementedError
+
+    # ---- the hot path of input validation (layers.module.check_input, check_grad) ----
+    def ready(self, x, shape, dtype=None) -> bool:
+        """``x`` is this device's C-contiguous, non-empty float array (of ``dtype`` unless
+        None) whose shape fits ``shape`` (None for a free axis)."""
+        return False
+
+    def ready_any(self, x) -> bool:
+        """As ``ready`` for any shape with at least one axis (truthy or falsy)."""
+        return False
+
+    def ready_exact(self, x, shape, dtype) -> bool:
+        """``x`` is this device's C-contiguous array of exactly ``shape`` and ``dtype``."""
+        return False
+
+
+def _owner_name(owner, what):
+    return (owner if isinstance(owner, str) else repr(owner)) + what
+
+
+class CPUDevice(Device):
+    """NumPy arrays, Numba CPU kernels."""
+
+    __slots__ = ()
+    eager_errors = True
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def asarray(self, x, dtype=None):
+        return np.ascontiguousarray(to_numpy(x), dtype=dtype)
+
+    def accept(self, x, owner, what=""):
+        """A CUDA array given to the CPU is an error (copies to the host are never
+        implicit)."""
+        if isinstance(x, np.ndarray):
+            return x  # the hot path: no repr(owner) unless an error needs it
+        from . import cuda
+
+        if cuda.is_cuda_array(x):
+            raise TypeError(
+                f"{_owner_name(owner, what)}: got a CUDA array but runs on the cpu; move the "
+                "model with .to('cuda'), or the data with fastnet.device.to_numpy(x)")
+        raise TypeError(f"{_owner_name(owner, what)}: expected a numpy.ndarray, got "
+                        f"{type(x).__name__}")
+
+    def ready(self, x, shape, dtype=None):
+        if (x.__class__ is np.ndarray and x.dtype in FLOAT_DTYPES
+                and (dtype is None or x.dtype == dtype) and x.ndim == len(shape) and x.size
+                and x.flags.c_contiguous):
+            for s, d in zip(shape, x.shape):  # (a loop: a generator costs more here)
+                if s is not None and s != d:
+                    return False
+            return True
+        return False
+
+    def ready_any(self, x):
+        return (x.__class__ is np.ndarray and x.ndim and x.size and x.dtype in FLOAT_DTYPES
+                and x.flags.c_contiguous)
+
+    def ready_exact(self, x, shape, dtype):
+        return (x.__class__ is np.ndarray and x.shape == shape and x.dtype == dtype
+                and x.flags.c_contiguous)
+
+
+class CUDADevice(Device):
+    """Numba device arrays from fastnet's caching allocator, numba-cuda kernels. Takes any
+    ``__cuda_array_interface__`` array without a copy, and NumPy arrays, which it copies
+    once. No ``ready*`` fast path: a kernel launch outweighs the full checks."""
+
+    __slots__ = ()
+
+    def empty(self, shape, dtype):
         from . import cuda
 
         return cuda.empty(shape, dtype)
 
     def zeros(self, shape, dtype):
-        if self.type == "cpu":
-            return np.zeros(shape, dtype=dtype)
         from . import cuda
 
         return cuda.zeros(shape, dtype)
 
     def asarray(self, x, dtype=None):
-        """``x`` on this device, C-contiguous (no copy when it is already there with that
-        dtype). Changing the dtype of a CUDA array goes through the host."""
-        if self.type == "cpu":
-            return np.ascontiguousarray(to_numpy(x), dtype=dtype)
+        """Changing the dtype of a CUDA array goes through the host."""
         from . import cuda
 
         if cuda.is_cuda_array(x):
@@ -88,34 +189,22 @@ class Device:
         return cuda.to_device(np.asarray(x), dtype=dtype)
 
     def accept(self, x, owner, what=""):
-        """``x`` as an array on this device, for ``owner`` (a layer or loss) and ``what``
-        (e.g. " labels"), named in the errors: NumPy input is copied to a CUDA device; a
-        CUDA array given to the CPU is an error (copies to the host are never implicit)."""
-        if self.type == "cpu" and isinstance(x, np.ndarray):
-            return x  # the hot path: no repr(owner) unless an error needs it
-        owner = (owner if isinstance(owner, str) else repr(owner)) + what
-        if self.type == "cpu":
-            from . import cuda
-
-            if cuda.is_cuda_array(x):
-                raise TypeError(
-                    f"{owner}: got a CUDA array but runs on the cpu; move the model with "
-                    ".to('cuda'), or the data with fastnet.device.to_numpy(x)")
-            raise TypeError(f"{owner}: expected a numpy.ndarray, got {type(x).__name__}")
+        """NumPy input is returned for the caller to validate, then copy with
+        ``asarray``; a CUDA array must be C-contiguous."""
         from . import cuda
 
         if isinstance(x, np.ndarray):
-            return x  # validated by the caller, then copied with asarray()
+            return x
         if cuda.is_cuda_array(x):
             a = cuda.as_device_array(x)
             if not a.is_c_contiguous():
                 raise ValueError(
-                    f"{owner}: expected a C-contiguous CUDA array, got shape "
+                    f"{_owner_name(owner, what)}: expected a C-contiguous CUDA array, got shape "
                     f"{tuple(a.shape)} with strides {tuple(a.strides)}; make it contiguous "
                     "first (tensor.contiguous(), cupy.ascontiguousarray)")
             return a
-        raise TypeError(f"{owner}: expected a numpy.ndarray or a CUDA array, got "
-                        f"{type(x).__name__}")
+        raise TypeError(f"{_owner_name(owner, what)}: expected a numpy.ndarray or a CUDA "
+                        f"array, got {type(x).__name__}")
 
 
 CPU = Device("cpu")

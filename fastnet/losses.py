@@ -63,8 +63,8 @@ class CrossEntropyLoss(_Loss):
             )
         if isinstance(labels, np.ndarray):
             # checked before the copy to the GPU, or before uint64 labels past int64's
-            # range wrap (otherwise the CPU kernel checks them itself)
-            if device.type != "cpu" or labels.dtype == np.uint64:
+            # range wrap (otherwise a kernel that raises at the call checks them itself)
+            if not device.eager_errors or labels.dtype == np.uint64:
                 lo, hi = labels.min(), labels.max()
                 if lo < 0 or hi >= c:
                     bad = lo if lo < 0 else hi

@@ -2,13 +2,12 @@ import numpy as np
 
 from ..kernels import kernel
 from ._args import real
-from .module import FLOAT_DTYPES, Module, check_grad, check_input
+from .module import Module, check_grad, check_input
 
 
 def _check_any(layer, x):
     """Any shape with a leading batch axis, any float dtype."""
-    if (x.__class__ is np.ndarray and x.ndim and x.size and x.dtype in FLOAT_DTYPES
-            and x.flags.c_contiguous and layer.device.type == "cpu"):
+    if layer.device.ready_any(x):
         return x  # the hot path: what check_input would return unchanged
     if getattr(x, "ndim", 0) < 1:
         return check_input(layer, x, (None,))  # raises the right TypeError / ValueError

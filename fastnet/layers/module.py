@@ -5,10 +5,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..device import CPU, Device, copy_into, device_of, to_numpy
+from ..device import CPU, FLOAT_DTYPES, Device, copy_into, device_of, to_numpy
 from ..kernels import kernel
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Parameter:
@@ -130,16 +128,9 @@ def check_input(layer, x, shape, dtype=None, device=None):
     ``device`` where it must end up (the layer's by default): a NumPy input to a CUDA
     layer is validated, then copied to the GPU.
     """
-    if (x.__class__ is np.ndarray and device is None and layer.device.type == "cpu"
-            and x.dtype in FLOAT_DTYPES and (dtype is None or x.dtype == dtype)
-            and x.ndim == len(shape) and x.size and x.flags.c_contiguous):
-        # the hot path (a CPU layer given what it wants): only the fixed axes to check
-        for s, d in zip(shape, x.shape):
-            if s is not None and s != d:
-                break
-        else:
-            return x
     device = device or layer.device
+    if device.ready(x, shape, dtype):
+        return x  # the hot path (what the checks below would return unchanged)
     x = device.accept(x, layer)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer!r}: expected a float32 or float64 array, got dtype {x.dtype}")
@@ -165,10 +156,9 @@ def check_input(layer, x, shape, dtype=None, device=None):
 
 def check_grad(layer, grad, shape, dtype):
     """Validate the gradient handed to backward: the forward output's shape and dtype."""
-    if (grad.__class__ is np.ndarray and grad.shape == shape and grad.dtype == dtype
-            and grad.flags.c_contiguous and layer.device.type == "cpu"):
-        return grad  # the hot path
     device = layer.device
+    if device.ready_exact(grad, shape, dtype):
+        return grad  # the hot path
     grad = device.accept(grad, layer, ".backward")
     if grad.shape != tuple(shape) or grad.dtype != dtype:
         raise ValueError(
