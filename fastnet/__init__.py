@@ -5,14 +5,13 @@
 
 See README.md.
 """
-from . import _malloc, _threads
+from . import runtime
 
-_threads.configure()  # before any BLAS / Numba work: see fastnet/_threads.py
-_malloc.configure()  # large freed blocks are reused, not page-faulted in again
+runtime.configure()  # threads, BLAS, malloc: before any BLAS / Numba work (fastnet/runtime.py)
 
 from . import cuda, data, kernels, layers, losses, optim, train  # noqa: E402
 from ._rng import manual_seed  # noqa: E402
-from ._threads import threading_info  # noqa: E402
+from .runtime import threading_info  # noqa: E402
 from .device import Device, is_available  # noqa: E402
 from .serialization import load, save  # noqa: E402
 

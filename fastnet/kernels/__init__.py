@@ -1,12 +1,14 @@
 """The dispatch table: op name -> {device: kernel}.
 
 Literal and greppable on purpose, one row per op. Layers look kernels up here with
-``kernel(op, device)`` and never branch on the device themselves. The CUDA column is
-filled in by the CUDA backend (``fastnet.kernels.cuda``), imported lazily.
+``kernel(op, device)`` and never branch on the device themselves. The CUDA column holds
+stand-ins that import the CUDA backend (``fastnet.kernels.cuda``) on their first call.
+CPU kernels go through ``fastnet.runtime.prepare`` until the runtime is ready (it starts
+Numba's pool; see fastnet/runtime.py).
 """
 import importlib
 
-from .. import _threads
+from .. import runtime
 from . import activations, conv, dense, dropout, elementwise, losses, norm, optim, pool, recurrent
 
 
@@ -80,26 +82,13 @@ KERNELS = {
     "gru_backward":                  {"cpu": recurrent.gru_backward,            "cuda": CudaKernel("recurrent", "gru_backward")},
 }
 
-_locked = {}
-
 
 def kernel(op, device="cpu"):
-    """The kernel for ``op`` on ``device`` (a str or a fastnet.Device)."""
+    """The kernel for ``op`` on ``device`` (a str or a fastnet.Device), ready to call."""
     try:
         fn = KERNELS[op][str(device)]
     except KeyError:
         raise RuntimeError(f"fastnet has no {device} kernel for {op!r}") from None
-    if isinstance(fn, CudaKernel):
-        return fn  # CUDA launchers only queue work; no CPU threads or locks involved
-    if not _threads._STARTED:
-        _threads.start()
-    if not _threads._SERIALISE:
+    if runtime.READY or type(fn) is CudaKernel:
         return fn
-    # workqueue threading layer: one kernel at a time (see fastnet._threads)
-    wrapped = _locked.get(fn)
-    if wrapped is None:
-        def wrapped(*args, _fn=fn):
-            with _threads.kernel_lock():
-                return _fn(*args)
-        _locked[fn] = wrapped
-    return wrapped
+    return runtime.prepare(fn)

@@ -20,7 +20,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 FASTMATH_ORDERED = FASTMATH - {"reassoc"}
 
 # Below this many elements a kernel runs serially on the calling thread: waking Numba's
-# thread pool once its workers sleep (after a short spin, see fastnet/_threads.py) costs
+# thread pool once its workers sleep (after a short spin, see fastnet/runtime.py) costs
 # ~35 us here, more than a memory-bound pass over a smaller array takes on one core (measured
 # serial vs parallel: relu breaks even at ~1M elements, SGD ~400K, sigmoid and Adam
 # ~300K). Compute-heavy kernels (the convolutions: many multiply-adds per element of

@@ -11,9 +11,9 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from ._jit import FASTMATH, parallel_kernel, parallel_kernel_ordered
-from ._math import fast_exp, fast_tanh, row_max
-from ._microkernel import lanes
-from ._vector import row1_max_sum_exp, row1_softmax, row1_softmax_grad
+from ._simd import lanes
+from ._simd.math import fast_exp, fast_tanh, row_max
+from ._simd.softmax import row1_max_sum_exp, row1_softmax, row1_softmax_grad
 from .codes import ACTIVATIONS, RELU, SIGMOID, TANH  # noqa: F401  (ACTIVATIONS re-exported)
 
 
@@ -116,7 +116,7 @@ def tanh_backward(dx, dout, out):
 
 # ---- rows of softmax, log-sum-exp and the cross-entropy loss ------------------------
 # A float32 row that fits one vector (10 logits: a classifier's head) runs on the
-# one-vector code of _vector.py: as a loop it was scalar (a vectorised loop needs 16 or
+# one-vector code of _simd/softmax.py: as a loop it was scalar (a vectorised loop needs 16 or
 # more values), ~20 ns a row for softmax. Longer rows, float64 and strided rows run the
 # loops, which vectorise.
 ROW1 = lanes(4)  # float32 values per vector

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import parallel_kernel
-from ._vector import max_pool2x2_row, max_unpool2x2_row, upsample2
+from ._simd.pooling import max_pool2x2_row, max_unpool2x2_row, upsample2
 
 
 @njit(inline="always")
@@ -66,7 +66,7 @@ def _zero_odd_edges(dxf, nc, h, w, oh_, ow_):
 @parallel_kernel
 def _max_pool2x2_backward(dx, dout, argmax):
     # each output row's gradient into its two dx rows, every dx element written once, on
-    # explicit vector code (see _vector.py)
+    # explicit vector code (see _simd/pooling.py)
     n_, c_, oh_, ow_ = dout.shape
     h, w = dx.shape[2], dx.shape[3]
     dxf, gf, af = dx.ravel(), dout.ravel(), argmax.ravel()  # C-contiguous (see the wrapper)
@@ -141,7 +141,7 @@ def _avg_pool2d_backward(dx, dout, kh, kw, sh, sw, ph, pw):
 # comparison is a coin flip, and mispredicted branches made the general kernel 5x slower.
 @parallel_kernel
 def _max_pool2x2_forward(out, argmax, x):
-    # NOTE: each output row on explicit vector code (see _vector.py): the Numba loop, one
+    # NOTE: each output row on explicit vector code (see _simd/pooling.py): the Numba loop, one
     # select per value, vectorised but ran at 13-23 GB/s on rows of 14 or 16 outputs
     n_, c_, oh_, ow_ = out.shape
     h, w = x.shape[2], x.shape[3]
@@ -169,7 +169,7 @@ def _avg_pool2x2_forward(out, x):
 @parallel_kernel
 def _avg_pool2x2_backward(dx, dout):
     # NOTE: each dout row goes to its two dx rows through explicit vector code (see
-    # _vector.py): as a loop of r[2 * j] = r[2 * j + 1] = g it stayed scalar, 3.7x slower
+    # _simd/pooling.py): as a loop of r[2 * j] = r[2 * j + 1] = g it stayed scalar, 3.7x slower
     n_, c_, oh_, ow_ = dout.shape
     h, w = dx.shape[2], dx.shape[3]
     q = dx.dtype.type(0.25)
@@ -186,7 +186,7 @@ def _is_2x2(kernel_size, stride, padding):
 
 
 def _vector_ok(floats, argmax=None):
-    """Whether the 2x2 vector code (_vector.py) takes these arrays: float32 or float64 of
+    """Whether the 2x2 vector code (_simd/pooling.py) takes these arrays: float32 or float64 of
     one dtype (and int32 argmax); the general kernels take the rest."""
     dt = floats[0].dtype
     return (dt in (np.float32, np.float64) and all(a.dtype == dt for a in floats)

@@ -8,7 +8,7 @@ Forward: the input projection of every timestep is one GEMM (NumPy's BLAS),
 x (N*T, F) @ w_ih.T, written into ``gates`` (N, T, G*H) (into ``out`` for the RNN).
 The recurrence runs in one parallel kernel per sequence: batch rows are independent
 across time, so each block of ROWS_MR rows runs every step on its own, its h @ w_hh.T on
-a register-blocked micro-kernel (_microkernel.py; w_hh packed once, in cache all along)
+a register-blocked micro-kernel (_simd/tiles.py; w_hh packed once, in cache all along)
 and then one fused pass per row that adds both biases, applies every gate
 nonlinearity, updates the cell and writes h_t. That pass overwrites gates[:, t] with the
 activated gates, which are what backward needs: ``gates`` is the projection's workspace
@@ -29,7 +29,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
-from ._microkernel import ROWS_MR, ROWS_NC_VECTORS, VEC_BYTES, lanes, rows_tile
+from ._simd import VEC_BYTES, lanes
+from ._simd.tiles import ROWS_MR, ROWS_NC_VECTORS, rows_tile
 from .activations import ACTIVATIONS, activation_grad, apply_activation
 from .dense import sum_rows
 
@@ -41,7 +42,7 @@ def rows_columns(itemsize):
     return ROWS_NC_VECTORS * lanes(itemsize)
 
 
-# NOTE: apply_activation's float32 sigmoid and tanh (kernels/_math.py) are plain
+# NOTE: apply_activation's float32 sigmoid and tanh (kernels/_simd/math.py) are plain
 # arithmetic, so the row loops over the gates vectorise.
 
 

@@ -1,6 +1,6 @@
-"""Numba's thread pool and NumPy's BLAS share the CPU: the OpenMP wait policy that keeps
-them from stalling each other is the one libgomp really uses, and concurrent inference
-from several Python threads neither crashes nor changes answers (also under Numba's
+"""fastnet.runtime: Numba's thread pool and NumPy's BLAS share the CPU (the OpenMP wait
+policy that keeps them from stalling each other is the one libgomp really uses), the
+glibc malloc settings, and concurrent inference from several Python threads neither crashes nor changes answers (also under Numba's
 non-thread-safe workqueue layer)."""
 import os
 import subprocess
@@ -42,10 +42,10 @@ def test_libgomp_runs_with_a_short_spin():
     r = _run(INTERLEAVED, OMP_DISPLAY_ENV="VERBOSE")
     assert r.returncode == 0, r.stderr
     info = eval(r.stdout.strip().splitlines()[-1])
-    assert info["gomp_spincount"] == str(fastnet._threads.GOMP_SPINCOUNT)
+    assert info["gomp_spincount"] == str(fastnet.runtime.GOMP_SPINCOUNT)
     assert info["omp_wait_policy"] is None
     if info["threading_layer"] == "omp":
-        assert f"GOMP_SPINCOUNT = '{fastnet._threads.GOMP_SPINCOUNT}'" in r.stderr, r.stderr
+        assert f"GOMP_SPINCOUNT = '{fastnet.runtime.GOMP_SPINCOUNT}'" in r.stderr, r.stderr
     assert info["threading_layer"] in ("omp", "tbb", "workqueue")
 
 
@@ -80,7 +80,7 @@ def test_concurrent_inference_under_workqueue_layer():
     must serialise its kernels there instead."""
     r = _run("""
         import fastnet
-        from tests.test_threads import _concurrent_inference_matches_serial
+        from tests.test_runtime import _concurrent_inference_matches_serial
         _concurrent_inference_matches_serial()
         info = fastnet.threading_info()
         assert info["threading_layer"] == "workqueue" and info["serialised"], info
@@ -100,7 +100,7 @@ def test_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
         import warnings
         warnings.simplefilter("error")
         import numpy as np, fastnet
-        from fastnet import _threads
+        from fastnet import runtime
         from fastnet.layers import Dense
         layer = Dense(300, 200, activation="relu")   # large enough for the parallel build
         x = np.ones((200, 300), np.float32)
@@ -109,7 +109,7 @@ def test_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
         assert np.allclose(y, np.maximum(x @ layer.weight.data.T + layer.bias.data, 0), atol=1e-4)
         info = fastnet.threading_info()
         assert info["threading_layer"] == "workqueue" and info["serialised"], info
-        assert "GOMP_SPINCOUNT" not in os.environ and not _threads.WE_SET_SPINCOUNT
+        assert "GOMP_SPINCOUNT" not in os.environ and not runtime.WE_SET_SPINCOUNT
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
@@ -119,7 +119,7 @@ SPIN_CPU = """
     import os, resource, time
     {first}
     import numpy as np
-    from fastnet import _threads
+    from fastnet import runtime
     a = np.ones((512, 512), np.float32)
     for _ in range(5):
         a @ a                     # multi-threaded OpenBLAS GEMMs
@@ -127,7 +127,7 @@ SPIN_CPU = """
     time.sleep(0.2)               # the main thread idles; do BLAS's workers?
     after = resource.getrusage(resource.RUSAGE_SELF)
     spin = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(repr((os.environ.get("OPENBLAS_THREAD_TIMEOUT"), _threads.WE_SET_BLAS_TIMEOUT, spin)))
+    print(repr((os.environ.get("OPENBLAS_THREAD_TIMEOUT"), runtime.WE_SET_BLAS_TIMEOUT, spin)))
 """
 
 
@@ -146,7 +146,7 @@ def test_openblas_workers_do_not_spin_after_a_gemm_when_fastnet_comes_first():
     by default), which otherwise takes the cores from the Numba kernels after each GEMM:
     while the process sleeps, BLAS's workers use (almost) no CPU."""
     timeout, ours, spin = _spin("import fastnet")
-    assert timeout == str(fastnet._threads.OPENBLAS_THREAD_TIMEOUT) and ours
+    assert timeout == str(fastnet.runtime.OPENBLAS_THREAD_TIMEOUT) and ours
     assert spin < 0.03, f"OpenBLAS workers used {spin:.3f} s of CPU while the process slept"
 
 
@@ -161,7 +161,7 @@ FAULTS = """
     import resource
     import numpy as np
     import fastnet
-    from fastnet import _malloc
+    from fastnet import runtime
     from fastnet.layers import Conv2D, Dense, Flatten, MaxPool2D, Sequential
     from fastnet.losses import CrossEntropyLoss
     from fastnet.optim import SGD
@@ -183,7 +183,7 @@ FAULTS = """
     for _ in range(10):
         step()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-    print(repr((_malloc.TUNED, fastnet.threading_info()["malloc_tuned"], faults)))
+    print(repr((runtime.MALLOC_TUNED, fastnet.threading_info()["malloc_tuned"], faults)))
 """
 
 

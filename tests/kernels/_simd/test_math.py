@@ -1,4 +1,4 @@
-"""fastnet.kernels._math: the vectorisable float32 exp / tanh, over the whole float32
+"""fastnet.kernels._simd.math: the vectorisable float32 exp / tanh, over the whole float32
 range, in ulps of the exactly rounded result (float64 libm as the reference), through
 the kernels that use them (serial and parallel builds, see conftest.py)."""
 import numpy as np
@@ -7,7 +7,7 @@ from numba import njit
 
 from fastnet.kernels import activations
 from fastnet.kernels._jit import FASTMATH
-from fastnet.kernels._math import fast_exp, fast_tanh, row_max
+from fastnet.kernels._simd.math import fast_exp, fast_tanh, row_max
 
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625,
                     88.72, 88.7229, 89.0, -87.3, -87.4, -100.0, 20.0, -20.0], np.float32)

@@ -1,5 +1,5 @@
-"""The CPU convolution micro-kernels (fastnet/kernels/_microkernel.py) pick their tile
-sizes by vector width: 64 bytes with AVX-512, 32 without. The development machine has
+"""The vector code of fastnet/kernels/_simd/ picks its tile sizes and row steps by vector
+width: 64 bytes with AVX-512, 32 without. The development machine has
 AVX-512, so the 32-byte configuration is forced here through NUMBA_CPU_FEATURES (which
 Numba also compiles for, and keys its cache on) in a fresh process with its own cache."""
 import os
@@ -10,9 +10,12 @@ from numba.core.codegen import get_host_cpu_features
 
 AVX2_RUN = """
 import numpy as np
-from fastnet.kernels import conv, pool, _microkernel
+from fastnet.kernels import conv, pool
+from fastnet.kernels._simd import tiles
 from tests import reference as ref
-assert _microkernel.VEC_BYTES == 32 and _microkernel.FWD_MR == 4, _microkernel.VEC_BYTES
+from tests.kernels._simd.test_twins import run_all
+assert tiles.VEC_BYTES == 32 and tiles.FWD_TILE_MRS[0] == 4, tiles.VEC_BYTES
+run_all()  # every intrinsic against its twin at this width
 rng = np.random.default_rng(0)
 # (x shape, w shape, stride, padding, dx wanted): > 32 output channels (three dw channel
 # blocks of 16 at this width), odd sizes; a one-channel first layer (no dx); strided
@@ -66,7 +69,7 @@ for dtype in (np.float32, np.float64):
     rgrads = ref.lstm_backward(dout, None, None, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     for got, ref_ in zip(grads, rgrads):
         np.testing.assert_allclose(got, ref_, rtol=tol * 10, atol=tol * 10)
-# 2x2 average pooling backward: explicit vector code (_vector.py) with masked last steps
+# 2x2 average pooling backward: explicit vector code (_simd/pooling.py) with masked last steps
 for dtype in (np.float32, np.float64):
     for xs in ((2, 3, 6, 43), (2, 2, 7, 9), (1, 2, 4, 4)):
         dout = rng.standard_normal((xs[0], xs[1], xs[2] // 2, xs[3] // 2)).astype(dtype)
@@ -111,7 +114,7 @@ print("ok")
 """
 
 
-def test_conv_microkernels_at_the_avx2_vector_width(tmp_path):
+def test_vector_code_at_the_avx2_vector_width(tmp_path):
     features = ",".join("-" + f[1:] if "avx512" in f else f
                         for f in get_host_cpu_features().split(","))
     env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path),

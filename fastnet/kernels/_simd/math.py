@@ -1,11 +1,12 @@
 """exp and tanh for the CPU kernels, written in plain arithmetic so that LLVM vectorises
-the loops that call them.
+the loops that call them, on three one-instruction LLVM intrinsics (fma, maxnum, a
+bitcast), each with its plain-Numba twin at the end of this file.
 
 Numba lowers ``np.exp`` / ``np.tanh`` on a scalar to a libm call per element (the pip
 builds of llvmlite have no SVML), which keeps every loop around them scalar: libm's
 ``tanhf`` alone made tanh 30x slower than NumPy's SIMD version. For float32 these
 functions use range reduction and polynomials instead (within 2.5 ulp of the exact
-value over the whole range; tested against float64 in tests/kernels/test_math.py);
+value over the whole range; tested against float64 in tests/kernels/_simd/test_math.py);
 float64 keeps libm, whose accuracy float64 users expect.
 
 Special values behave as libm's: NaN stays NaN, exp(+inf) = inf, exp(-inf) = 0,
@@ -18,11 +19,11 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ._jit import FASTMATH
+from .._jit import FASTMATH
 
 
 @intrinsic
-def _float32_from_bits(typingctx, bits):
+def float32_from_bits(typingctx, bits):
     """The float32 whose IEEE-754 bit pattern is the int32 ``bits``."""
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
@@ -30,7 +31,7 @@ def _float32_from_bits(typingctx, bits):
 
 
 @intrinsic
-def _fma32(typingctx, a, b, c):
+def fma32(typingctx, a, b, c):
     """a * b + c rounded once (llvm.fma): an intrinsic call that fast-math
     reassociation cannot rewrite, unlike the separate multiply and add."""
     def codegen(context, builder, signature, args):
@@ -41,7 +42,7 @@ def _fma32(typingctx, a, b, c):
 
 
 @intrinsic
-def _maxnum(typingctx, a, b):
+def maxnum(typingctx, a, b):
     """llvm.maxnum: the larger of two floats, or the one that is not NaN. Unlike Python's
     max (a compare and a select, which LLVM leaves scalar in a reduction: one value per
     ~1.7 cycles), a loop of these vectorises."""
@@ -62,11 +63,11 @@ def row_max(r):
     row with a NaN, through exp(NaN - m)."""
     m = r[0]
     for j in range(r.size):
-        m = _maxnum(m, r[j])
+        m = maxnum(m, r[j])
     return m
 
 
-# float32 exp(x) = 2^k e^r (see exp32 below; _vector.py's vector exp uses the same)
+# float32 exp(x) = 2^k e^r (see exp32 below; softmax.py's vector exp uses the same)
 EXP_LO, EXP_HI = -87.33654, 88.7229  # x is clamped to these first
 LOG2E = 1.44269504
 LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split in two
@@ -102,8 +103,8 @@ def _fast_exp(x):
         # overflows to inf above log(FLT_MAX) (exp(+inf) = inf).
         x = min(max(x, f(EXP_LO)), f(EXP_HI))
         k = np.floor(x * f(LOG2E) + f(0.5))
-        r = _fma32(-k, f(LN2_HI), x)
-        r = _fma32(-k, f(LN2_LO), r)
+        r = fma32(-k, f(LN2_HI), x)
+        r = fma32(-k, f(LN2_LO), r)
         p = f(EXP_TAYLOR[0])
         p = p * r + f(EXP_TAYLOR[1])
         p = p * r + f(EXP_TAYLOR[2])
@@ -112,7 +113,7 @@ def _fast_exp(x):
         p = p * r + f(EXP_TAYLOR[5])
         p = p * r + f(EXP_TAYLOR[6])
         p = p * r + f(EXP_TAYLOR[7])
-        return (p * f(2.0)) * _float32_from_bits((np.int32(k) + np.int32(126)) << np.int32(23))
+        return (p * f(2.0)) * float32_from_bits((np.int32(k) + np.int32(126)) << np.int32(23))
     return exp32
 
 
@@ -141,3 +142,25 @@ def _fast_tanh(x):
         w = f(a < f(0.625))
         return w * (s * p) + (f(1.0) - w) * big
     return tanh32
+
+
+# ---- plain-Numba twins: the test references of the intrinsics (tests/kernels/_simd/) ---
+
+@njit(cache=True)
+def float32_from_bits_reference(bits):
+    return np.array([bits], np.int32).view(np.float32)[0]
+
+
+@njit(cache=True)
+def fma32_reference(a, b, c):
+    """a * b + c in float64 (the product of two float32 is exact there), then float32."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+@njit(cache=True)
+def maxnum_reference(a, b):
+    if a != a:
+        return b
+    if b != b:
+        return a
+    return a if a >= b else b
