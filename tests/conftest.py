@@ -1,8 +1,39 @@
-"""Shared fixtures: a seeded ``rng``, a ``dtype`` parametrization and ``close`` tolerances."""
+"""Shared fixtures: a seeded ``rng``, ``dtype`` and ``device`` parametrizations and
+``close`` tolerances.
+
+Tests that take ``device`` run on the CPU and, marked ``cuda``, on CUDA: on a GPU, or in
+Numba's simulator (``NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cuda tests``; the variable
+must be set before Numba is imported). Where CUDA cannot run, ``cuda`` items are
+deselected, not skipped, so a plain CPU run reports only what it ran.
+"""
 import zlib
 
 import numpy as np
 import pytest
+
+from fastnet import cuda as fcuda
+from fastnet.device import to_numpy
+
+
+def pytest_collection_modifyitems(config, items):
+    dropped = [item for item in items if item.get_closest_marker("cuda")]
+    if dropped and not (fcuda.simulator() or fcuda.is_available()):
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """The device name a test runs on: "cpu", and "cuda" (marked ``cuda``)."""
+    return request.param
+
+
+@pytest.fixture
+def to_dev(device):
+    """to_dev(host_array) -> the array on the test's device (NumPy itself on the CPU)."""
+    from fastnet.device import Device
+
+    return Device(device).asarray
 
 # (rtol, atol) per dtype. atol is for O(1) values; pass ``scale`` for quantities that
 # sum K terms (e.g. scale=sqrt(K)) so float32 accumulation error is allowed for.
@@ -28,11 +59,11 @@ def tolerance(dtype):
 
 @pytest.fixture
 def close(dtype, tolerance):
-    """close(got, ref, scale=1.0): same dtype as the test's, |got - ref| <= atol*scale + rtol*|ref|."""
+    """close(got, ref, scale=1.0): ``got`` (on any device) of the same dtype as the test's, |got - ref| <= atol*scale + rtol*|ref|."""
     rtol, atol = tolerance
 
     def check(got, ref, scale=1.0, err_msg=""):
-        got = np.asarray(got)
+        got = np.asarray(to_numpy(got))  # a CUDA result comes to the host first
         assert got.dtype == dtype, f"{err_msg}: dtype {got.dtype}, expected {dtype}"
         assert got.shape == np.shape(ref), f"{err_msg}: shape {got.shape} != {np.shape(ref)}"
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol * scale, err_msg=err_msg)

@@ -1,5 +1,5 @@
 """Devices without a GPU: availability, the reasons given, and the CPU side of the
-device rules (tests/cuda/ checks the CUDA side in the simulator or on a GPU)."""
+device rules (the tests marked `cuda` check the CUDA side in the simulator or on a GPU)."""
 import importlib.util
 
 import numpy as np

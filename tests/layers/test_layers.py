@@ -1,9 +1,12 @@
-"""Layers over the kernels: forward/backward against the reference, whole-model finite
-differences, gradient accumulation, modes, dtypes, initialisation, overfitting a batch."""
+"""Layers over the kernels: forward/backward against the reference (on every device),
+whole-model finite differences, gradient accumulation, modes, dtypes, initialisation,
+overfitting a batch; a CUDA training step against the CPU one."""
 import numpy as np
 import pytest
 
 import fastnet
+from fastnet import cuda as fcuda
+from fastnet.device import device_of, to_numpy
 from fastnet.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, LogSoftmax,
                             MaxPool2D, ReLU, Sequential, Sigmoid, Softmax, Tanh)
 from fastnet.losses import CrossEntropyLoss, MSELoss
@@ -23,36 +26,39 @@ def small_cnn(dtype=np.float32):
     return m.to(dtype)
 
 
-def test_dense_layer_matches_reference(rng, dtype, close):
+def test_dense_layer_matches_reference(rng, dtype, close, device, to_dev):
     fastnet.manual_seed(1)
-    layer = Dense(7, 5, activation="tanh").to(dtype)
+    layer = Dense(7, 5, activation="tanh").to(dtype).to(device)
+    w, b = to_numpy(layer.weight.data), to_numpy(layer.bias.data)
     x = rng.standard_normal((6, 7)).astype(dtype)
-    y = layer(x)
-    close(y, ref.dense_forward(x, layer.weight.data, layer.bias.data, "tanh"), err_msg="y")
+    y = layer(to_dev(x))
+    assert device_of(y) == device
+    close(y, ref.dense_forward(x, w, b, "tanh"), err_msg="y")
     dout = rng.standard_normal(y.shape).astype(dtype)
-    dx = layer.backward(dout)
-    rdx, rdw, rdb = ref.dense_backward(dout, x, layer.weight.data, y, "tanh")
+    dx = layer.backward(to_dev(dout))
+    rdx, rdw, rdb = ref.dense_backward(dout, x, w, to_numpy(y), "tanh")
     close(dx, rdx, err_msg="dx")
     close(layer.weight.grad, rdw, scale=3, err_msg="dw")
     close(layer.bias.grad, rdb, scale=3, err_msg="db")
 
 
-def test_conv_layer_matches_reference(rng, dtype, close):
+def test_conv_layer_matches_reference(rng, dtype, close, device, to_dev):
     fastnet.manual_seed(2)
-    layer = Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 2)).to(dtype)
+    layer = Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 2)).to(dtype).to(device)
+    w, b = to_numpy(layer.weight.data), to_numpy(layer.bias.data)
     x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
-    y = layer(x)
-    close(y, ref.conv2d_forward(x, layer.weight.data, layer.bias.data, (2, 1), (1, 2)),
-          scale=3, err_msg="y")
+    y = layer(to_dev(x))
+    assert device_of(y) == device
+    close(y, ref.conv2d_forward(x, w, b, (2, 1), (1, 2)), scale=3, err_msg="y")
     dout = rng.standard_normal(y.shape).astype(dtype)
-    dx = layer.backward(dout)
-    rdx, rdw, rdb = ref.conv2d_backward(dout, x, layer.weight.data, (2, 1), (1, 2))
+    dx = layer.backward(to_dev(dout))
+    rdx, rdw, rdb = ref.conv2d_backward(dout, x, w, (2, 1), (1, 2))
     close(dx, rdx, scale=3, err_msg="dx")
     close(layer.weight.grad, rdw, scale=10, err_msg="dw")
     close(layer.bias.grad, rdb, scale=10, err_msg="db")
 
 
-def test_pool_and_activation_layers_match_reference(rng, dtype, close):
+def test_pool_and_activation_layers_match_reference(rng, dtype, close, device, to_dev):
     x = rng.standard_normal((2, 3, 5, 7)).astype(dtype)
     cases = [
         (MaxPool2D(3, stride=2, padding=1), lambda: ref.max_pool2d_forward(x, 3, 2, 1)[0]),
@@ -65,7 +71,39 @@ def test_pool_and_activation_layers_match_reference(rng, dtype, close):
         (LogSoftmax(), lambda: ref.log_softmax_forward(x.reshape(-1, 7)).reshape(x.shape)),
     ]
     for layer, want in cases:
-        close(layer(x), want(), err_msg=repr(layer))
+        y = layer.to(device)(to_dev(x))
+        assert device_of(y) == device
+        close(y, want(), err_msg=repr(layer))
+
+
+def _rows(f):
+    """A reference over (rows, C) applied to the last axis of any shape."""
+    return lambda dout, out: f(dout.reshape(-1, dout.shape[-1]),
+                               out.reshape(-1, out.shape[-1])).reshape(dout.shape)
+
+
+@pytest.mark.parametrize("layer, backward", [
+    (ReLU(), ref.relu_backward), (Sigmoid(), ref.sigmoid_backward),
+    (Tanh(), ref.tanh_backward), (Softmax(), _rows(ref.softmax_backward)),
+    (LogSoftmax(), _rows(ref.log_softmax_backward)),
+], ids=lambda v: type(v).__name__ if isinstance(v, fastnet.layers.Module) else "")
+def test_activation_layer_gradients_match_reference(rng, dtype, close, device, to_dev, layer,
+                                                    backward):
+    layer.to(device)
+    x = rng.standard_normal((2, 3, 5)).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    out = to_numpy(layer(to_dev(x)))
+    dx = layer.backward(to_dev(dout))
+    assert device_of(dx) == device
+    close(dx, backward(dout, out))
+
+
+def test_leaky_relu_layer_gradient_matches_reference(rng, dtype, close, device, to_dev):
+    layer = LeakyReLU(0.2).to(device)
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    layer(to_dev(x))
+    close(layer.backward(to_dev(dout)), ref.leaky_relu_backward(dout, x, 0.2))
 
 
 def _loss_of(model, x, labels):
@@ -161,15 +199,15 @@ def test_float32_stays_float32_and_float64_works(rng):
         assert all(p.data.dtype == dtype for p in model.parameters())
 
 
-def test_eval_mode_keeps_nothing_and_backward_then_fails(rng):
-    model = small_cnn().eval()
-    x = rng.standard_normal((1, 2, 7, 6)).astype(np.float32)
-    y = model(x)
+def test_eval_mode_keeps_nothing_and_backward_then_fails(rng, device, to_dev):
+    model = small_cnn().to(device).eval()
+    x = to_dev(rng.standard_normal((1, 2, 7, 6)).astype(np.float32))
+    y = to_numpy(model(x))
     assert all(getattr(m, "_saved", None) is None for m in model.modules())
     with pytest.raises(RuntimeError, match="training mode"):
         model.backward(np.ones_like(y))
     model.train()
-    y2 = model(x)
+    y2 = to_numpy(model(x))
     np.testing.assert_array_equal(y, y2)  # same numbers in both modes (no dropout here)
     model.backward(np.ones_like(y2))
     with pytest.raises(RuntimeError, match="once per forward"):
@@ -193,43 +231,45 @@ def test_default_init_is_pytorch_kaiming_uniform_and_seeded():
     assert not np.array_equal(Conv2D(3, 8, 5).weight.data, a.weight.data)
 
 
-def test_dropout_layer_train_eval_and_seeding(rng):
-    x = rng.standard_normal((64, 50)).astype(np.float32)
+def test_dropout_layer_train_eval_and_seeding(rng, device, to_dev):
+    x = rng.standard_normal((32, 50)).astype(np.float32)
     fastnet.manual_seed(7)
-    d1 = Dropout(0.25)
+    d1 = Dropout(0.25).to(device)
     fastnet.manual_seed(7)
-    d2 = Dropout(0.25)
-    y1, y2 = d1(x), d2(x)
+    d2 = Dropout(0.25).to(device)
+    y1, y2 = to_numpy(d1(to_dev(x))), to_numpy(d2(to_dev(x)))
     np.testing.assert_array_equal(y1, y2)                   # same seed, same masks
-    assert not np.array_equal(d1(x), y1)                    # a new mask each call
+    assert not np.array_equal(to_numpy(d1(to_dev(x))), y1)  # a new mask each call
     kept = y1 != 0
     assert 0.70 < kept.mean() < 0.80
     np.testing.assert_allclose(y1[kept], x[kept] / 0.75, rtol=1e-6)
-    g = d2.backward(np.ones_like(y2))
-    np.testing.assert_allclose(g, kept / np.float32(0.75), rtol=1e-6)
+    g = d2.backward(to_dev(np.ones_like(y2)))
+    np.testing.assert_allclose(to_numpy(g), kept / np.float32(0.75), rtol=1e-6)
     d1.eval()
-    assert d1(x) is x or np.array_equal(d1(x), x)
+    np.testing.assert_array_equal(to_numpy(d1(to_dev(x))), x)
 
 
-def test_softmax_layer_on_extreme_logits():
-    x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=np.float32)
-    y = Softmax()(x)
+def test_softmax_layer_on_extreme_logits(device, to_dev):
+    x = to_dev(np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=np.float32))
+    y = to_numpy(Softmax().to(device)(x))
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-6)
-    ly = LogSoftmax()(x)
+    ly = to_numpy(LogSoftmax().to(device)(x))
     assert np.isfinite(ly).all()
     np.testing.assert_allclose(ly[0], [0, -2e4, -1e4], rtol=1e-6)
 
 
-def test_sequential_container_and_flatten(rng):
+def test_sequential_container_and_flatten(rng, device, to_dev):
     model = Sequential(Flatten(), Dense(12, 4))
     assert len(model) == 2 and isinstance(model[1], Dense) and list(model)[0] is model[0]
     model.append(ReLU())
+    model.to(device)
     assert [k for k, _ in model.named_parameters()] == ["1.weight", "1.bias"]
     x = rng.standard_normal((5, 3, 2, 2)).astype(np.float32)
-    y = model(x)
+    y = to_numpy(model(to_dev(x)))
     assert y.shape == (5, 4) and (y >= 0).all()
-    assert model.backward(np.ones_like(y)).shape == x.shape
+    dx = model.backward(to_dev(np.ones_like(y)))
+    assert dx.shape == x.shape and device_of(dx) == device
     assert "Dense(in_features=12" in repr(model)
 
 
@@ -308,3 +348,110 @@ def test_optimizer_skips_parameters_without_grad_and_state_round_trip(rng):
     opt2.load_state_dict(state)
     assert opt2.param_steps == [1, 1, 0, 0]
     np.testing.assert_array_equal(opt2.state[0]["exp_avg"], opt.state[0]["exp_avg"])
+
+
+def test_loss_values_and_labels_on_the_device(rng, device, to_dev):
+    """The losses against the NumPy reference; labels out of range raise ValueError (on
+    CUDA, for labels already there, when the loss is read)."""
+    logits = rng.standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    want = ref.softmax_cross_entropy(logits, labels)[0]
+    got = CrossEntropyLoss()(to_dev(logits), to_dev(labels.astype(np.int32)))
+    assert float(got) == pytest.approx(want, rel=1e-6) and f"{got:.3f}" == f"{want:.3f}"
+    with pytest.raises(ValueError, match="out of range"):
+        float(CrossEntropyLoss()(to_dev(logits), to_dev(np.array([0, 3, 1, 2]))))
+    with pytest.raises(ValueError, match="label 3 is out of range"):
+        CrossEntropyLoss()(to_dev(logits), np.array([0, 3, 1, 2]))
+    pred, target = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    assert float(MSELoss()(to_dev(pred), target)) == pytest.approx(ref.mse(pred, target)[0],
+                                                                    rel=1e-12)
+
+
+# ---- CUDA against the CPU ----------------------------------------------------------------
+
+def _cuda_test_model(dtype):
+    fastnet.manual_seed(3)
+    return Sequential(
+        Conv2D(2, 3, 3, padding=1, activation="relu", dtype=dtype), MaxPool2D(2),
+        Conv2D(3, 4, 2, stride=1, dtype=dtype), Tanh(), AvgPool2D(2, stride=1),
+        Flatten(), Dropout(0.25), Dense(4, 6, activation="sigmoid", dtype=dtype),
+        LeakyReLU(0.1), Dense(6, 3, dtype=dtype))
+
+
+def _step(model, opt, loss_fn, x, y):
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    model.backward(loss_fn.backward(), input_grad=False)
+    opt.step()
+    return loss
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("opt_cls,opt_args", [(SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+                                              (Adam, dict(lr=0.01, weight_decay=1e-3))],
+                         ids=["sgd", "adam"])
+def test_cuda_training_steps_match_cpu(rng, opt_cls, opt_args):
+    """float64, the same init and dropout seeds: CUDA and CPU agree to rounding."""
+    cpu, gpu = _cuda_test_model(np.float64), _cuda_test_model(np.float64).to("cuda")
+    copt, gopt = opt_cls(cpu.parameters(), **opt_args), opt_cls(gpu.parameters(), **opt_args)
+    x = rng.standard_normal((3, 2, 6, 6))
+    y = rng.integers(0, 3, 3)
+    loss_fn = CrossEntropyLoss()
+    for _ in range(2):
+        lc = _step(cpu, copt, loss_fn, x, y)
+        lg = _step(gpu, gopt, loss_fn, x, y)
+        assert isinstance(lc, float) and not isinstance(lg, float)
+        assert float(lg) == pytest.approx(lc, rel=1e-10)
+    for (name, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
+        np.testing.assert_allclose(to_numpy(pg.data), pc.data, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.cuda
+def test_no_cuda_allocation_after_the_first_step(rng):
+    """Buffers come back to fastnet's pool and are reused: steps 2.. allocate nothing."""
+    fastnet.manual_seed(0)
+    model = Sequential(Conv2D(1, 2, 3, padding=1, activation="relu"), MaxPool2D(2),
+                       Flatten(), Dense(2 * 3 * 3, 4)).to("cuda")
+    opt = Adam(model.parameters(), lr=1e-3)
+    loss_fn = CrossEntropyLoss()
+    x = fcuda.to_device(rng.standard_normal((4, 1, 6, 6)).astype(np.float32))
+    y = fcuda.to_device(rng.integers(0, 4, 4))
+    _step(model, opt, loss_fn, x, y)
+    before = fcuda.memory_stats()["device_allocations"]
+    for _ in range(2):
+        loss = _step(model, opt, loss_fn, x, y)
+    assert fcuda.memory_stats()["device_allocations"] == before
+    assert np.isfinite(float(loss))
+
+
+@pytest.mark.cuda
+def test_readme_cuda_example_runs(capsys):
+    from tests.test_readme import python_blocks
+
+    (code,) = [b for b in python_blocks() if '.to("cuda")' in b]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == "True" and np.isfinite(float(printed[-1]))
+
+
+@pytest.mark.cuda
+def test_cli_trains_on_cuda(tmp_path, monkeypatch, capsys):
+    """`python -m fastnet train --device cuda` end to end, on a slice of the embedded
+    digits and a narrow MLP (whole-size runs are for a GPU: the simulator runs every
+    GPU thread as a Python thread)."""
+    import fastnet.data
+    import fastnet.models
+    from fastnet import cli
+
+    x, y = fastnet.data.load_digits()
+    monkeypatch.setattr(fastnet.data, "load_digits", lambda dtype=np.float32: (x[:40], y[:40]))
+    monkeypatch.setitem(fastnet.models.MODELS, "mlp",
+                        lambda **kw: fastnet.models.mlp(hidden=(8,), **kw))
+    code = cli.main(["train", "--device", "cuda", "--model", "mlp", "--epochs", "2",
+                     "--batch-size", "16", "--val-fraction", "0.3", "--no-progress",
+                     "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "test accuracy" in out and (tmp_path / "run" / "checkpoint.npz").exists()
+    model = fastnet.load(tmp_path / "run" / "checkpoint.npz")
+    assert all(isinstance(p.data, np.ndarray) for p in model.parameters())

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastnet
+from fastnet.device import device_of, to_numpy
 from fastnet.layers import BatchNorm1D, BatchNorm2D, Buffer, Dense, GlobalAvgPool2D, Sequential
 from tests import reference as ref
 
@@ -45,25 +46,30 @@ def test_state_dict_order_is_per_module_parameters_then_buffers():
 @pytest.mark.parametrize("layer, shape", [(BatchNorm1D(3), (4, 3)), (BatchNorm1D(3), (2, 3, 5)),
                                           (BatchNorm2D(3), (2, 3, 4, 5))],
                          ids=["1d-features", "1d-sequence", "2d"])
-def test_training_then_eval(rng, layer, shape):
-    layer.train()
+def test_training_then_eval(rng, layer, shape, device):
+    layer.load_state_dict({**layer.state_dict(), "running_mean": np.zeros(3),
+                           "running_var": np.ones(3), "num_batches_tracked": np.array(0)})
+    layer.zero_grad()
+    layer.to(device).train()
     x = rng.standard_normal(shape).astype(np.float32)
     n, c = shape[:2]
     x3 = x.reshape(n, c, -1)
     y = layer(x)
+    assert device_of(y) == device
+    y = to_numpy(y)
     want = ref.batch_norm_forward(x3, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3),
                                   np.array(0), True, 0.1, 1e-5)
     assert y.shape == shape and y.dtype == np.float32
     np.testing.assert_allclose(y.reshape(x3.shape), want[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layer.running_mean.data, want[3], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer.running_var.data, want[4], rtol=1e-5, atol=1e-6)
-    assert layer.num_batches_tracked.data == 1
+    np.testing.assert_allclose(to_numpy(layer.running_mean.data), want[3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer.running_var.data), want[4], rtol=1e-5, atol=1e-6)
+    assert to_numpy(layer.num_batches_tracked.data) == 1
     dx = layer.backward(np.ones(shape, np.float32))
     assert dx.shape == shape
-    np.testing.assert_allclose(layer.bias.grad, np.full(3, x3.shape[0] * x3.shape[2]), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer.bias.grad), np.full(3, x3.shape[0] * x3.shape[2]), rtol=1e-6)
     layer.eval()
     before = layer.state_dict()
-    ye = layer(x)
+    ye = to_numpy(layer(x))
     want = ref.batch_norm_forward(x3, np.ones(3), np.zeros(3), before["running_mean"],
                                   before["running_var"], None, False, 0.1, 1e-5)
     np.testing.assert_allclose(ye.reshape(x3.shape), want[0], rtol=1e-5, atol=1e-5)
@@ -178,14 +184,14 @@ def test_bad_arguments(kwargs, exc):
         BatchNorm1D(**kwargs)
 
 
-def test_global_avg_pool_layer(rng):
-    pool = GlobalAvgPool2D()
+def test_global_avg_pool_layer(rng, device):
+    pool = GlobalAvgPool2D().to(device)
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     y = pool(x)
-    assert y.shape == (2, 3)
-    np.testing.assert_allclose(y, x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    assert y.shape == (2, 3) and device_of(y) == device
+    np.testing.assert_allclose(to_numpy(y), x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     dx = pool.backward(np.ones((2, 3), np.float32))
-    np.testing.assert_allclose(dx, np.full(x.shape, 1 / 20), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(dx), np.full(x.shape, 1 / 20), rtol=1e-6)
     pool(x)
     assert pool.backward(np.ones((2, 3), np.float32), input_grad=False) is None
     with pytest.raises(ValueError, match=r"GlobalAvgPool2D\(\): expected input of shape"):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnet
+from fastnet.device import device_of, to_numpy
 from fastnet.layers import GRU, LSTM, RNN, ImageRows, LastHidden, Sequential
 from fastnet.losses import CrossEntropyLoss
 from fastnet.models import MODELS
@@ -43,29 +44,31 @@ def test_parameters_have_pytorch_names_layouts_and_init(name):
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_forward_returns_pytorch_structure_and_values(name, rng):
-    layer = LAYERS[name](dtype=f64)
+def test_forward_returns_pytorch_structure_and_values(name, rng, device):
+    layer = LAYERS[name](dtype=f64).to(device)
     x = rng.standard_normal((2, 4, 3))
     h0 = rng.standard_normal((1, 2, 5))
     if name == "lstm":
         c0 = rng.standard_normal((1, 2, 5))
         out, (h_n, c_n) = layer(x, (h0, c0))
         r_out, r_h, r_c = _ref(layer, x, h0, c0)
-        np.testing.assert_allclose(c_n[0], r_c, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(c_n)[0], r_c, rtol=1e-10, atol=1e-12)
     else:
         out, h_n = layer(x, h0)
         r_out, r_h = _ref(layer, x, h0)
     assert out.shape == (2, 4, 5) and h_n.shape == (1, 2, 5)
+    assert device_of(out) == device_of(h_n) == device
+    out, h_n = to_numpy(out), to_numpy(h_n)
     np.testing.assert_allclose(out, r_out, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h_n[0], r_h, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(out[:, -1], h_n[0])
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_backward_gradients_and_initial_state_grads(name, rng):
+def test_backward_gradients_and_initial_state_grads(name, rng, device):
     """Parameter grads, dx and grad_h0 / grad_c0 against the reference backward; the
     tuple form of the gradient gives the same result as the keyword form."""
-    layer = LAYERS[name](dtype=f64)
+    layer = LAYERS[name](dtype=f64).to(device)
     x = rng.standard_normal((3, 2, 3))
     h0 = rng.standard_normal((1, 3, 5))
     c0 = rng.standard_normal((1, 3, 5))
@@ -78,7 +81,7 @@ def test_backward_gradients_and_initial_state_grads(name, rng):
         layer(x, (h0, c0))
         dx = layer.backward(dout, dh, dc)
         r = ref.lstm_backward(dout, dh[0], dc[0], x, h0[0], c0[0], *w)
-        np.testing.assert_allclose(layer.grad_c0[0], r[2], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(layer.grad_c0)[0], r[2], rtol=1e-9, atol=1e-12)
         rdx, rdh0, rw = r[0], r[1], r[3:]
     else:
         layer(x, h0)
@@ -88,18 +91,20 @@ def test_backward_gradients_and_initial_state_grads(name, rng):
         else:
             r = ref.rnn_backward(dout, dh[0], x, h0[0], *w, layer.nonlinearity)
         rdx, rdh0, rw = r[0], r[1], r[2:]
+    assert device_of(dx) == device
+    dx = to_numpy(dx)
     np.testing.assert_allclose(dx, rdx, rtol=1e-9, atol=1e-12)
     assert layer.grad_h0.shape == (1, 3, 5)
-    np.testing.assert_allclose(layer.grad_h0[0], rdh0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(layer.grad_h0)[0], rdh0, rtol=1e-9, atol=1e-12)
     for p, g in zip(layer.parameters(), rw):
-        np.testing.assert_allclose(p.grad, g, rtol=1e-9, atol=1e-12)
-    grads = [p.grad.copy() for p in layer.parameters()]
+        np.testing.assert_allclose(to_numpy(p.grad), g, rtol=1e-9, atol=1e-12)
+    grads = [to_numpy(p.grad).copy() for p in layer.parameters()]
     layer.zero_grad()
     layer(x, (h0, c0) if name == "lstm" else h0)
     tup = (dout, (dh, dc)) if name == "lstm" else (dout, dh)
-    np.testing.assert_array_equal(layer.backward(tup), dx)
+    np.testing.assert_array_equal(to_numpy(layer.backward(tup)), dx)
     for p, g in zip(layer.parameters(), grads):
-        np.testing.assert_array_equal(p.grad, g)
+        np.testing.assert_array_equal(to_numpy(p.grad), g)
 
 
 @pytest.mark.parametrize("name", list(LAYERS))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import fastnet
-from fastnet.layers import Conv2D, Dense, Dropout, LeakyReLU, ReLU, Sequential
+from fastnet.device import device_of, to_numpy
+from fastnet.layers import Conv2D, Dense, Dropout, LeakyReLU, ReLU, Sequential, Softmax
 from fastnet.optim import SGD, Adam
 
 f32 = np.float32
@@ -188,3 +189,28 @@ def test_load_wraps_broken_descriptions(tmp_path):
         {"format": "fastnet-model", "version": 1, "model": {"type": "Dense", "config": {"x": 1}}})))
     with pytest.raises(ValueError, match="does not describe a model this fastnet can rebuild"):
         fastnet.load(tmp_path / "bad.npz")
+
+
+def test_outputs_stay_on_the_device_and_state_comes_home(rng, tmp_path, device):
+    fastnet.manual_seed(1)
+    model = Sequential(Dense(3, 4, activation="tanh"), Softmax()).to(device)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    out = model(x)  # NumPy in, an array on the model's device out
+    assert device_of(out) == device and out.dtype == np.float32
+    np.testing.assert_allclose(to_numpy(out).sum(axis=1), 1, rtol=1e-6)
+    state = model.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    fastnet.save(model, tmp_path / "m.npz")
+    back = fastnet.load(tmp_path / "m.npz")
+    np.testing.assert_allclose(back.eval()(x), to_numpy(out), rtol=1e-6)
+    model.to("cpu")
+    assert isinstance(model[0].weight.data, np.ndarray)
+    np.testing.assert_allclose(model(x), to_numpy(out), rtol=1e-6)
+
+
+def test_load_state_dict_keeps_the_device(rng, device):
+    a = Dense(3, 2).to(device)
+    w = rng.standard_normal((2, 3)).astype(np.float32)
+    a.load_state_dict({"weight": w, "bias": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(to_numpy(a.weight.data), w)
+    assert device_of(a.weight.data) == device

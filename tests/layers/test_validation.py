@@ -5,6 +5,8 @@ import numpy as np
 import fastnet
 import pytest
 
+from fastnet import cuda as fcuda
+
 from fastnet.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D,
                             ReLU, Sequential, Softmax)
 from fastnet.losses import CrossEntropyLoss, MSELoss
@@ -20,7 +22,8 @@ f32 = np.float32
     (Dense(4, 2), np.zeros((3, 4), np.float64), TypeError,
      r"Dense.*expected float32 input .*got float64.*model.to\(np.float64\)"),
     (Dense(4, 2), np.zeros((3, 4), np.int64), TypeError, r"float32 or float64 array, got dtype int64"),
-    (Dense(4, 2), [[0.0] * 4], TypeError, r"Dense.*expected a numpy.ndarray, got list"),
+    (Dense(4, 2), [[0.0] * 4], TypeError,
+     r"Dense.*expected a numpy.ndarray( or a CUDA array)?, got list"),
     (Dense(4, 2), np.zeros((0, 4), f32), ValueError, r"empty input of shape \(0, 4\)"),
     (Conv2D(3, 8, 3), np.zeros((2, 1, 8, 8), f32), ValueError,
      r"Conv2D\(in_channels=3.*expected input of shape \(N, 3, \*, \*\), got \(2, 1, 8, 8\)"),
@@ -37,7 +40,8 @@ f32 = np.float32
     (Sequential(Flatten(), Dense(12, 3)), np.zeros((2, 13), f32), ValueError,
      r"Dense\(in_features=12.*got \(2, 13\)"),
 ])
-def test_bad_input_is_rejected_with_a_clear_message(layer, x, error, pattern):
+def test_bad_input_is_rejected_with_a_clear_message(layer, x, error, pattern, device):
+    layer.to(device)
     with pytest.raises(error, match=pattern):
         layer(x)
 
@@ -79,13 +83,16 @@ def test_bad_constructor_arguments(make, pattern):
         make()
 
 
-def test_backward_checks_the_gradient_shape_and_dtype():
-    layer = Dense(4, 3)
+def test_backward_checks_the_gradient_shape_and_dtype(device):
+    layer = Dense(4, 3).to(device)
     layer(np.zeros((2, 4), f32))
     with pytest.raises(ValueError, match=r"Dense.*backward: expected a gradient of shape \(2, 3\) "
                                          r"and dtype float32.*got \(2, 4\) float32"):
         layer.backward(np.zeros((2, 4), f32))
-    flat = Flatten()
+    layer(np.zeros((2, 4), f32))
+    with pytest.raises(ValueError, match=r"Dense.*backward: .*got \(2, 3\) float64"):
+        layer.backward(np.zeros((2, 3)))
+    flat = Flatten().to(device)
     flat(np.zeros((2, 3, 2), f32))
     with pytest.raises(ValueError, match=r"Flatten.*expected a gradient of shape \(2, 6\)"):
         flat.backward(np.zeros((2, 5), f32))
@@ -106,9 +113,12 @@ def test_backward_before_forward_is_an_error():
     (np.zeros((3, 4), f32), [0, 1, 2], TypeError, r"CrossEntropyLoss\(\) labels: expected a numpy.ndarray, got list"),
     (np.zeros((3, 4, 1), f32), np.array([0, 1, 2]), ValueError, r"CrossEntropyLoss.*\(N, \*\), got \(3, 4, 1\)"),
 ])
-def test_cross_entropy_rejects_bad_labels_and_logits(logits, labels, error, pattern):
+def test_cross_entropy_rejects_bad_labels_and_logits(logits, labels, error, pattern, to_dev):
+    """Labels from the host, logits on the test's device."""
+    if isinstance(labels, list):
+        pattern = pattern.replace("numpy.ndarray", "numpy.ndarray( or a CUDA array)?")
     with pytest.raises(error, match=pattern):
-        CrossEntropyLoss()(logits, labels)
+        CrossEntropyLoss()(to_dev(logits), labels)
 
 
 def test_mse_rejects_mismatched_target_and_casts_dtype():
@@ -156,3 +166,39 @@ def test_cuda_is_refused_clearly_when_unavailable(monkeypatch):
     assert not fastnet.is_available("cuda")
     with pytest.raises(ValueError, match=r"unknown device 'tpu'"):
         Dense(2, 2).to("tpu")
+
+
+@pytest.mark.cuda
+def test_wrong_inputs_to_cuda_layers_are_refused_before_any_kernel(rng):
+    model = Dense(3, 2).to("cuda")
+    with pytest.raises(TypeError, match=r"expected float32 input .* got float64"):
+        model(rng.standard_normal((2, 3)))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3\), got \(2, 4\)"):
+        model(fcuda.to_device(np.zeros((2, 4), np.float32)))
+    with pytest.raises(TypeError, match="expected a numpy.ndarray or a CUDA array, got list"):
+        model([[1.0, 2.0, 3.0]])
+    cpu = Dense(3, 2)
+    with pytest.raises(TypeError, match=r"got a CUDA array but runs on the cpu"):
+        cpu(fcuda.to_device(np.zeros((2, 3), np.float32)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(fcuda.simulator(), reason="the simulator has no __cuda_array_interface__")
+def test_foreign_cuda_arrays_are_taken_without_a_copy(rng):
+    from numba import cuda
+
+    from fastnet.device import to_numpy
+    from fastnet.layers import ReLU, Sequential
+
+    class Foreign:  # what CuPy arrays and PyTorch CUDA tensors expose
+        def __init__(self, a):
+            self.a = a
+            self.__cuda_array_interface__ = a.__cuda_array_interface__
+
+    x = fcuda.to_device(rng.standard_normal((2, 3)).astype(np.float32))
+    model = Sequential(Dense(3, 2), ReLU()).to("cuda")
+    got = model(Foreign(x))
+    np.testing.assert_allclose(to_numpy(got), to_numpy(model(x)), rtol=1e-6)
+    wrapped = fastnet.cuda.as_device_array(Foreign(x))
+    assert wrapped.device_ctypes_pointer.value == x.device_ctypes_pointer.value
+    assert cuda.is_cuda_array(Foreign(x))
