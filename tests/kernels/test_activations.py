@@ -9,6 +9,8 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
+from .cases import ACTIVATION_SHAPES, SOFTMAX_SHAPES
+
 SLOPE = 0.1
 # op -> (kernel forward(out, x), kernel backward(dx, dout, x, out), reference forward,
 #        reference backward(dout, x, out))
@@ -32,8 +34,8 @@ ROWWISE = {
     "log_softmax": (ref.log_softmax_forward, ref.log_softmax_backward),
 }
 # elementwise kernels take any shape: odd 1-D, batch-1 4-D, and one big enough to split
-EW_SHAPES = [(7,), (1, 3, 5, 2), (2049, 13)]
-ROW_SHAPES = [(5, 3), (1, 7), (4, 1), (130, 257)]
+EW_SHAPES = ACTIVATION_SHAPES
+ROW_SHAPES = SOFTMAX_SHAPES
 
 
 def _ew_forward(op, x):

@@ -8,10 +8,12 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
+from .cases import DENSE_SHAPES
+
 ACTIVATIONS = [None, "relu", "sigmoid", "tanh"]
 # (N, IN, OUT): odd sizes, batch 1, and one large enough for the parallel epilogue
 # (several 64-column blocks, rows split across threads)
-SHAPES = [(7, 13, 5), (1, 3, 1), (130, 257, 300)]
+SHAPES = DENSE_SHAPES
 
 
 def _make(rng, dtype, n, i, o, bias=True):

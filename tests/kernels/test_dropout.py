@@ -9,6 +9,8 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
+from .cases import DROPOUT_SHAPES
+
 
 def _forward(x, p, seed):
     out = np.full_like(x, 123.0)
@@ -24,7 +26,7 @@ def _backward(dout, mask, p):
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.75])
-@pytest.mark.parametrize("shape", [(7,), (1, 3, 5, 2), (129, 65)], ids=str)
+@pytest.mark.parametrize("shape", DROPOUT_SHAPES, ids=str)
 def test_forward_is_x_times_mask_over_keep(rng, dtype, close, shape, p):
     """out == x * mask / (1 - p) with a 0/1 uint8 mask."""
     x = rng.standard_normal(shape).astype(dtype)

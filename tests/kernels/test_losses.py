@@ -9,10 +9,10 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import numerical_grad
 
+from .cases import CE_SHAPES, MSE_SHAPES
+
 # one vector of logits per row or longer rows; 130 rows: several blocks of 16, one partial
-CE_SHAPES = [(5, 3), (1, 7), (4, 1), (130, 10), (33, 16), (17, 17), (40, 100)]
 # mse sums in 4096-element blocks: one partial block, one full block plus a bit, several
-MSE_SHAPES = [(7,), (1,), (3, 4, 5), (4097,), (3, 4099)]
 
 
 def _ce(logits, labels, with_grad=True):

@@ -10,13 +10,9 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-SHAPES = {
-    "n2-c3-l5": (2, 3, 5),
-    "features-n7-c4": (7, 4, 1),     # (N, C) input
-    "one-row-l9": (1, 2, 9),         # batch 1, still 9 values per channel
-    "odd-n5-c7-l13": (5, 7, 13),
-    "parallel-n8-c33-l130": (8, 33, 130),
-}
+from .cases import NORM_SHAPES
+
+SHAPES = NORM_SHAPES
 IDS = list(SHAPES)
 TOL = {np.dtype(np.float32): dict(rtol=2e-5, atol=2e-5), np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
 

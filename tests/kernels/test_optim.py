@@ -1,24 +1,15 @@
 """Fused optimizer kernels (in place), torch.optim semantics:
 sgd_step(param, velocity, grad, lr, momentum, weight_decay, nesterov) and
-adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled);
-and accumulate(out, x): out += x."""
+adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled)."""
 import numpy as np
 import pytest
 
 from fastnet.kernels import kernel
 from tests import reference as ref
 
-STEPS = 5
-SHAPES = [(7,), (3, 4, 5), (10007,)]
+from .cases import ADAM_CONFIGS, OPTIM_SHAPES as SHAPES, SGD_CONFIGS
 
-SGD_CONFIGS = {
-    "plain": dict(momentum=0.0, weight_decay=0.0, nesterov=False),
-    "wd": dict(momentum=0.0, weight_decay=0.01, nesterov=False),
-    "momentum": dict(momentum=0.9, weight_decay=0.0, nesterov=False),
-    "momentum-wd": dict(momentum=0.9, weight_decay=0.05, nesterov=False),
-    "nesterov": dict(momentum=0.8, weight_decay=0.0, nesterov=True),
-    "nesterov-wd": dict(momentum=0.9, weight_decay=0.01, nesterov=True),
-}
+STEPS = 5
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -41,14 +32,6 @@ def test_sgd_matches_torch_semantics_over_steps(rng, dtype, close, config, shape
         if velocity is not None:
             close(velocity, r_vel, err_msg=f"velocity after step {step + 1}")
         np.testing.assert_array_equal(grad, grad_copy, err_msg="grad must not be modified")
-
-
-ADAM_CONFIGS = {
-    "adam": dict(weight_decay=0.0, decoupled=False),
-    "adam-l2": dict(weight_decay=0.1, decoupled=False),
-    "adamw": dict(weight_decay=0.1, decoupled=True),
-    "adamw-no-wd": dict(weight_decay=0.0, decoupled=True),
-}
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -96,16 +79,3 @@ def test_first_adam_step_is_lr_times_sign(rng):
     before = p.copy()
     kernel("adam_step")(p, np.zeros(100), np.zeros(100), g, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
     np.testing.assert_allclose(before - p, 1e-3 * g / (np.abs(g) + 1e-8), rtol=1e-9)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_accumulate_adds_in_place(rng, dtype, close, shape):
-    """accumulate(out, x) adds x into out (twice = 2x), leaving x alone, in out's dtype."""
-    out = rng.standard_normal(shape).astype(dtype)
-    x = rng.standard_normal(shape).astype(dtype)
-    x_copy = x.copy()
-    want = ref.accumulate(ref.accumulate(out, x), x)
-    kernel("accumulate")(out, x)
-    kernel("accumulate")(out, x)
-    close(out, want)
-    np.testing.assert_array_equal(x, x_copy)

@@ -9,25 +9,9 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-# (x shape, kernel, stride, padding), padding <= kernel / 2 as PyTorch requires
-CASES = {
-    "2x2-s2": ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
-    # 2x2/stride 2/no padding has its own kernels: odd sizes leave a row and a column out
-    "2x2-s2-odd": ((3, 2, 7, 9), (2, 2), (2, 2), (0, 0)),
-    "2x2-s2-parallel": ((4, 8, 34, 33), (2, 2), (2, 2), (0, 0)),
-    # rows of 21 and 1 outputs: full vector steps plus a masked last one, a masked one only
-    "2x2-s2-long-rows": ((2, 3, 6, 43), (2, 2), (2, 2), (0, 0)),
-    "2x2-s2-one-column": ((2, 3, 5, 3), (2, 2), (2, 2), (0, 0)),
-    "3x3-s2-p1-odd": ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),
-    "nonsquare-3x2-s1x2-p1x1": ((1, 2, 5, 6), (3, 2), (1, 2), (1, 1)),
-    "overlap-s1-p1x0": ((2, 2, 5, 5), (3, 3), (1, 1), (1, 0)),
-    "1x1": ((2, 2, 3, 4), (1, 1), (1, 1), (0, 0)),
-    "1x1-s2x3": ((2, 2, 5, 4), (1, 1), (2, 3), (0, 0)),
-    "kernel-is-input": ((3, 2, 4, 5), (4, 5), (1, 1), (0, 0)),
-    "kernel-is-input-padded": ((3, 2, 4, 5), (4, 5), (2, 3), (2, 2)),
-    "stride-over-kernel": ((2, 2, 11, 10), (2, 2), (3, 4), (1, 0)),
-    "large-batch9-c5": ((9, 5, 17, 15), (3, 2), (2, 1), (1, 1)),
-}
+from .cases import GLOBAL_POOL_SHAPES, POOL_CASES
+
+CASES = POOL_CASES
 IDS = list(CASES)
 
 
@@ -213,9 +197,9 @@ def test_max_pool_propagates_nan_wherever_it_sits():
 
 # ---- global average pooling: (N, C, H, W) -> (N, C) -------------------------------------
 
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 7, 1), (9, 40, 11, 13)],
-                         ids=["small", "1x1", "column", "parallel"])
-def test_global_avg_pool_matches_reference(rng, dtype, shape):
+@pytest.mark.parametrize("case", list(GLOBAL_POOL_SHAPES))
+def test_global_avg_pool_matches_reference(rng, dtype, case):
+    shape = GLOBAL_POOL_SHAPES[case]
     x = rng.standard_normal(shape).astype(dtype)
     out = np.full(shape[:2], np.nan, dtype)
     kernel("global_avg_pool2d_forward")(out, x)

@@ -7,13 +7,9 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-# cell name -> (kernel family prefix, gates, rnn nonlinearity)
-CELLS = {"rnn_tanh": ("rnn", 1, "tanh"), "rnn_relu": ("rnn", 1, "relu"),
-         "lstm": ("lstm", 4, None), "gru": ("gru", 3, None)}
-# (N, T, F, H): odd sizes; batch 1 and sequence length 1; several 64-column bias blocks;
-# more than two blocks of batch rows for the LSTM's row-block recurrence (the last one
-# partial) and gate / hidden columns that are not a whole number of its tiles
-SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20), (19, 3, 6, 13)]
+from .cases import CELLS, RECURRENT_SHAPES
+
+SHAPES = RECURRENT_SHAPES
 # (bias, initial state)
 VARIANTS = [(True, True), (False, False), (True, False)]
 

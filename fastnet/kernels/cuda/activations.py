@@ -10,7 +10,7 @@ leaky_relu takes the input.
 """
 import math
 
-from numba import cuda, float32, int64
+from numba import cuda
 
 from . import _launch
 from ..codes import RELU, SIGMOID, TANH
@@ -183,16 +183,3 @@ def log_softmax_backward(dx, dout, out):
     """dout (N, C), out (N, C) -> dx (N, C) = dout - exp(out) * sum(dout)"""
     grid, threads, t = launch_rows(*out.shape)
     _log_softmax_backward_kernel[grid, threads](dx, dout, out, t)
-
-
-_F1, _F2 = float32[::1], float32[:, ::1]
-PTX_SIGNATURES = {
-    _activation_forward_kernel: [(_F1, _F1, int64, float32)],
-    _activation_backward_kernel: [(_F1, _F1, _F1, int64, float32)],
-    _leaky_relu_forward_kernel: [(_F1, _F1, float32)],
-    _leaky_relu_backward_kernel: [(_F1, _F1, _F1, float32)],
-    _softmax_forward_kernel: [(_F2, _F2, int64)],
-    _softmax_backward_kernel: [(_F2, _F2, _F2, int64)],
-    _log_softmax_forward_kernel: [(_F2, _F2, int64)],
-    _log_softmax_backward_kernel: [(_F2, _F2, _F2, int64)],
-}

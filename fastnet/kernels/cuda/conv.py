@@ -145,16 +145,3 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
     if dx is not None:
         gemm(flat(cols), w2, g, ta=True)         # dcols (CKK, N*P), into cols' memory
         col2im(dx, cols, (kh, kw), stride, padding)
-
-
-def ptx_signatures():
-    from numba import float32, int64
-
-    f2, f3, f4 = float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
-    ints = (int64,) * 8
-    return [
-        (_im2col_kernel, (f2, f4) + ints),
-        (_col2im_kernel, (f4, f2) + ints),
-        (_nchw_to_gemm_kernel, (f2, f3, f3, int64)),
-        (_row_sum_kernel, (float32[::1], f2)),
-    ]

@@ -64,11 +64,3 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
     gemm(flat(dw), g, x, ta=True)       # (OUT, N) @ (N, IN)
     if dx is not None:
         gemm(flat(dx), g, w)            # (N, OUT) @ (OUT, IN)
-
-
-def ptx_signatures():
-    from numba import float32, types
-
-    f2 = float32[:, ::1]
-    return [(_activation_grad_colsum_kernel, (f2, db, f2, f2, types.int64, types.boolean))
-            for db in (float32[::1], types.none)]

@@ -5,7 +5,7 @@ SplitMix64's finaliser; element i is kept when the hash's top 24 bits are
 >= round(p * 2^24). Backward kernels overwrite their outputs; ``dx`` may alias ``dout``.
 """
 import numpy as np
-from numba import cuda, float32, uint8, uint64
+from numba import cuda, uint64
 
 from . import _launch
 from ._launch import launch_1d
@@ -63,10 +63,3 @@ def dropout_backward(dx, dout, mask, p):
     grid, threads = launch_1d(dout.size)
     _dropout_backward_kernel[grid, threads](_launch.flat(dx), dout, _launch.flat(mask),
                                             _scale(p, dout.dtype))
-
-
-_F1, _U1 = float32[::1], uint8[::1]
-PTX_SIGNATURES = {
-    _dropout_forward_kernel: [(_F1, _U1, _F1, uint64, float32, uint64)],
-    _dropout_backward_kernel: [(_F1, _F1, _U1, float32)],
-}

@@ -12,7 +12,7 @@ gradient are NaN and the label is counted on the device; reading the loss then r
 """
 import math
 
-from numba import cuda, float32, int32, int64, types, uint8
+from numba import cuda, int64
 
 from . import _launch
 from ._device import block_sum, row_max_sumexp, row_of_thread
@@ -138,15 +138,3 @@ def mse_forward(grad, pred, target):
                                _launch.scalar(2, dtype) / size)
     _mean_kernel[1, _reduce_threads(grid)](buf, partial, size)
     return _launch.DeviceScalar(buf)
-
-
-_F1, _F2 = float32[::1], float32[:, ::1]
-PTX_SIGNATURES = {
-    _softmax_cross_entropy_kernel: [
-        (grad, _F1, _F2, labels, int64, float32)
-        for grad in (_F2, types.none) for labels in (int64[::1], int32[::1], uint8[::1])],
-    _cross_entropy_mean_kernel: [(_F1, _F1, labels, int64)
-                                 for labels in (int64[::1], int32[::1], uint8[::1])],
-    _mse_kernel: [(_F1, _F1, _F1, _F1, float32), (types.none, _F1, _F1, _F1, float32)],
-    _mean_kernel: [(_F1, _F1, float32)],
-}

@@ -13,7 +13,7 @@ kernel has one signature per dtype. Backward kernels overwrite their outputs.
 """
 import math
 
-from numba import boolean, cuda, float32, int64
+from numba import cuda
 
 from . import _launch
 from ._device import block_sum
@@ -158,15 +158,3 @@ def batch_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_inv
         grid, threads = launch_1d(x.size)
         _batch_norm_dx_kernel[grid, threads](dx, dout, x, save_mean, save_invstd,
                                              weight if affine else save_mean, sums, affine)
-
-
-def ptx_signatures():
-    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
-    i1 = int64[::1]
-    return [
-        (_count_batch_kernel, (i1,)),
-        (_batch_stats_kernel, (f1, f1, f1, f1, i1, f3, boolean, boolean, float32, float32)),
-        (_normalise_kernel, (f3, f3, f1, f1, f1, f1, boolean)),
-        (_batch_norm_sums_kernel, (f2, f1, f1, f3, f3, f1, f1, boolean)),
-        (_batch_norm_dx_kernel, (f3, f3, f3, f1, f1, f1, f2, boolean)),
-    ]

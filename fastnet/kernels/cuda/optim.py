@@ -7,7 +7,7 @@ All arrays of one call are C-contiguous device arrays with the same shape.
 """
 import math
 
-from numba import boolean, cuda, float32, types
+from numba import cuda
 
 from . import _launch
 from ._launch import launch_1d
@@ -64,11 +64,3 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
         _launch.flat(param), _launch.flat(m), _launch.flat(v), _launch.flat(grad), b1, b2,
         one - b1, one - b2, _launch.scalar(eps, t), wd, one - _launch.scalar(lr, t) * wd,
         _launch.scalar(lr / bc1, t), _launch.scalar(1.0 / math.sqrt(bc2), t), bool(decoupled))
-
-
-_F1 = float32[::1]
-PTX_SIGNATURES = {
-    _sgd_step_kernel: [(_F1, velocity, _F1, float32, float32, float32, boolean)
-                       for velocity in (_F1, types.none)],
-    _adam_step_kernel: [(_F1, _F1, _F1, _F1) + (float32,) * 9 + (boolean,)],
-}

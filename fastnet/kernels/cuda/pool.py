@@ -11,7 +11,7 @@ per input element, summing the output gradients that reach it in the CPU kernels
 (output row-major): no racy ``+=``, deterministic, and for max pooling bitwise equal to
 the CPU. Backward kernels overwrite their outputs.
 """
-from numba import cuda, float32, int32, int64
+from numba import cuda
 
 from . import _launch
 from ._launch import launch_1d
@@ -171,15 +171,3 @@ def global_avg_pool2d_backward(dx, dout):
     grid, threads = launch_1d(dx.size)
     _global_avg_pool2d_backward_kernel[grid, threads](
         _launch.flat(dx), _launch.flat(dout), hw, _inv_area((hw, 1), dx.dtype))
-
-
-_F1, _I1 = float32[::1], int32[::1]
-_GEOMETRY = (int64,) * 10  # h, w, oh, ow, kh, kw, sh, sw, ph, pw
-PTX_SIGNATURES = {
-    _max_pool2d_forward_kernel: [(_F1, _I1, _F1) + _GEOMETRY],
-    _max_pool2d_backward_kernel: [(_F1, _F1, _I1) + _GEOMETRY],
-    _avg_pool2d_forward_kernel: [(_F1, _F1) + _GEOMETRY + (float32,)],
-    _avg_pool2d_backward_kernel: [(_F1, _F1) + _GEOMETRY + (float32,)],
-    _global_avg_pool2d_forward_kernel: [(_F1, _F1, int64, float32)],
-    _global_avg_pool2d_backward_kernel: [(_F1, _F1, int64, float32)],
-}

@@ -388,24 +388,3 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     if dh0 is not None:
         _state(dh0, dh, dhz)
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, out, h0, w_ih)
-
-
-def ptx_signatures():
-    from numba import float32, int64, types
-
-    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
-    i, none = int64, types.none
-    out = [(_state_kernel, (f2, a, b)) for a in (f2, none) for b in (f2, none)]
-    out += [(_shift_kernel, (f3, f3, h0)) for h0 in (f2, none)]
-    out.append((_column_sums_kernel, (f1, f2)))
-    for b in (f1, none):
-        out.append((_rnn_step_kernel, (f3, f2, f2, b, b, i, i, float32)))
-        out.append((_lstm_step_kernel, (f3, f2, f2, f3, f3, f2, b, b, i, float32)))
-        out.append((_gru_step_kernel, (f3, f2, f3, f3, f2, b, b, i, float32)))
-    for dout in (f3, none):
-        out.append((_rnn_step_backward_kernel, (f3, f2, f2, dout, f3, i, i, float32)))
-    for h0, dout in ((f2, f3), (none, none)):
-        out.append((_lstm_step_backward_kernel, (f3, f2, f2, f2, dout, f3, f3, h0, i, float32)))
-        out.append((_gru_step_backward_kernel, (f3, f3, f2, f2, f2, dout, f3, f3, f3, h0, i,
-                                                float32)))
-    return out

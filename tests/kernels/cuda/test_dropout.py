@@ -8,6 +8,8 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
+from ..cases import DROPOUT_SHAPES, cases_for
+
 # The simulator runs the uint64 hash on NumPy scalars, which warn on the (intended)
 # wrap-around that the GPU does silently.
 pytestmark = pytest.mark.filterwarnings("ignore:.*overflow encountered:RuntimeWarning")
@@ -40,7 +42,7 @@ def _cpu(x, p, seed):
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-@pytest.mark.parametrize("shape", [(7,), (1, 3, 5, 2), (3, 101)], ids=str)
+@pytest.mark.parametrize("shape", cases_for(DROPOUT_SHAPES, "cuda"), ids=str)
 def test_forward_matches_reference_and_cpu(rng, dtype, close, drop, shape, p):
     """out == x * mask / (1 - p) with a 0/1 uint8 mask; mask and out bitwise equal to the
     CPU kernel's."""

@@ -4,13 +4,15 @@ bias along rows and columns, fused activations, accumulation and the NCHW epilog
 import numpy as np
 import pytest
 
+from fastnet.kernels.codes import ACTIVATIONS
 from fastnet.kernels.cuda import gemm
 from tests import reference as ref
 
 
 @pytest.fixture
 def config(request, monkeypatch):
-    monkeypatch.setattr(gemm, "force_config", request.param)
+    """Runs the test on the given tile configuration, whatever the matrix size."""
+    monkeypatch.setattr(gemm, "choose_config", lambda m, n: request.param)
     return request.param
 
 
@@ -45,8 +47,6 @@ def test_bigger_tiles(rng, dev, host, config):
 @pytest.mark.parametrize("config", ["small"], indirect=True)
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
 def test_bias_and_activation_epilogue(rng, dtype, close, dev, host, config, activation):
-    from fastnet.kernels.activations import ACTIVATIONS
-
     m, n, k = 5, 33, 4
     a, b, _, _ = _operands(rng, dtype, m, n, k, False, False)
     bias_c = rng.standard_normal(n).astype(dtype)

@@ -8,8 +8,10 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
+from ..cases import DENSE_SHAPES, cases_for
+
 # (N, IN, OUT): odd sizes, batch 1, several GEMM blocks and column-sum blocks
-SHAPES = [(7, 13, 5), (1, 3, 1), (20, 5, 35)]
+SHAPES = cases_for(DENSE_SHAPES, "cuda")
 
 
 def _make(rng, dtype, n, i, o):

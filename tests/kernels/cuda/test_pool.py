@@ -9,17 +9,10 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-# (x shape, kernel, stride, padding), padding <= kernel / 2 as PyTorch requires
-CASES = {
-    "2x2-s2-odd-batch1": ((1, 2, 5, 7), (2, 2), (2, 2), (0, 0)),
-    "3x3-s2-p1-odd": ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),  # overlapping windows
-    "nonsquare-3x2-s1x2-p1x1": ((1, 2, 5, 6), (3, 2), (1, 2), (1, 1)),
-    "stride-over-kernel": ((2, 2, 11, 10), (2, 2), (3, 4), (1, 0)),
-    "kernel-is-input-padded": ((3, 2, 4, 5), (4, 5), (2, 3), (2, 2)),
-    # several blocks of threads both ways: 288 outputs, 1056 inputs
-    "3x3-s2-p1-blocks": ((2, 4, 12, 11), (3, 3), (2, 2), (1, 1)),
-}
-IDS = list(CASES)
+from ..cases import GLOBAL_POOL_SHAPES, POOL_CASES, cases_for
+
+CASES = POOL_CASES
+IDS = cases_for(POOL_CASES, "cuda")
 
 
 def _out_shape(x_shape, ks, stride, padding):
@@ -201,3 +194,25 @@ def test_random_geometries(pool):
         np.testing.assert_allclose(pool.avg_backward(dout, x.shape, ks, stride, padding),
                                    ref.avg_pool2d_backward(dout, x.shape, ks, stride, padding),
                                    rtol=1e-12, atol=1e-12, err_msg=msg)
+
+
+@pytest.mark.parametrize("case", cases_for(GLOBAL_POOL_SHAPES, "cuda"))
+def test_global_avg_pool_matches_reference_and_cpu(rng, dtype, dev, host, garbage, case):
+    """Global average pooling (N, C, H, W) -> (N, C) forward and backward against the
+    reference and the CPU kernels."""
+    shape = GLOBAL_POOL_SHAPES[case]
+    x = rng.standard_normal(shape).astype(dtype)
+    out = garbage(shape[:2], dtype)
+    kernel("global_avg_pool2d_forward", "cuda")(out, dev(x))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(host(out), ref.global_avg_pool2d_forward(x), **tol)
+    cpu_out = np.empty(shape[:2], dtype)
+    kernel("global_avg_pool2d_forward", "cpu")(cpu_out, x)
+    np.testing.assert_allclose(host(out), cpu_out, **tol)
+    dout = rng.standard_normal(shape[:2]).astype(dtype)
+    dx = garbage(shape, dtype)
+    kernel("global_avg_pool2d_backward", "cuda")(dx, dev(dout))
+    np.testing.assert_allclose(host(dx), ref.global_avg_pool2d_backward(dout, shape), **tol)
+    cpu_dx = np.empty(shape, dtype)
+    kernel("global_avg_pool2d_backward", "cpu")(cpu_dx, dout)
+    np.testing.assert_allclose(host(dx), cpu_dx, **tol)

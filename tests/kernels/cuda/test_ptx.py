@@ -9,17 +9,14 @@ import re
 import pytest
 from numba import cuda
 
-FAMILIES = ["gemm", "dense", "conv", "pool", "activations", "losses", "dropout", "optim", "norm",
-            "recurrent"]
+from .ptx_signatures import SIGNATURES
+
 ARCHS = [(7, 5), (8, 6), (8, 9)]
 F64 = re.compile(r"^\s*[^/\s][^\n]*\.f64\b", re.M)  # an instruction, not a comment
 
 
 def _signatures(family):
-    module = importlib.import_module(f"fastnet.kernels.cuda.{family}")
-    if hasattr(module, "ptx_signatures"):
-        return module.ptx_signatures()
-    return [(k, sig) for k, sigs in module.PTX_SIGNATURES.items() for sig in sigs]
+    return SIGNATURES[family]()
 
 
 def _raw_kernels(family):
@@ -32,7 +29,7 @@ def _raw_kernels(family):
             and not obj.targetoptions.get("device")}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(SIGNATURES))
 def test_every_kernel_has_a_ptx_signature(family):
     listed = {getattr(k, "__name__", None) or k.py_func.__name__ for k, _ in _signatures(family)}
     missing = _raw_kernels(family) - listed
@@ -40,7 +37,7 @@ def test_every_kernel_has_a_ptx_signature(family):
 
 
 @pytest.mark.parametrize("cc", ARCHS, ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(SIGNATURES))
 def test_float32_ptx_has_no_f64(family, cc):
     for kern, sig in _signatures(family):
         ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=cc)
@@ -48,6 +45,16 @@ def test_float32_ptx_has_no_f64(family, cc):
         name = kern.py_func.__name__
         bad = F64.findall(ptx)
         assert not bad, f"{family}.{name}{sig}: double precision in float32 PTX: {bad[:3]}"
+
+
+def test_every_family_has_signatures():
+    """Every public module of fastnet/kernels/cuda (a kernel family) is listed."""
+    import pkgutil
+
+    import fastnet.kernels.cuda as package
+
+    families = {m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")}
+    assert families == set(SIGNATURES)
 
 
 def test_the_f64_check_catches_a_promotion():

@@ -9,11 +9,12 @@ from fastnet.kernels.cuda._launch import DeviceScalar
 from tests import reference as ref
 from tests.gradcheck import numerical_grad
 
+from ..cases import CE_SHAPES, MSE_SHAPES, cases_for
+
 # (shape, label dtype): one class, one row, several blocks of rows, narrow label dtypes
-CE_CASES = [((5, 3), np.int64), ((1, 7), np.int32), ((4, 1), np.int64), ((300, 4), np.int32),
-            ((6, 40), np.uint8)]
-# one element, odd sizes, a grid of several blocks (several partial sums)
-MSE_SHAPES = [(1,), (7,), (3, 4, 5), (2, 301)]
+# each shape with one label dtype, in turn (uint8 needs C <= 256)
+LABEL_DTYPES = (np.int64, np.int32, np.uint8)
+CE_CASES = [(shape, LABEL_DTYPES[i % 3]) for i, shape in enumerate(cases_for(CE_SHAPES, "cuda"))]
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_cross_entropy_label_out_of_range(rng, ce, label_dtype):
         loss_none.item()
 
 
-@pytest.mark.parametrize("shape", MSE_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", cases_for(MSE_SHAPES, "cuda"), ids=str)
 def test_mse_matches_reference_and_cpu(rng, dtype, tolerance, close, mse, shape):
     """Loss (a DeviceScalar) and gradient 2 (pred - target) / size against the reference
     and the CPU kernel; grad=None gives the same loss."""

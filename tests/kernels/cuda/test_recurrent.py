@@ -14,8 +14,8 @@ from fastnet.models import MODELS
 from fastnet.optim import SGD
 from tests import reference as ref
 
-CELLS = {"rnn_tanh": ("rnn", 1, "tanh"), "rnn_relu": ("rnn", 1, "relu"),
-         "lstm": ("lstm", 4, None), "gru": ("gru", 3, None)}
+from ..cases import CELLS, RECURRENT_SHAPES, cases_for
+
 
 
 def _make(rng, dtype, cell, n, t, f, h, bias, init):
@@ -105,10 +105,11 @@ def _compare(got, want, dtype, scale):
         np.testing.assert_allclose(got[k], w, rtol=rtol, atol=atol, err_msg=k)
 
 
+@pytest.mark.parametrize("shape", cases_for(RECURRENT_SHAPES, "cuda"), ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_matches_reference_and_cpu(rng, dtype, cell):
-    """N=2, T=3, F=3, H=5 with biases and initial states; float32 and float64."""
-    a = _make(rng, dtype, cell, 2, 3, 3, 5, True, True)
+def test_matches_reference_and_cpu(rng, dtype, cell, shape):
+    """(N, T, F, H) with biases and initial states; float32 and float64."""
+    a = _make(rng, dtype, cell, *shape, True, True)
     got = _run("cuda", cell, a)
     _compare(got, _reference(cell, a), dtype, scale=10.0)
     _compare(got, _run("cpu", cell, a), dtype, scale=10.0)

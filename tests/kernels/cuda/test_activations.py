@@ -9,6 +9,8 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
+from ..cases import ACTIVATION_SHAPES, SOFTMAX_SHAPES, cases_for
+
 SLOPE = 0.1
 # op -> (forward(out, x), backward(dx, dout, x, out), reference forward,
 #        reference backward(dout, x, out)), all taking the kernels' arguments
@@ -32,10 +34,8 @@ ROWWISE = {
     "log_softmax": (ref.log_softmax_forward, ref.log_softmax_backward),
 }
 # odd 1-D, batch-1 4-D, and more than one block of threads
-EW_SHAPES = [(7,), (1, 3, 5, 2), (3, 101)]
-# rows of one element, one row, a row per thread over 2 blocks, C over 1000 (a full block
-# of threads per row, several elements each)
-ROW_SHAPES = [(5, 3), (1, 7), (4, 1), (300, 3), (1, 1030)]
+EW_SHAPES = cases_for(ACTIVATION_SHAPES, "cuda")
+ROW_SHAPES = cases_for(SOFTMAX_SHAPES, "cuda")
 
 
 def _ew(op, x, dev, host, garbage):

@@ -1,4 +1,4 @@
-"""CUDA batch norm, global average pooling and add kernels against the reference and the
+"""CUDA batch norm kernels against the reference and the
 CPU kernels, and a Residual block with BatchNorm2D on CUDA against the CPU. Tiny shapes:
 in the simulator every GPU thread is a Python thread."""
 import numpy as np
@@ -9,6 +9,8 @@ from fastnet.device import to_numpy
 from fastnet.kernels import kernel
 from fastnet.layers import BatchNorm1D, BatchNorm2D, Conv2D, GlobalAvgPool2D, ReLU, Residual, Sequential
 from tests import reference as ref
+
+from ..cases import NORM_SHAPES, cases_for
 
 TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-5),
        np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
@@ -37,11 +39,12 @@ def _gpu_forward(dev, host, garbage, x, w, b, running, training, momentum):
     return got + ([None] * 3 if running is None else [host(rm), host(rv), host(nbt)])
 
 
-# (3, 2, 37): 111 values per channel, several strides of the simulator's 32 threads
-@pytest.mark.parametrize("shape", [(3, 2, 37), (5, 3, 1)], ids=["l37", "features"])
+# "l37" (3, 2, 37): 111 values per channel, several strides of the simulator's 32 threads
+@pytest.mark.parametrize("case", cases_for(NORM_SHAPES, "cuda"))
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
-def test_batch_norm_training_forward(rng, dtype, dev, host, garbage, shape, affine, momentum):
+def test_batch_norm_training_forward(rng, dtype, dev, host, garbage, case, affine, momentum):
+    shape = NORM_SHAPES[case]
     x, w, b, running = _inputs(rng, shape, dtype, affine)
     got = _gpu_forward(dev, host, garbage, x, w, b, running, True, momentum)
     want = ref.batch_norm_forward(x, w, b, *running, True, momentum, 1e-5)
@@ -63,18 +66,20 @@ def test_batch_norm_eval_and_untracked(rng, dtype, dev, host, garbage):
                                                               1e-5)[0], **TOL[dtype])
 
 
+@pytest.mark.parametrize("case", cases_for(NORM_SHAPES, "cuda"))
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_batch_norm_backward(rng, dtype, dev, host, garbage, affine):
-    shape = (3, 2, 37)
+def test_batch_norm_backward(rng, dtype, dev, host, garbage, affine, case):
+    shape = NORM_SHAPES[case]
+    c = shape[1]
     x, w, b, _ = _inputs(rng, shape, dtype, affine)
     dout = rng.standard_normal(shape).astype(dtype)
-    mean = np.empty(2, dtype)
-    invstd = np.empty(2, dtype)
+    mean = np.empty(c, dtype)
+    invstd = np.empty(c, dtype)
     kernel("batch_norm_forward")(np.empty_like(x), mean, invstd, None, None, None, x, w, b,
                                  True, 0.1, 1e-5)
     dx = garbage(shape, dtype)
-    dw = garbage((2,), dtype) if affine else None
-    db = garbage((2,), dtype) if affine else None
+    dw = garbage((c,), dtype) if affine else None
+    db = garbage((c,), dtype) if affine else None
     kernel("batch_norm_backward", "cuda")(dx, dw, db, dev(dout), dev(x),
                                           None if w is None else dev(w), dev(mean), dev(invstd))
     rdx, rdw, rdb = ref.batch_norm_backward(dout, x, w, 1e-5)
@@ -84,25 +89,9 @@ def test_batch_norm_backward(rng, dtype, dev, host, garbage, affine):
         np.testing.assert_allclose(host(dw), rdw, **tol)
         np.testing.assert_allclose(host(db), rdb, **tol)
     # and against the CPU kernel
-    cdx, cdw, cdb = np.empty_like(x), np.empty(2, dtype), np.empty(2, dtype)
+    cdx, cdw, cdb = np.empty_like(x), np.empty(c, dtype), np.empty(c, dtype)
     kernel("batch_norm_backward")(cdx, cdw, cdb, dout, x, w, mean, invstd)
     np.testing.assert_allclose(host(dx), cdx, **tol)
-
-
-def test_global_avg_pool_and_add(rng, dtype, dev, host, garbage):
-    x = rng.standard_normal((2, 3, 5, 7)).astype(dtype)  # 210 elements: several blocks
-    out = garbage((2, 3), dtype)
-    kernel("global_avg_pool2d_forward", "cuda")(out, dev(x))
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
-    np.testing.assert_allclose(host(out), ref.global_avg_pool2d_forward(x), **tol)
-    dout = rng.standard_normal((2, 3)).astype(dtype)
-    dx = garbage(x.shape, dtype)
-    kernel("global_avg_pool2d_backward", "cuda")(dx, dev(dout))
-    np.testing.assert_allclose(host(dx), ref.global_avg_pool2d_backward(dout, x.shape), **tol)
-    y = rng.standard_normal(x.shape).astype(dtype)
-    s = garbage(x.shape, dtype)
-    kernel("add", "cuda")(s, dev(x), dev(y))
-    np.testing.assert_array_equal(host(s), x + y)
 
 
 def _block(dtype):

@@ -1,27 +1,17 @@
 """CUDA fused optimizer kernels (in place), torch.optim semantics:
 sgd_step(param, velocity, grad, lr, momentum, weight_decay, nesterov),
-adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled) and
-accumulate(out, x): out += x; against the reference and the CPU kernels."""
+adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled); against
+the reference and the CPU kernels."""
 import numpy as np
 import pytest
 
 from fastnet.kernels import kernel
 from tests import reference as ref
 
-STEPS = 3
-SHAPES = [(7,), (2, 151)]  # one block; several blocks
+from ..cases import ADAM_CONFIGS, OPTIM_SHAPES, SGD_CONFIGS, cases_for
 
-SGD_CONFIGS = {
-    "plain": dict(momentum=0.0, weight_decay=0.0, nesterov=False),
-    "wd": dict(momentum=0.0, weight_decay=0.01, nesterov=False),
-    "momentum-wd": dict(momentum=0.9, weight_decay=0.05, nesterov=False),
-    "nesterov-wd": dict(momentum=0.9, weight_decay=0.01, nesterov=True),
-}
-ADAM_CONFIGS = {
-    "adam": dict(weight_decay=0.0, decoupled=False),
-    "adam-l2": dict(weight_decay=0.1, decoupled=False),
-    "adamw": dict(weight_decay=0.1, decoupled=True),
-}
+STEPS = 3
+SHAPES = cases_for(OPTIM_SHAPES, "cuda")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -81,15 +71,3 @@ def test_first_adam_step_is_lr_times_sign(rng, dev, host):
     kernel("adam_step", "cuda")(d, dev(np.zeros(100)), dev(np.zeros(100)), dev(g), 1e-3, 0.9,
                                 0.999, 1e-8, 0.0, 1, False)
     np.testing.assert_allclose(p - host(d), 1e-3 * g / (np.abs(g) + 1e-8), rtol=1e-9)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_accumulate_adds_in_place(rng, dtype, dev, host, shape):
-    """accumulate(out, x) adds x into out (twice = 2x), leaving x alone, bitwise as the CPU."""
-    out = rng.standard_normal(shape).astype(dtype)
-    x = rng.standard_normal(shape).astype(dtype)
-    d_out, d_x = dev(out), dev(x)
-    kernel("accumulate", "cuda")(d_out, d_x)
-    kernel("accumulate", "cuda")(d_out, d_x)
-    np.testing.assert_array_equal(host(d_out), (out + x) + x)
-    np.testing.assert_array_equal(host(d_x), x)

@@ -9,13 +9,12 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-# (x shape, w shape, stride, padding)
-CASES = {
-    "3x3-p1": ((2, 3, 6, 5), (4, 3, 3, 3), (1, 1), (1, 1)),
-    "5x3-s2x1-p2x0": ((3, 2, 9, 6), (5, 2, 5, 3), (2, 1), (2, 0)),
-    "1x1-batch1": ((1, 4, 3, 3), (2, 4, 1, 1), (1, 1), (0, 0)),
-    "stride-over-kernel": ((2, 1, 9, 8), (3, 1, 2, 2), (3, 3), (1, 0)),
-}
+from ..cases import CONV_CASES, cases_for
+
+CASES = CONV_CASES
+IDS = cases_for(CONV_CASES, "cuda")
+# each case with one fused activation, in turn: all four run on every device
+ACTIVATION_OF = {case: (None, "relu", "sigmoid", "tanh")[i % 4] for i, case in enumerate(CONV_CASES)}
 
 
 def _out_shape(x_shape, w_shape, stride, padding):
@@ -40,10 +39,11 @@ def _backward(dev, host, dout, x, w, y, stride, padding, activation, bias=True):
     return host(dx), host(dw), None if db is None else host(db)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("activation", [None, "relu"])
-def test_matches_reference_and_cpu(rng, dtype, close, dev, host, case, activation):
+@pytest.mark.parametrize("case", IDS)
+def test_matches_reference_and_cpu(rng, dtype, close, dev, host, case):
+    """Forward (bias, fused activation) and backward against the reference and the CPU."""
     x_shape, w_shape, stride, padding = CASES[case]
+    activation = ACTIVATION_OF[case]
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype)
@@ -76,7 +76,7 @@ def test_im2col_col2im_match_reference(rng, dtype, close, dev, host):
 
 
 def test_no_bias_no_dx(rng, dev, host):
-    x_shape, w_shape, stride, padding = CASES["3x3-p1"]
+    x_shape, w_shape, stride, padding = CASES["3x3-s1-p1-odd"]
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     y = _forward(dev, host, x, w, None, stride, padding, None)
     dout = rng.standard_normal(y.shape)

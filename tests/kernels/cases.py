@@ -1,0 +1,140 @@
+"""One case list per kernel family, shared by the CPU tests (``tests/kernels/test_<family>.py``)
+and the CUDA tests (``tests/kernels/cuda/test_<family>.py``).
+
+Cases in ``LARGE`` are sized for the CPU kernels' parallel and vector paths; the CUDA
+tests run them on a GPU but not in Numba's CUDA simulator, which runs every GPU thread as
+a Python thread (about 0.2 ms each): ``cases_for(cases, "cuda")`` leaves them out there.
+Everything else runs on both devices, CUDA's several-block sizes included.
+"""
+from fastnet.cuda import simulator
+
+
+def cases_for(cases, device):
+    """The ids of a case dict (or the items of a shape list) that run on ``device``."""
+    skip = device == "cuda" and simulator()
+    return [c for c in cases if not (skip and c in LARGE)]
+
+
+# ---- pool: (x shape, kernel, stride, padding), padding <= kernel / 2 as PyTorch requires
+POOL_CASES = {
+    "2x2-s2": ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
+    # 2x2/stride 2/no padding has its own CPU kernels: odd sizes leave a row and a column out
+    "2x2-s2-odd": ((3, 2, 7, 9), (2, 2), (2, 2), (0, 0)),
+    "2x2-s2-odd-batch1": ((1, 2, 5, 7), (2, 2), (2, 2), (0, 0)),
+    "2x2-s2-parallel": ((4, 8, 34, 33), (2, 2), (2, 2), (0, 0)),
+    # rows of 21 and 1 outputs: full vector steps plus a masked last one, a masked one only
+    "2x2-s2-long-rows": ((2, 3, 6, 43), (2, 2), (2, 2), (0, 0)),
+    "2x2-s2-one-column": ((2, 3, 5, 3), (2, 2), (2, 2), (0, 0)),
+    "3x3-s2-p1-odd": ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),  # overlapping windows
+    # several blocks of CUDA threads both ways: 288 outputs, 1056 inputs
+    "3x3-s2-p1-blocks": ((2, 4, 12, 11), (3, 3), (2, 2), (1, 1)),
+    "nonsquare-3x2-s1x2-p1x1": ((1, 2, 5, 6), (3, 2), (1, 2), (1, 1)),
+    "overlap-s1-p1x0": ((2, 2, 5, 5), (3, 3), (1, 1), (1, 0)),
+    "1x1": ((2, 2, 3, 4), (1, 1), (1, 1), (0, 0)),
+    "1x1-s2x3": ((2, 2, 5, 4), (1, 1), (2, 3), (0, 0)),
+    "kernel-is-input": ((3, 2, 4, 5), (4, 5), (1, 1), (0, 0)),
+    "kernel-is-input-padded": ((3, 2, 4, 5), (4, 5), (2, 3), (2, 2)),
+    "stride-over-kernel": ((2, 2, 11, 10), (2, 2), (3, 4), (1, 0)),
+    "large-batch9-c5": ((9, 5, 17, 15), (3, 2), (2, 1), (1, 1)),
+}
+# global average pooling (N, C, H, W) -> (N, C)
+GLOBAL_POOL_SHAPES = {"small": (2, 3, 4, 5), "1x1": (1, 1, 1, 1), "column": (3, 2, 7, 1),
+                      "blocks": (2, 3, 5, 7), "parallel": (9, 40, 11, 13)}
+
+# ---- conv: (x shape, w shape, stride, padding)
+CONV_CASES = {
+    "3x3-s1-p1": ((2, 3, 7, 6), (4, 3, 3, 3), (1, 1), (1, 1)),
+    "3x3-s1-p1-odd": ((2, 3, 6, 5), (4, 3, 3, 3), (1, 1), (1, 1)),
+    "nonsquare-s2x3-p1x0": ((2, 3, 9, 8), (5, 3, 3, 2), (2, 3), (1, 0)),
+    "5x3-s2x1-p2x0": ((3, 2, 9, 6), (5, 2, 5, 3), (2, 1), (2, 0)),
+    "1x1-s2x1": ((3, 4, 5, 7), (2, 4, 1, 1), (2, 1), (0, 0)),
+    "1x1-batch1": ((1, 4, 3, 3), (2, 4, 1, 1), (1, 1), (0, 0)),
+    "kernel-is-input": ((2, 2, 4, 5), (3, 2, 4, 5), (1, 1), (0, 0)),
+    "kernel-is-input-padded-s2": ((1, 3, 3, 3), (2, 3, 3, 3), (2, 2), (1, 1)),
+    "batch1-single-channel": ((1, 1, 5, 5), (1, 1, 2, 2), (1, 1), (0, 1)),
+    "stride-over-kernel": ((2, 2, 10, 11), (3, 2, 2, 3), (3, 4), (0, 1)),
+    "stride-over-kernel-c1": ((2, 1, 9, 8), (3, 1, 2, 2), (3, 3), (1, 0)),
+    "padding-over-half-kernel": ((2, 2, 3, 4), (2, 2, 2, 2), (1, 2), (2, 3)),
+    "large-batch9-c5": ((9, 5, 17, 15), (7, 5, 3, 4), (2, 1), (1, 2)),
+    "batch11-s1-p1x2": ((11, 2, 6, 5), (6, 2, 3, 4), (1, 1), (1, 2)),  # > DW_GROUP images
+    # > 64 output channels (several dw channel blocks), taps not a whole number of tiles,
+    # padding KH-1 (the micro-kernel path's limit)
+    "wide-o70-s1-p2x1": ((3, 9, 6, 7), (70, 9, 3, 2), (1, 1), (2, 1)),
+    # stride 1 with padding past KW-1
+    "s1-padding-over-kernel": ((2, 3, 4, 4), (2, 3, 2, 2), (1, 1), (2, 1)),
+    # stride 2 with > 64 output channels and a 3-channel input (the short dx tile)
+    "wide-o70-s2-p1": ((3, 3, 9, 10), (70, 3, 3, 3), (2, 2), (1, 1)),
+    # 1x1 stride 2 (a ResNet shortcut): three of the four input phases get no tap
+    "1x1-s2-shortcut": ((2, 5, 7, 8), (9, 5, 1, 1), (2, 2), (0, 0)),
+}
+
+# ---- activations
+# odd 1-D, batch-1 4-D, more than one block of CUDA threads, the CPU's parallel size
+ACTIVATION_SHAPES = [(7,), (1, 3, 5, 2), (3, 101), (2049, 13)]
+# softmax rows (N, C): rows of one element, one row, a row per CUDA thread over 2 blocks,
+# C over 1000 (a full block of CUDA threads per row), the CPU's parallel size
+SOFTMAX_SHAPES = [(5, 3), (1, 7), (4, 1), (300, 3), (1, 1030), (130, 257)]
+
+# ---- dense: (N, IN, OUT): odd sizes, batch 1, several GEMM and column-sum blocks
+DENSE_SHAPES = [(7, 13, 5), (1, 3, 1), (20, 5, 35), (130, 257, 300)]
+
+# ---- dropout: odd 1-D, batch-1 4-D, several blocks, the CPU's parallel size
+DROPOUT_SHAPES = [(7,), (1, 3, 5, 2), (3, 101), (129, 65)]
+
+# ---- losses
+# cross entropy (N, C): one class, one row, several blocks of rows, the CPU's row paths
+CE_SHAPES = [(5, 3), (1, 7), (4, 1), (300, 4), (6, 40), (130, 10), (33, 16), (17, 17),
+             (40, 100)]
+# mse: one element, odd sizes, several CUDA blocks (several partial sums), the CPU's
+# vector tails
+MSE_SHAPES = [(1,), (7,), (3, 4, 5), (2, 301), (4097,), (3, 4099)]
+
+# ---- norm: batch norm over (N, C, L)
+NORM_SHAPES = {
+    "n2-c3-l5": (2, 3, 5),
+    "features-n7-c4": (7, 4, 1),     # (N, C) input
+    "features-n5-c3": (5, 3, 1),
+    "one-row-l9": (1, 2, 9),         # batch 1, still 9 values per channel
+    "l37": (3, 2, 37),
+    "odd-n5-c7-l13": (5, 7, 13),
+    "parallel-n8-c33-l130": (8, 33, 130),
+}
+
+# ---- optim and elementwise: parameter shapes (one CUDA block; several blocks; the CPU's
+# parallel size)
+OPTIM_SHAPES = [(7,), (3, 4, 5), (2, 151), (10007,)]
+ELEMENTWISE_SHAPES = OPTIM_SHAPES
+SGD_CONFIGS = {
+    "plain": dict(momentum=0.0, weight_decay=0.0, nesterov=False),
+    "wd": dict(momentum=0.0, weight_decay=0.01, nesterov=False),
+    "momentum": dict(momentum=0.9, weight_decay=0.0, nesterov=False),
+    "momentum-wd": dict(momentum=0.9, weight_decay=0.05, nesterov=False),
+    "nesterov": dict(momentum=0.8, weight_decay=0.0, nesterov=True),
+    "nesterov-wd": dict(momentum=0.9, weight_decay=0.01, nesterov=True),
+}
+ADAM_CONFIGS = {
+    "adam": dict(weight_decay=0.0, decoupled=False),
+    "adam-l2": dict(weight_decay=0.1, decoupled=False),
+    "adamw": dict(weight_decay=0.1, decoupled=True),
+    "adamw-no-wd": dict(weight_decay=0.0, decoupled=True),
+}
+
+# ---- recurrent: cell name -> (kernel family prefix, gates, rnn nonlinearity)
+CELLS = {"rnn_tanh": ("rnn", 1, "tanh"), "rnn_relu": ("rnn", 1, "relu"),
+         "lstm": ("lstm", 4, None), "gru": ("gru", 3, None)}
+# (N, T, F, H): odd sizes; batch 1 and sequence length 1; several 64-column bias blocks;
+# more than two blocks of batch rows for the LSTM's row-block recurrence (the last one
+# partial) and gate / hidden columns that are not a whole number of its tiles
+RECURRENT_SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20), (19, 3, 6, 13)]
+
+# sized for the CPU's parallel / vector paths: GPU only among the CUDA tests
+LARGE = {
+    "2x2-s2-parallel", "large-batch9-c5", "parallel",                     # pool
+    "wide-o70-s1-p2x1", "wide-o70-s2-p1", "batch11-s1-p1x2",              # conv
+    (2049, 13), (130, 257),                                               # activations
+    (130, 257, 300),                                                      # dense
+    (129, 65),                                                            # dropout
+    (4097,), (3, 4099),                                                   # mse
+    "parallel-n8-c33-l130",                                               # norm
+    (10007,),                                                             # optim, elementwise
+}
