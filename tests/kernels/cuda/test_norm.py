@@ -1,6 +1,6 @@
-"""CUDA batch norm kernels against the reference and the
-CPU kernels, and a Residual block with BatchNorm2D on CUDA against the CPU. Tiny shapes:
-in the simulator every GPU thread is a Python thread."""
+"""CUDA batch norm kernels against the reference and the CPU kernels, and a Residual
+block with BatchNorm2D on CUDA against the CPU. Tiny shapes: in the simulator every GPU
+thread is a Python thread."""
 import numpy as np
 import pytest
 
