@@ -1,6 +1,9 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written (the CUDA one where CUDA runs: marked cuda)."""
 import pathlib
 import re
+
+import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -10,7 +13,7 @@ def python_blocks():
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):
-    blocks = [b for b in python_blocks() if '.to("cuda")' not in b]  # tests/cuda runs those
+    blocks = [b for b in python_blocks() if '.to("cuda")' not in b]  # test_readme_cuda_example_runs
     assert blocks
     monkeypatch.chdir(tmp_path)
     namespaces = []
@@ -22,3 +25,11 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     trained = [ns for ns in namespaces if "trainer" in ns]  # the Training section's fit
     assert len(trained) == 1 and trained[0]["history"][-1]["val_acc"] > 0.9
     assert (tmp_path / "run" / "checkpoint.npz").exists() and (tmp_path / "run" / "best.npz").exists()
+
+
+@pytest.mark.cuda
+def test_readme_cuda_example_runs(capsys):
+    (code,) = [b for b in python_blocks() if '.to("cuda")' in b]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == "True" and np.isfinite(float(printed[-1]))

@@ -10,33 +10,12 @@ from hypothesis import given, settings, strategies as st
 
 from fastnet.kernels import kernel
 from fastnet.kernels._simd import tiles
-from fastnet.kernels.conv import direct, implicit_gemm, implicit_gemm_dw
 from fastnet.kernels._jit import KernelFamily
+from fastnet.kernels.conv import direct, implicit_gemm, implicit_gemm_dw
 from tests import reference as ref
 from tests.gradcheck import check_backward
+from tests.kernels.cases import CONV_CASES as CASES  # (x, w shape, stride, padding): both devices
 
-# (x shape, w shape, stride, padding)
-CASES = {
-    "3x3-s1-p1": ((2, 3, 7, 6), (4, 3, 3, 3), (1, 1), (1, 1)),
-    "nonsquare-s2x3-p1x0": ((2, 3, 9, 8), (5, 3, 3, 2), (2, 3), (1, 0)),
-    "1x1-s2x1": ((3, 4, 5, 7), (2, 4, 1, 1), (2, 1), (0, 0)),
-    "kernel-is-input": ((2, 2, 4, 5), (3, 2, 4, 5), (1, 1), (0, 0)),
-    "kernel-is-input-padded-s2": ((1, 3, 3, 3), (2, 3, 3, 3), (2, 2), (1, 1)),
-    "batch1-single-channel": ((1, 1, 5, 5), (1, 1, 2, 2), (1, 1), (0, 1)),
-    "stride-over-kernel": ((2, 2, 10, 11), (3, 2, 2, 3), (3, 4), (0, 1)),
-    "padding-over-half-kernel": ((2, 2, 3, 4), (2, 2, 2, 2), (1, 2), (2, 3)),
-    "large-batch9-c5": ((9, 5, 17, 15), (7, 5, 3, 4), (2, 1), (1, 2)),
-    "batch11-s1-p1x2": ((11, 2, 6, 5), (6, 2, 3, 4), (1, 1), (1, 2)),  # > DW_GROUP images
-    # > 64 output channels (several dw channel blocks), taps not a whole number of tiles,
-    # padding KH-1 (the micro-kernel path's limit)
-    "wide-o70-s1-p2x1": ((3, 9, 6, 7), (70, 9, 3, 2), (1, 1), (2, 1)),
-    # stride 1 with padding past KW-1
-    "s1-padding-over-kernel": ((2, 3, 4, 4), (2, 3, 2, 2), (1, 1), (2, 1)),
-    # stride 2 with > 64 output channels and a 3-channel input (the short dx tile)
-    "wide-o70-s2-p1": ((3, 3, 9, 10), (70, 3, 3, 3), (2, 2), (1, 1)),
-    # 1x1 stride 2 (a ResNet shortcut): three of the four input phases get no tap
-    "1x1-s2-shortcut": ((2, 5, 7, 8), (9, 5, 1, 1), (2, 2), (0, 0)),
-}
 IDS = list(CASES)
 
 

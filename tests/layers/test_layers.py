@@ -422,36 +422,3 @@ def test_no_cuda_allocation_after_the_first_step(rng):
         loss = _step(model, opt, loss_fn, x, y)
     assert fcuda.memory_stats()["device_allocations"] == before
     assert np.isfinite(float(loss))
-
-
-@pytest.mark.cuda
-def test_readme_cuda_example_runs(capsys):
-    from tests.test_readme import python_blocks
-
-    (code,) = [b for b in python_blocks() if '.to("cuda")' in b]
-    exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out.split()
-    assert printed[0] == "True" and np.isfinite(float(printed[-1]))
-
-
-@pytest.mark.cuda
-def test_cli_trains_on_cuda(tmp_path, monkeypatch, capsys):
-    """`python -m fastnet train --device cuda` end to end, on a slice of the embedded
-    digits and a narrow MLP (whole-size runs are for a GPU: the simulator runs every
-    GPU thread as a Python thread)."""
-    import fastnet.data
-    import fastnet.models
-    from fastnet import cli
-
-    x, y = fastnet.data.load_digits()
-    monkeypatch.setattr(fastnet.data, "load_digits", lambda dtype=np.float32: (x[:40], y[:40]))
-    monkeypatch.setitem(fastnet.models.MODELS, "mlp",
-                        lambda **kw: fastnet.models.mlp(hidden=(8,), **kw))
-    code = cli.main(["train", "--device", "cuda", "--model", "mlp", "--epochs", "2",
-                     "--batch-size", "16", "--val-fraction", "0.3", "--no-progress",
-                     "--out", str(tmp_path / "run")])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "test accuracy" in out and (tmp_path / "run" / "checkpoint.npz").exists()
-    model = fastnet.load(tmp_path / "run" / "checkpoint.npz")
-    assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
