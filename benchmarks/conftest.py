@@ -6,6 +6,11 @@ benchmark group, so that the table reads as ratios. Run:
 
     python -m pytest benchmarks/ --benchmark-only       # timings
     python -m pytest benchmarks/ --benchmark-disable    # each case once, a smoke test
+    FASTNET_BENCH_QUICK=1 python -m pytest benchmarks/ ...   # the tiny shapes of --quick
+
+test_cuda.py runs the GPU cases (``cuda_cases``: fastnet and PyTorch on CUDA, each call
+synchronised); it is skipped without a GPU, and in Numba's CUDA simulator unless
+FASTNET_BENCH_QUICK=1.
 
 A case is warmed up (JIT compilation stays out of the timing) and checked once; then
 ``benchmark.pedantic`` runs it with its untimed setup (the forward pass before a
@@ -15,7 +20,7 @@ rounds. GFLOP/s or GB/s and samples/s go to ``extra_info`` (``--benchmark-json``
 import importlib.util
 import os
 
-# NOTE: what ``import fastnet`` does when it comes before NumPy (fastnet/_threads.py,
+# NOTE: what ``import fastnet`` does when it comes before NumPy (fastnet/runtime.py,
 # OPENBLAS_THREAD_TIMEOUT): here PyTorch comes first and loads NumPy's OpenBLAS, so set
 # it before that. It shortens how long OpenBLAS's idle workers spin after a GEMM; PyTorch
 # runs its GEMMs through its own libraries and is not affected.
@@ -25,16 +30,18 @@ if importlib.util.find_spec("torch") is not None:
     # NOTE: PyTorch first. Imported after fastnet, it would inherit the OpenMP spin count
     # fastnet sets and run several times slower than it does for its users; imported
     # first, it keeps its own OpenMP runtime and fastnet picks Numba's workqueue layer
-    # (fastnet/_threads.py).
+    # (fastnet/runtime.py).
     import torch  # noqa: F401
 
 import pytest
 
 import fastnet
-from fastnet.bench import IMPLS, all_cases, torch_available
+from fastnet.bench import IMPLS, all_cases, cuda_cases, torch_available
 from fastnet.bench.runner import median_times
 
 MAX_ROUNDS = 2000  # a 10 us case would otherwise run 100,000 rounds in its second
+QUICK = os.environ.get("FASTNET_BENCH_QUICK", "0") == "1"
+CUDA_IMPLS = ("fastnet", "torch")
 
 
 def pytest_configure(config):
@@ -45,22 +52,27 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
+    if "cuda_case" in metafunc.fixturenames:
+        metafunc.parametrize("cuda_case, impl", [
+            pytest.param(case, impl, id=f"{case.name}-{impl}-cuda",
+                         marks=pytest.mark.benchmark(group=f"{case.name} cuda"))
+            for case in cuda_cases(QUICK) for impl in CUDA_IMPLS])
     if "case" not in metafunc.fixturenames:
         return
     family = metafunc.module.FAMILY
     metafunc.parametrize("case, impl", [
         pytest.param(case, impl, id=f"{case.name}-{impl}",
                      marks=pytest.mark.benchmark(group=case.name))
-        for case in all_cases() if case.family == family for impl in IMPLS])
+        for case in all_cases(QUICK) if case.family == family for impl in IMPLS])
 
 
 @pytest.fixture
 def run_case(benchmark, request):
-    """run_case(case, impl): time one implementation of one case."""
-    def run(case, impl):
+    """run_case(case, impl, device="cpu"): time one implementation of one case."""
+    def run(case, impl, device="cpu"):
         if impl == "torch" and not torch_available():
             pytest.skip("PyTorch is not installed")
-        bench = case.build(impl)
+        bench = case.build(impl, device)
         if benchmark.disabled:  # --benchmark-disable: run it once, as a test
             benchmark.pedantic(bench.run, setup=bench.setup)
             return

@@ -1,163 +1,161 @@
-"""fastnet CUDA against PyTorch CUDA on the same GPU (issue 4's figures).
+"""fastnet on CUDA against PyTorch on CUDA, on the same GPU, as one table.
 
-    python benchmarks/cuda_bench.py [--repeat 20] [--quick]
+    python benchmarks/cuda_bench.py [--repeat 20] [--quick] [--filter SUBSTR] [--no-torch]
+                                    [--json FILE]
 
-- SGEMM at 1024^3 and 4096^3: fastnet's GEMM kernel against torch.matmul with TF32 off
-  (both plain FP32), as GFLOP/s and the ratio.
-- Whole training steps at batch 128 (MLP 784-256-256-10, LeNet-5, VGG-small; forward,
-  cross-entropy, backward, SGD-momentum update) with the inputs already on the GPU, the
-  loss not read: ms per step and the ratio.
-- Launch overhead: the time of a kernel launch on a one-element array, from Python
-  (median over many launches, synchronised at the end).
+The cases are ``fastnet.bench.cuda_cases()``, the same that ``benchmarks/test_cuda.py``
+times under pytest-benchmark: a square FP32 GEMM (1024^3, 4096^3; PyTorch with TF32 off),
+the cost of a kernel launch from Python, and the CPU suite's cases of dense, conv,
+pooling, activations and softmax, cross-entropy, batch norm, dropout, SGD / Adam, LSTM and
+whole training steps (batch 128). Inputs are on the GPU before timing; every timed call
+and every untimed setup ends with a device synchronisation; medians of ``--repeat`` runs
+after a warm-up (JIT compilation is not throughput). PyTorch's outputs are checked
+against fastnet's before PyTorch is timed, as ``python -m fastnet bench`` does on the
+CPU; a twin that computes other numbers is reported and not timed.
 
-Every timed call ends with a device synchronisation; medians of ``--repeat`` runs after
-warm-up (JIT compilation is not throughput). ``--quick`` uses tiny shapes and leaves
-PyTorch out: a smoke test of the script on a GPU.
+Columns: fastnet and PyTorch ms, PyTorch / fastnet (> 1: fastnet is faster), fastnet's
+GFLOP/s or GB/s (the launch case: us per launch), and device allocations fastnet made
+during its timed runs (0: the caching allocator served every step). ``--quick``: tiny
+shapes, a smoke test (it runs in Numba's CUDA simulator too, NUMBA_ENABLE_CUDASIM=1).
+``--json FILE`` writes the rows for benchmarks/gpu_check.sh. Exit status 0, 1 when a case
+failed or a twin differs, 2 without CUDA.
 """
 import argparse
-import statistics
+import importlib.util
+import json
+import os
 import sys
-import time
-
-import numpy as np
-
-
-def _median_ms(fn, sync, repeat, warmup=2):
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+import traceback
+import warnings
 
 
 def _torch_cuda():
-    try:
-        import torch
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         return None
+    import torch
+
     return torch if torch.cuda.is_available() else None
 
 
-def gemm_rows(sizes, repeat, torch):
-    import fastnet.cuda as fc
-    from fastnet.kernels.cuda import gemm
+def _allocations():
+    from fastnet import cuda
 
-    rows = []
-    for n in sizes:
-        rng = np.random.default_rng(n)
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        b = rng.standard_normal((n, n), dtype=np.float32)
-        da, db, dc = fc.to_device(a), fc.to_device(b), fc.empty((n, n), np.float32)
-        flat = dc.reshape(n * n)
-        ms = _median_ms(lambda: gemm.gemm(flat, da, db), fc.synchronize, repeat)
-        got = dc.copy_to_host()
-        err = float(np.abs(got - a @ b).max() / np.abs(a @ b).max())
-        row = {"case": f"sgemm {n}^3", "fastnet_ms": ms, "fastnet_gflops": 2 * n ** 3 / ms / 1e6,
-               "rel_err": err}
-        if torch is not None:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
-            tms = _median_ms(lambda: torch.matmul(ta, tb), torch.cuda.synchronize, repeat)
-            row.update(torch_ms=tms, torch_gflops=2 * n ** 3 / tms / 1e6, ratio=tms / ms)
-        rows.append(row)
-    return rows
+    stats = getattr(cuda, "memory_stats", None)
+    return None if stats is None else stats().get("device_allocations")
 
 
-def step_rows(quick, repeat, torch):
-    import fastnet.cuda as fc
-    from fastnet.bench import cases, fastnet_impl
-    from fastnet.losses import CrossEntropyLoss
-    from fastnet.optim import SGD
+def measure(case, repeat, torch):
+    """One table row (a dict) for ``case``."""
+    from fastnet.bench import compare
+    from fastnet.bench.cases import LAUNCHES
+    from fastnet.bench.runner import median_times
 
-    n = 8 if quick else 128
-    models = {
-        "mlp": (cases._mlp(64 if quick else 784), (n, 1, 8, 8) if quick else (n, 1, 28, 28)),
-        "lenet5": (cases._lenet(16 if quick else 400), (n, 1, 12, 12) if quick else (n, 1, 28, 28)),
-        "vgg-small": (cases._vgg(4, 8, 8 * 2 * 2, 16) if quick else cases._vgg(32, 64, 64 * 8 * 8, 256),
-                      (n, 3, 8, 8) if quick else (n, 3, 32, 32)),
-    }
-    rows = []
-    for name, (spec, x_shape) in models.items():
-        rng = np.random.default_rng(0)
-        params = cases.init_params(spec, rng)
-        x = rng.standard_normal(x_shape, dtype=np.float32)
-        labels = rng.integers(0, 10, x_shape[0])
-        dx, dy = fc.to_device(x), fc.to_device(labels)
-        net = fastnet_impl.build(spec, params).to("cuda")
-        opt = SGD(net.parameters(), lr=cases.SGD_LR, momentum=cases.MOMENTUM)
-        loss_fn = CrossEntropyLoss()
-
-        def fastnet_step():
-            opt.zero_grad()
-            loss_fn(net(dx), dy)  # the loss stays on the GPU
-            net.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-
-        fastnet_step()  # the first step allocates the pool's blocks
-        before = fc.memory_stats()["device_allocations"]
-        ms = _median_ms(fastnet_step, fc.synchronize, repeat)
-        row = {"case": f"train {name} batch {n}", "fastnet_ms": ms,
-               "device_allocations_in_timed_steps": fc.memory_stats()["device_allocations"] - before}
-        if torch is not None:
-            from fastnet.bench import torch_twins
-
-            model, _ = torch_twins.build(spec, params)
-            model = model.cuda()
-            xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(labels).cuda()
-            opt = torch.optim.SGD(model.parameters(), lr=cases.SGD_LR, momentum=cases.MOMENTUM)
-
-            def step():
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(xt), yt).backward()
-                opt.step()
-
-            tms = _median_ms(step, torch.cuda.synchronize, repeat)
-            row.update(torch_ms=tms, ratio=tms / ms)
-        rows.append(row)
-    return rows
+    row = {"case": case.name, "status": "ok"}
+    try:
+        bench = case.build("fastnet", "cuda")
+        ref = bench.once()  # the warm-up: compiles the kernels, fills the memory pool
+        bench.once()
+        before = _allocations()
+        seconds = median_times({"fastnet": bench}, repeat)["fastnet"]
+        after = _allocations()
+    except Exception as e:
+        traceback.print_exc()
+        return {**row, "status": "error", "error": f"fastnet: {type(e).__name__}: {e}"}
+    row["fastnet_ms"] = 1e3 * seconds
+    if before is not None and after is not None:
+        row["allocations"] = after - before
+    if case.family == "launch":
+        row["throughput"] = f"{1e6 * seconds / LAUNCHES:.1f} us/launch"
+    else:
+        rates = case.throughput(seconds)
+        unit = next((u for u in ("GFLOP/s", "GB/s") if u in rates), None)
+        row["throughput"] = f"{rates[unit]:.1f} {unit}" if unit else "-"
+    if torch is None:
+        return row
+    try:
+        tbench = case.build("torch", "cuda")
+        err = compare(tbench.once(), ref, case.tolerance)
+        if err:
+            return {**row, "status": "differs", "error": f"the torch twin differs: {err}"}
+        tbench.once()
+        row["torch_ms"] = 1e3 * median_times({"torch": tbench}, repeat)["torch"]
+        row["ratio"] = row["torch_ms"] / row["fastnet_ms"]
+    except Exception as e:
+        traceback.print_exc()
+        return {**row, "status": "error", "error": f"torch: {type(e).__name__}: {e}"}
+    return row
 
 
-def launch_row(repeat):
-    import fastnet.cuda as fc
-    from fastnet.kernels import kernel
+COLUMNS = [("fastnet_ms", "fastnet ms", "{:.4g}"), ("torch_ms", "torch ms", "{:.4g}"),
+           ("ratio", "torch/fastnet", "{:.2f}"), ("throughput", "fastnet throughput", "{}"),
+           ("allocations", "allocs", "{}"), ("status", "check", "{}")]
 
-    x = fc.to_device(np.ones(1, np.float32))
-    out = fc.empty(1, np.float32)
-    relu = kernel("relu_forward", "cuda")
-    n = 10 if repeat < 20 else 1000
-    relu(out, x)
-    fc.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        relu(out, x)
-    fc.synchronize()
-    return {"case": "launch overhead (relu, 1 element)", "fastnet_us": 1e6 * (time.perf_counter() - t0) / n}
+
+def print_header(width):
+    print("  ".join(["case".ljust(width)] + [title.rjust(max(len(title), 9))
+                                              for _, title, _ in COLUMNS]), flush=True)
+
+
+def print_row(r, width):
+    cells = [r["case"].ljust(width)]
+    for key, title, fmt in COLUMNS:
+        v = r.get(key)
+        cells.append((fmt.format(v) if v is not None else "-").rjust(max(len(title), 9)))
+    print("  ".join(cells).rstrip(), flush=True)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=20)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
+    p.add_argument("--filter", default="", help="only the cases whose name contains this")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
+    torch = None if args.no_torch else _torch_cuda()  # before fastnet, as in benchmarks/
     import fastnet
+    from fastnet.bench import cuda_cases
 
     if not fastnet.cuda.is_available():
-        print(f"no CUDA: {fastnet.cuda.unavailable_reason()}", file=sys.stderr)
+        print(f"cuda_bench: no CUDA: {fastnet.cuda.unavailable_reason()}", file=sys.stderr)
         return 2
-    torch = None if args.quick else _torch_cuda()
-    if torch is not None:
-        print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    rows = gemm_rows([64] if args.quick else [1024, 4096], args.repeat, torch)
-    rows += step_rows(args.quick, args.repeat, torch)
-    rows.append(launch_row(args.repeat))
-    for r in rows:
-        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
-    return 0
+    cases = [c for c in cuda_cases(args.quick) if args.filter in c.name]
+    if not cases:
+        print(f"cuda_bench: no case matches --filter {args.filter!r}", file=sys.stderr)
+        return 2
+    if fastnet.cuda.simulator():
+        gpu = "Numba's CUDA simulator"
+        # it runs the dropout hash's wrapping uint64 products as NumPy scalars, which warn
+        warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+    else:
+        from numba import cuda as ncuda
+
+        gpu = ncuda.get_current_device().name
+        gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+    torch_note = (f"PyTorch {torch.__version__} (TF32 off)" if torch is not None else
+                  "no PyTorch with CUDA: fastnet only")
+    print(f"GPU: {gpu}; {torch_note}; median of {args.repeat} runs, each synchronised\n",
+          flush=True)
+    width = max(len(c.name) for c in cases)
+    print_header(width)
+    rows = []
+
+    def save(complete):  # after every case: a run cut short still leaves its rows
+        if args.json:
+            with open(args.json + ".tmp", "w") as f:
+                json.dump({"gpu": gpu, "torch": torch is not None and torch.__version__,
+                           "cases": len(cases), "complete": complete, "rows": rows}, f,
+                          indent=1, default=float)
+            os.replace(args.json + ".tmp", args.json)
+
+    for case in cases:
+        rows.append(measure(case, args.repeat, torch))
+        if "error" in rows[-1]:
+            print(f"cuda_bench: {case.name}: {rows[-1]['error']}", file=sys.stderr, flush=True)
+        print_row(rows[-1], width)
+        save(False)
+    save(True)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ import re
 import numpy as np
 import pytest
 
-from fastnet.bench import all_cases, compare, numpy_twins, torch_available
+from fastnet.bench import all_cases, compare, cuda_cases, numpy_twins, torch_available
+from fastnet.bench.cases import CUDA_FAMILIES
 from fastnet.cli import main
 
 QUICK = all_cases(quick=True)
 TWINS = ["numpy"] + (["torch"] if torch_available() else [])
+DROPOUT = [c for c in QUICK if c.family == "dropout"]
 
 
 @pytest.mark.parametrize("case", QUICK, ids=[c.name for c in QUICK])
@@ -34,7 +36,10 @@ def test_cases_cover_the_issue():
                  "softmax 1024x1000 backward", "cross_entropy 128x10 fwd+bwd",
                  "cross_entropy 1024x1000 fwd+bwd", "train lenet5 128x1x28x28 step",
                  "train vgg-small 128x3x32x32 step", "lstm 64x32x128->128 forward",
-                 "lstm 64x32x128->128 backward"]:
+                 "lstm 64x32x128->128 backward", "batch_norm2d 128x32x16x16 forward",
+                 "batch_norm2d 128x32x16x16 backward", "batch_norm1d 128x256 forward",
+                 "batch_norm1d 128x256 backward", "dropout 128x4096 p0.5 forward",
+                 "dropout 128x4096 p0.5 backward"]:
         assert name in names
     ops = {c.op for c in full}
     assert {"sgd_momentum", "adam", "train mlp"} <= ops
@@ -48,6 +53,78 @@ def test_cases_cover_the_issue():
         [(256, 784), (256, 256), (10, 256)]
     assert train["train lenet5"]["5.weight"].shape == (120, 400)
     assert train["train vgg-small"]["7.weight"].shape == (256, 4096)
+
+
+@pytest.mark.parametrize("impl", ["fastnet"] + TWINS)
+@pytest.mark.parametrize("case", DROPOUT, ids=[c.name for c in DROPOUT])
+def test_dropout_twins_draw_their_own_masks_and_scale_exactly(case, impl):
+    """The timed code of each twin draws its own mask (the check above gives the twins
+    fastnet's): about p of the elements are dropped, the rest scaled by exactly
+    1 / (1 - p), and every call draws a new mask."""
+    inputs = case.inputs()
+    p = inputs["p"]
+    scale = np.float32(1 / (1 - p))
+    source = inputs["dout"] if case.direction == "backward" else inputs["x"]
+    bench = case.build(impl)
+    masks = []
+    for _ in range(3):
+        if bench.setup is not None:
+            bench.setup()
+        (got,) = bench.outputs(bench.run()).values()
+        got = np.array(got)
+        kept = got != 0
+        np.testing.assert_array_equal(got[kept], source[kept] * scale)
+        dropped = 1 - kept.mean()
+        assert abs(dropped - p) <= 5 * np.sqrt(p * (1 - p) / kept.size), dropped
+        masks.append(kept)
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
+def test_dropout_check_uses_fastnets_mask():
+    """The twins' check applies the mask fastnet's layer draws on its first call."""
+    case = next(c for c in DROPOUT if c.direction == "forward")
+    inputs = case.inputs()
+    y = case.build("fastnet").once()["y"]
+    np.testing.assert_array_equal(y != 0, inputs["mask"])
+    assert 0.3 < inputs["mask"].mean() < 0.7
+
+
+def test_cuda_cases():
+    """The GPU list: the CPU cases of CUDA_FAMILIES plus the GEMM and launch cases, with a
+    fastnet and a PyTorch builder taking ``device`` for each."""
+    import inspect
+
+    from fastnet.bench import fastnet_impl
+
+    for quick in (True, False):
+        cases = cuda_cases(quick)
+        names = [c.name for c in cases]
+        assert len(set(names)) == len(names)
+        assert {c.family for c in cases} == set(CUDA_FAMILIES) | {"gemm", "launch"}
+        cpu = [c.name for c in all_cases(quick) if c.family in CUDA_FAMILIES]
+        assert [n for n in names if n in set(cpu)] == cpu
+    modules = [fastnet_impl]
+    if torch_available():
+        from fastnet.bench import torch_twins
+
+        modules.append(torch_twins)
+    for module in modules:
+        for kind in {c.kind for c in cuda_cases()}:
+            assert "device" in inspect.signature(getattr(module, kind)).parameters, kind
+    with pytest.raises(ValueError, match="CPU only"):
+        cuda_cases(True)[0].build("numpy", "cuda")
+
+
+def test_synchronized_bench_syncs_after_run_setup_and_check():
+    from fastnet.bench import Bench
+
+    calls = []
+    bench = Bench(run=lambda: calls.append("run") or 1, outputs=lambda r: {"r": r},
+                  setup=lambda: calls.append("setup"), check=lambda: calls.append("check") or 2)
+    synced = bench.synchronized(lambda: calls.append("sync"))
+    assert synced.once() == {"r": 2}
+    assert synced.run() == 1
+    assert calls == ["setup", "sync", "check", "sync", "run", "sync"]
 
 
 def test_compare_reports_shape_value_and_nan_differences():

@@ -13,10 +13,17 @@ into its own layers:
     ("dense", in, out, activation)   activation None or "relu" (fastnet fuses it)
     ("conv", in, out, k, stride, padding, activation)
     ("maxpool", k) / ("avgpool", k)  window k, stride k, no padding
+    ("batchnorm1d", c) / ("batchnorm2d", c)  training mode, PyTorch's eps and momentum
     ("relu",) ("sigmoid",) ("tanh",) ("softmax",) ("flatten",)
 
 Parameters are a dict with PyTorch's state_dict keys ("weight", or "0.weight" for a
-model of several layers), PyTorch's default initialisation.
+model of several layers; a batch norm's buffers too), PyTorch's default initialisation
+except for a batch norm's weight and bias (random, not ones and zeros, so that the check
+tells the two apart).
+
+The same cases run on a GPU (``cuda_cases``, ``case.build(impl, device="cuda")``): fastnet
+against PyTorch, the inputs copied to the device once, every timed call and setup ending
+with a device synchronisation.
 """
 from __future__ import annotations
 
@@ -58,13 +65,40 @@ class Bench:
 
     run: Callable[[], Any]
     outputs: Callable[[Any], dict]
-    setup: Callable[[], None] | None = None
+    setup: Callable[[], None] | None = None  # returns None (pytest-benchmark's rule)
+    # what once() runs instead of run(), where the check against fastnet needs other
+    # inputs than the timed code: a dropout twin draws its own mask when timed (as its
+    # users' code does) and applies fastnet's mask for the check
+    check: Callable[[], Any] | None = None
 
     def once(self) -> dict:
         """Set up and run once (this is the warm-up call too); copies of the outputs."""
         if self.setup is not None:
             self.setup()
-        return {k: np.array(v) for k, v in self.outputs(self.run()).items()}
+        result = (self.check or self.run)()
+        return {k: np.array(v) for k, v in self.outputs(result).items()}
+
+    def synchronized(self, sync: Callable[[], None]) -> "Bench":
+        """This bench with ``sync()`` (a device synchronisation) at the end of ``run``,
+        ``setup`` and ``check``: a GPU's queued work is then timed where it was queued."""
+        def after(fn):
+            if fn is None:
+                return None
+
+            def call():
+                result = fn()
+                sync()
+                return result
+            return call
+
+        setup = None
+        if self.setup is not None:
+            def setup():
+                self.setup()
+                sync()
+
+        return Bench(run=after(self.run), outputs=self.outputs, setup=setup,
+                     check=after(self.check))
 
 
 @dataclass(frozen=True)
@@ -88,8 +122,15 @@ class Case:
     def name(self) -> str:
         return f"{self.label} {self.direction}"
 
-    def build(self, impl: str) -> Bench:
-        return getattr(importlib.import_module(_BACKENDS[impl]), self.kind)(**self.inputs())
+    def build(self, impl: str, device: str = "cpu") -> Bench:
+        """The bench of implementation ``impl`` ("fastnet", "numpy", "torch") on ``device``
+        ("cpu", or "cuda" for fastnet and torch: synchronised, see Bench.synchronized)."""
+        if device != "cpu" and impl == "numpy":
+            raise ValueError("the NumPy twins run on the CPU only")
+        builder = getattr(importlib.import_module(_BACKENDS[impl]), self.kind)
+        if device == "cpu":
+            return builder(**self.inputs())
+        return builder(**self.inputs(), device=device).synchronized(_synchronize(impl))
 
     def throughput(self, seconds: float) -> dict:
         """GFLOP/s or GB/s, and samples/s, at ``seconds`` per call."""
@@ -101,6 +142,16 @@ class Case:
         if self.samples:
             out["samples/s"] = self.samples / seconds
         return out
+
+
+def _synchronize(impl):
+    if impl == "torch":
+        import torch
+
+        return torch.cuda.synchronize
+    from fastnet import cuda
+
+    return cuda.synchronize
 
 
 def compare(got: dict, ref: dict, tolerance: float = TOLERANCE) -> str | None:
@@ -150,23 +201,50 @@ def _normal(rng, shape):
 
 
 def _param_shapes(spec):
-    """(state_dict key, shape, fan_in) of every parameter in ``spec``."""
+    """(state_dict key, shape, init) of every parameter and buffer in ``spec``; init is
+    a fan-in (PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))) or the name of a fill."""
     for i, s in enumerate(spec):
         if s[0] == "dense":
-            shapes, fan_in = [(s[2], s[1]), (s[2],)], s[1]
+            entries = [("weight", (s[2], s[1]), s[1]), ("bias", (s[2],), s[1])]
         elif s[0] == "conv":
-            shapes, fan_in = [(s[2], s[1], s[3], s[3]), (s[2],)], s[1] * s[3] * s[3]
+            fan_in = s[1] * s[3] * s[3]
+            entries = [("weight", (s[2], s[1], s[3], s[3]), fan_in), ("bias", (s[2],), fan_in)]
+        elif s[0] in ("batchnorm1d", "batchnorm2d"):
+            c = s[1]
+            entries = [("weight", (c,), "around one"), ("bias", (c,), "around zero"),
+                       ("running_mean", (c,), "zeros"), ("running_var", (c,), "ones"),
+                       ("num_batches_tracked", (), "count")]
         else:
             continue
         prefix = f"{i}." if len(spec) > 1 else ""
-        for key, shape in zip(("weight", "bias"), shapes):
-            yield prefix + key, shape, fan_in
+        for key, shape, init in entries:
+            yield prefix + key, shape, init
+
+
+def _init(rng, shape, init):
+    if init == "zeros":
+        return np.zeros(shape, np.float32)
+    if init == "ones":
+        return np.ones(shape, np.float32)
+    if init == "count":
+        return np.array(0, np.int64)
+    if init == "around one":
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    if init == "around zero":
+        return rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+    return rng.uniform(-1, 1, shape).astype(np.float32) / np.float32(math.sqrt(init))
 
 
 def init_params(spec, rng):
-    """PyTorch's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with its state_dict keys."""
-    return {key: rng.uniform(-1, 1, shape).astype(np.float32) / np.float32(math.sqrt(fan_in))
-            for key, shape, fan_in in _param_shapes(spec)}
+    """PyTorch's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with its state_dict keys
+    (a batch norm: weight U(0.5, 1.5), bias U(-0.5, 0.5), PyTorch's initial buffers)."""
+    return {key: _init(rng, shape, init) for key, shape, init in _param_shapes(spec)}
+
+
+def _n_params(spec):
+    """The number of trainable values (buffers left out)."""
+    return sum(math.prod(shape) for key, shape, init in _param_shapes(spec)
+               if key.rsplit(".", 1)[-1] in ("weight", "bias"))
 
 
 def _dims(shape):
@@ -181,8 +259,8 @@ def _layer_pair(family, op, shape, spec, x_shape, compute_bound):
     y_shape, macs = trace(spec, x_shape)[-1]
     x_size, y_size = math.prod(x_shape), math.prod(y_shape)
     # memory-bound ops: forward reads x, writes y; backward reads dy (and y where the
-    # derivative needs it: activations, softmax), writes dx
-    saved = y_size if family == "activation" else 0
+    # derivative needs it: activations, softmax; x for a batch norm), writes dx
+    saved = {"activation": y_size, "norm": x_size}.get(family, 0)
     work = [dict(flops=2 * macs), dict(flops=4 * macs)] if compute_bound else \
         [dict(nbytes=F32 * (x_size + y_size)), dict(nbytes=F32 * (y_size + saved + x_size))]
 
@@ -271,6 +349,38 @@ def _lstm_pair(n, t, f, h):
             for direction, k in (("forward", 1), ("backward", 2))]
 
 
+DROPOUT_P = 0.5
+
+
+def _dropout_inputs(label, shape, p, backward):
+    """x, p, the seed of the fastnet layer and the mask fastnet draws with it (its first
+    call), for the twins' check; dout for backward."""
+    from fastnet.layers import Dropout
+
+    rng = _rng(label)
+    x = _normal(rng, shape)
+    assert np.all(x != 0)  # so that fastnet's output tells its mask
+    seed = int(rng.integers(0, 2 ** 63))
+    layer = Dropout(p)
+    layer.seed = seed
+    kw = dict(x=x, p=p, seed=seed, mask=np.asarray(layer(x)) != 0)
+    if backward:
+        kw["dout"] = _normal(rng, shape)
+    return kw
+
+
+def _dropout_pair(shape, p):
+    """Inverted dropout in training mode, forward (mask drawn and applied) and backward."""
+    label = f"dropout {_dims(shape)} p{p}"
+    size = math.prod(shape)
+    # forward: reads x, writes y and the one-byte mask; backward: reads dy and the mask
+    work = {"forward": F32 * 2 * size + size, "backward": F32 * 2 * size + size}
+    return [Case("dropout", "dropout", f"{_dims(shape)} p{p}", direction, "dropout_" + direction,
+                 partial(_dropout_inputs, label, shape, p, direction == "backward"),
+                 nbytes=work[direction], samples=shape[0])
+            for direction in ("forward", "backward")]
+
+
 def all_cases(quick: bool = False) -> list:
     """Every case, at the issue's sizes (batch 128, float32) or, with ``quick``, at tiny
     sizes of the same structure (for tests and a fast look)."""
@@ -304,9 +414,17 @@ def all_cases(quick: bool = False) -> list:
                           partial(_ce_inputs, f"cross_entropy {r}x{c}", r, c),
                           nbytes=F32 * 2 * r * c + 8 * r, samples=r))
 
+    # batch norm in training mode: an image batch and a (N, C) batch of features
+    bn = [(n, 3, 4, 4), (16, 8)] if quick else [(n, 32, 16, 16), (n, 256)]
+    for shape in bn:
+        kind = "batchnorm2d" if len(shape) == 4 else "batchnorm1d"
+        cases += _layer_pair("norm", "batch_norm" + kind[-2:], _dims(shape),
+                             [(kind, shape[1])], shape, False)
+    cases += _dropout_pair((n, 64) if quick else (n, 4096), DROPOUT_P)
+
     vgg = _vgg(4, 8, 8 * 2 * 2, 16) if quick else _vgg(32, 64, 64 * 8 * 8, 256)
     vgg_x = (n, 3, 8, 8) if quick else (n, 3, 32, 32)
-    n_params = sum(math.prod(shape) for _, shape, _ in _param_shapes(vgg))
+    n_params = _n_params(vgg)
     # SGD with momentum reads p, g, v and writes p, v; Adam reads p, g, m, v, writes p, m, v
     for op, lr, streams in (("sgd_momentum", SGD_LR, 5), ("adam", ADAM_LR, 7)):
         shape = f"vgg-small {n_params} params"
@@ -323,3 +441,29 @@ def all_cases(quick: bool = False) -> list:
               _train_case("train lenet5", _dims(lenet_x), _lenet(16 if quick else 400), lenet_x),
               _train_case("train vgg-small", _dims(vgg_x), vgg, vgg_x)]
     return cases
+
+
+# ---- the GPU cases ----------------------------------------------------------------------
+
+# families of all_cases() that also run on CUDA (fastnet and PyTorch on the GPU)
+CUDA_FAMILIES = ("dense", "conv", "pool", "activation", "loss", "norm", "dropout", "optim",
+                 "recurrent", "train")
+# kernel launches per call of the launch-overhead case
+LAUNCHES = 100
+
+
+def _gemm_inputs(label, n):
+    rng = _rng(label)
+    return dict(a=_normal(rng, (n, n)), b=_normal(rng, (n, n)))
+
+
+def cuda_cases(quick: bool = False) -> list:
+    """The cases that run on a GPU: a square FP32 GEMM (fastnet's through the dense
+    kernel without bias, PyTorch's matmul with TF32 off), the cost of launching a small
+    kernel, then every case of all_cases() in CUDA_FAMILIES."""
+    cases = [Case("gemm", "sgemm", f"{k}^3", "forward", "sgemm",
+                  partial(_gemm_inputs, f"sgemm {k}", k), flops=2 * k ** 3)
+             for k in ((64,) if quick else (1024, 4096))]
+    cases.append(Case("launch", "relu", f"1 element x{LAUNCHES} launches", "forward",
+                      "launch_overhead", partial(dict, x=np.ones(1, np.float32))))
+    return cases + [c for c in all_cases(quick) if c.family in CUDA_FAMILIES]

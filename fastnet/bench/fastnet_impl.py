@@ -1,15 +1,24 @@
 """The fastnet side of each case, through the public API only (layers, losses, optim):
-what a user's training loop runs. The builders return a ``Bench`` (see cases.py)."""
-from fastnet.layers import (AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, Parameter, ReLU,
-                            Sequential, Sigmoid, Softmax, Tanh)
+what a user's training loop runs. The builders return a ``Bench`` (see cases.py).
+
+``device="cuda"``: the model moves to the GPU and the inputs are copied there once, before
+anything is timed; outputs come back to the host only for the check."""
+import numpy as np
+
+from fastnet.device import Device, to_numpy
+from fastnet.kernels import kernel
+from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
+                            Flatten, MaxPool2D, Parameter, ReLU, Sequential, Sigmoid, Softmax,
+                            Tanh)
 from fastnet.layers import LSTM
 from fastnet.losses import CrossEntropyLoss
 from fastnet.optim import SGD, Adam
 
-from .cases import MOMENTUM, Bench
+from .cases import LAUNCHES, MOMENTUM, Bench
 
 _SIMPLE = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax,
-           "flatten": Flatten, "maxpool": MaxPool2D, "avgpool": AvgPool2D}
+           "flatten": Flatten, "maxpool": MaxPool2D, "avgpool": AvgPool2D,
+           "batchnorm1d": BatchNorm1D, "batchnorm2d": BatchNorm2D}
 
 
 def _layer(s):
@@ -20,94 +29,158 @@ def _layer(s):
     return _SIMPLE[s[0]](*s[1:])
 
 
-def build(spec, params):
-    """The layer (one spec entry) or Sequential, holding ``params``."""
+def build(spec, params, device="cpu"):
+    """The layer (one spec entry) or Sequential, holding ``params``, on ``device``."""
     layers = [_layer(s) for s in spec]
     net = layers[0] if len(layers) == 1 else Sequential(*layers)
-    return net.load_state_dict(params)
+    return net.load_state_dict(params).to(device)
+
+
+def _on(device, a):
+    """A host array on ``device`` (the array itself on the CPU)."""
+    return Device(device).asarray(a)
+
+
+def _host(v):
+    """A NumPy array or float of a result on any device (a CUDA loss is a device scalar)."""
+    if isinstance(v, (np.ndarray, float)):
+        return v
+    if hasattr(v, "item") and not hasattr(v, "shape"):
+        return v.item()
+    return to_numpy(v)
 
 
 def _named(net, what):
-    return {f"{what}.{k}": getattr(p, what) for k, p in net.named_parameters()}
+    return {f"{what}.{k}": _host(getattr(p, what)) for k, p in net.named_parameters()}
 
 
-def layer_forward(spec, params, x):
-    net = build(spec, params)
-    return Bench(run=lambda: net(x), outputs=lambda y: {"y": y})
+def layer_forward(spec, params, x, device="cpu"):
+    net, x = build(spec, params, device), _on(device, x)
+    return Bench(run=lambda: net(x), outputs=lambda y: {"y": _host(y)})
 
 
-def layer_backward(spec, params, x, dout):
-    net = build(spec, params)
+def layer_backward(spec, params, x, dout, device="cpu"):
+    net, x, dout = build(spec, params, device), _on(device, x), _on(device, dout)
 
     def setup():
         net.zero_grad()
         net(x)
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
-                 outputs=lambda dx: {"dx": dx, **_named(net, "grad")})
+                 outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
 
 
-def cross_entropy(logits, labels):
+def _dropout(p, seed, device):
+    """A Dropout layer in training mode whose first call draws the mask the case's
+    inputs hold."""
+    layer = Dropout(p).to(device)
+    layer.seed = seed
+    return layer
+
+
+def dropout_forward(x, p, seed, mask, device="cpu"):
+    layer, x = _dropout(p, seed, device), _on(device, x)
+    return Bench(run=lambda: layer(x), outputs=lambda y: {"y": _host(y)})
+
+
+def dropout_backward(x, p, seed, mask, dout, device="cpu"):
+    layer, x, dout = _dropout(p, seed, device), _on(device, x), _on(device, dout)
+
+    def setup():
+        layer(x)
+
+    return Bench(setup=setup, run=lambda: layer.backward(dout),
+                 outputs=lambda dx: {"dx": _host(dx)})
+
+
+def cross_entropy(logits, labels, device="cpu"):
     loss_fn = CrossEntropyLoss()
+    logits, labels = _on(device, logits), _on(device, labels)
 
     def run():
         return loss_fn(logits, labels), loss_fn.backward()
 
-    return Bench(run=run, outputs=lambda r: {"loss": r[0], "dlogits": r[1]})
+    return Bench(run=run, outputs=lambda r: {"loss": _host(r[0]), "dlogits": _host(r[1])})
 
 
-def _optimizer_step(make, params, grads, lr):
-    ps = {k: Parameter(v.copy()) for k, v in params.items()}
+def _optimizer_step(make, params, grads, lr, device):
+    ps = {k: Parameter(_on(device, v.copy())) for k, v in params.items()}
     for k, p in ps.items():
-        p.grad = grads[k]
+        p.grad = _on(device, grads[k])
     opt = make(list(ps.values()), lr)
-    return Bench(run=opt.step, outputs=lambda _: {"data." + k: p.data for k, p in ps.items()})
+    return Bench(run=opt.step, outputs=lambda _: {"data." + k: _host(p.data) for k, p in ps.items()})
 
 
-def sgd_momentum_step(params, grads, lr):
-    return _optimizer_step(lambda ps, lr: SGD(ps, lr=lr, momentum=MOMENTUM), params, grads, lr)
+def sgd_momentum_step(params, grads, lr, device="cpu"):
+    return _optimizer_step(lambda ps, lr: SGD(ps, lr=lr, momentum=MOMENTUM), params, grads, lr,
+                           device)
 
 
-def adam_step(params, grads, lr):
-    return _optimizer_step(lambda ps, lr: Adam(ps, lr=lr), params, grads, lr)
+def adam_step(params, grads, lr, device="cpu"):
+    return _optimizer_step(lambda ps, lr: Adam(ps, lr=lr), params, grads, lr, device)
 
 
-def train_step(spec, params, x, labels, lr):
-    model = build(spec, params)
+def train_step(spec, params, x, labels, lr, device="cpu"):
+    model = build(spec, params, device)
+    x, labels = _on(device, x), _on(device, labels)
     opt, loss_fn = SGD(model.parameters(), lr=lr, momentum=MOMENTUM), CrossEntropyLoss()
 
     def step():
         opt.zero_grad()
-        loss = loss_fn(model(x), labels)
+        loss = loss_fn(model(x), labels)  # on a GPU not read: no host round trip
         model.backward(loss_fn.backward(), input_grad=False)
         opt.step()
         return loss
 
-    return Bench(run=step, outputs=lambda loss: {"loss": loss, **_named(model, "grad"),
+    return Bench(run=step, outputs=lambda loss: {"loss": _host(loss), **_named(model, "grad"),
                                                  **_named(model, "data")})
 
 
-def _lstm(params):
+def _lstm(params, device):
     h, f = params["weight_ih_l0"].shape
-    return LSTM(f, h // 4).load_state_dict(params)
+    return LSTM(f, h // 4).load_state_dict(params).to(device)
 
 
-def lstm_forward(params, x):
-    net = _lstm(params)
+def lstm_forward(params, x, device="cpu"):
+    net, x = _lstm(params, device), _on(device, x)
 
     def outputs(r):
         out, (h_n, c_n) = r
-        return {"y": out, "h_n": h_n, "c_n": c_n}
+        return {"y": _host(out), "h_n": _host(h_n), "c_n": _host(c_n)}
 
     return Bench(run=lambda: net(x), outputs=outputs)
 
 
-def lstm_backward(params, x, dout):
-    net = _lstm(params)
+def lstm_backward(params, x, dout, device="cpu"):
+    net, x, dout = _lstm(params, device), _on(device, x), _on(device, dout)
 
     def setup():
         net.zero_grad()
         net(x)
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
-                 outputs=lambda dx: {"dx": dx, **_named(net, "grad")})
+                 outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
+
+
+# ---- GPU-only cases (cases.cuda_cases) --------------------------------------------------
+
+def sgemm(a, b, device="cpu"):
+    """a @ b through the dense kernel without bias or activation (x @ w.T with w = b.T):
+    on CUDA fastnet's own tiled GEMM."""
+    out = Device(device).empty((a.shape[0], b.shape[1]), np.float32)
+    a, wt = _on(device, a), _on(device, np.ascontiguousarray(b.T))
+    dense = kernel("dense_forward", device)
+    return Bench(run=lambda: dense(out, a, wt, None, None), outputs=lambda _: {"y": _host(out)})
+
+
+def launch_overhead(x, device="cpu"):
+    """LAUNCHES calls of the ReLU kernel on one element: the per-call cost from Python."""
+    relu = kernel("relu_forward", device)
+    x = _on(device, x)
+    out = Device(device).empty(x.shape, x.dtype)
+
+    def run():
+        for _ in range(LAUNCHES):
+            relu(out, x)
+
+    return Bench(run=run, outputs=lambda _: {"y": _host(out)})

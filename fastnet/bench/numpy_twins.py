@@ -124,6 +124,40 @@ class AvgPool2D(_Pool):
         return np.broadcast_to(spread, (n, c, oh, k, ow, k)).reshape(self.x_shape)
 
 
+class BatchNorm(Layer):
+    """Training-mode batch normalisation over (N, C) or (N, C, H, W), as PyTorch: the
+    batch mean and biased variance normalise, the running statistics take the unbiased
+    one (momentum 0.1); ``params`` holds weight, bias and the running buffers."""
+
+    eps, momentum = 1e-5, 0.1
+
+    def forward(self, x):
+        p = self.params
+        self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
+        self.bshape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = x.mean(axis=self.axes)
+        var = x.var(axis=self.axes)
+        count = x.size // len(mean)
+        self.invstd = (1 / np.sqrt(var + np.float32(self.eps))).astype(x.dtype)
+        self.xhat = (x - mean.reshape(self.bshape)) * self.invstd.reshape(self.bshape)
+        m = np.float32(self.momentum)
+        p["running_mean"] = (1 - m) * p["running_mean"] + m * mean
+        p["running_var"] = (1 - m) * p["running_var"] + m * var * np.float32(count / (count - 1))
+        p["num_batches_tracked"] = p["num_batches_tracked"] + 1
+        return self.xhat * p["weight"].reshape(self.bshape) + p["bias"].reshape(self.bshape)
+
+    def backward(self, g, input_grad=True):
+        xhat, b = self.xhat, self.bshape
+        dbias = g.sum(axis=self.axes)
+        dweight = (g * xhat).sum(axis=self.axes)
+        self.grads = {"weight": dweight, "bias": dbias}
+        if not input_grad:
+            return None
+        count = np.float32(g.size // len(dbias))
+        k = (self.params["weight"] * self.invstd / count).reshape(b)
+        return k * (count * g - dbias.reshape(b) - xhat * dweight.reshape(b))
+
+
 class _Elementwise(Layer):
     def forward(self, x):
         self.y = self.f(x)
@@ -204,7 +238,8 @@ class Sequential:
 _LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:]),
            "maxpool": lambda s: MaxPool2D(s[1]), "avgpool": lambda s: AvgPool2D(s[1]),
            "relu": lambda s: ReLU(), "sigmoid": lambda s: Sigmoid(), "tanh": lambda s: Tanh(),
-           "softmax": lambda s: Softmax(), "flatten": lambda s: Flatten()}
+           "softmax": lambda s: Softmax(), "flatten": lambda s: Flatten(),
+           "batchnorm1d": lambda s: BatchNorm(), "batchnorm2d": lambda s: BatchNorm()}
 
 
 def build(spec, params):
@@ -279,6 +314,35 @@ def layer_backward(spec, params, x, dout):
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
                  outputs=lambda dx: {"dx": dx, **{"grad." + k: v for k, v in net.grads.items()}})
+
+
+def _keep_scaled(mask, p):
+    """mask / (1 - p) as float32: what inverted dropout multiplies by."""
+    return mask * np.float32(1 / (1 - p))
+
+
+def dropout_forward(x, p, seed, mask):
+    """Timed: a mask drawn with NumPy's generator, as a NumPy user writes dropout.
+    Checked: fastnet's mask applied the same way."""
+    rng = np.random.default_rng(seed)
+
+    def run():
+        return x * _keep_scaled(rng.random(x.shape, dtype=np.float32) >= p, p)
+
+    return Bench(run=run, check=lambda: x * _keep_scaled(mask, p), outputs=lambda y: {"y": y})
+
+
+def dropout_backward(x, p, seed, mask, dout):
+    """The forward (untimed) keeps the scaled mask; backward multiplies by it."""
+    rng = np.random.default_rng(seed)
+    saved = {}
+
+    def setup():
+        saved["m"] = _keep_scaled(rng.random(x.shape, dtype=np.float32) >= p, p)
+        saved["y"] = x * saved["m"]
+
+    return Bench(setup=setup, run=lambda: dout * saved["m"],
+                 check=lambda: dout * _keep_scaled(mask, p), outputs=lambda dx: {"dx": dx})
 
 
 def cross_entropy(logits, labels):

@@ -68,15 +68,15 @@ def median_times(benches: dict, repeat: int) -> dict:
 
 def _worker_env():
     """This environment without the OpenMP and OpenBLAS spin times fastnet
-    put there itself, and without its malloc settings (fastnet/_malloc.py): the PyTorch
+    put there itself, and without its malloc settings (fastnet/runtime.py): the PyTorch
     twins should run as a PyTorch user's code does."""
     import fastnet
-    from fastnet import _threads
+    from fastnet import runtime
 
     env = dict(os.environ)
-    if _threads.WE_SET_SPINCOUNT:
+    if runtime.WE_SET_SPINCOUNT:
         env.pop("GOMP_SPINCOUNT", None)
-    if _threads.WE_SET_BLAS_TIMEOUT:
+    if runtime.WE_SET_BLAS_TIMEOUT:
         env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     env["FASTNET_MALLOC_TUNING"] = "0"  # the worker imports fastnet too: glibc's defaults
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))

@@ -1,19 +1,39 @@
-"""The same maths in PyTorch (CPU, float32): nn modules and autograd, as a PyTorch user
+"""The same maths in PyTorch (float32): nn modules and autograd, as a PyTorch user
 trains. Imported only when a torch case is built; call ``set_threads`` first so that
 PyTorch uses as many threads as Numba (see benchmarks/conftest.py and torch_worker.py).
+
+``device="cuda"``: the module and the inputs on the GPU (copied once, before timing), and
+plain FP32 arithmetic (TF32 off for matmuls and cuDNN convolutions, as fastnet computes).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cases import MOMENTUM, Bench
+from .cases import LAUNCHES, MOMENTUM, Bench
 
 _SIMPLE = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "flatten": nn.Flatten,
-           "maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d}
+           "maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d, "batchnorm1d": nn.BatchNorm1d,
+           "batchnorm2d": nn.BatchNorm2d}
 
 
 def set_threads(n):
     torch.set_num_threads(n)
+
+
+def _device(device):
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch.device(device)
+
+
+def _on(device, a):
+    """A tensor of the host array ``a`` on ``device`` (sharing its memory on the CPU)."""
+    return torch.from_numpy(a).to(device)
+
+
+def _np(t):
+    return t.detach().cpu().numpy()
 
 
 def _modules(s):
@@ -28,12 +48,13 @@ def _modules(s):
     return [_SIMPLE[s[0]](*s[1:])]
 
 
-def build(spec, params):
-    """(module, {fastnet's parameter name: tensor}); a fused dense or conv + ReLU is two
-    modules."""
+def build(spec, params, device="cpu"):
+    """(module, {fastnet's parameter name: tensor}) on ``device``; a fused dense or conv +
+    ReLU is two modules."""
+    dev = _device(device)
     modules, named = [], {}
     for i, s in enumerate(spec):
-        group = _modules(s)
+        group = [m.to(dev) for m in _modules(s)]
         prefix = f"{i}." if len(spec) > 1 else ""
         for name in ("weight", "bias"):
             if prefix + name in params:
@@ -46,18 +67,18 @@ def build(spec, params):
 
 
 def _grads(named):
-    return {"grad." + k: p.grad.numpy() for k, p in named.items()}
+    return {"grad." + k: _np(p.grad) for k, p in named.items()}
 
 
-def layer_forward(spec, params, x):
-    net, _ = build(spec, params)
-    xt = torch.from_numpy(x).requires_grad_()  # a training forward: autograd records it
-    return Bench(run=lambda: net(xt), outputs=lambda y: {"y": y.detach().numpy()})
+def layer_forward(spec, params, x, device="cpu"):
+    net, _ = build(spec, params, device)
+    xt = _on(device, x).requires_grad_()  # a training forward: autograd records it
+    return Bench(run=lambda: net(xt), outputs=lambda y: {"y": _np(y)})
 
 
-def layer_backward(spec, params, x, dout):
-    net, named = build(spec, params)
-    xt, dt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dout)
+def layer_backward(spec, params, x, dout, device="cpu"):
+    net, named = build(spec, params, device)
+    xt, dt = _on(device, x).requires_grad_(), _on(device, dout)
     graph = {}
 
     def setup():
@@ -66,11 +87,42 @@ def layer_backward(spec, params, x, dout):
         graph["y"] = net(xt)
 
     return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
-                 outputs=lambda _: {"dx": xt.grad.numpy(), **_grads(named)})
+                 outputs=lambda _: {"dx": _np(xt.grad), **_grads(named)})
 
 
-def cross_entropy(logits, labels):
-    lt, yt = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(labels)
+def dropout_forward(x, p, seed, mask, device="cpu"):
+    """Timed: F.dropout with PyTorch's own random mask. Checked: fastnet's mask applied by
+    PyTorch's kernel for a given mask (native_dropout_backward: input * mask * scale);
+    the two generators draw different masks."""
+    xt, keep = _on(device, x).requires_grad_(), _on(device, mask)
+    scale = 1.0 / (1.0 - p)
+    return Bench(run=lambda: F.dropout(xt, p, training=True),
+                 check=lambda: torch.ops.aten.native_dropout_backward(xt.detach(), keep, scale),
+                 outputs=lambda y: {"y": _np(y)})
+
+
+def dropout_backward(x, p, seed, mask, dout, device="cpu"):
+    """Timed: autograd through F.dropout. Checked: PyTorch's dropout backward kernel
+    (grad * mask * scale) given fastnet's mask."""
+    xt, dt, keep = _on(device, x).requires_grad_(), _on(device, dout), _on(device, mask)
+    graph = {}
+
+    def setup():
+        xt.grad = None
+        graph["y"] = F.dropout(xt, p, training=True)
+
+    def run():
+        graph["y"].backward(dt)
+        return xt.grad
+
+    def check():
+        return torch.ops.aten.native_dropout_backward(dt, keep, 1.0 / (1.0 - p))
+
+    return Bench(setup=setup, run=run, check=check, outputs=lambda dx: {"dx": _np(dx)})
+
+
+def cross_entropy(logits, labels, device="cpu"):
+    lt, yt = _on(device, logits).requires_grad_(), _on(device, labels)
 
     def setup():
         lt.grad = None
@@ -81,30 +133,29 @@ def cross_entropy(logits, labels):
         return loss
 
     return Bench(setup=setup, run=run,
-                 outputs=lambda loss: {"loss": loss.item(), "dlogits": lt.grad.numpy()})
+                 outputs=lambda loss: {"loss": loss.item(), "dlogits": _np(lt.grad)})
 
 
-def _optimizer_step(make, params, grads, lr):
-    ps = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in params.items()}
+def _optimizer_step(make, params, grads, lr, device):
+    ps = {k: _on(device, v.copy()).requires_grad_() for k, v in params.items()}
     for k, p in ps.items():
-        p.grad = torch.from_numpy(grads[k])
+        p.grad = _on(device, grads[k])
     opt = make(list(ps.values()), lr)
-    return Bench(run=opt.step,
-                 outputs=lambda _: {"data." + k: p.detach().numpy() for k, p in ps.items()})
+    return Bench(run=opt.step, outputs=lambda _: {"data." + k: _np(p) for k, p in ps.items()})
 
 
-def sgd_momentum_step(params, grads, lr):
+def sgd_momentum_step(params, grads, lr, device="cpu"):
     return _optimizer_step(lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=MOMENTUM),
-                           params, grads, lr)
+                           params, grads, lr, device)
 
 
-def adam_step(params, grads, lr):
-    return _optimizer_step(lambda ps, lr: torch.optim.Adam(ps, lr=lr), params, grads, lr)
+def adam_step(params, grads, lr, device="cpu"):
+    return _optimizer_step(lambda ps, lr: torch.optim.Adam(ps, lr=lr), params, grads, lr, device)
 
 
-def train_step(spec, params, x, labels, lr):
-    model, named = build(spec, params)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
+def train_step(spec, params, x, labels, lr, device="cpu"):
+    model, named = build(spec, params, device)
+    xt, yt = _on(device, x), _on(device, labels)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM)
 
     def step():
@@ -115,34 +166,32 @@ def train_step(spec, params, x, labels, lr):
         return loss
 
     return Bench(run=step, outputs=lambda loss: {
-        "loss": loss.item(), **_grads(named),
-        **{"data." + k: p.detach().numpy() for k, p in named.items()}})
+        "loss": loss.item(), **_grads(named), **{"data." + k: _np(p) for k, p in named.items()}})
 
 
-def _lstm(params):
+def _lstm(params, device):
     h, f = params["weight_ih_l0"].shape
-    net = nn.LSTM(f, h // 4, batch_first=True)
+    net = nn.LSTM(f, h // 4, batch_first=True).to(_device(device))
     with torch.no_grad():
         for k, p in net.named_parameters():
             p.copy_(torch.from_numpy(params[k]))
     return net
 
 
-def lstm_forward(params, x):
-    net = _lstm(params)
-    xt = torch.from_numpy(x).requires_grad_()  # a training forward: autograd records it
+def lstm_forward(params, x, device="cpu"):
+    net = _lstm(params, device)
+    xt = _on(device, x).requires_grad_()  # a training forward: autograd records it
 
     def outputs(r):
         out, (h_n, c_n) = r
-        return {"y": out.detach().numpy(), "h_n": h_n.detach().numpy(),
-                "c_n": c_n.detach().numpy()}
+        return {"y": _np(out), "h_n": _np(h_n), "c_n": _np(c_n)}
 
     return Bench(run=lambda: net(xt), outputs=outputs)
 
 
-def lstm_backward(params, x, dout):
-    net = _lstm(params)
-    xt, dt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dout)
+def lstm_backward(params, x, dout, device="cpu"):
+    net = _lstm(params, device)
+    xt, dt = _on(device, x).requires_grad_(), _on(device, dout)
     graph = {}
 
     def setup():
@@ -151,6 +200,23 @@ def lstm_backward(params, x, dout):
         graph["y"] = net(xt)[0]
 
     return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
-                 outputs=lambda _: {"dx": xt.grad.numpy(),
-                                    **{"grad." + k: p.grad.numpy()
-                                       for k, p in net.named_parameters()}})
+                 outputs=lambda _: {"dx": _np(xt.grad),
+                                    **{"grad." + k: _np(p.grad) for k, p in net.named_parameters()}})
+
+
+# ---- GPU-only cases (cases.cuda_cases) --------------------------------------------------
+
+def sgemm(a, b, device="cpu"):
+    at, bt = _on(_device(device), a), _on(device, b)
+    return Bench(run=lambda: torch.matmul(at, bt), outputs=lambda y: {"y": _np(y)})
+
+
+def launch_overhead(x, device="cpu"):
+    xt = _on(device, x)
+
+    def run():
+        for _ in range(LAUNCHES):
+            y = torch.relu(xt)
+        return y
+
+    return Bench(run=run, outputs=lambda y: {"y": _np(y)})
