@@ -391,10 +391,11 @@ def all_cases(quick: bool = False) -> list:
         cases += _layer_pair("dense", "dense", f"{n}x{i}->{o} relu", [("dense", i, o, "relu")],
                              (n, i), compute_bound=True)
     # (C, H, W, out, k, stride, padding)
+    # (the last: a 1x1 stride-2 ResNet shortcut, a plain GEMM that BLAS runs well)
     convs = [(1, 8, 8, 3, 5, 1, 2), (3, 7, 7, 4, 5, 1, 0), (4, 8, 8, 4, 3, 1, 1),
-             (5, 6, 6, 5, 3, 1, 1), (3, 9, 9, 4, 3, 2, 1)] if quick else \
+             (5, 6, 6, 5, 3, 1, 1), (3, 9, 9, 4, 3, 2, 1), (4, 8, 8, 6, 1, 2, 0)] if quick else \
         [(1, 28, 28, 6, 5, 1, 2), (6, 14, 14, 16, 5, 1, 0), (32, 32, 32, 32, 3, 1, 1),
-         (64, 16, 16, 64, 3, 1, 1), (3, 32, 32, 16, 3, 2, 1)]
+         (64, 16, 16, 64, 3, 1, 1), (3, 32, 32, 16, 3, 2, 1), (32, 16, 16, 64, 1, 2, 0)]
     for c, h, w, o, k, s, p in convs:
         geometry = f"k{k}" + (f" s{s}" if s > 1 else "") + (f" p{p}" if p else "")
         cases += _layer_pair("conv", "conv2d", f"{_dims((n, c, h, w))}->{o} {geometry}",

@@ -10,10 +10,19 @@
 ``kernel_size``, ``stride`` and ``padding`` are (h, w) pairs. Backward kernels overwrite
 their outputs; pass ``None`` for an output that is not needed (dx; db without bias).
 
-Paths measured and removed in the restructuring of 2026-12 (both in git history): an
-im2col + BLAS GEMM path (every geometry: 1.4-10x slower than the implicit GEMM, and the
-NumPy twin of the benchmarks is that very algorithm) and a direct stride-1 forward
-(slower on every layer with more than one input channel, no faster on LeNet's first).
+Measured in the restructuring of 2026-12 (2-core AVX-512 development machine, medians of
+alternating runs; the removed code is in git history before commit 45c1ad4):
+- an im2col + BLAS GEMM path, never taken since the implicit GEMM became the default,
+  was removed: forward + backward 1.6-4.0x slower on LeNet-5's, VGG's and the strided
+  layers and a ResNet 3x3, equal on the 8x8 digits; but 12-22% *faster* on 1x1 convs
+  (ResNet shortcuts), plain GEMMs. A 1x1 path on BLAS is a lead for the speed work, measured
+  by the 1x1 stride-2 case of the benchmarks.
+- a direct stride-1 forward, never taken either, was removed: 1.3-2.3x slower than the
+  implicit GEMM, equal on the 8x8 digits.
+- the direct backward for dx of a one-channel input stays: 1.37x faster on the 8x8 digits
+  (LeNet's first layer in the default CLI run, when dx is wanted), but 1.02-1.45x slower
+  from 28x28 planes on; a size rule would change those cases' rounding, so it is left to
+  the speed work.
 """
 from ..codes import ACTIVATIONS
 from . import direct, implicit_gemm
