@@ -4,10 +4,7 @@ thread is a Python thread."""
 import numpy as np
 import pytest
 
-import fastnet
-from fastnet.device import to_numpy
 from fastnet.kernels import kernel
-from fastnet.layers import BatchNorm1D, BatchNorm2D, Conv2D, GlobalAvgPool2D, ReLU, Residual, Sequential
 from tests import reference as ref
 
 from ..cases import NORM_SHAPES, cases_for
@@ -92,40 +89,3 @@ def test_batch_norm_backward(rng, dtype, dev, host, garbage, affine, case):
     cdx, cdw, cdb = np.empty_like(x), np.empty(c, dtype), np.empty(c, dtype)
     kernel("batch_norm_backward")(cdx, cdw, cdb, dout, x, w, mean, invstd)
     np.testing.assert_allclose(host(dx), cdx, **tol)
-
-
-def _block(dtype):
-    fastnet.manual_seed(4)
-    return Sequential(
-        Residual(Sequential(Conv2D(2, 3, 3, stride=2, padding=1, bias=False, dtype=dtype),
-                            BatchNorm2D(3, dtype=dtype), ReLU(),
-                            Conv2D(3, 3, 3, padding=1, bias=False, dtype=dtype),
-                            BatchNorm2D(3, momentum=None, dtype=dtype)),
-                 Sequential(Conv2D(2, 3, 1, stride=2, bias=False, dtype=dtype),
-                            BatchNorm2D(3, dtype=dtype))),
-        ReLU(), GlobalAvgPool2D(), BatchNorm1D(3, dtype=dtype))
-
-
-def test_residual_block_matches_cpu(rng):
-    """A projection-shortcut block with BN, two training steps' forward and backward
-    (float64), then eval: outputs, input and parameter gradients, running statistics."""
-    cpu, gpu = _block(np.float64), _block(np.float64).to("cuda")
-    for _ in range(2):
-        x = rng.standard_normal((2, 2, 4, 4))
-        g = rng.standard_normal((2, 3))
-        yc, yg = cpu(x), gpu(x)
-        np.testing.assert_allclose(to_numpy(yg), yc, rtol=1e-10, atol=1e-12)
-        for m in (cpu, gpu):
-            m.zero_grad()
-        dxc, dxg = cpu.backward(g), gpu.backward(g)
-        np.testing.assert_allclose(to_numpy(dxg), dxc, rtol=1e-9, atol=1e-11)
-    for (name, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
-        np.testing.assert_allclose(to_numpy(pg.grad), pc.grad, rtol=1e-9, atol=1e-11, err_msg=name)
-    sc, sg = cpu.state_dict(), gpu.state_dict()
-    assert list(sc) == list(sg)
-    for k in sc:
-        assert sg[k].dtype == sc[k].dtype, k
-        np.testing.assert_allclose(sg[k], sc[k], rtol=1e-10, atol=1e-12, err_msg=k)
-    assert sg["0.block.4.num_batches_tracked"] == 2
-    x = rng.standard_normal((3, 2, 4, 4))
-    np.testing.assert_allclose(to_numpy(gpu.eval()(x)), cpu.eval()(x), rtol=1e-10, atol=1e-12)
