@@ -1,5 +1,5 @@
-"""CUDA batch norm kernels against the reference and the CPU kernels, and a Residual
-block with BatchNorm2D on CUDA against the CPU. Tiny shapes: in the simulator every GPU
+"""CUDA batch norm kernels against the reference and the CPU kernels (the Residual block
+with BatchNorm2D is in tests/layers/test_residual.py). Tiny shapes: in the simulator every GPU
 thread is a Python thread."""
 import numpy as np
 import pytest
