@@ -6,7 +6,7 @@ Adam with L2 weight decay added to the gradient, AdamW with decoupled decay
 p *= 1 - lr * wd, both bias-corrected. Hyper-parameters arrive as Python floats and are
 cast to the parameter's dtype once, so float32 updates stay float32.
 All arrays of one call are C-contiguous with the same shape. (``add`` and ``accumulate``
-live in ``elementwise.py``.)
+live in ``elementwise.py``; imported here too, where they lived before.)
 """
 import math
 
@@ -15,6 +15,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel_kernel
+from .elementwise import accumulate, add  # noqa: F401  (their old home)
 
 
 @parallel_kernel

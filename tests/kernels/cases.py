@@ -1,7 +1,7 @@
 """One case list per kernel family, shared by the CPU tests (``tests/kernels/test_<family>.py``)
 and the CUDA tests (``tests/kernels/cuda/test_<family>.py``).
 
-Cases in ``LARGE`` are sized for the CPU kernels' parallel and vector paths; the CUDA
+Cases in ``LARGE[<list name>]`` are sized for the CPU kernels' parallel and vector paths; the CUDA
 tests run them on a GPU but not in Numba's CUDA simulator, which runs every GPU thread as
 a Python thread (about 0.2 ms each): ``cases_for(cases, "cuda")`` leaves them out there.
 Everything else runs on both devices, CUDA's several-block sizes included.
@@ -10,9 +10,10 @@ from fastnet.cuda import simulator
 
 
 def cases_for(cases, device):
-    """The ids of a case dict (or the items of a shape list) that run on ``device``."""
-    skip = device == "cuda" and simulator()
-    return [c for c in cases if not (skip and c in LARGE)]
+    """The ids of a case dict (or the items of a shape list) that run on ``device``: in
+    the simulator, those not in the list's LARGE set."""
+    large = _LARGE_BY_LIST.get(id(cases), ()) if device == "cuda" and simulator() else ()
+    return [c for c in cases if c not in large]
 
 
 # ---- pool: (x shape, kernel, stride, padding), padding <= kernel / 2 as PyTorch requires
@@ -58,7 +59,7 @@ CONV_CASES = {
     "large-batch9-c5": ((9, 5, 17, 15), (7, 5, 3, 4), (2, 1), (1, 2)),
     "batch11-s1-p1x2": ((11, 2, 6, 5), (6, 2, 3, 4), (1, 1), (1, 2)),  # > DW_GROUP images
     # > 64 output channels (several dw channel blocks), taps not a whole number of tiles,
-    # padding KH-1 (the micro-kernel path's limit)
+    # padding KH-1
     "wide-o70-s1-p2x1": ((3, 9, 6, 7), (70, 9, 3, 2), (1, 1), (2, 1)),
     # stride 1 with padding past KW-1
     "s1-padding-over-kernel": ((2, 3, 4, 4), (2, 3, 2, 2), (1, 1), (2, 1)),
@@ -127,14 +128,21 @@ CELLS = {"rnn_tanh": ("rnn", 1, "tanh"), "rnn_relu": ("rnn", 1, "relu"),
 # partial) and gate / hidden columns that are not a whole number of its tiles
 RECURRENT_SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20), (19, 3, 6, 13)]
 
-# sized for the CPU's parallel / vector paths: GPU only among the CUDA tests
+# sized for the CPU's parallel / vector paths: GPU only among the CUDA tests, per case list
+# (an id may stand in two lists: "large-batch9-c5" is both a pool and a conv case)
 LARGE = {
-    "2x2-s2-parallel", "large-batch9-c5", "parallel",                     # pool
-    "wide-o70-s1-p2x1", "wide-o70-s2-p1", "batch11-s1-p1x2",              # conv
-    (2049, 13), (130, 257),                                               # activations
-    (130, 257, 300),                                                      # dense
-    (129, 65),                                                            # dropout
-    (4097,), (3, 4099),                                                   # mse
-    "parallel-n8-c33-l130",                                               # norm
-    (10007,),                                                             # optim, elementwise
+    "POOL_CASES": {"2x2-s2-parallel", "large-batch9-c5"},
+    "GLOBAL_POOL_SHAPES": {"parallel"},
+    "CONV_CASES": {"large-batch9-c5", "batch11-s1-p1x2", "wide-o70-s1-p2x1", "wide-o70-s2-p1"},
+    "ACTIVATION_SHAPES": {(2049, 13)},
+    "SOFTMAX_SHAPES": {(130, 257)},
+    "DENSE_SHAPES": {(130, 257, 300)},
+    "DROPOUT_SHAPES": {(129, 65)},
+    "MSE_SHAPES": {(4097,), (3, 4099)},
+    "NORM_SHAPES": {"parallel-n8-c33-l130"},
+    "OPTIM_SHAPES": {(10007,)},
+    "ELEMENTWISE_SHAPES": {(10007,)},
 }
+_LARGE_BY_LIST = {id(globals()[name]): ids for name, ids in LARGE.items()}
+for _name, _ids in LARGE.items():  # a renamed case must not silently run everywhere
+    assert _ids <= set(globals()[_name]), (_name, _ids - set(globals()[_name]))

@@ -3,7 +3,8 @@ padding), conv2d_forward(out, x, w, b, stride, padding, activation) and
 conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation), NCHW.
 Every conv takes the implicit GEMM (conv/implicit_gemm.py), but backward with dx of a
 one-channel input at stride 1, which takes conv/direct.py: the one-channel cases and
-test_direct_* run that path, test_path_rule checks the choice."""
+test_direct_size_rule_boundary and test_one_channel_dx_both_paths run that path,
+test_path_rule checks the choice."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st

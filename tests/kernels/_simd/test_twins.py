@@ -8,6 +8,15 @@ from numba import njit
 
 from fastnet.kernels._simd import ACCUMULATORS, lanes, math, pooling, softmax, tiles
 
+
+
+@pytest.fixture(autouse=True)
+def kernel_build():
+    """Overrides tests/kernels/conftest.py's serial / parallel parametrisation: the
+    intrinsics and their twins are not parallel kernels."""
+    return "none"
+
+
 DTYPES = [np.float32, np.float64]
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 

@@ -6,7 +6,16 @@ import os
 import subprocess
 import sys
 
+import pytest
 from numba.core.codegen import get_host_cpu_features
+
+
+@pytest.fixture(autouse=True)
+def kernel_build():
+    """Overrides tests/kernels/conftest.py's serial / parallel parametrisation: one AVX2
+    subprocess is enough, and each costs a compile of every kernel it runs."""
+    return "none"
+
 
 AVX2_RUN = """
 import numpy as np
