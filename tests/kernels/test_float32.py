@@ -4,6 +4,7 @@ import re
 
 import numba
 import numpy as np
+import pytest
 from numba import prange
 from numba.core import types as nbtypes
 from numba.core.registry import CPUDispatcher
@@ -13,6 +14,13 @@ from fastnet.kernels._jit import KernelFamily, is_parallel_kernel
 from tests.kernels.modules import kernel_modules
 
 MODULES = kernel_modules()
+
+
+@pytest.fixture(autouse=True)
+def kernel_build():
+    """Overrides the serial/parallel parametrisation of tests/kernels/conftest.py: the scan
+    runs every kernel and inspects both builds of each itself."""
+    return "both"
 
 
 # fpext (float -> double) and any double arithmetic or f64 math intrinsic. fptrunc
