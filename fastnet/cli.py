@@ -68,6 +68,20 @@ def _device(command, name):
     return None
 
 
+def _save_target_problem(path):
+    """Why a model file cannot be written at ``path`` (checked before training), or None."""
+    if os.path.isdir(path):
+        return "it is a directory (give a file name, e.g. model.npz)"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return "its directory does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return "its directory is not writable"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the file exists and is not writable"
+    return None
+
+
 def train(args) -> int:
     import fastnet
     from .data import ArrayDataset, DataLoader, train_val_split
@@ -78,8 +92,8 @@ def train(args) -> int:
     fail = functools.partial(_fail, "train")
     if (code := _device("train", args.device)) is not None:
         return code
-    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
-        return fail(f"cannot save to {args.save}: its directory does not exist")
+    if args.save and (message := _save_target_problem(args.save)):
+        return fail(f"cannot save to {args.save}: {message}")
     resume = None
     if args.resume:
         resume = _checkpoint_path(args.resume)
@@ -90,6 +104,12 @@ def train(args) -> int:
     if out is not None:
         if os.path.exists(out) and not os.path.isdir(out):
             return fail(f"--out {out} is a file, expected a directory")
+        try:  # made now, so that a bad path fails before training, not after it
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            return fail(f"cannot create --out {out}: {e.strerror or e}")
+        if not os.access(out, os.W_OK | os.X_OK):
+            return fail(f"cannot write to --out {out}")
         if resume is None and os.path.exists(os.path.join(out, "checkpoint.npz")):
             return fail(f"{out} already holds checkpoint.npz from an earlier run: continue it "
                         f"with --resume {out}, or choose another --out")
@@ -190,6 +210,13 @@ def _open_model(command, path, device):
 
     if (code := _device(command, device)) is not None:
         return code
+    if not os.path.exists(path):
+        return _fail(command, f"--checkpoint {path}: no such file")
+    if os.path.isdir(path):  # a --out directory, as --resume takes
+        if not os.path.isfile(os.path.join(path, "checkpoint.npz")):
+            return _fail(command, f"--checkpoint {path}: no checkpoint there (expected a .npz "
+                                  "file, or a directory holding checkpoint.npz)")
+        path = os.path.join(path, "checkpoint.npz")
     try:
         model, info = load_model(path)
     except (ValueError, OSError) as e:
@@ -240,6 +267,8 @@ def _read_input(path, in_shape):
             raise ValueError(f"{path}: expected a numeric array, got dtype {a.dtype}")
         if a.dtype == np.uint8:  # raw pixels, as in an image file
             a = a / 255.0
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"{path}: the array holds NaN or infinite values")
         if in_shape is None:  # a model file: no recorded shape, the model checks it
             return np.ascontiguousarray(a[None] if a.ndim == 3 else a, dtype=np.float32)
         in_shape = tuple(in_shape)
@@ -268,6 +297,8 @@ def _read_input(path, in_shape):
         with Image.open(path) as img:
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.LANCZOS)
             a = np.asarray(img, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as e:  # Pillow's pixel limit (MAX_IMAGE_PIXELS)
+        raise ValueError(f"{path}: the image is too large to read safely: {e}") from None
     except OSError as e:
         raise ValueError(f"{path}: not a readable image: {e}") from None
     if c == 1:
@@ -364,7 +395,10 @@ def _data_options(parser, default):
 def build_parser():
     from .models import MODELS  # the one registry of model names
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="python -m fastnet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model (default: LeNet on the embedded digits)",
                        description="Train a model. With --out DIR, writes DIR/checkpoint.npz "

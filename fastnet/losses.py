@@ -89,6 +89,9 @@ class MSELoss(_Loss):
             check_input(self, pred, (None,), device=device)
         pred = check_input(self, pred, (None,) * pred.ndim, device=device)
         target = device.accept(target, self, " target")
+        if target.dtype.kind not in "fiub":  # complex, object, strings: no silent cast
+            raise TypeError(f"{self!r}: target must be a real numeric array, got dtype "
+                            f"{target.dtype}")
         if target.shape != pred.shape:
             raise ValueError(
                 f"{self!r}: target shape {tuple(target.shape)} does not match prediction shape "

@@ -111,6 +111,24 @@ def test_unwritable_save_path_is_refused_before_training(tmp_path, capsys):
     assert "epoch" not in captured.out
 
 
+@pytest.mark.parametrize("target", ["dir", "file-as-parent"])
+def test_save_and_out_targets_are_checked_before_training(tmp_path, capsys, target):
+    """--save on an existing directory (it trained the whole run, then failed with a
+    traceback) and --out below a file (a traceback) fail at once with a message."""
+    (tmp_path / "afile").write_text("x")
+    if target == "dir":
+        argv, want = ["--save", str(tmp_path)], "it is a directory"
+    else:
+        argv, want = ["--out", str(tmp_path / "afile" / "sub")], "cannot create --out"
+    assert main(["train", *argv, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert want in captured.err and "Traceback" not in captured.err
+    assert "epoch" not in captured.out
+    if target == "file-as-parent":
+        assert main(["train", "--save", str(tmp_path / "afile" / "m.npz"), "--no-progress"]) == 2
+        assert "its directory does not exist" in capsys.readouterr().err
+
+
 def test_adam_uses_its_own_default_learning_rate(capsys):
     assert main(["train", "--optimizer", "adam", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -234,7 +252,50 @@ def test_predict_errors_exit_2(run, tmp_path, monkeypatch, capsys):
     assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "x.png")]) == 2
     assert 'reading images needs Pillow: pip install "fastnet[images]"' in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(tmp_path / "nope.npz"), str(tmp_path / "wrong.npy")]) == 2
-    assert "No such file" in capsys.readouterr().err
+    assert f"--checkpoint {tmp_path / 'nope.npz'}: no such file" in capsys.readouterr().err
+
+
+def test_predict_refuses_non_finite_input_and_oversized_images(run, tmp_path, monkeypatch, capsys):
+    """An array with NaN or inf is refused (it printed a class with a probability and
+    exited 0); so is an image over Pillow's pixel limit (a DecompressionBombError
+    traceback), before anything is printed."""
+    PIL = pytest.importorskip("PIL.Image")
+    ckpt = str(run / "checkpoint.npz")
+    for bad in (np.nan, np.inf):
+        x = np.zeros((2, 1, 8, 8), np.float32)
+        x[1, 0, 3, 3] = bad
+        np.save(tmp_path / "bad.npy", x)
+        assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "bad.npy")]) == 2
+        captured = capsys.readouterr()
+        assert "bad.npy: the array holds NaN or infinite values" in captured.err
+        assert "class" not in captured.out
+    PIL.new("L", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PIL, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x the limit
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "big.png")]) == 2
+    assert "big.png: the image is too large to read safely" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_named(tmp_path, capsys):
+    """evaluate / predict with a missing checkpoint, or a directory without one: a message
+    that names it, not a raw Errno."""
+    for command in (["evaluate"], ["predict", str(tmp_path / "x.npy")]):
+        assert main([*command, "--checkpoint", str(tmp_path / "gone.npz")]) == 2
+        assert f"--checkpoint {tmp_path / 'gone.npz'}: no such file" in capsys.readouterr().err
+        assert main([*command, "--checkpoint", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint {tmp_path}: no checkpoint there" in err and "Errno" not in err
+
+
+def test_evaluate_takes_a_run_directory(run, capsys):
+    """--checkpoint DIR reads DIR/checkpoint.npz, as --resume DIR does."""
+    assert main(["evaluate", "--checkpoint", str(run)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastnet {fastnet.__version__}"
 
 
 def test_ctrl_c_saves_exits_130_and_resume_matches_the_uninterrupted_run(tmp_path, monkeypatch, capsys):

@@ -131,6 +131,14 @@ def test_mse_rejects_mismatched_target_and_casts_dtype():
         loss_fn.backward()
 
 
+@pytest.mark.parametrize("target", [np.ones((2, 2), np.complex64) * 1j, np.array([["a", "b"]] * 2)],
+                         ids=["complex", "str"])
+def test_mse_refuses_a_non_real_target(target):
+    """A complex target lost its imaginary part in a silent cast (issue 19)."""
+    with pytest.raises(TypeError, match="target must be a real numeric array"):
+        MSELoss()(np.ones((2, 2), f32), target)
+
+
 @pytest.mark.parametrize("make, error, pattern", [
     (lambda ps: SGD(ps, lr=0), ValueError, r"SGD: lr must be in \(0.0"),
     (lambda ps: SGD(ps, lr=0.1, nesterov=True), ValueError, r"nesterov momentum needs momentum > 0"),
