@@ -37,7 +37,7 @@ def _act64(v, activation):
     if activation is None:
         return v
     if activation == "relu":
-        return np.where(v > 0, v, 0.0)
+        return np.where(v <= 0, 0.0, v)  # PyTorch's: a NaN stays NaN
     if activation == "sigmoid":
         return _sigmoid64(v)
     if activation == "tanh":
@@ -50,7 +50,7 @@ def _act_grad64(y, activation):
     if activation is None:
         return np.ones_like(y)
     if activation == "relu":
-        return (y > 0).astype(np.float64)
+        return np.where(y <= 0, 0.0, 1.0)  # PyTorch's threshold_backward: NaN passes
     if activation == "sigmoid":
         return y * (1.0 - y)
     if activation == "tanh":

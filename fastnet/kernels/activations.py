@@ -21,7 +21,8 @@ from .codes import ACTIVATIONS, RELU, SIGMOID, TANH  # noqa: F401  (ACTIVATIONS 
 def apply_activation(v, code):
     """act(v) for a scalar, by code (fastnet/kernels/codes.py)."""
     if code == RELU:
-        return v if v > 0 else type(v)(0)
+        # NOTE: "<= 0 gives 0", not "> 0 keeps v": a NaN stays NaN, as in PyTorch
+        return type(v)(0) if v <= 0 else v
     if code == SIGMOID:
         # NOTE: exp(-v) overflows to inf for v << 0 and 1 / inf == 0: no NaN, no branch.
         one = type(v)(1)
@@ -37,7 +38,9 @@ def activation_grad(y, code):
     # NOTE: constants take y's type; a bare 1 or 0.5 would promote float32 to float64.
     one = type(y)(1)
     if code == RELU:
-        return one if y > 0 else type(y)(0)
+        # NOTE: as PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes
+        # the gradient through
+        return type(y)(0) if y <= 0 else one
     if code == SIGMOID:
         return y * (one - y)
     if code == TANH:
@@ -58,12 +61,12 @@ def _activation_backward(dx, dout, out, code):
 
 
 def relu_forward(out, x):
-    """x (...) -> out (...) = max(x, 0)"""
+    """x (...) -> out (...) = max(x, 0); NaN stays NaN"""
     _activation_forward(out.reshape(-1), x.reshape(-1), 1)
 
 
 def relu_backward(dx, dout, out):
-    """dout (...), out (...) -> dx (...) = dout * (out > 0)"""
+    """dout (...), out (...) -> dx (...) = 0 where out <= 0, else dout"""
     _activation_backward(dx.reshape(-1), dout.reshape(-1), out.reshape(-1), 1)
 
 

@@ -238,3 +238,20 @@ def test_rowwise_nan_and_inf_logits(dtype, op, c):
     np.testing.assert_allclose(out[1:3], want, rtol=1e-5)
     zero = 0 if op == "softmax" else -np.inf
     assert np.all(out[1, :5] == zero)
+
+
+def test_relu_propagates_nan_and_inf_as_pytorch(dtype):
+    """relu(NaN) = NaN, relu(+-inf) = inf / 0; the backward is 0 only where the output is
+    <= 0, so a NaN output passes the gradient (PyTorch's threshold_backward); the fused
+    epilogues share this code (tests/layers/test_nonfinite.py)."""
+    x = np.array([np.nan, np.inf, -np.inf, -2.0, -0.0, 0.0, 3.0] * 5, dtype)
+    out = np.empty_like(x)
+    kernel("relu_forward")(out, x)
+    np.testing.assert_array_equal(out, ref.relu_forward(x))
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == 0
+    g = np.arange(1, x.size + 1, dtype=dtype)
+    dx = np.empty_like(g)
+    kernel("relu_backward")(dx, g, out)
+    np.testing.assert_array_equal(dx, ref.relu_backward(g, out))
+    assert dx[0] == 1 and dx[1] == 2 and dx[2] == 0
+

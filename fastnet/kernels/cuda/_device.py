@@ -21,8 +21,8 @@ def apply_activation(v, code, one):
     NOTE: constants come in typed (``one``): a bare 1.0 is float64 and would turn the
     float32 kernels' arithmetic into double precision (checked on the PTX by the tests).
     """
-    if code == RELU:
-        return v if v > 0 else one - one
+    if code == RELU:  # (a NaN stays NaN, as on the CPU and in PyTorch)
+        return one - one if v <= 0 else v
     if code == SIGMOID:
         return sigmoid(v, one)
     if code == TANH:
@@ -33,8 +33,8 @@ def apply_activation(v, code, one):
 @cuda.jit(device=True, inline=True)
 def activation_grad(y, code, one):
     """d act / d v through the output y = act(v)."""
-    if code == RELU:
-        return one if y > 0 else one - one
+    if code == RELU:  # (0 where y <= 0: a NaN output passes the gradient)
+        return one - one if y <= 0 else one
     if code == SIGMOID:
         return y * (one - y)
     if code == TANH:

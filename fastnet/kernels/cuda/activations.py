@@ -49,7 +49,7 @@ def relu_forward(out, x):
 
 
 def relu_backward(dx, dout, out):
-    """dout (...), out (...) -> dx (...) = dout * (out > 0)"""
+    """dout (...), out (...) -> dx (...) = 0 where out <= 0, else dout"""
     _backward(dx, dout, out, RELU)
 
 

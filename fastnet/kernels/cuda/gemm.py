@@ -115,7 +115,7 @@ STORE = """\
         if col < n:
             v = c_{i}_{j} + br_{i} + bc_{j}
             if code == RELU:
-                v = max(v, zero)
+                v = zero if v <= zero else v  # (a NaN stays NaN; max() would drop it)
             elif code == SIGMOID:
                 v = sigmoid(v, one)
             elif code == TANH:
