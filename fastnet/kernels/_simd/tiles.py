@@ -35,7 +35,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._ir import ACCUMULATORS, VEC_BYTES, const, float_type, lanes
+from ._ir import ACCUMULATORS, VEC_BYTES, check_arrays, const, float_type, lanes
 
 # dw tile: NV vectors of output channels x MR taps, NV chosen per layer (1 .. DW_MAX_NV)
 DW_MAX_NV = 4 if VEC_BYTES == 64 else 2
@@ -119,20 +119,12 @@ def _emit(context, builder, sig, args, mr, nv, mode, half=False):
     return context.get_dummy_value()
 
 
-def _check(tile, a, b):
-    for arr in (tile, a, b):
-        if not isinstance(arr, types.Array) or arr.dtype not in (types.float32, types.float64):
-            raise TypeError(f"micro-kernel arrays must be float arrays, not {arr}")
-    if not (tile.dtype == a.dtype == b.dtype):
-        raise TypeError("micro-kernel arrays must share one dtype")
-
-
 def make_table_tile(mr, nv):
     """tile (mr*nv*W,) += the ``table`` product (see the module docstring); arguments
     (tile, a, b, tab, abase, astep, bbase), S = len(tab)."""
     @intrinsic
     def table_tile(typingctx, tile, a, b, tab, abase, astep, bbase):
-        _check(tile, a, b)
+        check_arrays("a micro-kernel tile", (tile, a, b))
         sig = types.void(tile, a, b, tab, types.intp, types.intp, types.intp)
         return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "table")
     return table_tile
@@ -145,7 +137,7 @@ def make_shift_tile(mr, nv, half=False):
     vector)."""
     @intrinsic
     def shift_tile(typingctx, tile, a, b, aofs, abase, bbase, bstep, steps):
-        _check(tile, a, b)
+        check_arrays("a micro-kernel tile", (tile, a, b))
         sig = types.void(tile, a, b, aofs, types.intp, types.intp, types.intp, types.intp)
         return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "shift", half)
     return shift_tile
@@ -206,7 +198,7 @@ def make_dot_tile(mo, mt):
     caller sums the lanes); arguments (tile, g, x, aofs, gbase, gstep, xbase, steps)."""
     @intrinsic
     def dot_tile(typingctx, tile, g, x, aofs, gbase, gstep, xbase, steps):
-        _check(tile, g, x)
+        check_arrays("a micro-kernel tile", (tile, g, x))
         sig = types.void(tile, g, x, aofs, types.intp, types.intp, types.intp, types.intp)
         return sig, lambda c, bld, s, args: _emit_dot(c, bld, s, args, mo, mt)
     return dot_tile
