@@ -87,7 +87,8 @@ def train(args) -> int:
     from .data import ArrayDataset, DataLoader, train_val_split
     from .models import MODELS
     from .optim import SGD, Adam
-    from .train import CosineLR, StepLR, Trainer, _checkpoint_path, plot_history
+    from .train import (CosineLR, NonFiniteLossError, StepLR, Trainer, _checkpoint_path,
+                        plot_history)
 
     fail = functools.partial(_fail, "train")
     if (code := _device("train", args.device)) is not None:
@@ -175,12 +176,18 @@ def train(args) -> int:
     if resume is not None:
         print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
     try:
-        trainer.fit(train_loader, val_loader, epochs=args.epochs)
+        # NumPy's overflow warnings from a diverging run would bury the one-line message
+        with np.errstate(over="ignore", invalid="ignore"):
+            trainer.fit(train_loader, val_loader, epochs=args.epochs)
     except KeyboardInterrupt:
         write_metrics(trainer)
         where = f"; continue with --resume {out}" if out is not None else ""
         print(f"fastnet train: interrupted{where}", file=sys.stderr)
         return INTERRUPTED
+    except NonFiniteLossError as e:
+        write_metrics(trainer)
+        print(f"fastnet train: {e}", file=sys.stderr)
+        return 1
     test_metrics = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), 256))
     print(f"test accuracy: {100 * test_metrics['acc']:.2f}% ({len(x_test)} held-out images), "
           f"test loss {test_metrics['loss']:.4f}")

@@ -29,8 +29,22 @@ from .losses import CrossEntropyLoss
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
                             _file_mode, _model_meta, check_version, load_with_meta, read_npz, write_npz)
 
-__all__ = ["Trainer", "StepLR", "CosineLR", "evaluate", "load_model", "plot_history",
-           "progress_bar"]
+__all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
+           "plot_history", "progress_bar"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by ``Trainer.fit`` at the first training batch whose loss is NaN or inf (or
+    when the parameters are no longer finite at the end of an epoch), before the weights
+    are updated with that batch's gradients and before any checkpoint is written.
+
+    ``epoch`` and ``step`` (1-based, the batch within the epoch) say where; ``loss`` is the
+    value (None when the parameters were found non-finite); ``checkpoint`` is the last
+    good checkpoint kept on disk, or None."""
+
+    def __init__(self, message, *, epoch, step, loss, checkpoint):
+        super().__init__(message)
+        self.epoch, self.step, self.loss, self.checkpoint = epoch, step, loss, checkpoint
 
 
 # ---- learning-rate schedules: lr of epoch e (0-based) from the optimizer's initial lr ----
@@ -209,6 +223,13 @@ class Trainer:
     KeyboardInterrupt: the partial epoch is discarded, and a resumed run (or another
     ``fit`` call on this trainer) repeats it. Without checkpoint_dir nothing is saved or
     rolled back.
+
+    A NaN or infinite training loss stops the run at once with ``NonFiniteLossError``,
+    naming the epoch and step, before the optimizer takes that batch's step; so do
+    parameters that are no longer finite when an epoch ends (a step can turn them to NaN
+    while its loss was still finite). No checkpoint is written from such a state: the
+    checkpoint of the last good epoch stays, and the trainer is rolled back to it as on
+    Ctrl-C (``stop_reason`` is "non_finite").
     """
 
     def __init__(self, model, optimizer, loss_fn=None, *, schedule=None, device="cpu",
@@ -241,7 +262,8 @@ class Trainer:
         self.best = None                    # {"epoch", "monitor", "value"} of the best epoch
         self.best_state_dict = None         # its parameters (best epochs of this process only)
         self.bad_epochs = 0                 # epochs since the best one
-        self.stop_reason = None             # "completed", "early_stopping" or "interrupted"
+        self.stop_reason = None             # "completed", "early_stopping", "interrupted"
+                                            # or "non_finite"
         self.input_shape = None             # of one sample, recorded for predict
         self._loader_states = None          # from resume(), applied by the next fit()
 
@@ -276,6 +298,7 @@ class Trainer:
                     self.stop_reason = "early_stopping"  # also when resuming a stopped run
                     break
                 record = self._run_epoch(train_loader, val_loader, epochs)
+                self._check_parameters()
                 self.epoch += 1
                 self.history.append(record)
                 improved = self._update_best(record)
@@ -308,6 +331,21 @@ class Trainer:
                      f"{self.epoch} to {path} (the partial epoch is discarded; resuming "
                      "repeats it)")
             raise
+        except NonFiniteLossError as e:
+            self.stop_reason = "non_finite"
+            if last is None:
+                raise
+            path = os.path.join(self.checkpoint_dir, "checkpoint.npz")
+            # NOTE: the file already holds `last` (or, before the first epoch, nothing was
+            # written): it is not rewritten, so a poisoned state never reaches the disk.
+            self._check_checkpoint(*last, path, "Trainer")()
+            kept = path if os.path.exists(path) else None
+            where = (f"Kept the last good checkpoint, {path} (epoch {self.epoch}), and rolled "
+                     "the trainer back to it." if kept else
+                     "No epoch had completed, so no checkpoint was written; the trainer is "
+                     "rolled back to its state before this fit.")
+            raise NonFiniteLossError(f"{e} {where}", epoch=e.epoch, step=e.step, loss=e.loss,
+                                     checkpoint=kept) from None
         if self.stop_reason is None:
             self.stop_reason = "completed"
         return self.history
@@ -321,12 +359,18 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         try:
-            for xb, yb in train_loader:
+            for step, (xb, yb) in enumerate(train_loader, 1):
                 if self.input_shape is None:
                     self.input_shape = [int(d) for d in np.shape(xb)[1:]]
                 opt.zero_grad()
                 logits = model(xb)
                 loss = float(loss_fn(logits, yb))  # a host float on any device
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"Trainer: the training loss is {loss} at epoch {self.epoch + 1}, step "
+                        f"{step} of {len(train_loader)}; stopped before updating the weights "
+                        "with it (look for NaN or inf in the inputs, or lower the learning "
+                        "rate).", epoch=self.epoch + 1, step=step, loss=loss, checkpoint=None)
                 model.backward(loss_fn.backward(), input_grad=False)
                 opt.step()
                 total_loss += loss * len(yb)
@@ -343,6 +387,16 @@ class Trainer:
                 "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
                 "lr": self.optimizer.lr, "samples_per_s": seen / max(train_seconds, 1e-9),
                 "seconds": time.perf_counter() - start}
+
+    def _check_parameters(self):
+        """NonFiniteLossError when a parameter is NaN or inf after an epoch (one pass over
+        the weights per epoch): a step whose loss was finite can still poison them."""
+        for name, p in self.model.named_parameters():
+            if not np.isfinite(to_numpy(p.data)).all():
+                raise NonFiniteLossError(
+                    f"Trainer: parameter {name!r} is no longer finite at the end of epoch "
+                    f"{self.epoch + 1} (the losses were finite; a gradient was not); not "
+                    "saving it.", epoch=self.epoch + 1, step=None, loss=None, checkpoint=None)
 
     def evaluate(self, loader):
         """{"loss": mean loss, "acc": accuracy} over ``loader``, in eval mode."""
