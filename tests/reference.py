@@ -329,9 +329,9 @@ def dropout_mask(shape, p, seed):
 
 
 def dropout_forward(x, mask, p):
-    """x * mask / (1 - p); all zeros for p == 1"""
+    """x * mask / (1 - p); x * 0 for p == 1 (NaN and inf stay NaN, as in PyTorch)"""
     if p >= 1:
-        return np.zeros_like(x)
+        return (_f64(x) * 0.0).astype(x.dtype)
     return (_f64(x) * (_f64(mask) != 0) / (1.0 - p)).astype(x.dtype)
 
 

@@ -4,7 +4,8 @@ The mask is a pure function of (seed, flat index) through a counter-based hash
 (SplitMix64's finaliser), not of a stateful generator: it is the same whatever the
 thread count or schedule, and another backend can reproduce it bit for bit.
 Element i is kept when the hash's top 24 bits are >= round(p * 2^24). Backward kernels
-overwrite their outputs.
+overwrite their outputs. Both multiply by the mask's factor (scale or 0) as PyTorch does,
+so NaN and inf are never dropped to 0.
 """
 import numpy as np
 from numba import njit, prange
@@ -30,14 +31,16 @@ def _dropout_forward(out, mask, x, threshold, scale, seed):
     for i in prange(x.size):
         keep = keep_bits(seed, i) >= threshold
         mask[i] = keep
-        out[i] = x[i] * s if keep else x.dtype.type(0)
+        # NOTE: a dropped element is multiplied by 0, not replaced by it, as in PyTorch: a
+        # NaN or inf input gives NaN wherever it lands (and -x gives -0.0)
+        out[i] = x[i] * (s if keep else x.dtype.type(0))
 
 
 @parallel_kernel
 def _dropout_backward(dx, dout, mask, scale):
     s = dout.dtype.type(scale)
     for i in prange(dout.size):
-        dx[i] = dout[i] * s if mask[i] else dout.dtype.type(0)
+        dx[i] = dout[i] * (s if mask[i] else dout.dtype.type(0))
 
 
 def _scale(p):

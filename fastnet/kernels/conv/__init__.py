@@ -6,6 +6,8 @@
 - ``direct.py``: backward with dx of a one-channel input at stride 1, where a tile would
   use one of its rows.
 - ``im2col.py``: im2col / col2im, public ops for the CUDA twins (no CPU conv uses them).
+- ``exact_dw.py``: dw from the valid products only, when the fast dw is not finite (an
+  inf or NaN input would otherwise spread NaN through the junk columns; see there).
 
 ``kernel_size``, ``stride`` and ``padding`` are (h, w) pairs. Backward kernels overwrite
 their outputs; pass ``None`` for an output that is not needed (dx; db without bias).
@@ -25,7 +27,7 @@ alternating runs; the removed code is in git history before commit 45c1ad4):
   the speed work.
 """
 from ..codes import ACTIVATIONS
-from . import direct, implicit_gemm
+from . import direct, exact_dw, implicit_gemm
 from .im2col import col2im, conv_output_size, im2col
 
 __all__ = ["conv2d_forward", "conv2d_backward", "im2col", "col2im", "conv_output_size"]
@@ -45,3 +47,7 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
         direct.backward(dx, dw, db, dout, x, w, out, padding, code)
     else:
         implicit_gemm.backward(dx, dw, db, dout, x, w, out, stride, padding, code)
+    # NOTE: NaN / inf as PyTorch: the fast paths multiply junk-column inputs by zero
+    # gradients, so a non-finite input can make dw NaN where it is finite or +-inf
+    if not exact_dw.all_finite(dw):
+        exact_dw.weight_grad(dw, dout, x, dout if out is None else out, stride, padding, code)

@@ -12,7 +12,8 @@ of the output gradient its kernels read, and dw on register-blocked tiles.
   tap.
 * Contract for non-finite input: the junk columns (and, in the dot-product dw, the
   positions up to Lp) multiply input values that no output reads by a zero gradient, so
-  an inf or NaN anywhere in x can make dw NaN even where the exact result is finite.
+  an inf or NaN anywhere in x can make dw NaN even where the exact result is finite;
+  conv2d_backward then recomputes dw from the valid products (exact_dw.py).
 """
 import collections
 

@@ -33,14 +33,14 @@ def _dropout_forward_kernel(out, mask, x, threshold, scale, seed):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         keep = _keep_bits(seed, i) >= threshold
         mask[i] = keep
-        out[i] = x[i] * scale if keep else zero
+        out[i] = x[i] * (scale if keep else zero)  # NaN * 0 stays NaN, as on the CPU
 
 
 @cuda.jit
 def _dropout_backward_kernel(dx, dout, mask, scale):
     zero = dout.dtype.type(0)
     for i in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
-        dx[i] = dout[i] * scale if mask[i] else zero
+        dx[i] = dout[i] * (scale if mask[i] else zero)
 
 
 def _scale(p, dtype):
