@@ -40,6 +40,17 @@ Numba's pool is started on the first kernel lookup, not at import: a process tha
 imports fastnet but runs no kernel can still fork (GNU OpenMP is not fork-safe once
 its threads exist).
 
+Fork: a child forked after the pool started (``multiprocessing`` with the fork start
+method, a DataLoader's workers, gunicorn) cannot use it: Numba terminates a child that
+launches a GNU OpenMP region its parent's pool owns ("fork() called from a process already
+using GNU OpenMP"; ``multiprocessing.Pool.map`` then hangs). So with the ``omp`` layer an
+``os.register_at_fork`` hook makes every kernel of such a child run its serial build (each
+parallel kernel has one, fastnet/kernels/_jit.py): same results bit for bit, one core per
+process, which is what a pool of worker processes wants anyway. (The workqueue and TBB
+layers run in a forked child: measured for workqueue, documented by Numba for TBB.) The
+hook also gives the child a fresh ``kernel_lock`` (another thread of the parent may have
+held it at the fork).
+
 Memory: glibc malloc settings that keep a training loop from page-faulting on every step.
 Each training step allocates the same large arrays again (layer outputs, gradients,
 scratch in Numba's worker threads). glibc returns freed large blocks to the kernel (they
@@ -67,6 +78,7 @@ import warnings
 _CONFIGURED = False
 _STARTED = False
 _SERIALISE = False
+_LAYER = None  # Numba's threading layer, once the pool started
 _AVOID_OMP = False
 # True once the pool is started and kernels need no lock: fastnet.kernels.kernel then
 # hands out CPU kernels as they are (one attribute read per lookup)
@@ -82,6 +94,7 @@ WE_SET_SPINCOUNT = False  # True when GOMP_SPINCOUNT is fastnet's doing
 OPENBLAS_THREAD_TIMEOUT = 16
 WE_SET_BLAS_TIMEOUT = False  # True when OPENBLAS_THREAD_TIMEOUT is fastnet's doing
 _LOCK = threading.RLock()
+FORKED_SERIAL = False  # True in a child forked after the pool started (see Fork above)
 
 
 def _shared_libgomp_loaded() -> bool:
@@ -167,7 +180,7 @@ def _configure_openblas() -> None:
 
 def start() -> None:
     """Start Numba's thread pool and decide whether kernel calls must be serialised."""
-    global _STARTED, _SERIALISE, READY
+    global _STARTED, _SERIALISE, READY, _LAYER
     if _STARTED:
         return
     with _LOCK:
@@ -188,6 +201,7 @@ def start() -> None:
         except Exception:  # pragma: no cover - Numba raises again, clearly, on first use
             layer = None
         _SERIALISE = layer not in ("omp", "tbb")
+        _LAYER = layer
         _STARTED = True
         READY = not _SERIALISE
 
@@ -211,6 +225,21 @@ def prepare(fn):
     return wrapped
 
 
+def _after_fork_in_child() -> None:
+    """os.register_at_fork hook (see Fork in the module docstring)."""
+    global _LOCK, FORKED_SERIAL
+    _LOCK = threading.RLock()
+    if _STARTED and _LAYER == "omp" and not FORKED_SERIAL:
+        from .kernels import _jit
+
+        _jit.serial_only()
+        FORKED_SERIAL = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def threading_info() -> dict:
     """What fastnet runs with: Numba's threading layer, thread count, OpenMP settings."""
     import numba
@@ -229,6 +258,7 @@ def threading_info() -> dict:
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT",
                                                   os.environ.get("GOTO_THREAD_TIMEOUT")),
         "serialised": _SERIALISE,
+        "forked_serial": FORKED_SERIAL,  # a child forked after the pool started: serial kernels
         "malloc_tuned": MALLOC_TUNED,  # see the module docstring
     }
 

@@ -6,6 +6,7 @@ activations.apply_activation) keeps its stale cached code when only the helper's
 changes: clear fastnet/kernels/__pycache__ after editing a shared helper.
 """
 import functools
+import sys
 import types
 
 import numpy as np
@@ -27,6 +28,13 @@ FASTMATH_ORDERED = FASTMATH - {"reassoc"}
 # their largest array) parallelise from COMPUTE_FACTOR times fewer elements.
 PARALLEL_MIN_WORK = 1 << 18
 COMPUTE_FACTOR = 8
+
+
+def serial_only():
+    """From now on every kernel of this process runs its serial build (a child forked after
+    Numba's pool started: see fastnet/runtime.py)."""
+    global PARALLEL_MIN_WORK
+    PARALLEL_MIN_WORK = sys.maxsize
 
 
 def _parallel_kernel(fn, fastmath, compute=False):
