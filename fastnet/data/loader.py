@@ -39,6 +39,10 @@ class ArrayDataset(Dataset):
                              f"{x.shape} and {y.shape}")
         if len(x) != len(y):
             raise ValueError(f"ArrayDataset: x has {len(x)} samples but y has {len(y)}")
+        for name, a in (("x", x), ("y", y)):
+            if a.dtype.kind not in "biuf":  # complex, strings, objects: not real data
+                raise TypeError(f"ArrayDataset: {name} must hold real numbers (bool, int or "
+                                f"float), got dtype {a.dtype}")
         self.x, self.y = x, y
 
     def __len__(self):

@@ -160,6 +160,9 @@ def check_grad(layer, grad, shape, dtype):
     if device.ready_exact(grad, shape, dtype):
         return grad  # the hot path
     grad = device.accept(grad, layer, ".backward")
+    if grad.dtype not in FLOAT_DTYPES:  # complex, integer, bool, object: not a real gradient
+        raise TypeError(f"{layer!r}.backward: expected a {dtype} gradient (the forward "
+                        f"output's dtype), got dtype {grad.dtype}")
     if grad.shape != tuple(shape) or grad.dtype != dtype:
         raise ValueError(
             f"{layer!r}.backward: expected a gradient of shape {tuple(shape)} and dtype "
