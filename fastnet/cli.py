@@ -46,16 +46,10 @@ def _data_error(e):
 
 def _write_json(path, obj):
     """Atomically, like the checkpoints: a reader never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ._npz import atomic_write
+
+    text = json.dumps(obj, indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()), "fastnet train")
 
 
 def _device(command, name):
@@ -165,7 +159,7 @@ def train(args) -> int:
         try:
             trainer.resume(resume)
         except (ValueError, OSError) as e:
-            return fail(f"{e}\n(nothing was written; resume with the options of the run that "
+            return fail(f"{e} (nothing was written; resume with the options of the run that "
                         "wrote the checkpoint)")
     n_params = sum(p.data.size for p in model.parameters())
     sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set is not None else "")
@@ -228,7 +222,20 @@ def _open_model(command, path, device):
         model, info = load_model(path)
     except (ValueError, OSError) as e:
         return _fail(command, str(e))
+    config = info.get("config") or {}
+    if not (config.get("seed") is None or (isinstance(config["seed"], int)
+                                          and not isinstance(config["seed"], bool))) \
+            or not isinstance(config.get("data", ""), str) \
+            or not (config.get("in_shape") is None or _shape_list(config["in_shape"])):
+        return _fail(command, f"{path}: the checkpoint's config is malformed (seed "
+                              f"{config.get('seed')!r:.40}, data {config.get('data')!r:.40}, "
+                              f"in_shape {config.get('in_shape')!r:.40})")
     return model.to(device).eval(), info
+
+
+def _shape_list(v):
+    return isinstance(v, list) and len(v) <= 8 and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)
 
 
 def evaluate(args) -> int:
@@ -266,9 +273,11 @@ def _read_input(path, in_shape):
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
+        from ._npz import read_npy
+
         try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
+            a = read_npy(path)  # never a pickle; FileFormatError when malformed
+        except OSError as e:
             raise ValueError(f"{path}: not a readable .npy file: {e}") from None
         if a.dtype.kind not in "uif" or a.dtype == np.bool_:
             raise ValueError(f"{path}: expected a numeric array, got dtype {a.dtype}")
@@ -477,8 +486,12 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .errors import FileFormatError
+
     try:
         return args.func(args)
+    except FileFormatError as e:  # each command reports its own; none may become a traceback
+        return _fail(args.command, str(e))
     except KeyboardInterrupt:  # outside training (which handles its own): no traceback
         print(f"fastnet {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED

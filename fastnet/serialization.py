@@ -3,18 +3,27 @@
 The file is a plain ``.npz``: one array per state_dict entry (PyTorch-style keys) plus
 ``__fastnet__``, a JSON description of the architecture. It is written to a temporary
 file beside the target and renamed over it, so a crash never leaves a half-written
-model where a good one was.
+model where a good one was (and the next save to that directory removes what a killed
+writer left; fastnet/_npz.py).
+
+Reading treats the file as untrusted: the description is checked (types, nesting, known
+layers and their arguments), the parameter shapes it implies are computed without
+allocating anything and compared with the shapes in the arrays' headers, and only then
+is any array read or any layer built. Every refusal is a ``FileFormatError`` (a
+ValueError) that names the file.
 """
 from __future__ import annotations
 
-import json
+import inspect
+import math
+import numbers
 import os
-import tempfile
-import zipfile
 
 import numpy as np
 
-from . import _rng
+from . import _npz, _rng
+from ._npz import NpzReader, file_mode
+from .errors import FileFormatError
 from . import layers as _layers
 from .layers.module import Module
 
@@ -55,16 +64,6 @@ def _build(desc: dict) -> Module:
     return cls(**desc.get("config", {}), **subs)
 
 
-def _file_mode(path):
-    """The permission bits of the file being replaced, else the umask's default."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def _model_meta(model: Module) -> dict:
     """The architecture and dtype of ``model``, as stored in model files and checkpoints."""
     dtypes = {str(p.dtype) for p in model.parameters()}
@@ -72,68 +71,306 @@ def _model_meta(model: Module) -> dict:
     return {"model": _describe(model), "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"}
 
 
-def write_npz(path, meta: dict, arrays: dict, who: str) -> None:
-    """Write ``arrays`` plus ``meta`` (as JSON) to ``path`` atomically: a temporary file in
-    the same directory, fsync'ed, then renamed over the target."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{who}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_META: np.array(json.dumps(meta))}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# ---- what a description implies, computed without building anything ----------------------
+MAX_MODULE_DEPTH = 24     # layers inside layers (Sequential, Residual)
+MAX_MODULES = 10_000      # layers in one model
+_SCALARS = (type(None), bool, int, float, str)
 
 
-def read_npz(path, who: str, kind: str = "model"):
-    """(meta, arrays) of a file written by ``write_npz``. A missing file raises
-    FileNotFoundError; anything unreadable, truncated or foreign raises ValueError that
-    calls the expected file a fastnet ``kind`` file."""
-    path = os.fspath(path)
+class _Bad(Exception):
+    """A problem with the description at ``where`` (turned into a FileFormatError)."""
+
+    def __init__(self, where, problem):
+        super().__init__(f"{where}: {problem}")
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _positive(config, name, where):
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise _Bad(f"{where}.{name}", f"expected a positive int, got {_short(value)}")
+    return int(value)
+
+
+def _pair(config, name, where):
+    value = config[name]
+    v = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(v, list) and len(v) == 2
+            and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v)):
+        raise _Bad(f"{where}.{name}", f"expected an int or a pair of ints >= 1, got "
+                                      f"{_short(value)}")
+    return tuple(v)
+
+
+# state_dict entry -> shape, per layer class, from the constructor's arguments (with their
+# defaults filled in): what building the layer would allocate. A layer class with
+# parameters or buffers needs a row (tests/test_untrusted_files.py checks every layer).
+def _dense_state(c, where):
+    out, inp = _positive(c, "out_features", where), _positive(c, "in_features", where)
+    return {"weight": (out, inp), **({"bias": (out,)} if c["bias"] else {})}
+
+
+def _conv_state(c, where):
+    out, inp = _positive(c, "out_channels", where), _positive(c, "in_channels", where)
+    return {"weight": (out, inp, *_pair(c, "kernel_size", where)),
+            **({"bias": (out,)} if c["bias"] else {})}
+
+
+def _batch_norm_state(c, where):
+    n = _positive(c, "num_features", where)
+    state = {"weight": (n,), "bias": (n,)} if c["affine"] else {}
+    if c["track_running_stats"]:
+        state.update(running_mean=(n,), running_var=(n,), num_batches_tracked=())
+    return state
+
+
+def _recurrent_state(cls):
+    def state(c, where):
+        h = _positive(c, "hidden_size", where)
+        g = cls.num_gates * h
+        shapes = {"weight_ih_l0": (g, _positive(c, "input_size", where)), "weight_hh_l0": (g, h)}
+        if c["bias"]:
+            shapes.update(bias_ih_l0=(g,), bias_hh_l0=(g,))
+        return shapes
+    return state
+
+
+_STATE_SHAPES = {
+    _layers.Dense: _dense_state, _layers.Conv2D: _conv_state,
+    _layers.BatchNorm1D: _batch_norm_state, _layers.BatchNorm2D: _batch_norm_state,
+    **{cls: _recurrent_state(cls) for cls in (_layers.RNN, _layers.LSTM, _layers.GRU)},
+}
+
+
+def _config(cls, config, where):
+    """The constructor's arguments: ``config`` checked (JSON scalars or short lists of
+    them, known names) with the defaults filled in."""
+    if not isinstance(config, dict):
+        raise _Bad(where, f"expected a dict of arguments, got {_short(config)}")
+    params = {name: p for name, p in inspect.signature(cls).parameters.items()
+              if name not in getattr(cls, "SUBMODULES", ())
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    full = {}
+    for name, p in params.items():
+        if name in config:
+            value = config[name]
+            ok = isinstance(value, _SCALARS) or (
+                isinstance(value, list) and len(value) <= 4
+                and all(isinstance(e, _SCALARS) for e in value))
+            if not ok:
+                raise _Bad(f"{where}.{name}", f"expected a number, a string, a bool or a short "
+                                              f"list of them, got {_short(value)}")
+            full[name] = value
+        elif p.default is not p.empty:
+            full[name] = p.default
+        else:
+            raise _Bad(where, f"{cls.__name__} needs the argument {name!r}")
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        raise _Bad(where, f"{cls.__name__} takes no argument {_short(unknown[0])}")
+    return full
+
+
+def _walk(desc, where, prefix, depth, state, count):
+    """Check the description ``desc`` (of the module at ``where``) and add the shapes of
+    the state_dict entries it implies to ``state`` (key -> shape)."""
+    if depth > MAX_MODULE_DEPTH:
+        raise _Bad(where, f"layers nested more than {MAX_MODULE_DEPTH} deep")
+    count[0] += 1
+    if count[0] > MAX_MODULES:
+        raise _Bad(where, f"more than {MAX_MODULES} layers")
+    if not isinstance(desc, dict):
+        raise _Bad(where, f"expected a layer description (a dict), got {_short(desc)}")
+    cls = _REGISTRY.get(desc.get("type")) if isinstance(desc.get("type"), str) else None
+    if cls is None:
+        raise _Bad(f"{where}.type", f"unknown layer type {_short(desc.get('type'))}")
+    if cls is _layers.Sequential:
+        allowed, layers = {"type", "layers"}, desc.get("layers")
+        if not isinstance(layers, list):
+            raise _Bad(f"{where}.layers", f"expected a list of layers, got {_short(layers)}")
+        for i, d in enumerate(layers):
+            _walk(d, f"{where}.layers[{i}]", f"{prefix}{i}.", depth + 1, state, count)
+    else:
+        allowed = {"type", "config", "modules"}
+        config = _config(cls, desc.get("config", {}), f"{where}.config")
+        rule = _STATE_SHAPES.get(cls)
+        if rule is not None:
+            state.update({prefix + k: v for k, v in rule(config, f"{where}.config").items()})
+        subs = getattr(cls, "SUBMODULES", ())
+        modules = desc.get("modules", {})
+        if not isinstance(modules, dict) or not set(modules) <= set(subs):
+            raise _Bad(f"{where}.modules", f"expected a dict with keys among {list(subs)}, got "
+                                           f"{_short(modules)}")
+        for sub in subs:  # the constructor's order, which is the state_dict's
+            if modules.get(sub) is not None:
+                _walk(modules[sub], f"{where}.modules.{sub}", f"{prefix}{sub}.", depth + 1,
+                      state, count)
+    extra = sorted(set(desc) - allowed)
+    if extra:
+        raise _Bad(where, f"unexpected key {_short(extra[0])} in a {cls.__name__} description")
+
+
+def expected_state(meta, path, who) -> dict:
+    """state_dict key -> shape of the model that ``meta`` describes, after checking the
+    description; nothing is allocated. Raises FileFormatError naming ``path``."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise ValueError(f"{who}: {path} is a .npy array, not a fastnet {kind} file")
-            if _META not in data.files:
-                raise ValueError(f"{who}: {path} is an .npz file but not a fastnet {kind} file "
-                                 f"(no {_META} entry)")
-            meta = json.loads(str(data[_META]))
-            arrays = {k: data[k] for k in data.files if k != _META}
-    except (FileNotFoundError, IsADirectoryError):
-        raise
-    except ValueError as e:
-        if str(e).startswith(who):
-            raise
-        raise ValueError(f"{who}: {path} is not a readable fastnet {kind} file "
-                         f"(truncated or not an .npz): {e}") from e
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"{who}: {path} is not a readable fastnet {kind} file "
-                         f"(truncated or corrupt): {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, CHECKPOINT_FORMAT):
-        raise ValueError(f"{who}: {path} is not a fastnet {kind} file (format "
-                         f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-    return meta, arrays
+        if "model" not in meta:
+            raise _Bad("model", "missing")
+        dtype = meta.get("dtype", "float32")
+        if dtype not in ("float32", "float64"):
+            raise _Bad("dtype", f"expected 'float32' or 'float64', got {_short(dtype)}")
+        state = {}
+        _walk(meta["model"], "model", "", 0, state, [0])
+    except _Bad as e:
+        raise FileFormatError(path, f"{who}: {path} does not describe a model this fastnet can "
+                                    f"rebuild: {e}") from None
+    return state
+
+
+def check_state_shapes(expected, shapes, path, who, what="the arrays"):
+    """Refuse unless ``shapes`` (key -> shape, of the file's arrays) are exactly the entries
+    and shapes ``expected`` (from ``expected_state``)."""
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    if missing or unexpected:
+        def listed(keys):
+            more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+            return ", ".join(_short(k) for k in keys[:4]) + more
+
+        parts = ([f"no array for {listed(missing)}"] if missing else []) + (
+            [f"unexpected arrays {listed(unexpected)}"] if unexpected else [])
+        raise FileFormatError(path, f"{who}: {path}: {what} do not match the model it describes: "
+                                    f"{'; '.join(parts)}")
+    for k, want in expected.items():
+        if tuple(shapes[k]) != tuple(want):
+            raise FileFormatError(path, f"{who}: {path}: {_short(k)} has shape {tuple(shapes[k])}, "
+                                        f"the model it describes needs {tuple(want)}")
 
 
 def build_model(meta: dict, state: dict, path, who: str) -> Module:
-    """The model described by ``meta`` (from ``_model_meta``) with parameters ``state``."""
+    """The model described by ``meta`` (from ``_model_meta``) with parameters ``state``.
+    The description and the arrays' shapes are checked before any layer is built."""
+    check_state_shapes(expected_state(meta, path, who), {k: np.shape(v) for k, v in state.items()},
+                       path, who)
     try:
         with _rng.preserved():  # building a model must not shift the user's random stream
             model = _build(meta["model"])
         model.to(np.dtype(meta.get("dtype", "float32")))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{who}: {path} does not describe a model this fastnet can "
-                         f"rebuild: {e}") from e
+        raise FileFormatError(path, f"{who}: {path} does not describe a model this fastnet can "
+                                    f"rebuild: {e}") from e
     return model
+
+
+# ---- the checkpoint's training state ------------------------------------------------------
+def _is_int(v, lo=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_real(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ints(v, lo, most):
+    return isinstance(v, list) and len(v) <= most and all(_is_int(e, lo) for e in v)
+
+
+def _hyperparameter(v):
+    return (v is None or isinstance(v, bool) or _is_real(v)
+            or (isinstance(v, list) and len(v) <= 4 and all(_is_real(e) for e in v)))
+
+
+_CHECKPOINT_ENTRIES = {  # entry -> (what it must be, check); checked where present
+    "epoch": ("an int >= 0", _is_int),
+    "bad_epochs": ("an int >= 0", _is_int),
+    "base_lr": ("a finite number", _is_real),
+    "input_shape": ("null or a list of positive ints", lambda v: v is None or _ints(v, 1, 8)),
+    "optimizer": ("{type: str, hyperparameters: {name: number}, param_steps: [int >= 0]}",
+                  lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)
+                  and isinstance(v.get("hyperparameters"), dict)
+                  and all(_hyperparameter(h) for h in v["hyperparameters"].values())
+                  and _ints(v.get("param_steps"), 0, 1 << 20)),
+    "schedule": ("null or a dict", lambda v: v is None or isinstance(v, dict)),
+    "rng": ("a dict", lambda v: isinstance(v, dict)),
+    "loaders": ("a dict of null or {generator: dict}", lambda v: isinstance(v, dict) and all(
+        s is None or (isinstance(s, dict) and isinstance(s.get("generator"), dict))
+        for s in v.values())),
+    "modules": ("a dict of layer states", lambda v: isinstance(v, dict)),
+    "history": ("a list of dicts of numbers and strings", lambda v: isinstance(v, list) and all(
+        isinstance(r, dict) and all(isinstance(x, _SCALARS) for x in r.values()) for r in v)),
+    "best": ("null or {epoch: int, monitor: str, value: number}", lambda v: v is None or (
+        isinstance(v, dict) and _is_int(v.get("epoch")) and isinstance(v.get("monitor"), str)
+        and _is_real(v.get("value")))),
+    "config": ("null or a dict", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def same_layout(theirs, mine) -> bool:
+    """Whether the JSON value ``theirs`` (from a file) has the layout of ``mine``: the same
+    dict keys and list lengths, ints where ``mine`` has ints, numbers where it has floats,
+    bools, strings and None where it has them."""
+    if isinstance(mine, dict):
+        return (isinstance(theirs, dict) and theirs.keys() == mine.keys()
+                and all(same_layout(theirs[k], mine[k]) for k in mine))
+    if isinstance(mine, (list, tuple)):
+        return (isinstance(theirs, list) and len(theirs) == len(mine)
+                and all(same_layout(a, b) for a, b in zip(theirs, mine)))
+    if isinstance(mine, (bool, np.bool_)):
+        return isinstance(theirs, bool)
+    if isinstance(mine, numbers.Integral):
+        return _is_int(theirs, lo=-(1 << 64))
+    if isinstance(mine, numbers.Real):
+        return _is_real(theirs)
+    return type(theirs) is type(mine)
+
+
+def check_checkpoint_meta(meta, path, who):
+    """Refuse a checkpoint whose training-state entries have the wrong types (each checked
+    where present; ``Trainer.resume`` needs them all)."""
+    for key, (want, ok) in _CHECKPOINT_ENTRIES.items():
+        if key in meta and not ok(meta[key]):
+            raise FileFormatError(path, f"{who}: {path} is not a valid checkpoint: {key!r} must "
+                                        f"be {want}, got {_short(meta[key])}")
+
+
+# ---- reading and writing ------------------------------------------------------------------
+_file_mode = file_mode  # (fastnet.train's plot uses it)
+
+
+def write_npz(path, meta: dict, arrays: dict, who: str) -> None:
+    """Write ``arrays`` plus ``meta`` (as JSON) to ``path`` atomically: a temporary file in
+    the same directory, fsync'ed, then renamed over the target."""
+    _npz.write_npz(path, meta, arrays, who, _META)
+
+
+def open_npz(path, who, kind="model"):
+    """(an open NpzReader, meta) of a file written by ``write_npz``: the entries' shapes are
+    known, no array is read yet. Close the reader (it is a context manager)."""
+    reader = NpzReader(path, who, kind)
+    try:
+        meta = reader.read_meta(_META)
+        if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, CHECKPOINT_FORMAT):
+            form = meta.get("format") if isinstance(meta, dict) else meta
+            reader.bad(f"is not a fastnet {kind} file (format {_short(form)})")
+    except BaseException:
+        reader.close()
+        raise
+    return reader, meta
+
+
+def read_npz(path, who: str, kind: str = "model"):
+    """(meta, arrays) of a file written by ``write_npz``. A missing file raises
+    FileNotFoundError; anything unreadable, truncated, foreign or oversized raises
+    FileFormatError (a ValueError) that calls the expected file a fastnet ``kind`` file.
+    Nothing larger than the file's own declared (and checked) sizes is allocated."""
+    reader, meta = open_npz(path, who, kind)
+    with reader:
+        return meta, reader.read_arrays([k for k in reader.members if k != _META])
 
 
 def save(model: Module, path) -> None:
@@ -146,23 +383,36 @@ def save(model: Module, path) -> None:
 
 def load(path) -> Module:
     """Rebuild a model written by ``fastnet.save``, or the model of a training checkpoint
-    (``fastnet.train``)."""
+    (``fastnet.train``). A file that is malformed, truncated, foreign, or whose arrays do
+    not fit the architecture it describes raises ``fastnet.FileFormatError``."""
     return load_with_meta(path)[0]
 
 
 def load_with_meta(path, who="fastnet.load"):
-    """(model, the file's metadata) for a model file or a checkpoint."""
-    meta, arrays = read_npz(path, who)
-    if meta["format"] == CHECKPOINT_FORMAT:
-        check_version(meta, CHECKPOINT_VERSION, path, who)
-        state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-    else:
-        check_version(meta, VERSION, path, who)
-        state = arrays
+    """(model, the file's metadata) for a model file or a checkpoint. The description is
+    checked against the arrays' shapes (from their headers) before any array is read or
+    any layer is built."""
+    path = os.fspath(path)
+    reader, meta = open_npz(path, who)
+    with reader:
+        if meta["format"] == CHECKPOINT_FORMAT:
+            check_version(meta, CHECKPOINT_VERSION, path, who)
+            check_checkpoint_meta(meta, path, who)
+            prefix = "model."
+            names = [k for k in reader.members if k.startswith(prefix)]
+        else:
+            check_version(meta, VERSION, path, who)
+            prefix = ""
+            names = [k for k in reader.members if k != _META]
+        check_state_shapes(expected_state(meta, path, who),
+                           {k[len(prefix):]: reader.members[k].shape for k in names}, path, who)
+        arrays = reader.read_arrays(names)
+    state = {k[len(prefix):]: v for k, v in arrays.items()}
     return build_model(meta, state, path, who), meta
 
 
 def check_version(meta, version, path, who):
     if meta.get("version") != version:
-        raise ValueError(f"{who}: {path} has format version {meta.get('version')}; "
-                         f"this fastnet reads version {version}")
+        raise FileFormatError(path, f"{who}: {path} has format version "
+                                    f"{_short(meta.get('version'))}; this fastnet reads version "
+                                    f"{version}")

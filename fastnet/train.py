@@ -25,9 +25,11 @@ import numpy as np
 
 from . import _rng
 from .device import Device, to_numpy
+from .errors import FileFormatError
 from .losses import CrossEntropyLoss
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
-                            _file_mode, _model_meta, check_version, load_with_meta, read_npz, write_npz)
+                            _file_mode, _model_meta, check_checkpoint_meta, check_version,
+                            load_with_meta, read_npz, same_layout, write_npz)
 
 __all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
            "plot_history", "progress_bar"]
@@ -173,7 +175,8 @@ def _checkpoint_path(path):
 
 def load_model(path):
     """(model, info) from a checkpoint or a ``fastnet.save`` file; ``info`` is the
-    checkpoint's metadata (config, epoch, input_shape, history, ...), {} for a model file."""
+    checkpoint's metadata (config, epoch, input_shape, history, ...), {} for a model file.
+    A malformed file raises ``fastnet.FileFormatError`` (see ``fastnet.load``)."""
     model, meta = load_with_meta(path, "fastnet.train.load_model")
     return model, (meta if meta["format"] == CHECKPOINT_FORMAT else {})
 
@@ -459,20 +462,43 @@ class Trainer:
         checkpoint.npz): model, optimizer, epoch, history, best epoch, RNG states (the
         DataLoaders' are applied by the next ``fit``). The model and optimizer must be the
         checkpoint's kind; everything is checked before anything changes, so a bad
-        checkpoint raises ValueError and leaves the trainer as it was."""
+        checkpoint raises ``fastnet.FileFormatError`` (a ValueError naming the file) and
+        leaves the trainer as it was."""
         path = _checkpoint_path(path)
         who = "Trainer.resume"
-        meta, arrays = read_npz(path, who, kind="checkpoint")
+        meta, arrays = read_npz(path, who, kind="checkpoint")  # sizes checked: no bomb
         if meta["format"] == FORMAT:
-            raise ValueError(f"{who}: {path} is a fastnet model file (weights only, written by "
-                             "fastnet.save), not a training checkpoint: it has no optimizer "
-                             "state or epoch to resume from")
+            raise FileFormatError(path, f"{who}: {path} is a fastnet model file (weights only, "
+                                        "written by fastnet.save), not a training checkpoint: "
+                                        "it has no optimizer state or epoch to resume from")
         check_version(meta, CHECKPOINT_VERSION, path, who)
+        check_checkpoint_meta(meta, path, who)  # the entries' types; below, their fit
         try:
-            restore = self._check_checkpoint(meta, arrays, path, who)
-        except (KeyError, TypeError, IndexError, AttributeError) as e:
-            raise ValueError(f"{who}: {path} is not a valid checkpoint: missing or malformed "
-                             f"entry {e}") from e
+            restore = self._check_checkpoint(meta, arrays, path, who)  # changes nothing
+            # what restore() passes on unchecked: the layers' states, the hyper-parameters
+            modules = dict(self.model.named_modules())
+            for name, state in meta["modules"].items():
+                if not same_layout(state, modules[name].get_extra_state()):
+                    raise FileFormatError(path, f"{who}: {path}: the state of layer {name!r} is "
+                                                f"{str(state)[:80]}, expected the layout of "
+                                                f"{modules[name].get_extra_state()}")
+            mine = {k: getattr(self.optimizer, k) for k in self.optimizer.hyperparameters}
+            theirs = meta["optimizer"]["hyperparameters"]
+            if not (set(theirs) <= set(mine)
+                    and same_layout(theirs, {k: mine[k] for k in theirs})):
+                raise FileFormatError(path, f"{who}: {path}: the optimizer's hyper-parameters are "
+                                            f"{str(theirs)[:120]}, expected the layout of {mine}")
+        except FileFormatError:
+            raise
+        except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
+            raise FileFormatError(path, f"{who}: {path} is not a valid checkpoint: missing or "
+                                        f"malformed entry {e}") from e
+        except ValueError as e:  # the checks' own refusals (most name the file already)
+            message = str(e)
+            if path not in message:
+                message = (f"{who}: {path} is not a valid checkpoint: "
+                           f"{message.removeprefix(who + ': ')}")
+            raise FileFormatError(path, message) from e
         restore()
         return self
 

@@ -16,6 +16,7 @@ import urllib.request
 
 import numpy as np
 
+from ..errors import FileFormatError
 from .idx import read_idx
 
 MIRRORS = {
@@ -155,10 +156,11 @@ def load(name, split="train", directory=None, download=True):
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} "
-                         f"{len(labels)} labels")
+        raise FileFormatError(labels_path, f"{images_path} holds {len(images)} images but "
+                                           f"{labels_path} {len(labels)} labels")
     if labels.size and labels.max() >= 10:
-        raise ValueError(f"{labels_path}: label {labels.max()} is out of range [0, 10)")
+        raise FileFormatError(labels_path, f"{labels_path}: label {labels.max()} is out of "
+                                           "range [0, 10)")
     x = (images.astype(np.float32) / np.float32(255)).reshape(len(images), 1, *images.shape[1:])
     return np.ascontiguousarray(x), labels.astype(np.int64)
 
