@@ -320,6 +320,17 @@ def file_mode(path):
         return 0o666 & ~umask
 
 
+def temporary_file(directory):
+    """(fd, path) of a new ``.fastnet-<host>-<pid>-<random>.tmp`` file (mode 0600) in
+    ``directory``, after removing the ones dead writers left there: every temporary file
+    fastnet writes (saves, checkpoints, plots, downloads) has this name, so an interrupted
+    one is swept by the next."""
+    remove_stale_temporaries(directory)
+    tmp = os.path.join(directory, f".fastnet-{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                   0o600), tmp
+
+
 def atomic_write(path, write, who):
     """Call ``write(f)`` on a binary file that replaces ``path`` only once complete and
     fsync'ed: a crash never leaves a half-written file where a good one was."""
@@ -327,9 +338,7 @@ def atomic_write(path, write, who):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{who}: directory {directory} does not exist")
-    remove_stale_temporaries(directory)
-    tmp = os.path.join(directory, f".fastnet-{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fd, tmp = temporary_file(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

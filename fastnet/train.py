@@ -18,17 +18,17 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import time
 
 import numpy as np
 
 from . import _rng
+from ._npz import atomic_write
 from .device import Device, to_numpy
 from .errors import FileFormatError
 from .losses import CrossEntropyLoss
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
-                            _file_mode, _model_meta, check_checkpoint_meta, check_version,
+                            _model_meta, check_checkpoint_meta, check_version,
                             load_with_meta, read_npz, same_layout, write_npz)
 
 __all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
@@ -138,18 +138,7 @@ def plot_history(history, path):
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".png",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), "plot_history")
 
 
 # ---- checkpoints ---------------------------------------------------------------------------

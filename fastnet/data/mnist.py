@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 
 import numpy as np
 
+from .._npz import temporary_file
 from ..errors import FileFormatError
 from .idx import read_idx
 
@@ -80,8 +80,7 @@ def _sha256(path):
 
 def _download(url, target):
     """Download ``url`` to a temporary file beside ``target``; return its path."""
-    fd, tmp = tempfile.mkstemp(prefix=".fastnet-download-", suffix=".tmp",
-                               dir=os.path.dirname(target))
+    fd, tmp = temporary_file(os.path.dirname(os.path.abspath(target)))  # swept if we die
     try:
         with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=TIMEOUT_S) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
@@ -137,7 +136,7 @@ def fetch(name, filename, directory=None, download=True) -> str:
             errors.append(f"{url}: SHA-256 mismatch: expected {expected}, got {actual} "
                           "(download discarded)")
             continue
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        os.chmod(tmp, 0o666 & ~_umask())  # created 0600; give what open() would
         os.replace(tmp, path)  # only a verified file ever gets the real name
         return path
     raise DataUnavailableError(

@@ -605,3 +605,34 @@ def test_only_temporary_files_of_dead_writers_on_this_host_are_removed(tmp_path)
         (tmp_path / name).write_bytes(b"x")
     fastnet.save(L.Dense(2, 2), tmp_path / "m.npz")
     assert set(os.listdir(tmp_path)) == {"m.npz", names["alive"], names["other host"], names["not ours"]}
+
+
+def test_plots_and_downloads_use_the_swept_temporary_names(tmp_path, monkeypatch):
+    """Every temporary file fastnet writes has the swept name: a plot's (matplotlib) and a
+    download's too, so an interrupted one is removed by the next write."""
+    pytest.importorskip("matplotlib")
+    from fastnet.data import mnist
+    from fastnet.train import plot_history
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".fastnet-{_host()}-{dead.pid}-0123abcd.tmp"
+    stale.write_bytes(b"x")
+    plot_history([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}], tmp_path / "c.png")
+    assert sorted(os.listdir(tmp_path)) == ["c.png"]
+
+    seen = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            seen.extend(os.listdir(tmp_path))
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(mnist, "_urlopen", lambda url, timeout: Response(b"data"))
+    path = mnist._download("http://example.invalid/x.gz", str(tmp_path / "x.gz"))
+    assert os.path.basename(path).startswith(f".fastnet-{_host()}-{os.getpid()}-")
+    assert any(n.startswith(f".fastnet-{_host()}-{os.getpid()}-") for n in seen)
+    os.unlink(path)
