@@ -24,8 +24,10 @@ those of cached code, what users run after their first start. The first run on a
 checkout compiles everything (about 15 minutes on 2 cores); later runs take seconds.
 
 The script refuses to run (exit 1, naming them) when an op of KERNELS has no case here,
-so a new op cannot slip past it. It calls kernels only through ``kernel(op, device)``,
-never module internals, so the same script runs on an older checkout:
+so a new op cannot slip past it. It calls kernels only through the dispatch table
+(``fastnet.kernels._kernel(op, device)``, unchecked; ``kernel(op, device)`` on checkouts
+older than the argument checks), never module internals, so the same script runs on an
+older checkout:
 
     PYTHONPATH=/path/to/old python benchmarks/kernel_snapshot.py save /tmp/old.npz
 
@@ -72,9 +74,11 @@ class Ctx:
             self._to_device = fcuda.to_device
 
     def k(self, op):
-        from fastnet.kernels import kernel
+        import fastnet.kernels as kernels
         self.called.add(op)
-        return kernel(op, self.device)
+        # the raw table where there is one (kernel() checks arguments and refuses the
+        # out-of-contract mixed-dtype case below); kernel() on older checkouts
+        return getattr(kernels, "_kernel", kernels.kernel)(op, self.device)
 
     def dev(self, host):
         """An input: a private copy of ``host`` on the device (None stays None)."""

@@ -12,7 +12,7 @@ Contract: inputs are finite. A NaN or inf in the predictions gives a NaN or inf 
 import numpy as np
 
 from .device import device_of
-from .kernels import kernel
+from .kernels import _kernel
 from .layers.module import check_input
 
 
@@ -73,7 +73,7 @@ class CrossEntropyLoss(_Loss):
             labels = device.asarray(labels, dtype=np.int64)
         grad = device.empty(logits.shape, logits.dtype)
         try:
-            loss = kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
+            loss = _kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
         except ValueError as e:
             raise ValueError(f"{self!r}: {e}") from None
         self._grad = grad
@@ -99,6 +99,6 @@ class MSELoss(_Loss):
             )
         target = device.asarray(target, dtype=pred.dtype)
         grad = device.empty(pred.shape, pred.dtype)
-        loss = kernel("mse_forward", device)(grad, pred, target)
+        loss = _kernel("mse_forward", device)(grad, pred, target)
         self._grad = grad
         return loss

@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from .device import device_of, to_numpy
-from .kernels import kernel
+from .kernels import _kernel
 from .layers.module import Module, Parameter
 
 
@@ -123,7 +123,7 @@ class SGD(Optimizer):
     def step(self):
         for i, p, _ in self._updates():
             velocity = self._buffer(i, "momentum_buffer") if self.momentum else None
-            kernel("sgd_step", device_of(p.data))(p.data, velocity, p.grad, self.lr,
+            _kernel("sgd_step", device_of(p.data))(p.data, velocity, p.grad, self.lr,
                                                   self.momentum, self.weight_decay, self.nesterov)
 
 
@@ -147,7 +147,7 @@ class Adam(Optimizer):
 
     def step(self):
         for i, p, step in self._updates():
-            kernel("adam_step", device_of(p.data))(
+            _kernel("adam_step", device_of(p.data))(
                 p.data, self._buffer(i, "exp_avg"), self._buffer(i, "exp_avg_sq"), p.grad,
                 self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay, step,
                 self.decoupled)

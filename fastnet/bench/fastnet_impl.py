@@ -6,7 +6,7 @@ anything is timed; outputs come back to the host only for the check."""
 import numpy as np
 
 from fastnet.device import Device, to_numpy
-from fastnet.kernels import kernel
+from fastnet.kernels import _kernel
 from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
                             Flatten, MaxPool2D, Parameter, ReLU, Sequential, Sigmoid, Softmax,
                             Tanh)
@@ -169,13 +169,13 @@ def sgemm(a, b, device="cpu"):
     on CUDA fastnet's own tiled GEMM."""
     out = Device(device).empty((a.shape[0], b.shape[1]), np.float32)
     a, wt = _on(device, a), _on(device, np.ascontiguousarray(b.T))
-    dense = kernel("dense_forward", device)
+    dense = _kernel("dense_forward", device)
     return Bench(run=lambda: dense(out, a, wt, None, None), outputs=lambda _: {"y": _host(out)})
 
 
 def launch_overhead(x, device="cpu"):
     """LAUNCHES calls of the ReLU kernel on one element: the per-call cost from Python."""
-    relu = kernel("relu_forward", device)
+    relu = _kernel("relu_forward", device)
     x = _on(device, x)
     out = Device(device).empty(x.shape, x.dtype)
 

@@ -1,15 +1,19 @@
 """The dispatch table: op name -> {device: kernel}.
 
-Literal and greppable on purpose, one row per op. Layers look kernels up here with
-``kernel(op, device)`` and never branch on the device themselves. The CUDA column holds
-stand-ins that import the CUDA backend (``fastnet.kernels.cuda``) on their first call.
-CPU kernels go through ``fastnet.runtime.prepare`` until the runtime is ready (it starts
-Numba's pool; see fastnet/runtime.py).
+Literal and greppable on purpose, one row per op. ``kernel(op, device)``, the public
+entry point, returns the kernel behind the argument checks of ``checks.py`` (shapes,
+dtypes, layout, index ranges, scalars; a clear TypeError / ValueError before anything
+runs). fastnet's layers, which validate their inputs themselves, look kernels up with
+``_kernel(op, device)``: the same table, unchecked, one dict lookup. Neither branches on
+the device for the caller. The CUDA column holds stand-ins that import the CUDA backend
+(``fastnet.kernels.cuda``) on their first call. CPU kernels go through
+``fastnet.runtime.prepare`` until the runtime is ready (it starts Numba's pool; see
+fastnet/runtime.py).
 """
 import importlib
 
 from .. import runtime
-from . import activations, conv, dense, dropout, elementwise, losses, norm, optim, pool, recurrent
+from . import activations, checks, conv, dense, dropout, elementwise, losses, norm, optim, pool, recurrent
 
 
 class CudaKernel:
@@ -83,8 +87,10 @@ KERNELS = {
 }
 
 
-def kernel(op, device="cpu"):
-    """The kernel for ``op`` on ``device`` (a str or a fastnet.Device), ready to call."""
+def _kernel(op, device="cpu"):
+    """The raw kernel for ``op`` on ``device``, ready to call, WITHOUT argument checks:
+    for fastnet's layers, which validate their inputs (a wrong argument here can write
+    outside the arrays or crash the process). Everyone else calls ``kernel()``."""
     try:
         fn = KERNELS[op][str(device)]
     except KeyError:
@@ -92,3 +98,38 @@ def kernel(op, device="cpu"):
     if runtime.READY or type(fn) is CudaKernel:
         return fn
     return runtime.prepare(fn)
+
+
+class CheckedKernel:
+    """``kernel(op, device)``: validates every argument (``checks.SPECS[op]``), then
+    calls the raw kernel with them and returns its result. Keyword arguments by the
+    kernel's parameter names are accepted too."""
+
+    __slots__ = ("op", "device")
+
+    def __init__(self, op, device):
+        self.op, self.device = op, device
+
+    def __call__(self, *args, **kwargs):
+        fn = _kernel(self.op, self.device)
+        if type(fn) is CudaKernel:
+            fn = fn.resolve()  # "CUDA cannot run here" comes before any argument error
+        return fn(*checks.check(self.op, self.device, args, kwargs))
+
+    def __repr__(self):
+        return f"kernel({self.op!r}, {self.device!r})"
+
+
+_CHECKED = {}
+
+
+def kernel(op, device="cpu"):
+    """The kernel for ``op`` on ``device`` (a str or a fastnet.Device), ready to call, behind
+    its argument checks: shapes, dtypes, contiguity, index ranges and scalars are validated
+    before it runs (TypeError / ValueError naming the op and the argument)."""
+    key = (op, str(device))
+    k = _CHECKED.get(key)
+    if k is None:
+        _kernel(op, device)  # names an unknown op or device
+        k = _CHECKED[key] = CheckedKernel(*key)
+    return k

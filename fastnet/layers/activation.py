@@ -1,6 +1,6 @@
 import numpy as np
 
-from ..kernels import kernel
+from ..kernels import _kernel
 from ._args import real
 from .module import Module, check_grad, check_input
 
@@ -33,7 +33,7 @@ class _Elementwise(Module):
     def forward(self, x):
         x = _check_any(self, x)
         out = self.device.empty(x.shape, x.dtype)
-        k = kernel(self._ops[0], self.device)
+        k = _kernel(self._ops[0], self.device)
         if self.rows and x.ndim != 2:
             k(self._view(out), self._view(x))
         else:
@@ -48,7 +48,7 @@ class _Elementwise(Module):
         if not input_grad:
             return None
         dx = self.device.empty(out.shape, out.dtype)
-        k = kernel(self._ops[1], self.device)
+        k = _kernel(self._ops[1], self.device)
         if self.rows and out.ndim != 2:
             k(self._view(dx), self._view(grad_out), self._view(out))
         else:
@@ -109,7 +109,7 @@ class LeakyReLU(Module):
     def forward(self, x):
         x = _check_any(self, x)
         out = self.device.empty(x.shape, x.dtype)
-        kernel("leaky_relu_forward", self.device)(out, x, self.negative_slope)
+        _kernel("leaky_relu_forward", self.device)(out, x, self.negative_slope)
         if self.training:
             self._saved = (x, out)
         return out
@@ -120,5 +120,5 @@ class LeakyReLU(Module):
         if not input_grad:
             return None
         dx = self.device.empty(x.shape, x.dtype)
-        kernel("leaky_relu_backward", self.device)(dx, grad_out, x, self.negative_slope)
+        _kernel("leaky_relu_backward", self.device)(dx, grad_out, x, self.negative_slope)
         return dx

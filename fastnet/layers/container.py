@@ -1,6 +1,6 @@
 import math
 
-from ..kernels import kernel
+from ..kernels import _kernel
 from .module import Module, check_grad, check_input
 
 
@@ -102,7 +102,7 @@ class Residual(Module):
                              f"not match {what} {tuple(s.shape)} {s.dtype}; give the block "
                              "a shortcut (e.g. a 1x1 Conv2D with the block's stride)")
         out = self.device.empty(y.shape, y.dtype)
-        kernel("add", self.device)(out, y, s)
+        _kernel("add", self.device)(out, y, s)
         if self.training:
             self._saved = (out.shape, out.dtype)
         return out
@@ -115,7 +115,7 @@ class Residual(Module):
         if not input_grad:
             return None
         dx = self.device.empty(g.shape, g.dtype)
-        kernel("add", self.device)(dx, g, s)
+        _kernel("add", self.device)(dx, g, s)
         return dx
 
     def __repr__(self):

@@ -1,4 +1,4 @@
-from ..kernels import kernel
+from ..kernels import _kernel
 from .module import Module, Parameter, _float_dtype, check_grad, check_input
 from ._init import kaiming_uniform
 from ._args import check_activation, positive_int
@@ -16,8 +16,8 @@ class _FusedAffine(Module):
 
     def _run_forward(self, x, out):
         b = None if self.bias is None else self.bias.data
-        kernel(self.op + "_forward", self.device)(out, x, self.weight.data, b,
-                                                  *self._geometry(), self.activation)
+        _kernel(self.op + "_forward", self.device)(out, x, self.weight.data, b,
+                                                   *self._geometry(), self.activation)
         if self.training:  # the output only matters to backward through an activation
             self._saved = (x, out if self.activation else None, out.shape)
         return out
@@ -28,8 +28,8 @@ class _FusedAffine(Module):
         dx = self.device.empty(x.shape, x.dtype) if input_grad else None
         dw = self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)
-        kernel(self.op + "_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data,
-                                                   out, *self._geometry(), self.activation)
+        _kernel(self.op + "_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data,
+                                                    out, *self._geometry(), self.activation)
         self.weight.grad_done(dw, self.device)
         if db is not None:
             self.bias.grad_done(db, self.device)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from .. import _rng
-from ..kernels import kernel
+from ..kernels import _kernel
 from ._args import real
 from .activation import _check_any
 from .module import Module, check_grad
@@ -38,7 +38,7 @@ class Dropout(Module):
         mask = self.device.empty(x.shape, np.uint8)
         seed = _rng.derive_seed(self.seed, self.calls)
         self.calls += 1
-        kernel("dropout_forward", self.device)(out, mask, x, self.p, seed)
+        _kernel("dropout_forward", self.device)(out, mask, x, self.p, seed)
         self._saved = (mask, x.dtype)
         return out
 
@@ -50,5 +50,5 @@ class Dropout(Module):
         if not input_grad:
             return None
         dx = self.device.empty(mask.shape, dtype)
-        kernel("dropout_backward", self.device)(dx, grad_out, mask, self.p)
+        _kernel("dropout_backward", self.device)(dx, grad_out, mask, self.p)
         return dx

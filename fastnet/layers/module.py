@@ -6,7 +6,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..device import CPU, FLOAT_DTYPES, Device, copy_into, device_of, to_numpy
-from ..kernels import kernel
+from ..kernels import _kernel
 
 
 class Parameter:
@@ -76,7 +76,7 @@ class Parameter:
         if self._grad is None:
             self._grad = slot
         else:
-            kernel("accumulate", device)(self._grad, slot)
+            _kernel("accumulate", device)(self._grad, slot)
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"

@@ -1,6 +1,6 @@
 import numpy as np
 
-from ..kernels import kernel
+from ..kernels import _kernel
 from ._args import positive_int, real
 from .module import Buffer, Module, Parameter, _float_dtype, check_grad, check_input
 
@@ -69,7 +69,7 @@ class _BatchNorm(Module):
         update = self.training and self.track_running_stats
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        kernel("batch_norm_forward", self.device)(
+        _kernel("batch_norm_forward", self.device)(
             out.reshape(n, c, length), mean, invstd,
             self.running_mean.data if self.track_running_stats else None,
             self.running_var.data if self.track_running_stats else None,
@@ -87,7 +87,7 @@ class _BatchNorm(Module):
             return None
         dw = None if self.weight is None else self.weight.grad_slot(self.device)
         db = None if self.bias is None else self.bias.grad_slot(self.device)
-        kernel("batch_norm_backward", self.device)(
+        _kernel("batch_norm_backward", self.device)(
             None if dx is None else dx.reshape(x3.shape), dw, db, grad_out.reshape(x3.shape),
             x3, None if self.weight is None else self.weight.data, mean, invstd)
         if dw is not None:

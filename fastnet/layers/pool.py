@@ -1,6 +1,6 @@
 import numpy as np
 
-from ..kernels import kernel
+from ..kernels import _kernel
 from ._args import check_spatial, pair
 from .module import Module, check_grad, check_input
 
@@ -33,8 +33,8 @@ class MaxPool2D(_Pool2D):
     def forward(self, x):
         x, out = self._output(x)
         argmax = self.device.empty(out.shape, np.int32)
-        kernel("max_pool2d_forward", self.device)(out, argmax, x, self.kernel_size,
-                                                  self.stride, self.padding)
+        _kernel("max_pool2d_forward", self.device)(out, argmax, x, self.kernel_size,
+                                                   self.stride, self.padding)
         if self.training:
             self._saved = (x.shape, x.dtype, argmax)
         return out
@@ -45,8 +45,8 @@ class MaxPool2D(_Pool2D):
         if not input_grad:
             return None
         dx = self.device.empty(x_shape, dtype)
-        kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax, self.kernel_size,
-                                                   self.stride, self.padding)
+        _kernel("max_pool2d_backward", self.device)(dx, grad_out, argmax, self.kernel_size,
+                                                    self.stride, self.padding)
         return dx
 
 
@@ -56,8 +56,8 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x):
         x, out = self._output(x)
-        kernel("avg_pool2d_forward", self.device)(out, x, self.kernel_size, self.stride,
-                                                  self.padding)
+        _kernel("avg_pool2d_forward", self.device)(out, x, self.kernel_size, self.stride,
+                                                   self.padding)
         if self.training:
             self._saved = (x.shape, x.dtype, out.shape)
         return out
@@ -68,8 +68,8 @@ class AvgPool2D(_Pool2D):
         if not input_grad:
             return None
         dx = self.device.empty(x_shape, dtype)
-        kernel("avg_pool2d_backward", self.device)(dx, grad_out, self.kernel_size,
-                                                   self.stride, self.padding)
+        _kernel("avg_pool2d_backward", self.device)(dx, grad_out, self.kernel_size,
+                                                    self.stride, self.padding)
         return dx
 
 
@@ -80,7 +80,7 @@ class GlobalAvgPool2D(Module):
     def forward(self, x):
         x = check_input(self, x, (None, None, None, None))
         out = self.device.empty(x.shape[:2], x.dtype)
-        kernel("global_avg_pool2d_forward", self.device)(out, x)
+        _kernel("global_avg_pool2d_forward", self.device)(out, x)
         if self.training:
             self._saved = (x.shape, x.dtype)
         return out
@@ -91,5 +91,5 @@ class GlobalAvgPool2D(Module):
         if not input_grad:
             return None
         dx = self.device.empty(x_shape, dtype)
-        kernel("global_avg_pool2d_backward", self.device)(dx, grad_out)
+        _kernel("global_avg_pool2d_backward", self.device)(dx, grad_out)
         return dx

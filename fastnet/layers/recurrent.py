@@ -4,7 +4,7 @@ built as a ``Sequential`` needs: ``ImageRows`` (images read row by row) and
 ``LastHidden`` (the final hidden state of a recurrent layer's output)."""
 import numpy as np
 
-from ..kernels import kernel
+from ..kernels import _kernel
 from ._args import positive_int
 from ._init import kaiming_uniform
 from .module import Module, Parameter, _float_dtype, check_grad, check_input
@@ -115,7 +115,7 @@ class _Recurrent(Module):
         params = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
         slots = [None if p is None else p.grad_slot(dev) for p in params]
         b_ih, b_hh = self._biases()
-        kernel(self.mode + "_backward", dev)(
+        _kernel(self.mode + "_backward", dev)(
             dx, *dinit, *slots, dout, *dstate, x, *[self._flat(s) for s in states],
             self.weight_ih_l0.data, self.weight_hh_l0.data, out, *saved[3:])
         for p, s in zip(params, slots):
@@ -160,8 +160,8 @@ class RNN(_Recurrent):
         dev, hs = self.device, self.hidden_size
         out = dev.empty((n, t, hs), x.dtype)
         h_n = dev.empty((n, hs), x.dtype)
-        kernel("rnn_forward", dev)(out, h_n, x, self._flat(h0), self.weight_ih_l0.data,
-                                   self.weight_hh_l0.data, *self._biases(), self.nonlinearity)
+        _kernel("rnn_forward", dev)(out, h_n, x, self._flat(h0), self.weight_ih_l0.data,
+                                    self.weight_hh_l0.data, *self._biases(), self.nonlinearity)
         if self.training:
             self._saved = (x, (h0,), out, self.nonlinearity)
         return out, h_n.reshape(1, n, hs)
@@ -196,9 +196,9 @@ class LSTM(_Recurrent):
         c_n = dev.empty((n, hs), x.dtype)
         gates = dev.empty((n, t, 4 * hs), x.dtype)
         cells = dev.empty((n, t, hs), x.dtype)
-        kernel("lstm_forward", dev)(out, h_n, c_n, gates, cells, x, self._flat(h0),
-                                    self._flat(c0), self.weight_ih_l0.data,
-                                    self.weight_hh_l0.data, *self._biases())
+        _kernel("lstm_forward", dev)(out, h_n, c_n, gates, cells, x, self._flat(h0),
+                                     self._flat(c0), self.weight_ih_l0.data,
+                                     self.weight_hh_l0.data, *self._biases())
         if self.training:
             self._saved = (x, (h0, c0), out, gates, cells)
         return out, (h_n.reshape(1, n, hs), c_n.reshape(1, n, hs))
@@ -235,9 +235,9 @@ class GRU(_Recurrent):
         h_n = dev.empty((n, hs), x.dtype)
         gates = dev.empty((n, t, 3 * hs), x.dtype)
         hn = dev.empty((n, t, hs), x.dtype)
-        kernel("gru_forward", dev)(out, h_n, gates, hn, x, self._flat(h0),
-                                   self.weight_ih_l0.data, self.weight_hh_l0.data,
-                                   *self._biases())
+        _kernel("gru_forward", dev)(out, h_n, gates, hn, x, self._flat(h0),
+                                    self.weight_ih_l0.data, self.weight_hh_l0.data,
+                                    *self._biases())
         if self.training:
             self._saved = (x, (h0,), out, gates, hn)
         return out, h_n.reshape(1, n, hs)

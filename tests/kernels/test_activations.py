@@ -5,7 +5,7 @@ backward(dx, dout, out)."""
 import numpy as np
 import pytest
 
-from fastnet.kernels import kernel
+from fastnet.kernels import _kernel, kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
@@ -211,11 +211,12 @@ def test_rowwise_strided_rows(rng, dtype, close, op):
 
 
 def test_softmax_backward_of_mixed_dtypes(rng):
-    """Arrays of two float dtypes in one backward call (the loop, not the vector code)."""
+    """Arrays of two float dtypes in one backward call (the loop, not the vector code) on
+    the raw kernel (kernel() refuses mixed float dtypes: tests/kernels/test_checked.py)."""
     out = _row_forward("softmax", rng.standard_normal((5, 10)).astype(np.float32))
     dout = rng.standard_normal((5, 10))
     dx = np.empty((5, 10))
-    kernel("softmax_backward")(dx, dout, out)
+    _kernel("softmax_backward")(dx, dout, out)
     np.testing.assert_allclose(dx, ref.softmax_backward(dout, out.astype(np.float64)), rtol=1e-5, atol=1e-6)
 
 

@@ -24,7 +24,8 @@ def kernel_build():
 
 
 def test_every_op_has_a_cpu_kernel():
-    """Every row of the table has a callable "cpu" entry, and kernel(op) returns it."""
+    """Every row of the table has a callable "cpu" entry, and kernel(op) a callable (the
+    kernel behind its argument checks)."""
     assert KERNELS
     for op, row in KERNELS.items():
         assert "cpu" in row and callable(row["cpu"]), op

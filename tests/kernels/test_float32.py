@@ -160,7 +160,8 @@ def _exercise_float32():
         gates, cells = np.empty((n, t, 4 * h), f), np.empty((n, t, h), f)
         call("lstm_forward", out, np.empty((n, h), f), np.empty((n, h), f), gates, cells, xr,
              h0, h0, *g[4])
-        call("lstm_backward", np.empty_like(xr), dh0, dh0, *dw[4], dout, a(n, h), a(n, h),
+        dc0 = None if h0 is None else np.empty_like(h0)  # (not dh0: outputs may not overlap)
+        call("lstm_backward", np.empty_like(xr), dh0, dc0, *dw[4], dout, a(n, h), a(n, h),
              xr, h0, h0, g[4][0], g[4][1], out, gates, cells)
         gates = np.empty((n, t, 3 * h), f)
         call("gru_forward", out, np.empty((n, h), f), gates, cells, xr, h0, *g[3])

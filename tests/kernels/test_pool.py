@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastnet.kernels import kernel
+from fastnet.kernels import _kernel, kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
@@ -276,21 +276,22 @@ def test_max_backward_into_strided_views(rng, dtype, case):
 def test_2x2_pooling_with_other_dtypes_takes_the_general_kernels(rng):
     """The 2x2 vector code takes one float dtype and int32 argmax; an int64 argmax, a
     float32 gradient into a float64 dx, or integer data go to the general kernels and
-    give the reference's answer instead of a typing error."""
+    give the reference's answer instead of a typing error. (The raw kernels: kernel()
+    refuses mixed float dtypes and integer data, tests/kernels/test_checked.py.)"""
     x = rng.standard_normal((2, 3, 6, 9))
     out, am64 = np.empty((2, 3, 3, 4)), np.empty((2, 3, 3, 4), np.int64)
-    kernel("max_pool2d_forward")(out, am64, x, (2, 2), (2, 2), (0, 0))
+    _kernel("max_pool2d_forward")(out, am64, x, (2, 2), (2, 2), (0, 0))
     rout, rarg = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
     np.testing.assert_array_equal(out, rout)
     np.testing.assert_array_equal(am64, rarg)
     g32 = rng.standard_normal(out.shape).astype(np.float32)
     dx = np.full(x.shape, 7.0)
-    kernel("max_pool2d_backward")(dx, g32, am64, (2, 2), (2, 2), (0, 0))
+    _kernel("max_pool2d_backward")(dx, g32, am64, (2, 2), (2, 2), (0, 0))
     np.testing.assert_allclose(dx, ref.max_pool2d_backward(g32, rarg, x.shape))
     dx = np.full(x.shape, 7.0)
-    kernel("avg_pool2d_backward")(dx, g32, (2, 2), (2, 2), (0, 0))
+    _kernel("avg_pool2d_backward")(dx, g32, (2, 2), (2, 2), (0, 0))
     np.testing.assert_allclose(dx, ref.avg_pool2d_backward(g32, x.shape, (2, 2), (2, 2), (0, 0)))
     xi = np.arange(2 * 3 * 6 * 9).reshape(2, 3, 6, 9)
     outi, ami = np.empty((2, 3, 3, 4), np.int64), np.empty((2, 3, 3, 4), np.int32)
-    kernel("max_pool2d_forward")(outi, ami, xi, (2, 2), (2, 2), (0, 0))
+    _kernel("max_pool2d_forward")(outi, ami, xi, (2, 2), (2, 2), (0, 0))
     np.testing.assert_array_equal(outi, ref.max_pool2d_forward(xi, (2, 2), (2, 2), (0, 0))[0])
