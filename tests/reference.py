@@ -45,6 +45,14 @@ def _act64(v, activation):
     raise ValueError(activation)
 
 
+def _act_backward64(g, y, activation):
+    """g carried back through the activation: PyTorch's threshold_backward for ReLU (a
+    select: 0 where y <= 0 whatever g is, g where y > 0 or NaN), g * act' otherwise."""
+    if activation == "relu":
+        return np.where(y <= 0, 0.0, g)
+    return g * _act_grad64(y, activation)
+
+
 def _act_grad64(y, activation):
     """d act / d v as a function of the output y."""
     if activation is None:
@@ -63,7 +71,7 @@ def relu_forward(x):
 
 
 def relu_backward(dout, out):
-    return (_f64(dout) * _act_grad64(_f64(out), "relu")).astype(dout.dtype)
+    return _act_backward64(_f64(dout), _f64(out), "relu").astype(dout.dtype)
 
 
 def leaky_relu_forward(x, negative_slope):
@@ -133,7 +141,7 @@ def dense_forward(x, w, b, activation=None):
 
 def dense_backward(dout, x, w, y, activation=None):
     """-> (dx, dw, db)"""
-    g = _f64(dout) * _act_grad64(_f64(y), activation)
+    g = _act_backward64(_f64(dout), _f64(y), activation)
     dx = np.einsum("no,oi->ni", g, _f64(w))
     dw = np.einsum("no,ni->oi", g, _f64(x))
     db = g.sum(axis=0)
@@ -175,7 +183,7 @@ def conv2d_backward(dout, x, w, stride, padding, y=None, activation=None):
     xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     g, w64 = _f64(dout), _f64(w)
     if activation is not None:
-        g = g * _act_grad64(_f64(y), activation)
+        g = _act_backward64(g, _f64(y), activation)
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w64)
     for i in range(kh):
@@ -515,7 +523,7 @@ def rnn_backward(dout, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh")
         h = out[:, s]
         hp = h0v if s == 0 else out[:, s - 1]
         dh = dh + _f64(dout)[:, s]
-        da = dh * ((1.0 - h * h) if nonlinearity == "tanh" else (h > 0).astype(np.float64))
+        da = _act_backward64(dh, h, nonlinearity)
         dx[:, s] = da @ wi[0]
         dwi[0] += np.einsum("nh,nf->hf", da, xs[:, s])
         dwh[0] += np.einsum("nh,nk->hk", da, hp)

@@ -33,19 +33,20 @@ def apply_activation(v, code):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def activation_grad(y, code):
-    """d act / d v expressed through the output y = act(v)."""
+def activation_backward(g, y, code):
+    """g * d act / d v, expressed through the output y = act(v): the gradient ``g`` of the
+    output carried to the activation's input."""
     # NOTE: constants take y's type; a bare 1 or 0.5 would promote float32 to float64.
     one = type(y)(1)
     if code == RELU:
-        # NOTE: as PyTorch's threshold_backward: 0 where y <= 0, so a NaN output passes
-        # the gradient through
-        return type(y)(0) if y <= 0 else one
+        # NOTE: as PyTorch's threshold_backward, a select, not a product: 0 where y <= 0
+        # even when g is NaN or inf, and g where y > 0 or y is NaN
+        return type(g)(0) if y <= 0 else g
     if code == SIGMOID:
-        return y * (one - y)
+        return g * (y * (one - y))
     if code == TANH:
-        return one - y * y
-    return one
+        return g * (one - y * y)
+    return g
 
 
 @parallel_kernel
@@ -57,7 +58,7 @@ def _activation_forward(out, x, code):
 @parallel_kernel
 def _activation_backward(dx, dout, out, code):
     for i in prange(out.size):
-        dx[i] = dout[i] * activation_grad(out[i], code)
+        dx[i] = activation_backward(dout[i], out[i], code)
 
 
 def relu_forward(out, x):

@@ -45,7 +45,8 @@ def module(case):
     if kind == "conv":
         return nn.Conv2d(a["cin"], a["cout"], a["k"], stride=a.get("s", 1), padding=a["p"])
     if kind == "rnn":
-        return nn.RNN(a["f"], a["h"], batch_first=True)
+        return nn.RNN(a["f"], a["h"], nonlinearity=a.get("nonlinearity", "tanh"),
+                      batch_first=True)
     if kind == "lstm":
         return nn.LSTM(a["f"], a["h"], batch_first=True)
     if kind == "gru":
@@ -77,7 +78,7 @@ for name, case in CASES.items():
             if isinstance(y, tuple):  # recurrent: (output, h_n)
                 y = y[0]
             y = ACT[case.get("args", {}).get("act")](y)
-            grad = torch.tensor(upstream(y.shape, dtype))
+            grad = torch.tensor(upstream(y.shape, dtype, case["args"].get("badgrad", False)))
             y.backward(grad)
             extra = {}
             if isinstance(m, nn.Module):

@@ -39,6 +39,20 @@ _add("conv_relu_large", "conv", (8, 6, 20, 20), large=True, cin=6, cout=16, k=3,
 _add("rnn", "rnn", (2, 4, 3), f=3, h=5)
 _add("lstm", "lstm", (2, 4, 3), f=3, h=5)
 _add("gru", "gru", (2, 4, 3), f=3, h=5)
+# NaN / inf in the gradient handed to backward, finite inputs (ReLU's backward is a select:
+# 0 where the output is <= 0 even for a NaN gradient, as PyTorch's threshold_backward)
+for k in ("relu", "sigmoid", "tanh"):
+    _add(f"{k}_badgrad", k, (5, 7), badgrad=True)
+_add("leaky_relu_badgrad", "leaky_relu", (5, 7), slope=0.1, badgrad=True)
+_add("max_pool_badgrad", "max_pool", (2, 2, 6, 6), k=2, s=2, p=0, badgrad=True)
+for act in ("relu", "tanh"):
+    _add(f"dense_{act}_badgrad", "dense", (6, 9), fin=9, fout=7, act=act, badgrad=True)
+    _add(f"conv_{act}_badgrad", "conv", (2, 3, 6, 6), cin=3, cout=4, k=3, p=1, act=act,
+         badgrad=True)
+_add("conv_1channel_relu_badgrad", "conv", (2, 1, 7, 7), cin=1, cout=3, k=3, p=1, act="relu",
+     badgrad=True)
+_add("rnn_relu", "rnn", (2, 4, 3), f=3, h=5, nonlinearity="relu")
+_add("rnn_relu_badgrad", "rnn", (2, 4, 3), f=3, h=5, nonlinearity="relu", badgrad=True)
 _add("ce", "ce", (6, 5))
 _add("mse", "mse", (6, 5))
 
@@ -52,7 +66,9 @@ def inputs(name, case, dtype):
     flat = x.reshape(-1)
     idx = rng.choice(flat.size, size=max(3, flat.size // 12), replace=False)
     flat[idx] = np.array([np.nan, np.inf, -np.inf])[np.arange(idx.size) % 3]
-    if case["kind"] in ("rnn", "lstm", "gru", "batch_norm1d", "batch_norm2d"):
+    if case["args"].get("badgrad"):
+        x = rng.standard_normal(case["shape"])  # finite: the gradient is the bad one
+    elif case["kind"] in ("rnn", "lstm", "gru", "batch_norm1d", "batch_norm2d"):
         x = rng.standard_normal(case["shape"])  # one bad value: the rest stays informative
         x.reshape(-1)[seed % x.size] = np.nan
     g = None
@@ -67,9 +83,16 @@ def inputs(name, case, dtype):
     return x.astype(dtype), g
 
 
-def upstream(shape, dtype):
-    """The gradient fed to backward: finite, fixed."""
-    return np.random.default_rng(1).standard_normal(shape).astype(dtype)
+def upstream(shape, dtype, bad=False):
+    """The gradient fed to backward: fixed; finite, or (``bad``) with about 1 in 4 values
+    NaN, inf or -inf."""
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(shape)
+    if bad:
+        flat = g.reshape(-1)
+        idx = rng.choice(flat.size, size=max(3, flat.size // 4), replace=False)
+        flat[idx] = np.array([np.nan, np.inf, -np.inf])[np.arange(idx.size) % 3]
+    return g.astype(dtype)
 
 
 def classes(a):

@@ -43,10 +43,18 @@ def layer_for(case):
         "dense": lambda: Dense(a.get("fin"), a.get("fout"), activation=a.get("act")),
         "conv": lambda: Conv2D(a.get("cin"), a.get("cout"), a.get("k"), stride=a.get("s", 1), padding=a.get("p"),
                                activation=a.get("act")),
-        "rnn": lambda: RNN(a.get("f"), a.get("h")),
+        "rnn": lambda: RNN(a.get("f"), a.get("h"), a.get("nonlinearity", "tanh")),
         "lstm": lambda: LSTM(a.get("f"), a.get("h")),
         "gru": lambda: GRU(a.get("f"), a.get("h")),
     }[kind]()
+
+
+# PyTorch's own two CPU convolutions disagree when the gradient holds inf: the float64 one
+# multiplies its zero padding by it (NaN in dw), the float32 one (oneDNN) does not. fastnet's
+# CPU dw computes the products that exist (as float32 PyTorch), its CUDA dw multiplies the
+# zero padding of im2col (as float64 PyTorch); either is PyTorch's answer for these keys.
+EITHER_TORCH = {("conv_relu_badgrad", "pgrad.weight"), ("conv_tanh_badgrad", "pgrad.weight"),
+                ("conv_1channel_relu_badgrad", "pgrad.weight")}
 
 
 def check(got, name, key, dtype, large):
@@ -54,6 +62,13 @@ def check(got, name, key, dtype, large):
     got = np.asarray(got)
     if large:
         np.testing.assert_array_equal(classes(got), want, err_msg=f"{key}: NaN / inf positions")
+        return
+    if (name, key) in EITHER_TORCH:
+        answers = [classes(REF[f"{name}.{d}.{key}"]) for d in ("float32", "float64")]
+        assert any(np.array_equal(classes(got), a) for a in answers), f"{key}: NaN / inf positions"
+        finite = np.isfinite(want) & np.isfinite(got)
+        rtol, atol = TOL[dtype]
+        np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=atol, err_msg=key)
         return
     assert got.shape == want.shape, key
     np.testing.assert_array_equal(classes(got), classes(want), err_msg=f"{key}: NaN / inf positions")
@@ -83,7 +98,7 @@ def run_case(name, dtype, device, to_dev):
     if isinstance(y, tuple):
         y = y[0]
     check(to_numpy(y), name, "y", dtype, case["large"])
-    dx = layer.backward(to_dev(upstream(np.shape(y), dtype)))
+    dx = layer.backward(to_dev(upstream(np.shape(y), dtype, case["args"].get("badgrad", False))))
     check(to_numpy(dx), name, "dx", dtype, case["large"])
     for pname, p in layer.named_parameters():
         key = f"{name}.{dtype.__name__}.pgrad.{pname}"

@@ -31,15 +31,15 @@ def apply_activation(v, code, one):
 
 
 @cuda.jit(device=True, inline=True)
-def activation_grad(y, code, one):
-    """d act / d v through the output y = act(v)."""
-    if code == RELU:  # (0 where y <= 0: a NaN output passes the gradient)
-        return one - one if y <= 0 else one
+def activation_backward(g, y, code, one):
+    """g * d act / d v through the output y = act(v)."""
+    if code == RELU:  # a select, as on the CPU and in PyTorch: 0 where y <= 0 even for a
+        return one - one if y <= 0 else g  # NaN g; g where y > 0 or y is NaN
     if code == SIGMOID:
-        return y * (one - y)
+        return g * (y * (one - y))
     if code == TANH:
-        return one - y * y
-    return one
+        return g * (one - y * y)
+    return g
 
 
 # ---- block reductions --------------------------------------------------------------------
