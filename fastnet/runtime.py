@@ -45,7 +45,8 @@ method, a DataLoader's workers, gunicorn) cannot use it: Numba terminates a chil
 launches a GNU OpenMP region its parent's pool owns ("fork() called from a process already
 using GNU OpenMP"; ``multiprocessing.Pool.map`` then hangs). So with the ``omp`` layer an
 ``os.register_at_fork`` hook makes every kernel of such a child run its serial build (each
-parallel kernel has one, fastnet/kernels/_jit.py): same results bit for bit, one core per
+parallel kernel has one, fastnet/kernels/_jit.py): the same results up to rounding (a
+build may order a reduction or fuse a multiply-add differently), one core per
 process, which is what a pool of worker processes wants anyway. (The workqueue and TBB
 layers run in a forked child: measured for workqueue, documented by Numba for TBB.) The
 hook also gives the child a fresh ``kernel_lock`` (another thread of the parent may have

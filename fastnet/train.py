@@ -258,6 +258,7 @@ class Trainer:
                                             # or "non_finite"
         self.input_shape = None             # of one sample, recorded for predict
         self._loader_states = None          # from resume(), applied by the next fit()
+        self._on_disk = None                # (checkpoint path, epoch) last written / resumed
 
     # ---- the loop ------------------------------------------------------------------------
     def fit(self, train_loader, val_loader=None, epochs=1, resume=None):
@@ -301,8 +302,9 @@ class Trainer:
                                          f"{self.best['value']:.4f} at epoch {self.best['epoch']})")
                 if self.checkpoint_dir is not None:
                     last = self._state()
-                    write_npz(os.path.join(self.checkpoint_dir, "checkpoint.npz"), *last,
-                              "Trainer")
+                    path = os.path.join(self.checkpoint_dir, "checkpoint.npz")
+                    write_npz(path, *last, "Trainer")
+                    self._on_disk = (os.path.abspath(path), self.epoch)
                     if improved:
                         write_npz(os.path.join(self.checkpoint_dir, "best.npz"), *last, "Trainer")
                 self.log(self._line(record, epochs))
@@ -331,11 +333,13 @@ class Trainer:
             # NOTE: the file already holds `last` (or, before the first epoch, nothing was
             # written): it is not rewritten, so a poisoned state never reaches the disk.
             self._check_checkpoint(*last, path, "Trainer")()
-            kept = path if os.path.exists(path) else None
+            # only a file this trainer wrote or resumed from holds `last`: the directory
+            # may hold another run's checkpoint.npz
+            kept = path if self._on_disk == (os.path.abspath(path), self.epoch) else None
             where = (f"Kept the last good checkpoint, {path} (epoch {self.epoch}), and rolled "
                      "the trainer back to it." if kept else
-                     "No epoch had completed, so no checkpoint was written; the trainer is "
-                     "rolled back to its state before this fit.")
+                     "No epoch of this run had completed, so it wrote no checkpoint; the "
+                     "trainer is rolled back to its state before this fit.")
             raise NonFiniteLossError(f"{e} {where}", epoch=e.epoch, step=e.step, loss=e.loss,
                                      checkpoint=kept) from None
         if self.stop_reason is None:
@@ -397,6 +401,12 @@ class Trainer:
     def _update_best(self, record):
         value = record[self.monitor]
         if value is None:
+            return False
+        if not math.isfinite(value):
+            # NOTE: a NaN / inf validation metric never becomes the best (NaN compares
+            # false both ways, and a NaN best would never be beaten); it counts as an
+            # epoch without improvement
+            self.bad_epochs += 1
             return False
         if self.best is None or (value < self.best["value"] if self.monitor == "val_loss"
                                  else value > self.best["value"]):
@@ -489,6 +499,7 @@ class Trainer:
                            f"{message.removeprefix(who + ': ')}")
             raise FileFormatError(path, message) from e
         restore()
+        self._on_disk = (os.path.abspath(path), self.epoch)
         return self
 
     def _check_checkpoint(self, meta, arrays, path, who):

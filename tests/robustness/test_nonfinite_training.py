@@ -72,7 +72,7 @@ def test_one_nan_pixel_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_
 def test_nan_in_the_first_epoch_writes_no_checkpoint(tmp_path):
     trainer, loader = make(tmp_path, nan_at=(1, 2))
     before = params(trainer.model)
-    with pytest.raises(NonFiniteLossError, match="No epoch had completed") as info:
+    with pytest.raises(NonFiniteLossError, match="No epoch of this run had completed") as info:
         trainer.fit(loader, epochs=2)
     assert info.value.checkpoint is None and (info.value.epoch, info.value.step) == (1, 2)
     assert not (tmp_path / "checkpoint.npz").exists() and not (tmp_path / "best.npz").exists()
@@ -142,3 +142,44 @@ def test_cli_stops_a_diverging_run_with_one_line_and_exit_1(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stop_reason"] == "non_finite"
     assert not (out / "best.npz").exists() or load_model(out / "best.npz")
+
+
+def test_a_nan_validation_loss_never_becomes_the_best(tmp_path):
+    """A NaN validation metric counts as an epoch without improvement; it is never
+    written as the best value (a NaN best made every checkpoint of the run unloadable)."""
+    trainer, loader = make(tmp_path)
+    rng = np.random.default_rng(5)
+    xv = rng.random((8, 1, 6, 6)).astype(np.float32)
+    xv[0, 0, 0, 0] = np.nan
+    val = DataLoader(ArrayDataset(xv, rng.integers(0, 3, 8)), 8)
+    trainer.fit(loader, val, epochs=2)
+    assert np.isnan(trainer.history[0]["val_loss"]) and trainer.best is None
+    assert trainer.bad_epochs == 2
+    for name in ("checkpoint.npz",):
+        model, meta = load_model(tmp_path / name)  # loadable
+        assert meta["epoch"] == 2
+    assert not (tmp_path / "best.npz").exists()
+    resumed, loader2 = make(tmp_path)
+    resumed.resume(tmp_path)
+    assert resumed.epoch == 2
+
+
+def test_the_stop_never_claims_another_runs_checkpoint(tmp_path):
+    other, loader = make(tmp_path)
+    other.fit(loader, epochs=3)  # another run's checkpoint.npz (epoch 3) in the directory
+    trainer, loader = make(tmp_path, nan_at=(1, 2))
+    with pytest.raises(NonFiniteLossError, match="No epoch of this run had completed") as info:
+        trainer.fit(loader, epochs=2)
+    assert info.value.checkpoint is None
+    assert load_model(tmp_path / "checkpoint.npz")[1]["epoch"] == 3  # untouched
+
+
+def test_after_resume_the_stop_keeps_the_resumed_checkpoint(tmp_path):
+    first, loader = make(tmp_path)
+    first.fit(loader, epochs=2)
+    trainer, loader = make(tmp_path, nan_at=(1, 3))  # its loader's first epoch is epoch 3
+    trainer.resume(tmp_path)
+    with pytest.raises(NonFiniteLossError, match="Kept the last good checkpoint") as info:
+        trainer.fit(loader, epochs=4)
+    assert info.value.checkpoint == str(tmp_path / "checkpoint.npz") and info.value.epoch == 3
+    assert trainer.epoch == 2
