@@ -37,6 +37,13 @@ MAX_EXPANSION = 64
 MIN_ALLOWANCE = 1 << 20
 MAX_MEMBERS = 1 << 16
 MAX_HEADER = 10_000  # NumPy's own limit for a .npy header
+# The JSON entry (an architecture, a checkpoint's training state): json.loads builds an
+# object per container, so a small deflated entry of "[{},{},...]" cost hundreds of MB
+# before any check ran. Its size (UTF-32: 4 bytes a character) and its containers are
+# counted first. A checkpoint takes about 900 bytes an epoch of history (some 4,000 epochs
+# fit) and one dict an epoch; a model description, a few dicts a layer.
+MAX_JSON_BYTES = 4 << 20
+MAX_JSON_CONTAINERS = 100_000
 ARRAY_KINDS = "fiu"  # parameters, buffers and optimizer state: real numbers
 _CHUNK = 1 << 20
 
@@ -100,7 +107,23 @@ def _npy_header(f, what):
         raise ValueError(f"{what} holds {dtype} (objects or records), expected plain numbers")
     if not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ValueError(f"{what}: its .npy header has the shape {shape!r}")
+    check_shape(shape, dtype, what)
     return header.tell(), tuple(shape), dtype, bool(fortran)
+
+
+def check_shape(shape, dtype, what):
+    """ValueError naming ``what`` unless NumPy can make an array of ``shape`` and ``dtype``:
+    at most its number of dimensions (64), and, for a shape with a zero in it, a size that
+    fits its index type (NumPy multiplies the other dimensions too). Allocates nothing: an
+    array with elements is checked against the file's size by the caller instead."""
+    try:
+        if shape:  # (a 0-d array has one element: never made here)
+            np.empty((0,) * len(shape), dtype)
+        if 0 in shape:
+            np.empty(shape, dtype)
+    except ValueError as e:  # "maximum supported dimension ...", "array is too big ..."
+        raise ValueError(f"{what}: NumPy cannot hold an array of shape "
+                         f"{_quoted(tuple(shape))}: {e}") from None
 
 
 class NpzReader:
@@ -205,7 +228,15 @@ class NpzReader:
         if m.dtype.kind != "U" or m.shape != ():
             self.bad(f"is not a fastnet {self.kind} file: {entry} holds {m.dtype} {m.shape}, "
                      "expected a JSON string")
+        if m.nbytes > MAX_JSON_BYTES:
+            self.bad(f"is not a fastnet {self.kind} file: its {entry} entry holds {m.nbytes} "
+                     f"bytes, more than the {MAX_JSON_BYTES} a description may have")
         text = str(self.read(entry)[()])
+        containers = text.count("{") + text.count("[")  # (braces in strings count too)
+        if containers > MAX_JSON_CONTAINERS:
+            self.bad(f"is not a fastnet {self.kind} file: its {entry} JSON has {containers} "
+                     f"lists and dicts, more than the {MAX_JSON_CONTAINERS} a description may "
+                     "have")
         try:
             meta = json.loads(text)
         except RecursionError as e:
@@ -356,6 +387,13 @@ def atomic_write(path, write, who):
 
 def write_npz(path, meta: dict, arrays: dict, who: str, meta_entry: str) -> None:
     """``arrays`` plus ``meta`` (as JSON, in ``meta_entry``) as an uncompressed .npz,
-    written atomically."""
-    atomic_write(path, lambda f: np.savez(f, **{meta_entry: np.array(json.dumps(meta))}, **arrays),
-                 who)
+    written atomically. A ``meta`` that the readers would refuse as too large is a
+    ValueError, and nothing is written."""
+    document = json.dumps(meta)
+    text = np.array(document)
+    containers = document.count("{") + document.count("[")
+    if text.nbytes > MAX_JSON_BYTES or containers > MAX_JSON_CONTAINERS:
+        raise ValueError(f"{who}: the description of {path} would take {text.nbytes} bytes "
+                         f"with {containers} lists and dicts; fastnet reads at most "
+                         f"{MAX_JSON_BYTES} bytes and {MAX_JSON_CONTAINERS} of them")
+    atomic_write(path, lambda f: np.savez(f, **{meta_entry: text}, **arrays), who)

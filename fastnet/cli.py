@@ -207,6 +207,7 @@ DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "
 
 def _open_model(command, path, device):
     """(model in eval mode on device, checkpoint info) or an exit code."""
+    from .serialization import input_shape_ok  # config's in_shape: bounded as input_shape
     from .train import load_model
 
     if (code := _device(command, device)) is not None:
@@ -226,16 +227,11 @@ def _open_model(command, path, device):
     if not (config.get("seed") is None or (isinstance(config["seed"], int)
                                           and not isinstance(config["seed"], bool))) \
             or not isinstance(config.get("data", ""), str) \
-            or not (config.get("in_shape") is None or _shape_list(config["in_shape"])):
+            or not (config.get("in_shape") is None or input_shape_ok(config["in_shape"])):
         return _fail(command, f"{path}: the checkpoint's config is malformed (seed "
                               f"{config.get('seed')!r:.40}, data {config.get('data')!r:.40}, "
                               f"in_shape {config.get('in_shape')!r:.40})")
     return model.to(device).eval(), info
-
-
-def _shape_list(v):
-    return isinstance(v, list) and len(v) <= 8 and all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)
 
 
 def evaluate(args) -> int:
@@ -268,8 +264,20 @@ def evaluate(args) -> int:
 IMAGE_NOTE = "images are read as grayscale, resized to the model's input and scaled to [0, 1]"
 
 
-def _read_input(path, in_shape):
-    """(N, *in_shape) float32 samples from a .npy file or an image, or raise ValueError."""
+def _read_input(path, in_shape, dtype=np.float32):
+    """(N, *in_shape) samples of ``dtype`` (the model's) from a .npy file or an image, or
+    raise ValueError."""
+    a = _read_samples(path, in_shape)
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
+        x = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(x).all():  # after the cast: 1e300 is finite, float32(1e300) is not
+        raise ValueError(f"{path}: the array holds NaN or infinite values"
+                         + (f" (as {np.dtype(dtype)})" if np.isfinite(a).all() else ""))
+    return x
+
+
+def _read_samples(path, in_shape):
+    """(N, *in_shape) samples from a .npy file or an image, or raise ValueError."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     if path.lower().endswith(".npy"):
@@ -283,10 +291,8 @@ def _read_input(path, in_shape):
             raise ValueError(f"{path}: expected a numeric array, got dtype {a.dtype}")
         if a.dtype == np.uint8:  # raw pixels, as in an image file
             a = a / 255.0
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise ValueError(f"{path}: the array holds NaN or infinite values")
         if in_shape is None:  # a model file: no recorded shape, the model checks it
-            return np.ascontiguousarray(a[None] if a.ndim == 3 else a, dtype=np.float32)
+            return a[None] if a.ndim == 3 else a
         in_shape = tuple(in_shape)
         if a.shape == in_shape or (in_shape[0] == 1 and a.shape == in_shape[1:]):
             a = a.reshape((1, *in_shape))
@@ -297,7 +303,7 @@ def _read_input(path, in_shape):
             single = f"({h}, {w}), " if c == 1 else ""
             raise ValueError(f"{path}: the model takes arrays of shape {in_shape}, {single}or "
                              f"(N, {c}, {h}, {w}); got {a.shape}")
-        return np.ascontiguousarray(a, dtype=np.float32)
+        return a
     try:
         from PIL import Image
     except ImportError:
@@ -325,7 +331,7 @@ def _read_input(path, in_shape):
         a = a[None]
     else:
         a = a.transpose(2, 0, 1)
-    return np.ascontiguousarray(a[None], dtype=np.float32)
+    return a[None]
 
 
 def predict(args) -> int:
@@ -339,8 +345,9 @@ def predict(args) -> int:
     config = info.get("config") or {}
     names = CLASS_NAMES.get(config.get("data"))
     in_shape = info.get("input_shape") or config.get("in_shape")
+    dtype = next((p.dtype for p in model.parameters()), np.dtype(np.float32))
     try:  # every input is read and checked before any prediction is printed
-        inputs = [(path, _read_input(path, in_shape)) for path in args.files]
+        inputs = [(path, _read_input(path, in_shape, dtype)) for path in args.files]
     except ValueError as e:
         return _fail("predict", str(e))
     for path, x in inputs:
@@ -495,3 +502,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # outside training (which handles its own): no traceback
         print(f"fastnet {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except MemoryError as e:  # e.g. a model too large for this machine: one line too
+        return _fail(args.command, f"out of memory: {e or 'MemoryError'}")

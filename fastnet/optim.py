@@ -24,9 +24,31 @@ def _number(value, name, owner, lo=0.0, hi=None, lo_open=False, hi_open=True):
     return v
 
 
+def _lr(value, owner):
+    # NOTE: [0, inf) once the optimizer exists: a schedule may take the lr to 0 (CosineLR's
+    # min_lr); the constructors ask for lr > 0 on top of this.
+    return _number(value, "lr", owner)
+
+
+def _non_negative(name):
+    return lambda value, owner: _number(value, name, owner)
+
+
+def _betas(betas, owner):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{owner}: betas must be a pair, got {betas!r}")
+    return (_number(betas[0], "betas[0]", owner, 0.0, 1.0),
+            _number(betas[1], "betas[1]", owner, 0.0, 1.0))
+
+
 class Optimizer:
+    """The base: ``step()`` in the subclasses. The hyper-parameters (``lr`` and the
+    others in ``hyperparameters``) are plain attributes, checked whenever they are set
+    (by the constructor, by assignment, by ``load_state_dict``) with ``rules``."""
+
     buffers = ()       # names of the per-parameter state arrays
     hyperparameters = ()  # attributes saved by state_dict
+    rules = {}         # hyper-parameter -> check(value, owner): the value to keep, or raise
 
     def __init__(self, params):
         name = type(self).__name__
@@ -45,6 +67,31 @@ class Optimizer:
         self.params = params
         self.state = [dict() for _ in params]  # per parameter: name -> buffer
         self.param_steps = [0] * len(params)  # updates each parameter has had (PyTorch's "step")
+
+    def __setattr__(self, name, value):
+        # NOTE: only sets are checked; step() reads plain attributes (no property cost).
+        if name in type(self).rules:
+            value = self.check_hyperparameters({name: value})[name]
+        object.__setattr__(self, name, value)
+
+    def check_hyperparameters(self, values):
+        """``values`` (hyper-parameter -> value) checked by the rules the constructor
+        applies, together with the current values of the others (e.g. SGD's nesterov needs
+        momentum > 0); returns the values to keep. Changes nothing; TypeError / ValueError
+        as the constructor raises them."""
+        owner, rules = type(self).__name__, type(self).rules
+        checked = {k: rules[k](v, owner) if k in rules else v for k, v in values.items()}
+        current = {k: self.__dict__[k] for k in self.hyperparameters if k in self.__dict__}
+        self._check_together({**current, **checked}, owner)
+        return checked
+
+    def _check_together(self, values, owner):
+        """Rules between hyper-parameters (``values`` may lack some while constructing)."""
+
+    def _set_hyperparameters(self, **values):
+        """Check all of ``values``, then set them (the constructors: one check together)."""
+        for k, v in self.check_hyperparameters(values).items():
+            object.__setattr__(self, k, v)
 
     def zero_grad(self):
         for p in self.params:
@@ -85,24 +132,29 @@ class Optimizer:
         if len(state["state"]) != len(self.params) or len(state["param_steps"]) != len(self.params):
             raise ValueError(f"{name}.load_state_dict: state for {len(state['state'])} "
                              f"parameters, the optimizer has {len(self.params)}")
+        hyper = self.check_hyperparameters(  # a JSON list stands for a tuple (betas)
+            {k: tuple(v) if isinstance(v, list) else v
+             for k, v in state.get("hyperparameters", {}).items() if k in self.hyperparameters})
         new = []
         for i, (p, s) in enumerate(zip(self.params, state["state"])):
             unknown = set(s) - set(self.buffers)
             if unknown:
                 raise ValueError(f"{name}.load_state_dict: unknown buffers {sorted(unknown)} "
                                  f"for parameter {i}; {name} keeps {list(self.buffers)}")
-            for k, v in s.items():
-                if np.shape(v) != p.shape:
+            host = {k: np.asarray(to_numpy(v)) for k, v in s.items()}
+            for k, v in host.items():
+                if v.shape != p.shape:
                     raise ValueError(f"{name}.load_state_dict: buffer {k!r} of parameter {i} "
-                                     f"has shape {np.shape(v)}, the parameter {p.shape}")
+                                     f"has shape {v.shape}, the parameter {p.shape}")
+                if v.dtype.kind not in "fiu":
+                    raise TypeError(f"{name}.load_state_dict: buffer {k!r} of parameter {i} "
+                                    f"holds {v.dtype}, expected real numbers")
             dev = device_of(p.data)
             # np.array copies on the host, so the optimizer never shares the caller's arrays
-            new.append({k: dev.asarray(np.array(to_numpy(v), dtype=p.dtype)) for k, v in s.items()})
-        self.state = new
+            new.append({k: dev.asarray(np.array(v, dtype=p.dtype)) for k, v in host.items()})
+        self.state = new  # all checked first: a failed load changes nothing
         self.param_steps = [int(n) for n in state["param_steps"]]
-        for k, v in state.get("hyperparameters", {}).items():
-            if k in self.hyperparameters:
-                setattr(self, k, tuple(v) if isinstance(v, list) else v)
+        self._set_hyperparameters(**hyper)
 
 
 class SGD(Optimizer):
@@ -110,15 +162,17 @@ class SGD(Optimizer):
 
     buffers = ("momentum_buffer",)
     hyperparameters = ("lr", "momentum", "weight_decay", "nesterov")
+    rules = {"lr": _lr, "momentum": _non_negative("momentum"),
+             "weight_decay": _non_negative("weight_decay"), "nesterov": lambda v, owner: bool(v)}
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params)
-        self.lr = _number(lr, "lr", "SGD", lo_open=True)
-        self.momentum = _number(momentum, "momentum", "SGD")
-        self.weight_decay = _number(weight_decay, "weight_decay", "SGD")
-        if nesterov and self.momentum == 0:
-            raise ValueError("SGD: nesterov momentum needs momentum > 0")
-        self.nesterov = bool(nesterov)
+        self._set_hyperparameters(lr=_number(lr, "lr", "SGD", lo_open=True), momentum=momentum,
+                                  weight_decay=weight_decay, nesterov=nesterov)
+
+    def _check_together(self, values, owner):
+        if values.get("nesterov") and values.get("momentum") == 0:
+            raise ValueError(f"{owner}: nesterov momentum needs momentum > 0")
 
     def step(self):
         for i, p, _ in self._updates():
@@ -133,17 +187,14 @@ class Adam(Optimizer):
     decoupled = False
     buffers = ("exp_avg", "exp_avg_sq")
     hyperparameters = ("lr", "betas", "eps", "weight_decay")
+    rules = {"lr": _lr, "betas": _betas,
+             "eps": lambda v, owner: _number(v, "eps", owner, lo_open=True),
+             "weight_decay": _non_negative("weight_decay")}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params)
-        name = type(self).__name__
-        self.lr = _number(lr, "lr", name, lo_open=True)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{name}: betas must be a pair, got {betas!r}")
-        self.betas = (_number(betas[0], "betas[0]", name, 0.0, 1.0),
-                      _number(betas[1], "betas[1]", name, 0.0, 1.0))
-        self.eps = _number(eps, "eps", name, lo_open=True)
-        self.weight_decay = _number(weight_decay, "weight_decay", name)
+        self._set_hyperparameters(lr=_number(lr, "lr", type(self).__name__, lo_open=True),
+                                  betas=betas, eps=eps, weight_decay=weight_decay)
 
     def step(self):
         for i, p, step in self._updates():

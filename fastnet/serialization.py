@@ -15,6 +15,7 @@ ValueError) that names the file.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import numbers
 import os
@@ -36,7 +37,21 @@ _REGISTRY = {name: getattr(_layers, name) for name in _layers.__all__
              if name not in ("Module", "Parameter", "Buffer")}
 
 
-def _describe(module: Module) -> dict:
+def _describe(module: Module, check: bool = True) -> dict:
+    """The JSON description of ``module`` that ``_build`` rebuilds. With ``check`` (the
+    default), a model that ``fastnet.load`` would refuse (``expected_state``'s rules, e.g.
+    a Conv2D padded past its kernel) is a ValueError: save and load agree."""
+    desc = _description(module)
+    if check:
+        try:
+            _walk(json.loads(json.dumps(desc)), "model", "", 0, {}, [0])  # as a file holds it
+        except _Bad as e:
+            raise ValueError(f"fastnet.save: cannot write this model: {e} (fastnet.load "
+                             "refuses such files)") from None
+    return desc
+
+
+def _description(module: Module) -> dict:
     name = type(module).__name__
     if _REGISTRY.get(name) is not type(module):
         raise TypeError(
@@ -44,13 +59,13 @@ def _describe(module: Module) -> dict:
             "Sequential can be rebuilt; for a custom module save model.state_dict() instead"
         )
     if isinstance(module, _layers.Sequential):
-        return {"type": name, "layers": [_describe(m) for m in module]}
+        return {"type": name, "layers": [_description(m) for m in module]}
     desc = {"type": name, "config": module.config()}
     # a layer built from other layers (Residual) names them in SUBMODULES: each is
     # described in turn (None stays None) and passed back to the constructor by name
     for sub in getattr(type(module), "SUBMODULES", ()):
         child = getattr(module, sub)
-        desc.setdefault("modules", {})[sub] = None if child is None else _describe(child)
+        desc.setdefault("modules", {})[sub] = None if child is None else _description(child)
     return desc
 
 
@@ -96,12 +111,12 @@ def _positive(config, name, where):
     return int(value)
 
 
-def _pair(config, name, where):
+def _pair(config, name, where, minimum=1):
     value = config[name]
     v = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not (isinstance(v, list) and len(v) == 2
-            and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v)):
-        raise _Bad(f"{where}.{name}", f"expected an int or a pair of ints >= 1, got "
+            and all(isinstance(e, int) and not isinstance(e, bool) and e >= minimum for e in v)):
+        raise _Bad(f"{where}.{name}", f"expected an int or a pair of ints >= {minimum}, got "
                                       f"{_short(value)}")
     return tuple(v)
 
@@ -116,8 +131,17 @@ def _dense_state(c, where):
 
 def _conv_state(c, where):
     out, inp = _positive(c, "out_channels", where), _positive(c, "in_channels", where)
-    return {"weight": (out, inp, *_pair(c, "kernel_size", where)),
-            **({"bias": (out,)} if c["bias"] else {})}
+    kernel = _pair(c, "kernel_size", where)
+    # NOTE: the padding is not stored in any array, yet it sizes every output: [20000,
+    # 20000] made evaluate allocate terabytes. Padding past the kernel only adds outputs
+    # that see nothing but zeros, so a file may pad at most by the kernel size (the layer's
+    # constructor, like PyTorch's, takes more).
+    padding = _pair(c, "padding", where, minimum=0)
+    if any(p > k for p, k in zip(padding, kernel)):
+        raise _Bad(f"{where}.padding", f"padding {list(padding)} is larger than the kernel "
+                                       f"size {list(kernel)}; a fastnet file pads a Conv2D by "
+                                       "at most its kernel size on each axis")
+    return {"weight": (out, inp, *kernel), **({"bias": (out,)} if c["bias"] else {})}
 
 
 def _batch_norm_state(c, where):
@@ -280,6 +304,34 @@ def _ints(v, lo, most):
     return isinstance(v, list) and len(v) <= most and all(_is_int(e, lo) for e in v)
 
 
+# A sample's shape as checkpoints record it (``input_shape``), for predict to resize an
+# image to: not an array in the file, so bounded here (a 2 KB checkpoint claiming
+# [1, 20000, 20000] made predict allocate 23 GB).
+MAX_INPUT_DIM = 65536
+MAX_INPUT_SIZE = 1 << 24
+
+
+def input_shape_ok(v) -> bool:
+    """Whether ``v`` is a sample shape a checkpoint may record: a list of 1 to 3 positive
+    ints, each at most MAX_INPUT_DIM, with at most MAX_INPUT_SIZE elements in all."""
+    return (isinstance(v, list) and 1 <= len(v) <= 3 and _ints(v, 1, 3)
+            and max(v) <= MAX_INPUT_DIM and math.prod(v) <= MAX_INPUT_SIZE)
+
+
+# The numbers of a history record (Trainer._run_epoch writes them all), float or None
+_RECORD_NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s",
+                   "seconds")
+
+
+def _history_record(r):
+    return (isinstance(r, dict) and _is_int(r.get("epoch"), 1)
+            and all(isinstance(x, _SCALARS) for x in r.values())
+            and all(r.get(k) is None or (isinstance(r[k], (int, float))
+                                         and not isinstance(r[k], bool))
+                    for k in _RECORD_NUMBERS)
+            and isinstance(r.get("stopped", ""), str))
+
+
 def _hyperparameter(v):
     return (v is None or isinstance(v, bool) or _is_real(v)
             or (isinstance(v, list) and len(v) <= 4 and all(_is_real(e) for e in v)))
@@ -289,7 +341,9 @@ _CHECKPOINT_ENTRIES = {  # entry -> (what it must be, check); checked where pres
     "epoch": ("an int >= 0", _is_int),
     "bad_epochs": ("an int >= 0", _is_int),
     "base_lr": ("a finite number", _is_real),
-    "input_shape": ("null or a list of positive ints", lambda v: v is None or _ints(v, 1, 8)),
+    "input_shape": (f"null or a list of 1 to 3 positive ints, each at most {MAX_INPUT_DIM}, "
+                    f"at most {MAX_INPUT_SIZE} elements in all",
+                    lambda v: v is None or input_shape_ok(v)),
     "optimizer": ("{type: str, hyperparameters: {name: number}, param_steps: [int >= 0]}",
                   lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)
                   and isinstance(v.get("hyperparameters"), dict)
@@ -301,8 +355,9 @@ _CHECKPOINT_ENTRIES = {  # entry -> (what it must be, check); checked where pres
         s is None or (isinstance(s, dict) and isinstance(s.get("generator"), dict))
         for s in v.values())),
     "modules": ("a dict of layer states", lambda v: isinstance(v, dict)),
-    "history": ("a list of dicts of numbers and strings", lambda v: isinstance(v, list) and all(
-        isinstance(r, dict) and all(isinstance(x, _SCALARS) for x in r.values()) for r in v)),
+    "history": ("a list of dicts {epoch: int >= 1, train_loss, train_acc, val_loss, val_acc, "
+                "lr, samples_per_s, seconds: number or null, stopped: str, ...}",
+                lambda v: isinstance(v, list) and all(_history_record(r) for r in v)),
     "best": ("null or {epoch: int, monitor: str, value: number}", lambda v: v is None or (
         isinstance(v, dict) and _is_int(v.get("epoch")) and isinstance(v.get("monitor"), str)
         and _is_real(v.get("value")))),

@@ -29,7 +29,7 @@ from .errors import FileFormatError
 from .losses import CrossEntropyLoss
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
                             _model_meta, check_checkpoint_meta, check_version,
-                            load_with_meta, read_npz, same_layout, write_npz)
+                            input_shape_ok, load_with_meta, read_npz, same_layout, write_npz)
 
 __all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
            "plot_history", "progress_bar"]
@@ -431,7 +431,9 @@ class Trainer:
         opt = self.optimizer.state_dict()
         meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 **_model_meta(self.model),
-                "epoch": self.epoch, "input_shape": self.input_shape,
+                "epoch": self.epoch,
+                # None where a file may not hold it (input_shape_ok): predict takes .npy then
+                "input_shape": self.input_shape if input_shape_ok(self.input_shape) else None,
                 "optimizer": {"type": opt["type"], "hyperparameters": opt["hyperparameters"],
                               "param_steps": opt["param_steps"]},
                 "base_lr": self.base_lr,
@@ -487,6 +489,15 @@ class Trainer:
                     and same_layout(theirs, {k: mine[k] for k in theirs})):
                 raise FileFormatError(path, f"{who}: {path}: the optimizer's hyper-parameters are "
                                             f"{str(theirs)[:120]}, expected the layout of {mine}")
+            # the optimizer's own rules (its constructor's); base_lr is what lr starts at
+            for what, values in (("the optimizer's hyper-parameters are",
+                                  {k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in theirs.items()}),
+                                 ("base_lr is", {"lr": meta["base_lr"]})):
+                try:
+                    self.optimizer.check_hyperparameters(values)
+                except (TypeError, ValueError) as e:
+                    raise FileFormatError(path, f"{who}: {path}: {what} refused: {e}") from None
         except FileFormatError:
             raise
         except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
@@ -505,7 +516,8 @@ class Trainer:
     def _check_checkpoint(self, meta, arrays, path, who):
         """Validate a checkpoint against this trainer; return a function that applies it."""
         # Compared as JSON stores them (tuples become lists), whether read from a file or not.
-        mine, theirs = (json.loads(json.dumps(d)) for d in (_describe(self.model), meta["model"]))
+        mine, theirs = (json.loads(json.dumps(d))
+                        for d in (_describe(self.model, check=False), meta["model"]))
         if theirs != mine:
             raise ValueError(f"{who}: {path} holds a different model architecture: "
                              f"{_first_difference(theirs, mine)}")

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from .._npz import check_shape
 from ..errors import FileFormatError
 
 # type byte -> big-endian dtype
@@ -76,6 +77,10 @@ def read_idx(path, ndim=None) -> np.ndarray:
                                         f"expected a {header}-byte header")
         shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
         dtype = np.dtype(_TYPES[code])
+        try:
+            check_shape(shape, dtype, "its header")
+        except ValueError as e:
+            raise FileFormatError(path, f"{path}: not a readable IDX file: {e}") from None
         expected = header + math.prod(shape) * dtype.itemsize
         promised = (f"{expected} bytes ({header}-byte header + {' x '.join(map(str, shape))} "
                     f"values of {dtype.itemsize} byte(s))")

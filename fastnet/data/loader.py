@@ -151,7 +151,11 @@ class DataLoader:
     def _batches(self, order, stop):
         for start in range(0, stop, self.batch_size):
             x, y = self.dataset[order[start:start + self.batch_size]]
-            y = np.asarray(y)
+            x, y = np.asarray(x), np.asarray(y)
+            for name, a in (("x", x), ("y", y)):
+                if a.dtype.kind not in "biuf":  # a cast would drop an imaginary part
+                    raise TypeError(f"DataLoader: the dataset gave a batch whose {name} holds "
+                                    f"{a.dtype}, expected real numbers (bool, int or float)")
             ydtype = np.int64 if np.issubdtype(y.dtype, np.integer) else self.dtype
             yield np.ascontiguousarray(x, dtype=self.dtype), np.ascontiguousarray(y, dtype=ydtype)
 

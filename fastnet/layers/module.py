@@ -103,9 +103,11 @@ class Buffer:
     @data.setter
     def data(self, value):
         device = device_of(value)
-        if value.shape != self._data.shape or value.dtype.kind != self._data.dtype.kind:
-            raise ValueError(f"Buffer.data: expected a {self._data.dtype.kind}-kind array of "
-                             f"shape {self._data.shape}, got {value.dtype} {value.shape}")
+        if value.dtype.kind != self._data.dtype.kind:  # complex into float, float into int, ...
+            raise TypeError(f"Buffer.data: expected a {self._data.dtype.kind}-kind array (like "
+                            f"{self._data.dtype}), got {value.dtype}")
+        if value.shape != self._data.shape:
+            raise ValueError(f"Buffer.data: expected shape {self._data.shape}, got {value.shape}")
         self._data = device.asarray(value)
 
     @property

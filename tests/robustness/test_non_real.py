@@ -113,3 +113,89 @@ def test_array_dataset_refuses_non_real_data(where, kind):
     bad = NON_REAL[kind](x.shape if where == "x" else y.shape)
     with pytest.raises(TypeError, match=f"ArrayDataset: {where} must hold real numbers"):
         ArrayDataset(bad if where == "x" else x, bad if where == "y" else y)
+
+
+# ---- the review of issue 19 ---------------------------------------------------------------
+class _Custom:
+    """A dataset of the protocol (not an ArrayDataset) that returns what it is given."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        return self.x[idx], self.y[idx]
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+@pytest.mark.parametrize("kind", ["complex64", "complex128", "object", "str"])
+def test_data_loader_refuses_non_real_batches_of_any_dataset(where, kind):
+    """A custom dataset's complex batch lost its imaginary part (only a ComplexWarning)."""
+    from fastnet.data import DataLoader
+
+    x, y = np.ones((4, 2), np.float32), np.zeros(4, np.int64)
+    bad = NON_REAL[kind](x.shape if where == "x" else y.shape)
+    loader = DataLoader(_Custom(bad if where == "x" else x, bad if where == "y" else y), 2)
+    with pytest.raises(TypeError, match=f"batch whose {where} holds {bad.dtype}, expected real"):
+        next(iter(loader))
+    xb, yb = next(iter(DataLoader(_Custom(x.astype(np.int16), y.astype(bool)), 2)))  # real: kept
+    assert xb.dtype == np.float32 and yb.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", ["complex64", "object", "str"])
+def test_optimizer_load_state_dict_refuses_non_real_buffers(kind):
+    layer = L.Dense(4, 3)
+    opt = O.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    state = opt.state_dict()
+    state["state"][0] = {"momentum_buffer": NON_REAL[kind]((3, 4))}
+    state["hyperparameters"]["lr"] = 0.5
+    with pytest.raises(TypeError, match=r"SGD.load_state_dict: buffer 'momentum_buffer' of "
+                                        r"parameter 0 holds .*, expected real numbers"):
+        opt.load_state_dict(state)
+    assert opt.state == [{}, {}] and opt.lr == 0.1  # nothing changed
+
+
+def test_buffer_data_refuses_another_dtype_kind_with_a_type_error():
+    bn = L.BatchNorm1D(3)
+    with pytest.raises(TypeError, match=r"Buffer.data: expected a f-kind array .*, got complex64"):
+        bn.running_mean.data = np.zeros(3, np.complex64)
+    with pytest.raises(TypeError, match="got int64"):
+        bn.running_mean.data = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match=r"Buffer.data: expected shape \(3,\), got \(4,\)"):
+        bn.running_mean.data = np.zeros(4, np.float32)
+    bn.running_mean.data = np.ones(3, np.float64)  # the same kind: taken
+    assert bn.running_mean.data.sum() == 3
+
+
+@pytest.mark.parametrize("make, name, value, error", [
+    (lambda ps: O.SGD(ps, lr=0.1), "lr", 0.1j, TypeError),  # failed inside Numba at step()
+    (lambda ps: O.SGD(ps, lr=0.1), "lr", "0.1", TypeError),
+    (lambda ps: O.SGD(ps, lr=0.1), "lr", -0.1, ValueError),
+    (lambda ps: O.SGD(ps, lr=0.1), "lr", float("nan"), ValueError),
+    (lambda ps: O.SGD(ps, lr=0.1), "momentum", 0.9j, TypeError),
+    (lambda ps: O.SGD(ps, lr=0.1, momentum=0.9, nesterov=True), "momentum", 0.0, ValueError),
+    (lambda ps: O.SGD(ps, lr=0.1), "weight_decay", -1, ValueError),
+    (lambda ps: O.Adam(ps), "betas", (0.9j, 0.99), TypeError),
+    (lambda ps: O.Adam(ps), "betas", (0.9, 1.0), ValueError),
+    (lambda ps: O.Adam(ps), "betas", 0.9, ValueError),
+    (lambda ps: O.AdamW(ps), "eps", 0, ValueError),
+])
+def test_hyper_parameters_set_as_attributes_are_checked(make, name, value, error):
+    layer = L.Dense(4, 3)
+    opt = make(layer.parameters())
+    before = getattr(opt, name)
+    with pytest.raises(error, match=name.rstrip("s")):
+        setattr(opt, name, value)
+    assert getattr(opt, name) == before
+
+
+def test_hyper_parameters_that_pass_are_kept_as_the_constructor_keeps_them():
+    opt = O.Adam(L.Dense(4, 3).parameters())
+    opt.lr = 0  # a schedule may reach 0 (the constructor asks for lr > 0)
+    opt.betas = [0.5, np.float32(0.25)]
+    assert opt.lr == 0.0 and type(opt.lr) is float and opt.betas == (0.5, 0.25)
+    sgd = O.SGD(L.Dense(4, 3).parameters(), lr=0.1)
+    sgd.nesterov = 0
+    assert sgd.nesterov is False

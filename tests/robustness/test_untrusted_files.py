@@ -279,17 +279,19 @@ def test_malformed_descriptions(tmp_path, desc, match):
         fastnet.load(path)
 
 
-@pytest.mark.parametrize("depth", [30, 100_000])
+@pytest.mark.parametrize("depth", [30, 90_000, 100_000])
 def test_deeply_nested_descriptions(tmp_path, depth):
-    """100000 levels made json.loads raise RecursionError; 30 Sequentials inside each
-    other are more layers deep than any model."""
+    """100000 levels made json.loads raise RecursionError (now more lists than a
+    description may hold: refused before parsing; 90000 still reach json.loads); 30
+    Sequentials inside each other are more layers deep than any model."""
     desc = dense(2, 2)
     for _ in range(depth):
         desc = {"type": "Sequential", "layers": [desc]}
     text = json.dumps({"format": "fastnet-model", "version": 1, "dtype": "float32", "model": desc}) \
         if depth < 1000 else '{"format": "fastnet-model", "version": 1, "model": ' + "[" * depth + "]" * depth + "}"
     path = write_zip(tmp_path / "deep.npz", {META: meta_bytes(text)})
-    with refused(path, "layers nested more than 24 deep" if depth < 1000 else "nested too deeply"):
+    with refused(path, "layers nested more than 24 deep" if depth < 1000 else "nested too deeply"
+                 if depth < 100_000 else "100001 lists and dicts, more than the 100000"):
         fastnet.load(path)
 
 
@@ -443,7 +445,7 @@ def deep(n):
     return v
 
 
-DEEP_CONFIG = "config nested 100000 deep"  # json.dumps cannot write it: written by hand
+DEEP_CONFIG = "config nested 90000 deep"  # json.dumps cannot write it: written by hand
 
 
 @pytest.mark.parametrize("edit, match, load_model_too", [
@@ -464,6 +466,31 @@ DEEP_CONFIG = "config nested 100000 deep"  # json.dumps cannot write it: written
     (lambda m: m["rng"]["state"].update(state=10 ** 50), "is not a valid checkpoint", False),  # OverflowError
     (lambda m: m.update(rng={"bit_generator": "Generator"}), "not a NumPy bit-generator state", False),
     (lambda m: m["modules"]["3"].update(seed="x"), "the state of layer '3' is", False),  # half-restored
+    # the review of issue 19: input_shape sizes what predict allocates (B: RNG states, C:
+    # what resume accepted and a later step or plot crashed on)
+    (lambda m: m.update(input_shape=[1, 20000, 20000]), "'input_shape' must be null or a list", True),
+    (lambda m: m.update(input_shape=[1, 1, 1, 8]), "'input_shape' must be null or a list", True),
+    (lambda m: m.update(input_shape=[70000]), "'input_shape' must be null or a list", True),
+    (lambda m: m.update(history=[{}]), r"'history' must be a list of dicts \{epoch", True),  # plot: KeyError
+    (lambda m: m.update(history=[{"epoch": 1, "train_loss": "low"}]), "'history' must be", True),
+    (lambda m: m.update(history=[{"epoch": 0}]), "'history' must be", True),
+    (lambda m: m.update(history=[{"epoch": 1, "stopped": 3}]), "'history' must be", True),
+    (lambda m: m.update(rng={"bit_generator": "BitGenerator", "state": {}}),  # NotImplementedError
+     "not a NumPy bit-generator state", False),
+    (lambda m: m["loaders"].update(train={"generator": {"bit_generator": "BitGenerator"}}),
+     "not a NumPy bit-generator state", False),
+    (lambda m: m["rng"].update(has_uint32=5), r"invalid PCG64 state: .*has_uint32", False),
+    (lambda m: m["rng"]["state"].update(state=1.5), r"invalid PCG64 state", False),
+    (lambda m: m["rng"]["state"].update(state=-1), r"invalid PCG64 state", False),  # OverflowError
+    (lambda m: m.update(rng={"bit_generator": "MT19937", "state": {"key": [0] * 624, "pos": 10 ** 6}}),
+     r"invalid MT19937 state: .*pos", False),  # NumPy took it; the next draw crashed Python
+    (lambda m: m.update(rng={"bit_generator": "MT19937", "state": {"key": [0] * 10, "pos": 0}}),
+     r"invalid MT19937 state", False),  # IndexError
+    (lambda m: m["optimizer"]["hyperparameters"].update(lr=-0.1), r"lr must be in \[0.0", False),
+    (lambda m: m["optimizer"]["hyperparameters"].update(momentum=-1), "momentum must be in", False),
+    (lambda m: m["optimizer"]["hyperparameters"].update(momentum=0, nesterov=True),
+     "nesterov momentum needs momentum > 0", False),
+    (lambda m: m.update(base_lr=-0.1), r"base_lr is refused: SGD: lr must be in", False),
 ])
 def test_malformed_checkpoints_are_refused_and_change_nothing(tmp_path, checkpoint, edit, match,
                                                               load_model_too):
@@ -471,7 +498,7 @@ def test_malformed_checkpoints_are_refused_and_change_nothing(tmp_path, checkpoi
     if edit is DEEP_CONFIG:
         with np.load(checkpoint) as f:
             arrays = {k: f[k] for k in f.files}
-        text = str(arrays.pop(META))[:-1] + ', "config": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        text = str(arrays.pop(META))[:-1] + ', "config": ' + "[" * 90_000 + "]" * 90_000 + "}"
         np.savez(target, **{META: np.array(text)}, **arrays)
     else:
         edited(checkpoint, target, edit)
@@ -636,3 +663,204 @@ def test_plots_and_downloads_use_the_swept_temporary_names(tmp_path, monkeypatch
     assert os.path.basename(path).startswith(f".fastnet-{_host()}-{os.getpid()}-")
     assert any(n.startswith(f".fastnet-{_host()}-{os.getpid()}-") for n in seen)
     os.unlink(path)
+
+
+# ---- the review of issue 19 ---------------------------------------------------------------
+def adam_checkpoint(path):
+    fastnet.manual_seed(0)
+    model = L.Sequential(L.Flatten(), L.Dense(16, 4))
+    Trainer(model, fastnet.optim.Adam(model.parameters()), progress=False, log=None).save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize("hyper, match", [
+    ({"betas": [1.0, 1.0]}, r"betas\[0\] must be in \[0.0, 1.0\)"),  # ZeroDivisionError at the first step
+    ({"eps": 0}, r"eps must be in \(0.0"),
+    ({"weight_decay": -1}, "weight_decay must be in"),
+])
+def test_resume_checks_hyper_parameters_with_the_optimizers_rules(tmp_path, hyper, match):
+    good = adam_checkpoint(tmp_path / "good.npz")
+    bad = edited(good, tmp_path / "bad.npz", lambda m: m["optimizer"]["hyperparameters"].update(hyper))
+    fastnet.manual_seed(0)
+    model = L.Sequential(L.Flatten(), L.Dense(16, 4))
+    trainer = Trainer(model, fastnet.optim.Adam(model.parameters(), lr=0.01), progress=False, log=None)
+    with refused(bad, match):
+        trainer.resume(bad)
+    assert trainer.optimizer.lr == 0.01 and trainer.optimizer.betas == (0.9, 0.999)
+    assert trainer.resume(good).optimizer.lr == 1e-3
+    # lr 0 is what a schedule can reach (CosineLR's min_lr): a checkpoint may hold it
+    zero = edited(good, tmp_path / "zero.npz", lambda m: m["optimizer"]["hyperparameters"].update(lr=0.0))
+    assert trainer.resume(zero).optimizer.lr == 0.0
+
+
+def test_cli_resume_refuses_a_base_bit_generator(tmp_path, capsys):
+    """{"bit_generator": "BitGenerator"} made NumPy raise NotImplementedError (a traceback)."""
+    from fastnet.models import MODELS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fastnet.manual_seed(0)
+    model = MODELS["mlp"](in_shape=(1, 8, 8), num_classes=10)
+    Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None).save_checkpoint(out / "good.npz")
+    edited(out / "good.npz", out / "checkpoint.npz",
+           lambda m: m.update(rng={"bit_generator": "BitGenerator", "state": {}}))
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--no-progress", "--resume", str(out)]) == 2
+    assert "not a NumPy bit-generator state" in one_line_error(capsys, "train")
+
+
+def test_a_loader_refuses_a_malformed_generator_state():
+    from fastnet.data import ArrayDataset, DataLoader
+
+    loader = DataLoader(ArrayDataset(np.zeros((4, 2)), np.zeros(4, int)), 2, shuffle=True, seed=1)
+    state = loader.state_dict()
+    for bad in ({"bit_generator": "BitGenerator"}, {**state["generator"], "uinteger": -1},
+                {"bit_generator": "Philox", "state": {"counter": [0] * 4, "key": [0, 0]},
+                 "buffer": [0] * 4, "buffer_pos": 9, "has_uint32": 0, "uinteger": 0}):
+        with pytest.raises(ValueError, match="DataLoader: (not a NumPy|invalid)"):
+            loader.load_state_dict({"generator": bad})
+    loader.load_state_dict(state)  # and a good one still loads
+    for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+        g = getattr(np.random, name)(7)
+        as_json = json.loads(json.dumps(g.state, default=lambda a: a.tolist()))
+        loader.load_state_dict({"generator": as_json})
+        assert loader.generator.random() == np.random.Generator(getattr(np.random, name)(7)).random()
+
+
+def conv(padding, kernel=3):
+    return {"type": "Conv2D", "config": {"in_channels": 1, "out_channels": 1, "kernel_size": kernel,
+                                         "padding": padding, "bias": False}}
+
+
+def test_a_conv_padded_past_its_kernel_is_refused(tmp_path, capsys):
+    """Padding is in no array, yet it sizes the outputs: [20000, 20000] made evaluate fail
+    with a NumPy _ArrayMemoryError traceback (terabytes asked)."""
+    weight = {"weight": np.zeros((1, 1, 3, 3), np.float32)}
+    path = model_file(tmp_path / "padded.npz", conv([20000, 20000]), weight)
+    with peak_allocation() as mem, refused(path, r"model.config.padding: padding \[20000, 20000\] is "
+                                                 r"larger than the kernel size \[3, 3\]"):
+        fastnet.load(path)
+    assert mem["peak"] < BUDGET
+    assert main(["evaluate", "--checkpoint", str(path)]) == 2
+    assert "is larger than the kernel size" in one_line_error(capsys, "evaluate")
+    with refused(model_file(tmp_path / "p2.npz", conv([0, 4]), weight), "padding"):
+        fastnet.load(tmp_path / "p2.npz")
+    with refused(model_file(tmp_path / "p3.npz", conv(-1), weight), "padding: expected an int or a pair of ints >= 0"):
+        fastnet.load(tmp_path / "p3.npz")
+    assert fastnet.load(model_file(tmp_path / "ok.npz", conv([3, 1]), weight)).padding == (3, 1)
+    # the layer takes any padding (as PyTorch's); saving it is refused, so save and load agree
+    layer = L.Conv2D(1, 1, 3, padding=(1, 4))
+    with pytest.raises(ValueError, match=r"fastnet.save: cannot write this model: model.layers\[1\]"
+                                         r".config.padding: padding \[1, 4\] is larger"):
+        fastnet.save(L.Sequential(L.ReLU(), layer), tmp_path / "saved.npz")
+    with pytest.raises(ValueError, match="cannot write this model"):
+        Trainer(L.Sequential(layer), SGD(layer.parameters(), lr=0.1), checkpoint_dir=tmp_path / "c",
+                progress=False, log=None)
+    with pytest.raises(ValueError, match="cannot write this model"):
+        Trainer(L.Sequential(layer), SGD(layer.parameters(), lr=0.1), progress=False,
+                log=None).save_checkpoint(tmp_path / "c.npz")
+    assert not (tmp_path / "saved.npz").exists() and not (tmp_path / "c.npz").exists()
+
+
+def test_cli_predict_refuses_a_huge_input_shape(tmp_path, checkpoint, capsys):
+    """input_shape [1, 20000, 20000] made predict resize an image to it (22.8 GB RSS); so
+    would the same shape as the config's in_shape."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 16), np.float32))
+    for key, edit in (("input_shape", lambda m: m.update(input_shape=[1, 20000, 20000])),
+                      ("in_shape", lambda m: m.update(config={"in_shape": [1, 20000, 20000]}))):
+        bad = edited(checkpoint, tmp_path / f"{key}.npz", edit)
+        with peak_allocation() as mem:
+            assert main(["predict", "--checkpoint", str(bad), str(tmp_path / "x.npy")]) == 2
+        assert mem["peak"] < BUDGET
+        assert key in one_line_error(capsys, "predict")
+
+
+def test_a_checkpoint_records_no_input_shape_it_could_not_read_back(tmp_path):
+    trainer = small_trainer()
+    trainer.input_shape = [1, 5000, 5000]  # 25M elements: more than a checkpoint may record
+    trainer.save_checkpoint(tmp_path / "c.npz")
+    assert load_model(tmp_path / "c.npz")[1]["input_shape"] is None
+    trainer.input_shape = [1, 4096, 4096]
+    trainer.save_checkpoint(tmp_path / "c.npz")
+    assert load_model(tmp_path / "c.npz")[1]["input_shape"] == [1, 4096, 4096]
+
+
+def test_cli_evaluate_and_predict_report_running_out_of_memory_in_one_line(tmp_path, checkpoint,
+                                                                          monkeypatch, capsys):
+    import fastnet.cli
+    import fastnet.train
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.00 TiB for an array")
+
+    monkeypatch.setattr(fastnet.train, "evaluate", no_memory)
+    assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 2
+    assert "out of memory: Unable to allocate 1.00 TiB" in one_line_error(capsys, "evaluate")
+    monkeypatch.setattr(fastnet.cli, "_read_input", no_memory)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "x.npy")]) == 2
+    assert "out of memory" in one_line_error(capsys, "predict")
+
+
+def json_bomb(path, n, deflated):
+    """A model file whose description is [{}, {}, ...] (n dicts): within the 64-fold limit
+    thanks to a stored entry of random bytes when the description is deflated."""
+    text = "[" + "{}," * (n - 1) + "{}]"
+    members = {META: meta_bytes(text)}
+    if deflated:
+        members["filler"] = npy(np.random.default_rng(0).integers(0, 256, 600_000, np.uint8))
+    return write_zip(path, members, {META} if deflated else ())
+
+
+def test_the_json_description_is_bounded_before_it_is_parsed(tmp_path):
+    """A 1.15 MB file whose deflated description is [{},{},...] cost +815 MB in json.loads."""
+    big = json_bomb(tmp_path / "big.npz", 2_000_000, deflated=True)  # 24 MB of description
+    assert big.stat().st_size < 1_000_000
+    with peak_allocation() as mem, refused(big, r"__fastnet__ entry holds \d+ bytes, more than the "
+                                                r"4194304 a description may have"):
+        fastnet.load(big)
+    assert mem["peak"] < BUDGET
+    many = json_bomb(tmp_path / "many.npz", 150_000, deflated=False)  # 1.8 MB, 150000 dicts
+    with peak_allocation() as mem, refused(many, "150001 lists and dicts, more than the 100000"):
+        fastnet.load(many)
+    assert mem["peak"] < BUDGET
+    with pytest.raises(ValueError, match="fastnet reads at most 4194304 bytes and 100000"):
+        fastnet.serialization.write_npz(tmp_path / "w.npz", {"x": [{}] * 100_001}, {}, "test")
+    assert not (tmp_path / "w.npz").exists()
+
+
+def test_npy_and_idx_files_numpy_cannot_hold_are_file_format_errors(tmp_path, capsys):
+    """More than 64 dimensions, or a zero beside dimensions whose product overflows:
+    NumPy's own ValueError, without the file's name, came through."""
+    huge = 2 ** 32 - 1
+    for name, shape in (("dims.npy", (1,) * 100), ("zero.npy", (0, huge, huge))):
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, {"descr": "<f4", "fortran_order": False,
+                                                   "shape": shape})
+        (tmp_path / name).write_bytes(buf.getvalue() + bytes(4 * (0 not in shape)))
+        with refused(tmp_path / name, "NumPy cannot hold an array of shape"):
+            fastnet._npz.read_npy(tmp_path / name)
+        model_file(tmp_path / "m.npz", {"type": "Sequential", "layers": []},
+                   {"x": (tmp_path / name).read_bytes()})
+        with refused(tmp_path / "m.npz", "NumPy cannot hold an array of shape"):
+            fastnet.load(tmp_path / "m.npz")
+    fastnet.save(L.Sequential(L.Flatten(), L.Dense(16, 2)), tmp_path / "model.npz")
+    assert main(["predict", "--checkpoint", str(tmp_path / "model.npz"), str(tmp_path / "zero.npy")]) == 2
+    assert "NumPy cannot hold" in one_line_error(capsys, "predict")
+    for name, shape in (("dims", (1,) * 255), ("zero", (0, huge, huge))):
+        (tmp_path / name).write_bytes(idx_header(shape) + bytes(0 not in shape))
+        with refused(tmp_path / name, "NumPy cannot hold an array of shape"):
+            read_idx(tmp_path / name)
+
+
+def test_cli_predict_checks_finiteness_in_the_models_dtype(tmp_path, capsys):
+    """1e300 is finite, float32(1e300) is not: predict printed "class 0, probability nan"."""
+    np.save(tmp_path / "a.npy", np.full((1, 16), 1e300))
+    fastnet.manual_seed(0)
+    model = L.Sequential(L.Flatten(), L.Dense(16, 2))
+    fastnet.save(model, tmp_path / "m32.npz")
+    assert main(["predict", "--checkpoint", str(tmp_path / "m32.npz"), str(tmp_path / "a.npy")]) == 2
+    captured = capsys.readouterr()
+    assert "a.npy: the array holds NaN or infinite values (as float32)" in captured.err
+    assert captured.err.count("\n") == 1 and "class" not in captured.out
+    fastnet.save(model.to(np.float64), tmp_path / "m64.npz")  # a float64 model takes it
+    assert main(["predict", "--checkpoint", str(tmp_path / "m64.npz"), str(tmp_path / "a.npy")]) == 0
+    assert "class" in capsys.readouterr().out
