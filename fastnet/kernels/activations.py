@@ -33,7 +33,7 @@ def apply_activation(v, code):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def activation_backward(g, y, code):
+def through_activation(g, y, code):
     """g * d act / d v, expressed through the output y = act(v): the gradient ``g`` of the
     output carried to the activation's input."""
     # NOTE: constants take y's type; a bare 1 or 0.5 would promote float32 to float64.
@@ -58,7 +58,7 @@ def _activation_forward(out, x, code):
 @parallel_kernel
 def _activation_backward(dx, dout, out, code):
     for i in prange(out.size):
-        dx[i] = activation_backward(dout[i], out[i], code)
+        dx[i] = through_activation(dout[i], out[i], code)
 
 
 def relu_forward(out, x):

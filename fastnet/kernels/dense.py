@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, parallel_kernel
-from .activations import ACTIVATIONS, activation_backward, apply_activation
+from .activations import ACTIVATIONS, through_activation, apply_activation
 
 _COL_BLOCK = 64
 
@@ -64,7 +64,7 @@ def _grad_columns(g, db, dout, y, code):
         for i in prange(n):
             gi, di, yi = g[i], dout[i], y[i]
             for j in range(m):
-                gi[j] = activation_backward(di[j], yi[j], code)
+                gi[j] = through_activation(di[j], yi[j], code)
     if db is not None:
         sum_rows(db, g if code != 0 else dout)
 

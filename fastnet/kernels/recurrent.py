@@ -31,7 +31,7 @@ from numba import njit, prange
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
 from ._simd import VEC_BYTES, lanes
 from ._simd.tiles import ROWS_MR, ROWS_NC_VECTORS, rows_tile
-from .activations import ACTIVATIONS, activation_backward, apply_activation
+from .activations import ACTIVATIONS, through_activation, apply_activation
 from .dense import sum_rows
 
 _SIGMOID, _TANH = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
@@ -202,7 +202,7 @@ def _rnn_row_backward(dg, dh, dout, out, i, t, code):
         for j in range(d.size):
             dhi[j] += do[j]
     for j in range(d.size):
-        d[j] = activation_backward(dhi[j], y[j], code)
+        d[j] = through_activation(dhi[j], y[j], code)
 
 
 @compute_kernel

@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import compute_kernel, parallel_kernel
-from ..activations import activation_backward
+from ..activations import through_activation
 from .layout import padded_phases, workspace
 
 # the most inputs per output (C*KH*KW) this path takes: LeNet's first layer has 25
@@ -58,7 +58,7 @@ def _shifted_gradient(y, db, dout, out, code, first, wp, ln):
                 for t in range(ow_):
                     v = dout[n, o, r, t]
                     if code != 0:
-                        v = activation_backward(v, out[n, o, r, t], code)
+                        v = through_activation(v, out[n, o, r, t], code)
                     y[o, dst + t] = v
                     s += v
                 if r < oh_ - 1:

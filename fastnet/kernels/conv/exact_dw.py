@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._jit import compute_kernel
-from ..activations import activation_backward
+from ..activations import through_activation
 
 
 @njit(cache=True, nogil=True)
@@ -48,7 +48,7 @@ def _dw(dw, dout, x, out, code, sh, sw, ph, pw):
                                 continue
                             g = dout[n, o, r, t]
                             if code != 0:
-                                g = activation_backward(g, out[n, o, r, t], code)
+                                g = through_activation(g, out[n, o, r, t], code)
                             s += g * x[n, c, y, xc]
                 dw[o, c, i, j] = s
 

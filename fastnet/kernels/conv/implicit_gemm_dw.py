@@ -23,7 +23,7 @@ from numba import njit, prange
 from .._jit import FASTMATH, compute_family, parallel_family
 from .._simd import ACCUMULATORS, VEC_BYTES, lanes
 from .._simd.tiles import DOT_MOS, DOT_MT, DW_MAX_NV, dot_tile, dw_tail_tile, dw_tile
-from ..activations import activation_backward
+from ..activations import through_activation
 from .layout import padded_phases, tap_offsets, workspace
 
 # images per partial dw sum (the groups are summed afterwards, in order)
@@ -107,7 +107,7 @@ def _grad_planes(gs, dbp, dout, out, n, code):
             for t in range(ow_):
                 v = g[t]
                 if code != 0:
-                    v = activation_backward(v, y[t], code)
+                    v = through_activation(v, y[t], code)
                 d[t] = v
                 s += v
         if dbp is not None:
@@ -150,7 +150,7 @@ def _grad_planar(gtf, dbp, dout, out, n, code, opad, lp, wp):
                 for t in range(ow_):
                     v = g[t]
                     if code != 0:
-                        v = activation_backward(v, y[t], code)
+                        v = through_activation(v, y[t], code)
                     gtf[d2 + u(t)] = v
                     s += v
                 end = (r + 1) * wp if r < oh_ - 1 else lp

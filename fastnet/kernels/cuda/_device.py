@@ -31,7 +31,7 @@ def apply_activation(v, code, one):
 
 
 @cuda.jit(device=True, inline=True)
-def activation_backward(g, y, code, one):
+def through_activation(g, y, code, one):
     """g * d act / d v through the output y = act(v)."""
     if code == RELU:  # a select, as on the CPU and in PyTorch: 0 where y <= 0 even for a
         return one - one if y <= 0 else g  # NaN g; g where y > 0 or y is NaN

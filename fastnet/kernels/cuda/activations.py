@@ -14,7 +14,7 @@ from numba import cuda
 
 from . import _launch
 from ..codes import RELU, SIGMOID, TANH
-from ._device import activation_backward, apply_activation, block_sum, row_max_sumexp, row_of_thread
+from ._device import through_activation, apply_activation, block_sum, row_max_sumexp, row_of_thread
 from ._launch import THREADS, launch_1d, launch_rows
 
 # ---- elementwise ---------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def _activation_forward_kernel(out, x, code, one):
 @cuda.jit
 def _activation_backward_kernel(dx, dout, out, code, one):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        dx[i] = activation_backward(dout[i], out[i], code, one)
+        dx[i] = through_activation(dout[i], out[i], code, one)
 
 
 def _forward(out, x, code):

@@ -13,7 +13,7 @@ pool and are reused across steps. Backward kernels overwrite their outputs; pass
 from numba import cuda
 
 from ..codes import ACTIVATIONS
-from ._device import activation_backward, block_sum
+from ._device import through_activation, block_sum
 from ._launch import THREADS, blocks, empty, flat
 from .gemm import BIAS_PER_ROW, NO_BIAS, gemm
 
@@ -74,7 +74,7 @@ def _nchw_to_gemm_kernel(g, dout, y, code):
     n = idx // (p_ * o_)
     v = dout[n, o, p]
     if code != 0:
-        v = activation_backward(v, y[n, o, p], code, dout.dtype.type(1))
+        v = through_activation(v, y[n, o, p], code, dout.dtype.type(1))
     g[o, n * p_ + p] = v
 
 

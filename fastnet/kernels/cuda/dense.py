@@ -9,7 +9,7 @@ an output that is not needed (``dx`` of a first layer, ``db`` without bias).
 from numba import cuda
 
 from ..codes import ACTIVATIONS
-from ._device import activation_backward
+from ._device import through_activation
 from ._launch import empty, flat
 from .gemm import BIAS_PER_COL, NO_BIAS, gemm
 
@@ -31,7 +31,7 @@ def _activation_grad_colsum_kernel(g, db, dout, y, code, write_g):
         for i in range(ty, n, _ROWS):
             v = dout[i, j]
             if code != 0:
-                v = activation_backward(v, y[i, j], code, one)
+                v = through_activation(v, y[i, j], code, one)
             if write_g:
                 g[i, j] = v
             s += v

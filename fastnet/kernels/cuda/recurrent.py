@@ -16,7 +16,7 @@ Backward kernels overwrite their outputs; None as on the CPU.
 from numba import cuda
 
 from ..codes import ACTIVATIONS, SIGMOID, TANH
-from ._device import activation_backward, apply_activation
+from ._device import through_activation, apply_activation
 from ._launch import empty, flat, launch_1d, scalar
 from .gemm import gemm
 
@@ -127,7 +127,7 @@ def _rnn_step_backward_kernel(dg, dgt, dh, dout, out, t, code, one):
         v = dh[i, j]
         if dout is not None:
             v += dout[i, t, j]
-        v = activation_backward(v, out[i, t, j], code, one)
+        v = through_activation(v, out[i, t, j], code, one)
         dg[i, t, j] = v
         dgt[i, j] = v
 
