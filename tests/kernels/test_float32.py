@@ -47,6 +47,12 @@ def _exercise_conv_float32(call, a, xi, wc, st, pd, oh, ow):
         for dx, db in ((np.empty_like(xi), np.empty(4, f)), (None, None)):
             call("conv2d_backward", dx, np.empty_like(wc), db, a(*out.shape), xi, wc,
                  out if act else None, st, pd, act)
+    # an inf input makes the fast dw non-finite: dw from the valid products (exact_dw.py)
+    xn = xi.copy()
+    xn.flat[0] = np.inf
+    for act in (None, "relu"):
+        call("conv2d_backward", None, np.empty_like(wc), None, a(*out.shape), xn, wc,
+             out if act else None, st, pd, act)
     # stride 1, padded and not, padding past KH-1, dx of one input channel (the direct
     # kernels), C*KH*KW > 150; 12 output channels: dw on the channel-vector tiles (with
     # AVX-512, 8 or fewer take the dot-product tiles)
