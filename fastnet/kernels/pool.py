@@ -277,7 +277,9 @@ def _global_avg_pool2d_backward(dx, dout):
 
 def global_avg_pool2d_forward(out, x):
     """x (N, C, H, W) -> out (N, C), the mean over H and W"""
-    _global_avg_pool2d_forward(out, x)
+    # NOTE: a strided x is copied here: the kernel's ravel of one would reshape through
+    # Numba's double-precision size check (the float32 purity scan flags it)
+    _global_avg_pool2d_forward(out, np.ascontiguousarray(x))
 
 
 def global_avg_pool2d_backward(dx, dout):
