@@ -16,6 +16,7 @@ reads it is still queued.
 """
 from __future__ import annotations
 
+import collections
 import importlib.util
 import math
 import os
@@ -87,15 +88,30 @@ class _Pool:
 
     def __init__(self):
         self._free = {}  # rounded size -> [raw blocks]
+        self._returned = collections.deque()  # (size, raw) given back, not yet in _free
         self._lock = threading.Lock()
         self.device_allocations = 0  # blocks asked of the driver, ever
         self.reserved_bytes = 0      # bytes held: lent out plus cached
         self.cached_bytes = 0
 
     def _give_back(self, size, raw):
-        with self._lock:
+        # NOTE: called by a lease's finalizer, which the garbage collector can run at any
+        # point, also inside this pool's locked regions: taking the lock here deadlocked
+        # (seen in the simulator). An append to a deque is atomic; _drain files it later.
+        self._returned.append((size, raw))
+
+    def _drain(self):
+        """Move the returned blocks into the free lists (the caller holds the lock)."""
+        while self._returned:
+            size, raw = self._returned.popleft()
             self._free.setdefault(size, []).append(raw)
             self.cached_bytes += size
+
+    def stats(self):
+        with self._lock:
+            self._drain()
+            return {"device_allocations": self.device_allocations,
+                    "reserved_bytes": self.reserved_bytes, "cached_bytes": self.cached_bytes}
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
@@ -103,6 +119,7 @@ class _Pool:
         nbytes = math.prod(shape) * dtype.itemsize
         size = max(_GRANULE, -(-nbytes // _GRANULE) * _GRANULE)
         with self._lock:
+            self._drain()
             blocks = self._free.get(size)
             raw = blocks.pop() if blocks else None
             if raw is not None:
@@ -126,6 +143,7 @@ class _Pool:
 
     def empty_cache(self):
         with self._lock:
+            self._drain()
             freed = sum(size * len(b) for size, b in self._free.items())
             self._free.clear()
             self.cached_bytes = 0
@@ -229,8 +247,7 @@ def memory_stats() -> dict:
     """``device_allocations``: blocks fastnet asked the driver for so far (flat across
     training steps after the first); ``reserved_bytes``: device memory fastnet holds;
     ``cached_bytes``: the part of it free for reuse."""
-    return {"device_allocations": _POOL.device_allocations,
-            "reserved_bytes": _POOL.reserved_bytes, "cached_bytes": _POOL.cached_bytes}
+    return _POOL.stats()
 
 
 def empty_cache():

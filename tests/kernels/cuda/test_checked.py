@@ -74,7 +74,8 @@ def test_invalid_calls_raise_before_the_launch(op, data):
         kernel(op, "cuda")(*bad.values())
     assert str(info.value).startswith(op), (desc, str(info.value))
     for k, v in before.items():
-        assert _host(bad[k]) == v, (desc, k)
+        if isinstance(v, bytes):  # the arrays' contents (a scalar cannot change; NaN != NaN)
+            assert _host(bad[k]) == v, (desc, k)
 
 
 def test_probe_cases_on_the_device():
