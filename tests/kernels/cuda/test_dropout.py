@@ -66,9 +66,10 @@ def test_mask_is_the_documented_hash(drop, p, seed):
 
 
 def test_p0_keeps_everything_and_p1_drops_everything(rng, dtype, drop, drop_backward):
-    """p=0: out == x exactly and every mask bit set; p=1: all zeros, no NaN, even for inf/huge x."""
+    """p=0: out == x exactly and every mask bit set; p=1: x * 0, as PyTorch computes it
+    (and the CPU): zeros, except NaN where x is inf or NaN."""
     x = rng.standard_normal(41).astype(dtype)
-    x[:3] = [np.inf, -np.inf, np.finfo(dtype).max]
+    x[:4] = [np.inf, -np.inf, np.nan, np.finfo(dtype).max]
     out, mask = drop(x, 0.0, seed=5)
     assert np.all(mask == 1)
     np.testing.assert_array_equal(out, x)
@@ -76,9 +77,11 @@ def test_p0_keeps_everything_and_p1_drops_everything(rng, dtype, drop, drop_back
 
     out, mask = drop(x, 1.0, seed=5)
     assert np.all(mask == 0) and out.dtype == dtype
-    np.testing.assert_array_equal(out, np.zeros_like(x))
+    expected = np.zeros_like(x)
+    expected[:3] = np.nan
+    np.testing.assert_array_equal(out, expected)
     dx = drop_backward(x, mask, 1.0)
-    np.testing.assert_array_equal(dx, np.zeros_like(x))
+    np.testing.assert_array_equal(dx, expected)
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
