@@ -572,8 +572,9 @@ def test_cli_predict_refuses_npy_input_with_a_lying_header(tmp_path, capsys):
     assert "junk.npy: not a readable .npy file" in one_line_error(capsys, "predict")
 
 
-def test_cli_resume_refuses_a_malformed_checkpoint(tmp_path, capsys):
-    """train --resume with a checkpoint whose epoch is Infinity (an OverflowError traceback)."""
+def cli_run_with_edited_checkpoint(tmp_path, edit):
+    """A run directory whose checkpoint.npz is the CLI's MLP's, its metadata changed by
+    ``edit`` (and no other file)."""
     from fastnet.models import MODELS
 
     out = tmp_path / "run"
@@ -581,8 +582,14 @@ def test_cli_resume_refuses_a_malformed_checkpoint(tmp_path, capsys):
     fastnet.manual_seed(0)
     model = MODELS["mlp"](in_shape=(1, 8, 8), num_classes=10)
     Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None).save_checkpoint(out / "good.npz")
-    edited(out / "good.npz", out / "checkpoint.npz", lambda m: m.update(epoch=float("inf")))
+    edited(out / "good.npz", out / "checkpoint.npz", edit)
     os.unlink(out / "good.npz")
+    return out
+
+
+def test_cli_resume_refuses_a_malformed_checkpoint(tmp_path, capsys):
+    """train --resume with a checkpoint whose epoch is Infinity (an OverflowError traceback)."""
+    out = cli_run_with_edited_checkpoint(tmp_path, lambda m: m.update(epoch=float("inf")))
     before = sorted(os.listdir(out))
     assert main(["train", "--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--no-progress",
                  "--resume", str(out)]) == 2
@@ -695,15 +702,8 @@ def test_resume_checks_hyper_parameters_with_the_optimizers_rules(tmp_path, hype
 
 def test_cli_resume_refuses_a_base_bit_generator(tmp_path, capsys):
     """{"bit_generator": "BitGenerator"} made NumPy raise NotImplementedError (a traceback)."""
-    from fastnet.models import MODELS
-
-    out = tmp_path / "run"
-    out.mkdir()
-    fastnet.manual_seed(0)
-    model = MODELS["mlp"](in_shape=(1, 8, 8), num_classes=10)
-    Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None).save_checkpoint(out / "good.npz")
-    edited(out / "good.npz", out / "checkpoint.npz",
-           lambda m: m.update(rng={"bit_generator": "BitGenerator", "state": {}}))
+    out = cli_run_with_edited_checkpoint(
+        tmp_path, lambda m: m.update(rng={"bit_generator": "BitGenerator", "state": {}}))
     assert main(["train", "--model", "mlp", "--epochs", "1", "--no-progress", "--resume", str(out)]) == 2
     assert "not a NumPy bit-generator state" in one_line_error(capsys, "train")
 
