@@ -132,3 +132,23 @@ def test_finite_convolutions_never_take_the_exact_dw(monkeypatch):
         y = layer(rng.standard_normal((2, cin, 9, 9)).astype(np.float32))
         layer.backward(np.ones_like(y))
         assert np.isfinite(layer.weight.grad).all()
+
+
+@pytest.mark.parametrize("stride, padding, activation", [
+    ((1, 1), (1, 1), None), ((2, 1), (0, 2), "relu"), ((2, 2), (1, 0), "tanh")])
+def test_exact_dw_matches_the_reference_on_finite_input(stride, padding, activation):
+    """exact_dw.py (the fallback dw) against the NumPy reference, float64, odd shapes; the
+    reference's own gradients are checked by finite differences in tests/kernels/test_conv.py."""
+    import tests.reference as ref
+    from fastnet.kernels.codes import ACTIVATIONS
+    from fastnet.kernels.conv import exact_dw
+
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal((4, 2, 3, 2))
+    y = ref.conv2d_forward(x, w, None, stride, padding, activation)
+    dout = rng.standard_normal(y.shape)
+    dw = np.empty_like(w)
+    exact_dw.weight_grad(dw, dout, x, y, stride, padding,
+                         ACTIVATIONS[activation])
+    want = ref.conv2d_backward(dout, x, w, stride, padding, y, activation)[1]
+    np.testing.assert_allclose(dw, want, rtol=1e-10, atol=1e-12)
