@@ -1,40 +1,35 @@
-"""The process-wide runtime of the CPU kernels: threads, BLAS and malloc, in one place.
+"""The process-wide runtime of the CPU kernels: threads and malloc, in one place.
 
-``configure()`` runs once, at ``import fastnet`` (fastnet/__init__.py), before any BLAS
-or Numba work; ``start()`` runs on the first CPU kernel lookup (fastnet.kernels.kernel,
+``configure()`` runs once, at ``import fastnet`` (fastnet/__init__.py), before any Numba
+work; ``start()`` runs on the first CPU kernel lookup (fastnet.kernels.kernel,
 through ``prepare``); ``threading_info()`` reports what was chosen.
 
-Threads: how fastnet shares the CPU between Numba's thread pool and NumPy's BLAS.
+Threads: fastnet's CPU kernels run on Numba's thread pool and on nothing else (the
+matrix products too: kernels/gemm.py, no BLAS), so that what a program imported before
+fastnet cannot change how fast they run.
 
-A dense layer runs a BLAS GEMM (OpenBLAS threads) and then a Numba ``prange``
-epilogue (Numba's threads). With Numba's OpenMP layer, GNU OpenMP's worker threads
-busy-wait for ~ms after each parallel region (300000 spins by default); on a small
-machine they then starve OpenBLAS's threads and a 0.4 ms layer takes 8 ms. These
-settings fix it:
-
-* ``GOMP_SPINCOUNT=3000`` makes idle OpenMP workers spin for about 40 microseconds
-  (measured as CPU time after a kernel), then sleep. The kernels of one layer follow
-  each other closely (a convolution's backward runs four or five) and find the workers
-  still awake. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``, which fastnet set
-  before) cost a wake-up of tens of microseconds per kernel: a LeNet-5 training step
-  measured 8% slower, a strided convolution's forward and backward 11%; BLAS calls
-  (dense layers, the MLP step) measured the same either way. libgomp reads the variable
-  when it is loaded, which Numba does lazily on the first parallel launch, so
-  ``configure()`` puts it in the environment at ``import fastnet``. A
-  ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` the user set is left alone. (Kernels on
-  small arrays run serially: see fastnet/kernels/_jit.py.)
+* The pool is Numba's ``tbb`` layer when Intel's TBB is installed (the ``tbb`` package,
+  a dependency of fastnet where PyPI has wheels for it). Numba's TBB extension does not
+  find a pip-installed libtbb by itself (it is not on the loader's path), so
+  ``configure()`` loads it from the package first; Numba then takes the layer it prefers.
+  Measured on the 2-core development machine (2026-12): a kernel launch costs ~1.5 us
+  back to back and ~18 us after a pause, and TBB's idle workers use no CPU after a
+  kernel, whatever GNU OpenMP runtime torch or another library loaded; two Python
+  threads running inference share the two workers instead of oversubscribing the
+  cores, and a forked child can run parallel kernels.
+* Without TBB, Numba's OpenMP layer (``omp``). Its GNU OpenMP workers spin for
+  ``GOMP_SPINCOUNT`` iterations after each parallel region, then sleep, and waking a
+  sleeping worker costs ~70 us on the development machine (a virtual machine).
+  ``configure()`` sets a spin count before Numba loads libgomp (libgomp reads it once);
+  a ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` the user set is left alone.
 * If a GNU OpenMP runtime was initialised before ``import fastnet`` (``import torch``
-  first does that: torch loads its libgomp globally, Numba binds to it), the setting
-  comes too late; fastnet then runs Numba's ``workqueue`` layer instead, unless the user
-  picked a layer with NUMBA_THREADING_LAYER.
-* The other way round, OpenBLAS's idle workers busy-wait ~60 ms after each GEMM and
-  take the cores from the Numba kernels that follow (a convolution right after a dense
-  layer ran 2x slower). ``configure()`` sets ``OPENBLAS_THREAD_TIMEOUT`` when OpenBLAS is
-  not loaded yet, i.e. when fastnet is imported before NumPy (see _configure_openblas).
-* Numba's ``workqueue`` layer (used when neither TBB nor OpenMP loads, or as above) aborts the
-  process when two Python threads launch parallel kernels at once. When that layer
-  is in use, ``kernel_lock`` serialises fastnet's CPU kernel calls; with the
-  thread-safe layers (omp, tbb) it is a no-op and calls run concurrently.
+  first does that: torch loads its libgomp globally, Numba binds to it) and TBB is not
+  there, fastnet runs Numba's ``workqueue`` layer instead, unless the user picked a layer
+  with NUMBA_THREADING_LAYER.
+* Numba's ``workqueue`` layer aborts the process when two Python threads launch parallel
+  kernels at once. When that layer is in use, ``kernel_lock`` serialises fastnet's CPU
+  kernel calls; with the thread-safe layers (tbb, omp) it is a no-op and calls run
+  concurrently.
 
 Numba's pool is started on the first kernel lookup, not at import: a process that
 imports fastnet but runs no kernel can still fork (GNU OpenMP is not fork-safe once
@@ -63,9 +58,9 @@ and are reused. The cost is that the process keeps the memory of its largest ste
 instead of shrinking between steps, as with PyTorch's caching allocator on a GPU. Linux
 with glibc only (a no-op elsewhere); FASTNET_MALLOC_TUNING=0 keeps glibc's defaults.
 
-Environment variables read: OMP_WAIT_POLICY, GOMP_SPINCOUNT, NUMBA_THREADING_LAYER,
-OPENBLAS_THREAD_TIMEOUT / GOTO_THREAD_TIMEOUT (each left alone when the user set it) and
-FASTNET_MALLOC_TUNING.
+Environment variables read: NUMBA_THREADING_LAYER, OMP_WAIT_POLICY, GOMP_SPINCOUNT (each
+left alone when the user set it) and FASTNET_MALLOC_TUNING. None of them has to be set
+before NumPy or torch is imported.
 """
 from __future__ import annotations
 
@@ -88,12 +83,7 @@ READY = False
 # 10000 measured between this and the passive policy on a LeNet-5 step)
 GOMP_SPINCOUNT = 3000
 WE_SET_SPINCOUNT = False  # True when GOMP_SPINCOUNT is fastnet's doing
-# OpenBLAS's idle workers spin for 2^16 cycles (~15 us) instead of 2^28 (see
-# _configure_openblas): long enough for back-to-back GEMMs, short enough to leave the
-# cores to Numba's kernels in between (a LeNet-5 step went from 12.7 to 8.0 ms, VGG-small
-# from 186 to 134 ms; 2^4 and 2^20 measured the same within noise, the MLP unchanged)
-OPENBLAS_THREAD_TIMEOUT = 16
-WE_SET_BLAS_TIMEOUT = False  # True when OPENBLAS_THREAD_TIMEOUT is fastnet's doing
+TBB = None  # the libtbb that configure() loaded for Numba's tbb layer, if any
 _LOCK = threading.RLock()
 FORKED_SERIAL = False  # True in a child forked after the pool started (see Fork above)
 
@@ -115,14 +105,14 @@ def _shared_libgomp_loaded() -> bool:
 
 
 def configure() -> None:
-    """Set up the runtime once, before any BLAS or Numba work (``import fastnet`` calls
-    it): OpenBLAS's spin, OpenMP's spin count or the threading layer, malloc."""
+    """Set up the runtime once, before any Numba work (``import fastnet`` calls it): TBB
+    for Numba's pool, or else OpenMP's spin count or the threading layer; malloc."""
     global _CONFIGURED
     if _CONFIGURED:
         return
     _CONFIGURED = True
-    _configure_openblas()
-    _configure_openmp()
+    if not _load_tbb():
+        _configure_openmp()
     _configure_malloc()
 
 
@@ -150,33 +140,56 @@ def _configure_openmp() -> None:
     WE_SET_SPINCOUNT = True
 
 
-def _openblas_loaded() -> bool:
-    """Whether an OpenBLAS (NumPy's, SciPy's) is already loaded in this process."""
+def _tbb_candidates():
+    """Where a pip- or conda-installed libtbb lies: the environment's lib folder, then
+    the files the ``tbb`` distribution installed."""
+    names = ("libtbb.so.12", "libtbb.12.dylib")
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        for name in names:
+            yield os.path.join(prefix, "lib", name)
     try:
-        with open("/proc/self/maps") as f:
-            return any("openblas" in line.lower() for line in f)
-    except OSError:
-        return False
+        import importlib.metadata as metadata
+
+        for f in metadata.files("tbb") or ():
+            if os.path.basename(str(f)) in names:
+                yield str(f.locate())
+    except Exception:  # not installed, or no RECORD
+        return
 
 
-def _configure_openblas() -> None:
-    """Shorten how long OpenBLAS's idle workers spin, if it is not loaded yet.
+def _load_tbb() -> bool:
+    """Make Numba's tbb layer available (see Threads above); True when it will be used.
 
-    After each GEMM, OpenBLAS's worker threads busy-wait for new work for 2^28 cycles
-    (~60 ms) by default. A training step alternates BLAS calls with Numba kernels, so
-    those spinning workers take half of each core from Numba's threads: on 2 cores the
-    convolution kernels of a VGG-small step ran 2x slower right after a dense layer.
-    OpenBLAS reads OPENBLAS_THREAD_TIMEOUT (2^n cycles) once, when it is loaded, so this
-    only takes effect when fastnet is imported before NumPy (``python -m fastnet``
-    always is); a value the user set is left alone.
+    Numba's TBB extension links against libtbb.so.12 without a search path; a library
+    already loaded under that name satisfies it, so loading the installed one first is
+    enough. Not when the user chose another layer, nor when Numba's pool already started
+    (its layer is chosen then).
     """
-    global WE_SET_BLAS_TIMEOUT
-    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
-        return
-    if _openblas_loaded():
-        return
-    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(OPENBLAS_THREAD_TIMEOUT)
-    WE_SET_BLAS_TIMEOUT = True
+    global TBB
+    layer = os.environ.get("NUMBA_THREADING_LAYER", "default").lower()
+    if layer not in ("default", "tbb", "safe", "threadsafe", "forksafe"):
+        return False
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", False):
+        return parallel._threading_layer == "tbb"
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401  (a system or conda TBB)
+        TBB = "found by the loader"
+        return True
+    except ImportError:
+        pass
+    for path in _tbb_candidates():
+        if not os.path.exists(path):
+            continue
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            from numba.np.ufunc import tbbpool  # noqa: F401,F811
+        except (OSError, ImportError):
+            continue
+        TBB = path
+        return True
+    return False
 
 
 def start() -> None:
@@ -242,7 +255,8 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 
 def threading_info() -> dict:
-    """What fastnet runs with: Numba's threading layer, thread count, OpenMP settings."""
+    """What fastnet runs with: Numba's threading layer, thread count, TBB or the OpenMP
+    settings, whether kernel calls are serialised, malloc."""
     import numba
 
     start()
@@ -255,9 +269,7 @@ def threading_info() -> dict:
         "num_threads": numba.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
-        # None: OpenBLAS was loaded before fastnet and keeps its default (2^28 cycles)
-        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT",
-                                                  os.environ.get("GOTO_THREAD_TIMEOUT")),
+        "tbb": TBB,  # the libtbb loaded for the tbb layer (see Threads above)
         "serialised": _SERIALISE,
         "forked_serial": FORKED_SERIAL,  # a child forked after the pool started: serial kernels
         "malloc_tuned": MALLOC_TUNED,  # see the module docstring

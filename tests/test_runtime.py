@@ -1,6 +1,7 @@
-"""fastnet.runtime: Numba's thread pool and NumPy's BLAS share the CPU (the OpenMP wait
-policy that keeps them from stalling each other is the one libgomp really uses), the
-glibc malloc settings, and concurrent inference from several Python threads neither crashes nor changes answers (also under Numba's
+"""fastnet.runtime: the same thread pool whatever was imported first (TBB, loaded by
+fastnet; without it, the OpenMP spin count libgomp really uses), no other thread pool
+woken by fastnet's kernels, the glibc malloc settings, and concurrent inference from
+several Python threads neither crashes nor changes answers (also under Numba's
 non-thread-safe workqueue layer)."""
 import os
 import subprocess
@@ -15,18 +16,23 @@ import fastnet
 from fastnet.models import lenet
 
 
-def _run(code, **env):
+# a process without TBB: Numba's extension cannot be imported (as where no wheel exists)
+NO_TBB = "import sys; sys.modules['numba.np.ufunc.tbbpool'] = None\n"
+
+
+def _run(code, no_tbb=False, **env):
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_DISPLAY_ENV")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+    source = (NO_TBB if no_tbb else "") + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", source], env=full_env,
                           capture_output=True, text=True, timeout=300)
 
 
 INTERLEAVED = """
     import numpy as np, fastnet
     from fastnet.layers import Dense
-    layer = Dense(784, 256, activation="relu")   # BLAS GEMM, then a Numba prange epilogue
+    layer = Dense(784, 256, activation="relu")   # parallel kernels, back to back
     x = np.ones((128, 784), np.float32)
     for _ in range(20):
         y = layer(x)
@@ -35,18 +41,57 @@ INTERLEAVED = """
 """
 
 
-def test_libgomp_runs_with_a_short_spin():
-    """OMP_DISPLAY_ENV makes libgomp print the settings it initialised with: a spin count
-    of 3000 shows fastnet set it before Numba loaded libgomp; the default spins for 300000
-    iterations, which starves the BLAS threads."""
-    r = _run(INTERLEAVED, OMP_DISPLAY_ENV="VERBOSE")
+def _tbb_installed():
+    from fastnet import runtime
+    runtime.start()
+    return runtime.TBB is not None
+
+
+needs_tbb = pytest.mark.skipif(not _tbb_installed(), reason="TBB is not installed (x86-64 only)")
+
+
+def test_without_tbb_libgomp_runs_with_fastnets_spin_count():
+    """OMP_DISPLAY_ENV makes libgomp print the settings it initialised with: fastnet's
+    spin count shows it set it before Numba loaded libgomp."""
+    r = _run(INTERLEAVED, no_tbb=True, OMP_DISPLAY_ENV="VERBOSE")
     assert r.returncode == 0, r.stderr
     info = eval(r.stdout.strip().splitlines()[-1])
     assert info["gomp_spincount"] == str(fastnet.runtime.GOMP_SPINCOUNT)
     assert info["omp_wait_policy"] is None
     if info["threading_layer"] == "omp":
         assert f"GOMP_SPINCOUNT = '{fastnet.runtime.GOMP_SPINCOUNT}'" in r.stderr, r.stderr
-    assert info["threading_layer"] in ("omp", "tbb", "workqueue")
+    assert info["threading_layer"] in ("omp", "workqueue") and info["tbb"] is None
+
+
+ORDER = """
+    import os
+    {first}
+    import numpy as np, fastnet
+    from fastnet.layers import Dense
+    layer = Dense(300, 200, activation="relu")
+    y = layer(np.ones((200, 300), np.float32))
+    layer.backward(y)
+    info = fastnet.threading_info()
+    print(repr((info["threading_layer"], info["serialised"], info["tbb"] is not None,
+                {{k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")}})))
+"""
+
+
+@needs_tbb
+@pytest.mark.parametrize("first", ["", "import numpy", "import torch", "import ctypes, "
+                                   "ctypes.util; ctypes.CDLL(ctypes.util.find_library('gomp') "
+                                   "or 'libgomp.so.1', mode=ctypes.RTLD_GLOBAL)"],
+                         ids=["fastnet-first", "numpy-first", "torch-first", "libgomp-first"])
+def test_the_same_pool_whatever_was_imported_first(first):
+    """TBB's pool in every import order, not serialised, and no environment variable set
+    for another library (a torch imported after fastnet keeps its own OpenMP settings)."""
+    if "torch" in first:
+        pytest.importorskip("torch")
+    r = _run(ORDER.format(first=first))
+    assert r.returncode == 0, r.stderr[-3000:]
+    layer, serialised, tbb, env = eval(r.stdout.strip().splitlines()[-1])
+    assert (layer, serialised, tbb) == ("tbb", False, True)
+    assert env == {"GOMP_SPINCOUNT": None, "OPENBLAS_THREAD_TIMEOUT": None}
 
 
 @pytest.mark.parametrize("name, value", [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "7")])
@@ -89,12 +134,12 @@ def test_concurrent_inference_under_workqueue_layer():
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
-def test_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
+def test_without_tbb_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
     """``import torch`` before fastnet loads a libgomp globally with its spinning default;
-    Numba would bind to it and stall BLAS (an MLP step measured 36 ms instead of 2 ms).
-    Loading the system libgomp the same way stands in for torch: fastnet must then run
-    Numba's workqueue layer, serialised, and leave the environment alone."""
-    r = _run("""
+    Numba would bind to it. Loading the system libgomp the same way stands in for torch:
+    without TBB, fastnet must then run Numba's workqueue layer, serialised, and leave the
+    environment alone."""
+    r = _run(no_tbb=True, code="""
         import ctypes, ctypes.util, os
         ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
         import warnings
@@ -116,45 +161,33 @@ def test_an_openmp_runtime_loaded_first_makes_fastnet_avoid_it():
 
 
 SPIN_CPU = """
-    import os, resource, time
+    import resource, time
     {first}
-    import numpy as np
-    from fastnet import runtime
-    a = np.ones((512, 512), np.float32)
-    for _ in range(5):
-        a @ a                     # multi-threaded OpenBLAS GEMMs
+    import numpy as np, fastnet
+    from fastnet.layers import Dense, Conv2D
+    dense, conv = Dense(784, 256, activation="relu"), Conv2D(3, 16, 3, padding=1)
+    x, xc = np.ones((128, 784), np.float32), np.ones((64, 3, 16, 16), np.float32)
+    for _ in range(5):            # the kernels of dense and conv layers, forward and backward
+        dense.backward(dense(x))
+        conv.backward(conv(xc))
     before = resource.getrusage(resource.RUSAGE_SELF)
-    time.sleep(0.2)               # the main thread idles; do BLAS's workers?
+    time.sleep(0.2)               # the main thread idles; do other threads spin?
     after = resource.getrusage(resource.RUSAGE_SELF)
-    spin = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(repr((os.environ.get("OPENBLAS_THREAD_TIMEOUT"), runtime.WE_SET_BLAS_TIMEOUT, spin)))
+    print((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
 """
 
 
-def _spin(first, **env):
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")}
-    full_env.update(env)
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(SPIN_CPU.format(first=first))],
-                       env=full_env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return eval(r.stdout.strip().splitlines()[-1])
-
-
-def test_openblas_workers_do_not_spin_after_a_gemm_when_fastnet_comes_first():
-    """Imported before NumPy, fastnet shortens OpenBLAS's idle spin (2^28 cycles, ~60 ms
-    by default), which otherwise takes the cores from the Numba kernels after each GEMM:
-    while the process sleeps, BLAS's workers use (almost) no CPU."""
-    timeout, ours, spin = _spin("import fastnet")
-    assert timeout == str(fastnet.runtime.OPENBLAS_THREAD_TIMEOUT) and ours
-    assert spin < 0.03, f"OpenBLAS workers used {spin:.3f} s of CPU while the process slept"
-
-
-def test_openblas_timeout_is_left_alone_when_numpy_came_first_or_the_user_set_it():
-    timeout, ours, _ = _spin("import numpy; import fastnet")
-    assert timeout is None and not ours
-    timeout, ours, _ = _spin("import fastnet", OPENBLAS_THREAD_TIMEOUT="20")
-    assert timeout == "20" and not ours
+@needs_tbb
+@pytest.mark.parametrize("first", ["import numpy", "import fastnet"])
+def test_no_thread_spins_after_fastnets_kernels(first):
+    """fastnet's kernels wake no BLAS thread pool (OpenBLAS's idle workers busy-wait ~60
+    ms after a GEMM and took the cores from the Numba kernels that followed: a LeNet-5
+    step ran 2x slower with NumPy imported first), and TBB's workers sleep when idle:
+    while the process sleeps, its threads use (almost) no CPU."""
+    r = _run(SPIN_CPU.format(first=first))
+    assert r.returncode == 0, r.stderr[-3000:]
+    spin = float(r.stdout.strip().splitlines()[-1])
+    assert spin < 0.03, f"threads used {spin:.3f} s of CPU while the process slept"
 
 
 FAULTS = """

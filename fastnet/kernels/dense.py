@@ -1,40 +1,20 @@
 """Dense (fully connected) kernels (CPU): y = act(x @ w.T + b).
 
-The contraction goes through NumPy's BLAS (the fastest correct GEMM on the CPU);
-bias, activation and their gradients run as fused Numba passes over the GEMM output
-(backward through an activation needs one (N, OUT) temporary for dout * act'(y)). Backward kernels overwrite their outputs; pass ``None`` for an
-output that is not needed (``dx`` of a first layer, ``db`` without bias).
+The contractions run on fastnet's own GEMM (kernels/gemm.py: no BLAS, whose thread
+pool would compete with Numba's); the forward's bias and activation are its epilogue.
+Backward forms dout * act'(y) and the bias gradient in one fused pass (one (N, OUT)
+temporary when there is an activation), then dw = g.T @ x and dx = g @ w. Backward
+kernels overwrite their outputs; pass ``None`` for an output that is not needed (``dx``
+of a first layer, ``db`` without bias).
 """
 import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, parallel_kernel
-from .activations import ACTIVATIONS, through_activation, apply_activation
+from .activations import ACTIVATIONS, through_activation
+from .gemm import matmul_nn, matmul_nt, matmul_tn
 
 _COL_BLOCK = 64
-
-
-@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _bias_activation_rows(out, b, code):
-    n, m = out.shape
-    for i in prange(n):
-        for j in range(m):
-            v = out[i, j]
-            if b is not None:
-                v += b[j]
-            out[i, j] = apply_activation(v, code)
-
-
-@parallel_kernel
-def _bias_activation(out, b, code):
-    # NOTE: the activation as a constant per branch, so that the loops vectorise (a
-    # runtime switch inside them kept them scalar)
-    if code == 1:
-        _bias_activation_rows(out, b, 1)
-    elif code == 0:
-        _bias_activation_rows(out, b, 0)
-    else:
-        _bias_activation_rows(out, b, code)
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -87,10 +67,7 @@ def _activation_and_bias_grad(g, db, dout, y, code):
 
 def dense_forward(out, x, w, b, activation):
     """x (N, IN), w (OUT, IN), b (OUT,) or None -> out (N, OUT) = act(x @ w.T + b)"""
-    code = ACTIVATIONS[activation]
-    np.matmul(x, w.T, out=out)
-    if b is not None or code != 0:
-        _bias_activation(out, b, code)
+    matmul_nt(out, x, w, b, ACTIVATIONS[activation])
 
 
 def dense_backward(dx, dw, db, dout, x, w, out, activation):
@@ -103,6 +80,6 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
         g = np.empty_like(dout)
     if code != 0 or db is not None:
         _activation_and_bias_grad(g, db, dout, dout if out is None else out, code)
-    np.matmul(g.T, x, out=dw)
+    matmul_tn(dw, g, x)
     if dx is not None:
-        np.matmul(g, w, out=dx)
+        matmul_nn(dx, g, w)

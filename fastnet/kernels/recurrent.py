@@ -4,8 +4,9 @@ batch first, with PyTorch's equations and gate order (LSTM i, f, g, o; GRU r, z,
 Shapes: x (N, T, F), out (N, T, H), h0 / c0 / h_n / c_n (N, H), w_ih (G*H, F),
 w_hh (G*H, H), b_ih / b_hh (G*H,) or None, with G = 1 (RNN), 4 (LSTM), 3 (GRU).
 
-Forward: the input projection of every timestep is one GEMM (NumPy's BLAS),
-x (N*T, F) @ w_ih.T, written into ``gates`` (N, T, G*H) (into ``out`` for the RNN).
+Forward: the input projection of every timestep is one GEMM,
+x (N*T, F) @ w_ih.T (kernels/gemm.py), written into ``gates`` (N, T, G*H) (into ``out`` for
+the RNN).
 The recurrence runs in one parallel kernel per sequence: batch rows are independent
 across time, so each block of ROWS_MR rows runs every step on its own, its h @ w_hh.T on
 a register-blocked micro-kernel (_simd/tiles.py; w_hh packed once, in cache all along)
@@ -33,6 +34,7 @@ from ._simd import VEC_BYTES, lanes
 from ._simd.tiles import ROWS_MR, ROWS_NC_VECTORS, rows_tile
 from .activations import ACTIVATIONS, through_activation, apply_activation
 from .dense import sum_rows
+from .gemm import matmul_nn, matmul_nt, matmul_tn
 
 _SIGMOID, _TANH = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
 
@@ -86,8 +88,8 @@ def _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, h_prev, w_ih):
     gh = dgx.shape[2]
     gx2 = dgx.reshape(n * t, gh)
     gh2 = dgh.reshape(n * t, gh)
-    np.matmul(gx2.T, x.reshape(n * t, f), out=dw_ih)
-    np.matmul(gh2.T, h_prev.reshape(n * t, h_prev.shape[2]), out=dw_hh)
+    matmul_tn(dw_ih, gx2, x.reshape(n * t, f))
+    matmul_tn(dw_hh, gh2, h_prev.reshape(n * t, h_prev.shape[2]))
     if db_ih is not None:
         _column_sums(db_ih, gx2)
     if db_hh is not None:
@@ -96,7 +98,7 @@ def _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, h_prev, w_ih):
         else:
             _column_sums(db_hh, gh2)
     if dx is not None:
-        np.matmul(gx2, w_ih, out=dx.reshape(n * t, f))
+        matmul_nn(dx.reshape(n * t, f), gx2, w_ih)
 
 
 def _shifted(out, h0):
@@ -245,7 +247,7 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     -> out (N, T, H), h_n (N, H); nonlinearity "tanh" or "relu\""""
     n, t, f = x.shape
     hs = h_n.shape[1]
-    np.matmul(x.reshape(n * t, f), w_ih.T, out=out.reshape(n * t, hs))
+    matmul_nt(out.reshape(n * t, hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
     _rnn_sequence(out, h, _packed(w_hh.T, out.dtype), b_ih, b_hh, ACTIVATIONS[nonlinearity])
     _finish_state(h_n, h)
@@ -385,7 +387,7 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     cells (N, T, H) c_t"""
     n, t, f = x.shape
     hs = h_n.shape[1]
-    np.matmul(x.reshape(n * t, f), w_ih.T, out=gates.reshape(n * t, 4 * hs))
+    matmul_nt(gates.reshape(n * t, 4 * hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
     _state(c_n, c0)
     _lstm_sequence(out, h, c_n, cells, gates, _packed(w_hh.T, out.dtype), b_ih, b_hh)
@@ -533,7 +535,7 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
     hn (N, T, H) = h_{t-1} @ W_hn.T + b_hn"""
     n, t, f = x.shape
     hs = h_n.shape[1]
-    np.matmul(x.reshape(n * t, f), w_ih.T, out=gates.reshape(n * t, 3 * hs))
+    matmul_nt(gates.reshape(n * t, 3 * hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
     _gru_sequence(out, h, gates, hn, _packed(w_hh.T, out.dtype), b_ih, b_hh)
     _finish_state(h_n, h)

@@ -1,6 +1,8 @@
 """Forked workers (issue 19): a child forked after fastnet's kernels ran can run kernels.
 Before, GNU OpenMP's check in Numba killed it ("fork() called from a process already
-using GNU OpenMP") and multiprocessing.Pool.map hung. Each case runs in a fresh
+using GNU OpenMP") and multiprocessing.Pool.map hung. Under the tbb layer (fastnet's
+default where TBB is installed) the child runs the parallel builds; under omp, serial
+ones. Each case runs in a fresh
 interpreter, since the test process's own pool state must not decide the outcome."""
 import os
 import subprocess
@@ -44,20 +46,32 @@ def run(body, env=None, timeout=300):
     return proc.stdout
 
 
-def test_pool_map_after_kernels_ran_gives_the_parents_results():
+@pytest.mark.parametrize("layer", ["tbb", "omp"])
+def test_pool_map_after_kernels_ran_gives_the_parents_results(layer):
+    if layer == "tbb" and not _tbb():
+        pytest.skip("TBB is not installed (fastnet depends on it on x86-64 only)")
     out = run("""
         parent = step(0)
-        assert runtime.threading_info()["threading_layer"] == "omp"
+        assert runtime.threading_info()["threading_layer"] == LAYER
         with mp.get_context("fork").Pool(2) as pool:
             results = pool.map(step, [0, 0, 1])
         assert same(results[0], parent) and same(results[1], parent)
         assert not same(results[2], parent)
+        if LAYER == "tbb":  # the parallel builds, in the same order: bitwise the same
+            assert all(np.array_equal(u, v) for u, v in zip(results[0], parent))
         print("ok")
-    """)
+    """.replace("LAYER", repr(layer)), env={"NUMBA_THREADING_LAYER": layer})
     assert out.strip() == "ok"
 
 
+def _tbb():
+    from fastnet import runtime
+    runtime.start()
+    return runtime.TBB is not None
+
+
 def test_a_forked_child_runs_serial_builds_and_says_so():
+    """(omp: the TBB layer needs no serial builds in a child)"""
     out = run("""
         parent = step(3)
         r, w = os.pipe()
@@ -71,7 +85,7 @@ def test_a_forked_child_runs_serial_builds_and_says_so():
         assert os.read(r, 1) == b"1"
         assert not runtime.threading_info()["forked_serial"]  # the parent keeps its pool
         print("ok")
-    """)
+    """, env={"NUMBA_THREADING_LAYER": "omp"})
     assert out.strip() == "ok"
 
 

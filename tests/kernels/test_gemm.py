@@ -1,0 +1,86 @@
+"""fastnet's own matrix products (kernels/gemm.py): matmul_nt (forward of dense and the
+recurrent projections), matmul_nn (dx), matmul_tn (dw), on each of their paths (few
+rows: dot products / row sums; otherwise packed panels and register tiles, with the
+weight or the batch packed), odd sizes around the tile's rows and the panel's columns,
+both builds (tests/kernels/conftest.py), float32 and float64; NaN and inf reach exactly
+the outputs that depend on them, as in a BLAS GEMM."""
+import numpy as np
+import pytest
+
+from fastnet.kernels import gemm
+from fastnet.kernels.codes import ACTIVATIONS
+from tests import reference as ref
+
+MR = gemm.MR
+NC32 = gemm.panel_columns(4)
+# (M, K, N): below and at the tile's rows, a partial last block, N below / at / past a
+# panel's columns, K = 1, and a batch smaller and larger than N (both packings)
+SHAPES = [(1, 5, 3), (MR - 1, 17, 9), (MR, 1, NC32), (MR + 1, 33, NC32 + 1), (3 * MR + 5, 64, 7),
+          (20, 70, 2 * NC32 + 3), (130, 257, 100), (129, 31, 300)]
+ids = ["x".join(map(str, s)) for s in SHAPES]
+
+
+def _operands(rng, dtype, *shape):
+    return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=ids)
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matmul_nt(rng, dtype, close, shape, activation, bias):
+    m, k, n = shape
+    a, b = _operands(rng, dtype, m, k), _operands(rng, dtype, n, k)
+    c = rng.standard_normal(n).astype(dtype) if bias else None
+    out = np.full((m, n), 123.0, dtype)
+    gemm.matmul_nt(out, a, b, c, ACTIVATIONS[activation])
+    close(out, ref.dense_forward(a, b, c, activation), scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=ids)
+def test_matmul_nn_and_tn(rng, dtype, close, shape):
+    m, k, n = shape
+    a, b = _operands(rng, dtype, m, k), _operands(rng, dtype, k, n)
+    out = np.full((m, n), 123.0, dtype)
+    gemm.matmul_nn(out, a, b)
+    want = np.einsum("mk,kn->mn", a.astype(np.float64), b.astype(np.float64))
+    close(out, want, scale=np.sqrt(k))
+    at = np.ascontiguousarray(a.T)
+    out[:] = 123.0
+    gemm.matmul_tn(out, at, b)
+    close(out, want, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 5), (MR + 3, 40, NC32 + 5), (60, 40, 20)],
+                         ids=["few-rows", "tiles", "batch-packed"])
+def test_non_finite_values_reach_only_their_outputs(rng, shape):
+    """A NaN in row i of a and an inf in column j of B: row i is NaN, column j is +-inf or
+    NaN, every other output is finite (the padded rows and columns the tiles compute are
+    never stored)."""
+    m, k, n = shape
+    a, b = _operands(rng, np.float32, m, k), _operands(rng, np.float32, n, k)
+    a[1, 2] = np.nan
+    b[n - 1, 0] = np.inf
+    out = np.empty((m, n), np.float32)
+    gemm.matmul_nt(out, a, b)
+    assert np.isnan(out[1]).all()
+    assert not np.isfinite(out[:, n - 1]).any()
+    rest = np.delete(np.delete(out, 1, axis=0), n - 1, axis=1)
+    assert np.isfinite(rest).all()
+    # the same through matmul_nn, B = b.T given as (K, N)
+    out2 = np.empty_like(out)
+    gemm.matmul_nn(out2, a, np.ascontiguousarray(b.T))
+    np.testing.assert_array_equal(np.isfinite(out2), np.isfinite(out))
+
+
+def test_results_do_not_depend_on_the_build(rng, monkeypatch):
+    """The sums run in one order whatever the threads: both builds, bitwise."""
+    from fastnet.kernels import _jit
+
+    a, b = _operands(rng, np.float32, 70, 90), _operands(rng, np.float32, 130, 90)
+    got = []
+    for work in (0, 1 << 62):
+        monkeypatch.setattr(_jit, "PARALLEL_MIN_WORK", work)
+        out = np.empty((70, 130), np.float32)
+        gemm.matmul_nt(out, a, b)
+        got.append(out)
+    np.testing.assert_array_equal(got[0], got[1])
