@@ -218,19 +218,35 @@ def test_cli_without_onnxruntime(monkeypatch, capsys):
             assert _rows(out)[case.name][4] == "-"
 
 
-def test_python_m_fastnet_bench_times_fastnet_after_numpy():
-    """``python -m fastnet`` imports fastnet first; the bench starts again in a process
-    that imports NumPy first, with the environment fastnet's import changed put back."""
+def _python(*argv):
+    """A fresh Python running ``argv``, this fastnet on its path, without the variables
+    fastnet's import sets."""
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")}
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-m", "fastnet", "bench", "--quick", "--no-torch",
-                           "--repeat", "1", "--filter", "relu 2x3x8x8 forward"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "fastnet: in a process that imported numpy, then fastnet;" in done.stdout
-    assert "threading layer" in done.stdout
-    assert re.fullmatch(NUMBER, _rows(done.stdout)["relu 2x3x8x8 forward"][1])
+    return done.stdout
+
+
+@pytest.mark.parametrize("code, order", [("import numpy; import fastnet", ["numpy", "fastnet"]),
+                                         ("import fastnet", ["fastnet", "numpy"])])
+def test_import_order(code, order):
+    """The order in which imports began (sys.modules has the order in which they ended)."""
+    out = _python("-c", f"{code}; from fastnet.bench.runner import import_order; print(import_order())")
+    assert out.strip() == repr(order)
+
+
+def test_python_m_fastnet_bench_times_fastnet_after_numpy():
+    """``python -m fastnet`` imports fastnet first (its header would say so); the bench
+    starts again in a process that imports NumPy first, with the environment fastnet's
+    import changed put back."""
+    out = _python("-m", "fastnet", "bench", "--quick", "--no-torch", "--repeat", "1",
+                  "--filter", "relu 2x3x8x8 forward")
+    assert "fastnet: in a process that imported numpy, then fastnet;" in out
+    assert "threading layer" in out
+    assert re.fullmatch(NUMBER, _rows(out)["relu 2x3x8x8 forward"][1])
 
 
 def test_clean_env_undoes_what_import_fastnet_set(monkeypatch):

@@ -86,10 +86,19 @@ def rounds_for(bench, max_time: float, min_rounds: int, max_rounds: int) -> int:
 
 
 def import_order() -> list:
-    """The benchmarked libraries in the order this process imported them (sys.modules
-    keeps the order in which imports began)."""
+    """The benchmarked libraries in the order this process began to import them.
+
+    NOTE: sys.modules holds modules in the order their imports *completed*, and a package
+    completes after what it imports (``python -m fastnet`` completes numpy, then
+    fastnet). So each library is placed by its first module to complete: for fastnet that
+    is fastnet.runtime, which fastnet/__init__.py imports before anything else."""
     names = ("numpy", "fastnet", "torch", "onnxruntime")
-    return [m for m in sys.modules if m in names]
+    order = []
+    for key in sys.modules:
+        top = key.partition(".")[0]
+        if top in names and top not in order:
+            order.append(top)
+    return order
 
 
 def clean_env(malloc_tuning=True):
