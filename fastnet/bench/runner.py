@@ -336,7 +336,8 @@ def run(args) -> int:
     states = twin_states(args.no_torch)
     lines = describe(states) + [
         f"median of {args.repeat} runs after a warm-up; ratio = other's time / fastnet's "
-        "(> 1: fastnet is faster); throughput is fastnet's; -: no such twin"]
+        "(> 1: fastnet is faster); throughput is fastnet's; -: the case has no such twin, "
+        "or the twin does not run here (see above)"]
     print("\n".join((("- " if args.markdown else "") + line) for line in lines) + "\n")
     table = Table(max(len(c.name) for c in cases), args.markdown)
     problems, forward = [], {}
