@@ -1,4 +1,5 @@
-"""fastnet on CUDA against PyTorch on CUDA, on the same GPU, in this process: a square
+"""fastnet on CUDA against PyTorch on CUDA, on the same GPU (PyTorch in its own process,
+as on the CPU: conftest.py): a square
 FP32 GEMM (TF32 off), the cost of a kernel launch, and the cases of the CPU suite's
 families (dense, conv, pooling, activations and softmax, cross-entropy, batch norm,
 dropout, SGD / Adam steps, LSTM, whole training steps), the inputs on the GPU before
@@ -8,8 +9,11 @@ Skipped without a usable GPU (``fastnet.cuda.is_available()``), and in Numba's C
 simulator unless FASTNET_BENCH_QUICK=1 (tiny shapes). ``benchmarks/cuda_bench.py`` prints
 the same cases as one table, each PyTorch result checked against fastnet's.
 """
+import functools
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -28,12 +32,14 @@ def _skip_reason():
     return None
 
 
+@functools.cache
 def _torch_cuda_reason():
     if importlib.util.find_spec("torch") is None:
         return "PyTorch is not installed"
-    import torch
-
-    if not torch.cuda.is_available():
+    # asked in a process of its own: torch is not imported into fastnet's
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() != "True":
         return "this PyTorch has no CUDA (or sees no GPU)"
     return None
 

@@ -1,5 +1,5 @@
 """Whole training steps, batch 128 (forward, loss, backward, SGD-momentum update) of the
-MLP 784-256-256-10, LeNet-5 and VGG-small."""
+MLP 784-256-256-10, LeNet-5, VGG-small and ResNet-small."""
 FAMILY = "train"
 
 

@@ -1,25 +1,32 @@
 """The benchmark cases: one per (op, shape, direction), shared by ``benchmarks/``
 (pytest-benchmark) and ``python -m fastnet bench``.
 
-A case builds the same maths three ways (``case.build(impl)``): ``"fastnet"`` (the public
-layer / loss / optimizer API, fastnet_impl.py), ``"numpy"`` (as a NumPy user would write
-it, numpy_twins.py) and ``"torch"`` (PyTorch CPU with autograd, torch_twins.py), on the
-same seeded inputs and weights, so that the twins can be checked against fastnet before
-anything is timed and the timings read as ratios.
+A case builds the same maths three or four ways (``case.build(impl)``): ``"fastnet"``
+(the public layer / loss / optimizer API, fastnet_impl.py), ``"numpy"`` (as a NumPy user
+would write it, numpy_twins.py), ``"torch"`` (PyTorch CPU with autograd, or in eval mode
+under ``torch.inference_mode()`` for inference, torch_twins.py) and, for inference and the
+forward cases of layers that compute the same in eval mode (``case.ort``),
+``"onnxruntime"`` (an ONNX graph of the same parameters, onnx_twins.py), on the same
+seeded inputs and weights, so that the twins can be checked against fastnet before
+anything is timed and the timings read as ratios. ``case.impls`` lists a case's.
 
 Layers and models are written once as a *spec*, a list of tuples each backend turns
 into its own layers:
 
     ("dense", in, out, activation)   activation None or "relu" (fastnet fuses it)
-    ("conv", in, out, k, stride, padding, activation)
+    ("conv", in, out, k, stride, padding, activation[, bias])   bias True unless given
     ("maxpool", k) / ("avgpool", k)  window k, stride k, no padding
-    ("batchnorm1d", c) / ("batchnorm2d", c)  training mode, PyTorch's eps and momentum
+    ("global_avgpool",)              mean over H and W: (N, C, H, W) -> (N, C)
+    ("batchnorm1d", c) / ("batchnorm2d", c)  PyTorch's eps and momentum (training mode
+                                     in a training step, running statistics in eval mode)
+    ("residual", block, shortcut)    block(x) + shortcut(x), both specs; shortcut None: + x
     ("relu",) ("sigmoid",) ("tanh",) ("softmax",) ("flatten",)
 
 Parameters are a dict with PyTorch's state_dict keys ("weight", or "0.weight" for a
-model of several layers; a batch norm's buffers too), PyTorch's default initialisation
-except for a batch norm's weight and bias (random, not ones and zeros, so that the check
-tells the two apart).
+model of several layers, "3.block.0.weight" / "3.shortcut.1.bias" inside a residual
+entry; a batch norm's buffers too), PyTorch's default initialisation except for a batch
+norm's weight and bias (random, not ones and zeros, so that the check tells the two
+apart).
 
 The same cases run on a GPU (``cuda_cases``, ``case.build(impl, device="cuda")``): fastnet
 against PyTorch, the inputs copied to the device once, every timed call and setup ending
@@ -37,9 +44,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-IMPLS = ("fastnet", "numpy", "torch")
+IMPLS = ("fastnet", "numpy", "torch", "onnxruntime")
+# the twins that run in a process of their own (worker.py), each imported first there
+WORKER_IMPLS = ("torch", "onnxruntime")
 _BACKENDS = {"fastnet": "fastnet.bench.fastnet_impl", "numpy": "fastnet.bench.numpy_twins",
-             "torch": "fastnet.bench.torch_twins"}
+             "torch": "fastnet.bench.torch_twins", "onnxruntime": "fastnet.bench.onnx_twins"}
+# the import name, and the distribution to install, of each optional twin
+_OPTIONAL = {"torch": ("torch", "torch"), "onnxruntime": ("onnxruntime", "fastnet[bench]")}
 BATCH = 128
 SGD_LR, MOMENTUM, ADAM_LR = 0.01, 0.9, 1e-3
 F32 = 4  # bytes per element
@@ -55,6 +66,18 @@ TOLERANCE, STEP_TOLERANCE = 1e-4, 2e-2
 
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
+
+
+def available(impl: str) -> bool:
+    """Whether the twin ``impl`` can run here (fastnet and NumPy always can)."""
+    if impl == "onnxruntime":
+        return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    return impl not in _OPTIONAL or importlib.util.find_spec(_OPTIONAL[impl][0]) is not None
+
+
+def install_hint(impl: str) -> str:
+    """What to install for the twin ``impl``."""
+    return _OPTIONAL[impl][1]
 
 
 @dataclass
@@ -106,13 +129,19 @@ class Case:
     family: str        # a benchmarks/ file: dense, conv, pool, activation, loss, optim, train
     op: str
     shape: str
-    direction: str     # forward | backward | fwd+bwd (fused loss) | step
+    direction: str     # forward | backward | fwd+bwd (fused loss) | step | inference
     kind: str          # the builder each backend module defines
     inputs: Callable[[], dict]  # the builder's keyword arguments (seeded, built on demand)
     flops: int = 0     # compute-bound cases: reported as GFLOP/s
     nbytes: int = 0    # memory-bound cases: tensors read + written, reported as GB/s
     samples: int = 0   # batch size, for samples/s
     tolerance: float = TOLERANCE  # for the check of the twins against fastnet
+    ort: bool = False  # an ONNX Runtime twin: inference, or a forward that eval mode computes
+
+    @property
+    def impls(self) -> tuple:
+        """The implementations of this case (on the CPU): fastnet first."""
+        return IMPLS if self.ort else tuple(i for i in IMPLS if i != "onnxruntime")
 
     @property
     def label(self) -> str:
@@ -125,8 +154,10 @@ class Case:
     def build(self, impl: str, device: str = "cpu") -> Bench:
         """The bench of implementation ``impl`` ("fastnet", "numpy", "torch") on ``device``
         ("cpu", or "cuda" for fastnet and torch: synchronised, see Bench.synchronized)."""
-        if device != "cpu" and impl == "numpy":
-            raise ValueError("the NumPy twins run on the CPU only")
+        if device != "cpu" and impl in ("numpy", "onnxruntime"):
+            raise ValueError(f"the {impl} twins run on the CPU only")
+        if impl not in self.impls:
+            raise ValueError(f"{self.name} has no {impl} twin")
         builder = getattr(importlib.import_module(_BACKENDS[impl]), self.kind)
         if device == "cpu":
             return builder(**self.inputs())
@@ -173,7 +204,8 @@ def compare(got: dict, ref: dict, tolerance: float = TOLERANCE) -> str | None:
 # ---- shapes, work, parameters -----------------------------------------------------------
 
 def trace(spec, shape):
-    """[(output shape, multiply-adds)] of each layer of ``spec`` on an input of ``shape``."""
+    """[(output shape, multiply-adds)] of each layer of ``spec`` on an input of ``shape``
+    (a residual entry: its block's output, the multiply-adds of both branches)."""
     out = []
     for s in spec:
         kind, n = s[0], shape[0]
@@ -186,10 +218,27 @@ def trace(spec, shape):
             macs, shape = n * cout * oh * ow * cin * k * k, (n, cout, oh, ow)
         elif kind in ("maxpool", "avgpool"):
             shape = shape[:2] + tuple(d // s[1] for d in shape[2:])
+        elif kind == "global_avgpool":
+            shape = shape[:2]
         elif kind == "flatten":
             shape = (n, math.prod(shape[1:]))
+        elif kind == "residual":
+            branches = [trace(b, shape) for b in s[1:] if b is not None]
+            macs = sum(m for layers in branches for _, m in layers)
+            shape = branches[0][-1][0]
         out.append((shape, macs))
     return out
+
+
+def conv_bias(s) -> bool:
+    """Whether the conv spec entry ``s`` has a bias."""
+    return len(s) < 8 or s[7]
+
+
+def key_prefix(spec, i, outer=""):
+    """The state_dict prefix of entry ``i`` of ``spec`` inside ``outer``: "i." in a model
+    of several layers, none for a single layer (as Sequential and a bare layer name them)."""
+    return outer + (f"{i}." if len(spec) > 1 else "")
 
 
 def _rng(label):
@@ -200,7 +249,7 @@ def _normal(rng, shape):
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-def _param_shapes(spec):
+def _param_shapes(spec, outer=""):
     """(state_dict key, shape, init) of every parameter and buffer in ``spec``; init is
     a fan-in (PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))) or the name of a fill."""
     for i, s in enumerate(spec):
@@ -208,17 +257,22 @@ def _param_shapes(spec):
             entries = [("weight", (s[2], s[1]), s[1]), ("bias", (s[2],), s[1])]
         elif s[0] == "conv":
             fan_in = s[1] * s[3] * s[3]
-            entries = [("weight", (s[2], s[1], s[3], s[3]), fan_in), ("bias", (s[2],), fan_in)]
+            entries = [("weight", (s[2], s[1], s[3], s[3]), fan_in)]
+            entries += [("bias", (s[2],), fan_in)] if conv_bias(s) else []
         elif s[0] in ("batchnorm1d", "batchnorm2d"):
             c = s[1]
             entries = [("weight", (c,), "around one"), ("bias", (c,), "around zero"),
                        ("running_mean", (c,), "zeros"), ("running_var", (c,), "ones"),
                        ("num_batches_tracked", (), "count")]
+        elif s[0] == "residual":
+            for name, branch in zip(("block", "shortcut"), s[1:]):
+                if branch is not None:
+                    yield from _param_shapes(branch, f"{key_prefix(spec, i, outer)}{name}.")
+            continue
         else:
             continue
-        prefix = f"{i}." if len(spec) > 1 else ""
         for key, shape, init in entries:
-            yield prefix + key, shape, init
+            yield key_prefix(spec, i, outer) + key, shape, init
 
 
 def _init(rng, shape, init):
@@ -253,6 +307,11 @@ def _dims(shape):
 
 # ---- the cases --------------------------------------------------------------------------
 
+# the layer families whose forward computes in training mode what eval mode computes: their
+# forward cases get an ONNX Runtime twin (not batch norm, dropout or the LSTM)
+ORT_FAMILIES = ("dense", "conv", "pool", "activation")
+
+
 def _layer_pair(family, op, shape, spec, x_shape, compute_bound):
     """The forward and the backward case of one layer (a spec of one entry)."""
     label = f"{op} {shape}"
@@ -272,7 +331,7 @@ def _layer_pair(family, op, shape, spec, x_shape, compute_bound):
         return kw
 
     return [Case(family, op, shape, direction, "layer_" + direction, partial(inputs, backward),
-                 samples=x_shape[0], **w)
+                 samples=x_shape[0], ort=not backward and family in ORT_FAMILIES, **w)
             for direction, backward, w in (("forward", False, work[0]), ("backward", True, work[1]))]
 
 
@@ -293,6 +352,26 @@ def _vgg(c1, c2, flat, hidden):
             ("flatten",), ("dense", flat, hidden, "relu"), ("dense", hidden, 10, None)]
 
 
+def _resnet(c, widths):
+    """fastnet.models.resnet_small: a conv3x3-BN-ReLU stem, three stages of one basic
+    block each (conv3x3-BN-ReLU-conv3x3-BN plus the input, or a 1x1 conv + BN projection
+    of it where the width or the stride changes; ReLU after the sum), global average
+    pooling, Dense(10). No conv has a bias (the batch norm after it has one)."""
+    def conv(cin, cout, k, stride):
+        return ("conv", cin, cout, k, stride, k // 2, None, False)
+
+    def stage(cin, cout, stride):
+        block = [conv(cin, cout, 3, stride), ("batchnorm2d", cout), ("relu",),
+                 conv(cout, cout, 3, 1), ("batchnorm2d", cout)]
+        shortcut = None if stride == 1 and cin == cout else \
+            [conv(cin, cout, 1, stride), ("batchnorm2d", cout)]
+        return [("residual", block, shortcut), ("relu",)]
+
+    w1, w2, w3 = widths
+    return [conv(c, w1, 3, 1), ("batchnorm2d", w1), ("relu",), *stage(w1, w1, 1),
+            *stage(w1, w2, 2), *stage(w2, w3, 2), ("global_avgpool",), ("dense", w3, 10, None)]
+
+
 def _train_inputs(label, spec, x_shape, classes=10):
     rng = _rng(label)
     return dict(spec=spec, params=init_params(spec, rng), x=_normal(rng, x_shape),
@@ -307,6 +386,21 @@ def _train_case(name, shape, spec, x_shape):
     return Case("train", name, shape, "step", "train_step",
                 partial(_train_inputs, f"{name} {shape}", spec, x_shape),
                 flops=flops, samples=x_shape[0], tolerance=STEP_TOLERANCE)
+
+
+def _inference_inputs(label, spec, x_shape):
+    rng = _rng(label)
+    return dict(spec=spec, params=init_params(spec, rng), x=_normal(rng, x_shape))
+
+
+def _inference_case(name, shape, spec, x_shape):
+    """The forward of a whole model in eval mode, as a program that serves it runs it:
+    fastnet's ``model.eval()``, PyTorch's eval mode under ``torch.inference_mode()``, and
+    ONNX Runtime."""
+    flops = sum(2 * macs for _, macs in trace(spec, x_shape))
+    return Case("inference", name, shape, "inference", "inference",
+                partial(_inference_inputs, f"{name} {shape}", spec, x_shape),
+                flops=flops, samples=x_shape[0], ort=True)
 
 
 def _ce_inputs(label, rows, classes):
@@ -435,12 +529,23 @@ def all_cases(quick: bool = False) -> list:
 
     cases += _lstm_pair(*((2, 3, 5, 4) if quick else LSTM_SHAPE))
 
-    mlp_x = (n, 1, 8, 8) if quick else (n, 1, 28, 28)
-    lenet_x = (n, 1, 12, 12) if quick else (n, 1, 28, 28)
-    mlp_in = math.prod(mlp_x[1:])
-    cases += [_train_case("train mlp", f"{_dims(mlp_x)} {mlp_in}-256-256-10", _mlp(mlp_in), mlp_x),
-              _train_case("train lenet5", _dims(lenet_x), _lenet(16 if quick else 400), lenet_x),
-              _train_case("train vgg-small", _dims(vgg_x), vgg, vgg_x)]
+    image = (1, 8, 8) if quick else (1, 28, 28)  # the MLP's
+    lenet_image = (1, 12, 12) if quick else (1, 28, 28)
+    mlp_in = math.prod(image)
+    mlp, lenet = _mlp(mlp_in), _lenet(16 if quick else 400)
+    mlp_shape = f"{mlp_in}-256-256-10"
+    resnet = _resnet(3, (4, 6, 8) if quick else (16, 32, 64))
+    resnet_x = (n, 3, 8, 8) if quick else (n, 3, 32, 32)
+    cases += [_train_case("train mlp", f"{_dims((n, *image))} {mlp_shape}", mlp, (n, *image)),
+              _train_case("train lenet5", _dims((n, *lenet_image)), lenet, (n, *lenet_image)),
+              _train_case("train vgg-small", _dims(vgg_x), vgg, vgg_x),
+              _train_case("train resnet-small", _dims(resnet_x), resnet, resnet_x)]
+
+    # inference: one image (a request served at a time) and a batch of 64 (3 when quick)
+    for batch in (1, 3 if quick else 64):
+        x_shape = (batch, *lenet_image)
+        cases.append(_inference_case("lenet5", _dims(x_shape), lenet, x_shape))
+    cases.append(_inference_case("mlp", f"{_dims((1, *image))} {mlp_shape}", mlp, (1, *image)))
     return cases
 
 
@@ -448,7 +553,7 @@ def all_cases(quick: bool = False) -> list:
 
 # families of all_cases() that also run on CUDA (fastnet and PyTorch on the GPU)
 CUDA_FAMILIES = ("dense", "conv", "pool", "activation", "loss", "norm", "dropout", "optim",
-                 "recurrent", "train")
+                 "recurrent", "train", "inference")
 # kernel launches per call of the launch-overhead case
 LAUNCHES = 100
 

@@ -8,32 +8,39 @@ import numpy as np
 from fastnet.device import Device, to_numpy
 from fastnet.kernels import _kernel
 from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
-                            Flatten, MaxPool2D, Parameter, ReLU, Sequential, Sigmoid, Softmax,
-                            Tanh)
+                            Flatten, GlobalAvgPool2D, MaxPool2D, Parameter, ReLU, Residual,
+                            Sequential, Sigmoid, Softmax, Tanh)
 from fastnet.layers import LSTM
 from fastnet.losses import CrossEntropyLoss
 from fastnet.optim import SGD, Adam
 
-from .cases import LAUNCHES, MOMENTUM, Bench
+from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias
 
 _SIMPLE = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax,
            "flatten": Flatten, "maxpool": MaxPool2D, "avgpool": AvgPool2D,
-           "batchnorm1d": BatchNorm1D, "batchnorm2d": BatchNorm2D}
+           "global_avgpool": GlobalAvgPool2D, "batchnorm1d": BatchNorm1D,
+           "batchnorm2d": BatchNorm2D}
 
 
 def _layer(s):
     if s[0] == "dense":
         return Dense(s[1], s[2], activation=s[3])
     if s[0] == "conv":
-        return Conv2D(s[1], s[2], s[3], stride=s[4], padding=s[5], activation=s[6])
+        return Conv2D(s[1], s[2], s[3], stride=s[4], padding=s[5], activation=s[6],
+                      bias=conv_bias(s))
+    if s[0] == "residual":
+        return Residual(_net(s[1]), None if s[2] is None else _net(s[2]))
     return _SIMPLE[s[0]](*s[1:])
+
+
+def _net(spec):
+    layers = [_layer(s) for s in spec]
+    return layers[0] if len(layers) == 1 else Sequential(*layers)
 
 
 def build(spec, params, device="cpu"):
     """The layer (one spec entry) or Sequential, holding ``params``, on ``device``."""
-    layers = [_layer(s) for s in spec]
-    net = layers[0] if len(layers) == 1 else Sequential(*layers)
-    return net.load_state_dict(params).to(device)
+    return _net(spec).load_state_dict(params).to(device)
 
 
 def _on(device, a):
@@ -134,6 +141,11 @@ def train_step(spec, params, x, labels, lr, device="cpu"):
 
     return Bench(run=step, outputs=lambda loss: {"loss": _host(loss), **_named(model, "grad"),
                                                  **_named(model, "data")})
+
+
+def inference(spec, params, x, device="cpu"):
+    model, x = build(spec, params, device).eval(), _on(device, x)
+    return Bench(run=lambda: model(x), outputs=lambda y: {"y": _host(y)})
 
 
 def _lstm(params, device):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .cases import MOMENTUM, Bench
+from .cases import MOMENTUM, Bench, key_prefix
 
 
 class Layer:
@@ -64,7 +64,8 @@ class Conv2D(_Weighted):
         self.cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k * k)
         weight = self.params["weight"]
         y = self.cols @ weight.reshape(len(weight), -1).T
-        y += self.params["bias"]
+        if "bias" in self.params:  # a conv before a batch norm has none
+            y += self.params["bias"]
         self.x_shape = x.shape
         return self._activate(np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2)))
 
@@ -75,7 +76,9 @@ class Conv2D(_Weighted):
         o, oh, ow = g.shape[1:]
         g = self._activation_grad(g)
         g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)
-        self.grads = {"weight": (g2.T @ self.cols).reshape(weight.shape), "bias": g2.sum(axis=0)}
+        self.grads = {"weight": (g2.T @ self.cols).reshape(weight.shape)}
+        if "bias" in self.params:
+            self.grads["bias"] = g2.sum(axis=0)
         if not input_grad:
             return None
         dcols = (g2 @ weight.reshape(o, -1)).reshape(n, oh, ow, c, k, k)
@@ -122,6 +125,16 @@ class AvgPool2D(_Pool):
         n, c, oh, ow = g.shape
         spread = (g / (k * k))[:, :, :, None, :, None]
         return np.broadcast_to(spread, (n, c, oh, k, ow, k)).reshape(self.x_shape)
+
+
+class GlobalAvgPool2D(Layer):
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, g, input_grad=True):
+        n, c, h, w = self.x_shape
+        return np.broadcast_to((g / (h * w))[:, :, None, None], self.x_shape)
 
 
 class BatchNorm(Layer):
@@ -206,12 +219,15 @@ class Flatten(Layer):
         return g.reshape(self.x_shape)
 
 
-class Sequential:
-    def __init__(self, layers):
-        self.layers = layers
+class _Container:
+    """Layers of layers: their params and grads under PyTorch's state_dict names."""
+
+    def _children(self):
+        """[(name prefix, layer)]"""
+        raise NotImplementedError
 
     def _merged(self, what):
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+        return {name + k: v for name, layer in self._children()
                 for k, v in getattr(layer, what).items()}
 
     @property
@@ -221,6 +237,14 @@ class Sequential:
     @property
     def grads(self):
         return self._merged("grads")
+
+
+class Sequential(_Container):
+    def __init__(self, layers):
+        self.layers = layers
+
+    def _children(self):
+        return [(f"{i}.", layer) for i, layer in enumerate(self.layers)]
 
     def forward(self, x):
         for layer in self.layers:
@@ -235,21 +259,50 @@ class Sequential:
         return g
 
 
-_LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:]),
+class Residual(_Container):
+    """block(x) + shortcut(x), or + x without a shortcut; backward sums the branches'
+    input gradients."""
+
+    def __init__(self, block, shortcut):
+        self.block, self.shortcut = block, shortcut
+
+    def _children(self):
+        shortcut = [] if self.shortcut is None else [("shortcut.", self.shortcut)]
+        return [("block.", self.block)] + shortcut
+
+    def forward(self, x):
+        return self.block.forward(x) + (x if self.shortcut is None else self.shortcut.forward(x))
+
+    def backward(self, g, input_grad=True):
+        dx = self.block.backward(g, input_grad)
+        ds = g if self.shortcut is None else self.shortcut.backward(g, input_grad)
+        return dx + ds if input_grad else None
+
+
+_LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:7]),
            "maxpool": lambda s: MaxPool2D(s[1]), "avgpool": lambda s: AvgPool2D(s[1]),
+           "global_avgpool": lambda s: GlobalAvgPool2D(),
            "relu": lambda s: ReLU(), "sigmoid": lambda s: Sigmoid(), "tanh": lambda s: Tanh(),
            "softmax": lambda s: Softmax(), "flatten": lambda s: Flatten(),
            "batchnorm1d": lambda s: BatchNorm(), "batchnorm2d": lambda s: BatchNorm()}
 
 
-def build(spec, params):
-    layers = [_LAYERS[s[0]](s) for s in spec]
-    net = layers[0] if len(layers) == 1 else Sequential(layers)
-    for key, value in params.items():  # "0.weight" or "weight"
-        *index, name = key.split(".")
-        target = layers[int(index[0])] if index else layers[0]
-        target.params[name] = value.copy()
-    return net
+def build(spec, params, outer=""):
+    """The layer or Sequential of ``spec``, each layer holding copies of its entries of
+    ``params`` (the keys under ``outer``)."""
+    layers = []
+    for i, s in enumerate(spec):
+        at = key_prefix(spec, i, outer)
+        if s[0] == "residual":
+            block, shortcut = (None if b is None else build(b, params, f"{at}{name}.")
+                               for name, b in zip(("block", "shortcut"), s[1:]))
+            layers.append(Residual(block, shortcut))
+            continue
+        layer = _LAYERS[s[0]](s)
+        layer.params = {k[len(at):]: v.copy() for k, v in params.items()
+                        if k.startswith(at) and "." not in k[len(at):]}
+        layers.append(layer)
+    return layers[0] if len(layers) == 1 else Sequential(layers)
 
 
 def cross_entropy_loss(logits, labels):
@@ -373,11 +426,19 @@ def train_step(spec, params, x, labels, lr):
         opt.step(model.params, model.grads)
         return loss
 
-    def outputs(loss):
-        return {"loss": loss, **{"grad." + k: v for k, v in model.grads.items()},
-                **{"data." + k: v for k, v in model.params.items()}}
+    def outputs(loss):  # the parameters, not a batch norm's running statistics
+        grads, params = model.grads, model.params
+        return {"loss": loss, **{"grad." + k: v for k, v in grads.items()},
+                **{"data." + k: params[k] for k in grads}}
 
     return Bench(run=step, outputs=outputs)
+
+
+def inference(spec, params, x):
+    """The forward as a NumPy user serves a model: the same code (no modes: the specs
+    of the inference cases have no layer that eval mode changes)."""
+    net = build(spec, params)
+    return Bench(run=lambda: net.forward(x), outputs=lambda y: {"y": y})
 
 
 # ---- LSTM -----------------------------------------------------------------------------

@@ -1,13 +1,19 @@
-"""``python -m fastnet bench``: every case, fastnet beside its NumPy and PyTorch twins, as
-one compact table (or Markdown for benchmarks/RESULTS.md).
+"""``python -m fastnet bench``: every case, fastnet beside its NumPy, PyTorch and ONNX
+Runtime twins, as one compact table (or Markdown for benchmarks/RESULTS.md).
+
+fastnet is timed as a user's program runs it: in a process that imported NumPy first and
+fastnet after it. ``python -m fastnet`` imports fastnet first by its nature, so ``run``
+starts the runner again in a fresh process, ``python -c "import numpy; ..."`` (without
+the settings fastnet's import put in the environment), and prints what it prints; a
+process that imported NumPy first (a script, the tests) runs the cases itself.
 
 Per case: each twin is built, run once (the warm-up, which keeps JIT compilation out of
 the timing) and its outputs checked against fastnet's; a twin that computes other
 numbers is reported and not timed. Then fastnet and NumPy run ``repeat`` times each,
-interleaved, and the median is shown. PyTorch runs in a subprocess (torch_worker.py):
-this process has imported fastnet already, and PyTorch imported after it shares GNU
-OpenMP with fastnet's passive wait policy and runs several times slower than a user's
-PyTorch would.
+interleaved, and the median is shown. PyTorch and ONNX Runtime run in processes of their
+own (worker.py), each imported first there: PyTorch imported after fastnet shares GNU
+OpenMP with fastnet's short spin and runs several times slower than a user's PyTorch
+would.
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ import time
 
 import numpy as np
 
-from .cases import all_cases, compare, torch_available
+from .cases import WORKER_IMPLS, all_cases, available, compare, install_hint
 
-OTHERS = ("numpy", "torch")
+OTHERS = ("numpy",) + WORKER_IMPLS
+SHORT = {"onnxruntime": "ort"}  # column names
 # NOTE: after each PyTorch case the worker's OpenMP threads spin on both cores for a few
 # ms (libgomp's default 300000 spins; the worker runs with PyTorch's own settings), and
 # fastnet's two-thread kernels timed in that window ran up to 2x slower (softmax
@@ -53,8 +60,8 @@ def warm_up(benches: dict, seconds: float) -> None:
             return
 
 
-def median_times(benches: dict, repeat: int) -> dict:
-    """{impl: median seconds of ``repeat`` timed runs}, the implementations interleaved."""
+def run_times(benches: dict, repeat: int) -> dict:
+    """{impl: [seconds of each of ``repeat`` timed runs]}, the implementations interleaved."""
     times = {impl: [] for impl in benches}
     for _ in range(repeat):
         for impl, bench in benches.items():
@@ -63,13 +70,42 @@ def median_times(benches: dict, repeat: int) -> dict:
             start = time.perf_counter()
             result = bench.run()  # noqa: F841 - freed after the clock stops, as in pytest-benchmark
             times[impl].append(time.perf_counter() - start)
-    return {impl: statistics.median(t) for impl, t in times.items()}
+    return times
 
 
-def _worker_env():
-    """This environment without the OpenMP and OpenBLAS spin times fastnet
-    put there itself, and without its malloc settings (fastnet/runtime.py): the PyTorch
-    twins should run as a PyTorch user's code does."""
+def median_times(benches: dict, repeat: int) -> dict:
+    """{impl: median seconds of ``repeat`` timed runs}, the implementations interleaved."""
+    return {impl: statistics.median(t) for impl, t in run_times(benches, repeat).items()}
+
+
+def rounds_for(bench, max_time: float, min_rounds: int, max_rounds: int) -> int:
+    """How many runs of ``bench`` (warmed up) fill about ``max_time`` seconds, within
+    [min_rounds, max_rounds] (pytest-benchmark's rule, with a cap for tiny cases)."""
+    estimate = max(median_times({"_": bench}, 1)["_"], 1e-6)
+    return min(max(min_rounds, int(max_time / estimate)), max_rounds)
+
+
+def import_order() -> list:
+    """The benchmarked libraries in the order this process began to import them.
+
+    NOTE: sys.modules holds modules in the order their imports *completed*, and a package
+    completes after what it imports (``python -m fastnet`` completes numpy, then
+    fastnet). So each library is placed by its first module to complete: for fastnet that
+    is fastnet.runtime, which fastnet/__init__.py imports before anything else."""
+    names = ("numpy", "fastnet", "torch", "onnxruntime")
+    order = []
+    for key in sys.modules:
+        top = key.partition(".")[0]
+        if top in names and top not in order:
+            order.append(top)
+    return order
+
+
+def clean_env(malloc_tuning=True):
+    """This environment without what ``import fastnet`` put there (fastnet/runtime.py: the
+    OpenMP and OpenBLAS spin times; with ``malloc_tuning`` False, glibc's malloc defaults
+    too, for a process that is not fastnet's), and fastnet on the path: a fresh process
+    then starts as a user's program does."""
     import fastnet
     from fastnet import runtime
 
@@ -78,52 +114,64 @@ def _worker_env():
         env.pop("GOMP_SPINCOUNT", None)
     if runtime.WE_SET_BLAS_TIMEOUT:
         env.pop("OPENBLAS_THREAD_TIMEOUT", None)
-    env["FASTNET_MALLOC_TUNING"] = "0"  # the worker imports fastnet too: glibc's defaults
+    if not malloc_tuning:
+        env["FASTNET_MALLOC_TUNING"] = "0"  # the worker imports fastnet too: glibc's defaults
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
-class TorchWorker:
-    """The parent's end of torch_worker.py: one request per case, outputs via a file."""
+class TwinWorker:
+    """The parent's end of worker.py for the twin ``impl``: one request per case, outputs
+    via a file."""
 
-    def __init__(self, quick: bool, threads: int):
-        code = "import torch; from fastnet.bench.torch_worker import main; main()"
-        argv = [sys.executable, "-c", code, "--threads", str(threads)] + (["--quick"] if quick else [])
+    def __init__(self, impl: str, quick: bool, threads: int):
+        self.impl = impl
+        code = f"import {impl}; from fastnet.bench.worker import main; main()"
+        argv = [sys.executable, "-c", code, "--impl", impl, "--threads", str(threads)]
         self._dir = tempfile.TemporaryDirectory(prefix="fastnet-bench-")
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, env=_worker_env())
+        self._proc = subprocess.Popen(argv + (["--quick"] if quick else []),
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, env=clean_env(malloc_tuning=False))
 
-    def measure(self, case, repeat):
-        """(outputs, median seconds) of the PyTorch twin of ``case``; RuntimeError if it failed."""
-        path = os.path.join(self._dir.name, "outputs.npz")
+    def measure(self, case, device="cpu", check=True, **rounds):
+        """(outputs or None, [seconds of each timed run]) of this twin of ``case``;
+        ``rounds``: repeat=n, or max_time, min_rounds and max_rounds (see rounds_for).
+        RuntimeError if it failed."""
+        path = os.path.join(self._dir.name, "outputs.npz") if check else None
+        request = {"case": case.name, "device": device, "outputs": path, **rounds}
         try:
-            self._proc.stdin.write(json.dumps({"case": case.name, "repeat": repeat,
-                                               "outputs": path}) + "\n")
+            self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
             line = self._proc.stdout.readline()
         except OSError:  # it has gone: a broken pipe
             line = ""
         if not line:
-            raise RuntimeError(f"the PyTorch worker exited with status {self._proc.wait()}")
+            raise RuntimeError(f"the {self.impl} worker exited with status {self._proc.wait()}")
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(reply["error"])
+        if not check:
+            return None, reply["times"]
         with np.load(path) as f:
-            return dict(f), reply["seconds"]
+            return dict(f), reply["times"]
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def close(self):
         with contextlib.suppress(OSError):
             self._proc.stdin.close()
         self._proc.wait()
         self._dir.cleanup()
 
+    def __enter__(self):
+        return self
 
-def measure(case, repeat, worker, problems):
-    """{impl: median seconds, or a word saying why there is none} for one case."""
+    def __exit__(self, *exc):
+        self.close()
+
+
+def measure(case, repeat, workers, problems):
+    """{impl: median seconds, or a word saying why there is none} for one case;
+    ``workers``: {impl: TwinWorker} of the twins that run in their own process."""
     benches = {impl: case.build(impl) for impl in ("fastnet", "numpy")}
     ref = benches["fastnet"].once()
     cells = {}
@@ -137,15 +185,17 @@ def measure(case, repeat, worker, problems):
 
     if differs("numpy", benches["numpy"].once()):
         del benches["numpy"]
-    if worker is not None:
+    ran = [w for impl, w in workers.items() if impl in case.impls]
+    for worker in ran:
         try:
-            outputs, seconds = worker.measure(case, repeat)
+            outputs, times = worker.measure(case, repeat=repeat)
         except RuntimeError as e:
-            problems.append(f"{case.name}: the torch twin failed: {e}")
-            cells["torch"] = "error"
+            problems.append(f"{case.name}: the {worker.impl} twin failed: {e}")
+            cells[worker.impl] = "error"
         else:
-            if not differs("torch", outputs):
-                cells["torch"] = seconds
+            if not differs(worker.impl, outputs):
+                cells[worker.impl] = statistics.median(times)
+    if ran:
         time.sleep(WORKER_SETTLE_S)
         warm_up(benches, WARM_UP_S)
     cells.update(median_times(benches, repeat))
@@ -154,8 +204,8 @@ def measure(case, repeat, worker, problems):
 
 # ---- the table --------------------------------------------------------------------------
 
-COLUMNS = ["fastnet ms", "numpy ms", "torch ms", "numpy/fastnet", "torch/fastnet",
-           "fastnet throughput", "samples/s"]
+COLUMNS = [f"{SHORT.get(i, i)} ms" for i in ("fastnet",) + OTHERS] + \
+    [f"{SHORT.get(i, i)}/fastnet" for i in OTHERS] + ["fastnet throughput", "samples/s"]
 
 
 def _cells(name, times, work):
@@ -195,47 +245,107 @@ class Table:
         self._line(_cells(name, times, work))
 
 
-def header(threads, repeat, use_torch):
-    """Machine, thread count, versions: what a table of timings needs beside it."""
-    import fastnet
-
+def cpu_model() -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f
                         if line.startswith("model name")), cpu)
-    versions = {"Python": platform.python_version(), "NumPy": np.__version__,
-                "Numba": importlib.metadata.version("numba")}
-    if use_torch:
-        versions["PyTorch"] = importlib.metadata.version("torch")
-    versions["fastnet"] = fastnet.__version__
-    layer = fastnet.threading_info()["threading_layer"]
-    return (f"CPU: {cpu}, {os.cpu_count()} logical cores; {threads} threads (Numba's {layer} "
-            f"layer{'; PyTorch set to the same' if use_torch else ''})\n"
-            + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n"
-            + f"median of {repeat} runs after a warm-up; ratio = other's time / fastnet's "
-              "(> 1: fastnet is faster); throughput is fastnet's")
+    return cpu
+
+
+def _blas_threads() -> str:
+    """NumPy's BLAS and its thread count, as threadpoolctl finds them (when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS with its default thread count"
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    ours = [i for i in blas if "numpy" in i.get("filepath", "")] or blas  # not SciPy's
+    return "; ".join(f"{i['internal_api']} with {i['num_threads']} threads" for i in ours) or \
+        "no BLAS found"
+
+
+# how each twin of worker.py runs (``threads``: Numba's thread count in the fastnet process)
+TWIN_SETUP = {
+    "torch": "its own process, torch imported first, torch.set_num_threads({threads})",
+    "onnxruntime": "its own process, onnxruntime imported first, intra_op_num_threads="
+                   "{threads}, inter_op_num_threads=1, sequential execution, all graph "
+                   "optimisations",
+}
+# the versions in the header: (name, distribution), those installed
+DISTRIBUTIONS = [("NumPy", "numpy"), ("Numba", "numba"), ("PyTorch", "torch"),
+                 ("onnxruntime", "onnxruntime"), ("onnx", "onnx")]
+
+
+def describe(twins: dict) -> list:
+    """What a table of timings needs beside it: the CPU, how this (fastnet's) process
+    imported its libraries and runs its threads, how each twin runs, the versions.
+    ``twins``: {impl of WORKER_IMPLS: True when it runs, else why not}."""
+    import fastnet
+
+    info = fastnet.threading_info()
+    threads = info["num_threads"]
+    versions = [f"Python {platform.python_version()}"]
+    for name, dist in DISTRIBUTIONS:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{name} {importlib.metadata.version(dist)}")
+    versions.append(f"fastnet {fastnet.__version__}")
+    lines = [f"CPU: {cpu_model()}, {os.cpu_count()} logical cores",
+             f"fastnet: in a process that imported {', then '.join(import_order())}; Numba's "
+             f"{info['threading_layer']} threading layer, {threads} threads",
+             f"numpy twin: in the fastnet process, {_blas_threads()}"]
+    lines += [f"{impl} twin: " + (f"in {TWIN_SETUP[impl].format(threads=threads)}" if state is True
+                                  else state) for impl, state in twins.items()]
+    return lines + [", ".join(versions)]
+
+
+def twin_states(no_torch=False) -> dict:
+    """{impl of WORKER_IMPLS: True when it runs, else why not (for describe)}."""
+    states = {}
+    for impl in WORKER_IMPLS:
+        if impl == "torch" and no_torch:
+            states[impl] = "left out (--no-torch)"
+        elif not available(impl):
+            states[impl] = f"not installed (pip install {install_hint(impl)}): its column is empty"
+        else:
+            states[impl] = True
+    return states
+
+
+# ``run`` in a fresh process that imports NumPy first (see the module docstring)
+RELAUNCH = ("import numpy, argparse, json, sys; from fastnet.bench.runner import run; "
+            "sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))")
 
 
 def run(args) -> int:
+    order = import_order()
+    if "numpy" not in order or order.index("fastnet") < order.index("numpy"):
+        options = {k: v for k, v in vars(args).items() if k != "func"}
+        sys.stdout.flush()
+        return subprocess.run([sys.executable, "-c", RELAUNCH, json.dumps(options)],
+                              env=clean_env()).returncode
+
     import fastnet
 
     cases = [c for c in all_cases(quick=args.quick) if not args.filter or args.filter in c.name]
     if not cases:
         print(f"fastnet bench: no case matches --filter {args.filter!r}", file=sys.stderr)
         return 2
-    use_torch = not args.no_torch and torch_available()
     threads = fastnet.threading_info()["num_threads"]
-    text = header(threads, args.repeat, use_torch)
-    if not args.no_torch and not use_torch:
-        text += "\nPyTorch is not installed: no torch column"
-    print("\n".join((("- " if args.markdown else "") + line) for line in text.splitlines()) + "\n")
+    states = twin_states(args.no_torch)
+    lines = describe(states) + [
+        f"median of {args.repeat} runs after a warm-up; ratio = other's time / fastnet's "
+        "(> 1: fastnet is faster); throughput is fastnet's; -: the case has no such twin, "
+        "or the twin does not run here (see above)"]
+    print("\n".join((("- " if args.markdown else "") + line) for line in lines) + "\n")
     table = Table(max(len(c.name) for c in cases), args.markdown)
     problems, forward = [], {}
-    worker = TorchWorker(args.quick, threads) if use_torch else contextlib.nullcontext()
-    with worker:
+    with contextlib.ExitStack() as stack:
+        workers = {impl: stack.enter_context(TwinWorker(impl, args.quick, threads))
+                   for impl, state in states.items() if state is True}
         for case in cases:
-            times = measure(case, args.repeat, worker if use_torch else None, problems)
+            times = measure(case, args.repeat, workers, problems)
             table.row(case.name, times, case)
             if case.direction == "forward":
                 forward[case.label] = (case, times)

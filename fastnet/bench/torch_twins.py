@@ -1,6 +1,7 @@
 """The same maths in PyTorch (float32): nn modules and autograd, as a PyTorch user
-trains. Imported only when a torch case is built; call ``set_threads`` first so that
-PyTorch uses as many threads as Numba (see benchmarks/conftest.py and torch_worker.py).
+trains; eval mode under ``torch.inference_mode()``, as one serves a model. Imported only
+in the twins' worker process (worker.py), torch first there; ``set_threads`` makes PyTorch
+use as many threads as Numba does in the fastnet process.
 
 ``device="cuda"``: the module and the inputs on the GPU (copied once, before timing), and
 plain FP32 arithmetic (TF32 off for matmuls and cuDNN convolutions, as fastnet computes).
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cases import LAUNCHES, MOMENTUM, Bench
+from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias, key_prefix
 
 _SIMPLE = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "flatten": nn.Flatten,
            "maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d, "batchnorm1d": nn.BatchNorm1d,
@@ -36,34 +37,56 @@ def _np(t):
     return t.detach().cpu().numpy()
 
 
-def _modules(s):
-    """The module(s) of one spec entry, the one holding its parameters first."""
+class Residual(nn.Module):
+    """block(x) + shortcut(x), or block(x) + x without a shortcut (torchvision's
+    BasicBlock without its final ReLU)."""
+
+    def __init__(self, block, shortcut):
+        super().__init__()
+        self.block, self.shortcut = block, shortcut
+
+    def forward(self, x):
+        return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+def _modules(s, params, at, dev, named):
+    """The module(s) of one spec entry, the one holding its parameters first; its
+    parameters (into ``named``) and buffers taken from ``params`` under ``at``."""
+    if s[0] == "residual":
+        block, shortcut = (None if b is None else _build(b, params, dev, named, f"{at}{name}.")
+                           for name, b in zip(("block", "shortcut"), s[1:]))
+        return [Residual(block, shortcut)]
     if s[0] == "dense":
-        return [nn.Linear(s[1], s[2])] + ([nn.ReLU()] if s[3] == "relu" else [])
-    if s[0] == "conv":
-        return [nn.Conv2d(s[1], s[2], s[3], stride=s[4], padding=s[5])] + \
+        group = [nn.Linear(s[1], s[2])] + ([nn.ReLU()] if s[3] == "relu" else [])
+    elif s[0] == "conv":
+        group = [nn.Conv2d(s[1], s[2], s[3], stride=s[4], padding=s[5], bias=conv_bias(s))] + \
             ([nn.ReLU()] if s[6] == "relu" else [])
-    if s[0] == "softmax":
-        return [nn.Softmax(dim=-1)]
-    return [_SIMPLE[s[0]](*s[1:])]
+    elif s[0] == "softmax":
+        group = [nn.Softmax(dim=-1)]
+    elif s[0] == "global_avgpool":
+        group = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    else:
+        group = [_SIMPLE[s[0]](*s[1:])]
+    group = [m.to(dev) for m in group]
+    for name, t in group[0].state_dict(keep_vars=True).items():
+        with torch.no_grad():
+            t.copy_(torch.from_numpy(params[at + name]))
+        if name in ("weight", "bias"):
+            named[at + name] = t
+    return group
+
+
+def _build(spec, params, dev, named, outer=""):
+    modules = [m for i, s in enumerate(spec)
+               for m in _modules(s, params, key_prefix(spec, i, outer), dev, named)]
+    return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
 
 
 def build(spec, params, device="cpu"):
     """(module, {fastnet's parameter name: tensor}) on ``device``; a fused dense or conv +
-    ReLU is two modules."""
-    dev = _device(device)
-    modules, named = [], {}
-    for i, s in enumerate(spec):
-        group = [m.to(dev) for m in _modules(s)]
-        prefix = f"{i}." if len(spec) > 1 else ""
-        for name in ("weight", "bias"):
-            if prefix + name in params:
-                p = getattr(group[0], name)
-                with torch.no_grad():
-                    p.copy_(torch.from_numpy(params[prefix + name]))
-                named[prefix + name] = p
-        modules += group
-    return (modules[0] if len(modules) == 1 else nn.Sequential(*modules)), named
+    ReLU is two modules. A batch norm's buffers come from ``params`` too."""
+    named = {}
+    return _build(spec, params, _device(device), named), named
 
 
 def _grads(named):
@@ -167,6 +190,18 @@ def train_step(spec, params, x, labels, lr, device="cpu"):
 
     return Bench(run=step, outputs=lambda loss: {
         "loss": loss.item(), **_grads(named), **{"data." + k: _np(p) for k, p in named.items()}})
+
+
+def inference(spec, params, x, device="cpu"):
+    net, _ = build(spec, params, device)
+    net.eval()
+    xt = _on(device, x)
+
+    def run():
+        with torch.inference_mode():
+            return net(xt)
+
+    return Bench(run=run, outputs=lambda y: {"y": _np(y)})
 
 
 def _lstm(params, device):
