@@ -254,8 +254,7 @@ def test_clean_env_undoes_what_import_fastnet_set(monkeypatch):
 
     monkeypatch.setenv("GOMP_SPINCOUNT", "3000")
     monkeypatch.setattr(runtime, "WE_SET_SPINCOUNT", True)
-    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "7")
-    monkeypatch.setattr(runtime, "WE_SET_BLAS_TIMEOUT", False)  # the user's: kept
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "7")  # the user's: kept
     env = runner.clean_env(malloc_tuning=False)
     assert "GOMP_SPINCOUNT" not in env and env["OPENBLAS_THREAD_TIMEOUT"] == "7"
     assert env["FASTNET_MALLOC_TUNING"] == "0"  # a twin's process: glibc's defaults

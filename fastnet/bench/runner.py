@@ -103,7 +103,7 @@ def import_order() -> list:
 
 def clean_env(malloc_tuning=True):
     """This environment without what ``import fastnet`` put there (fastnet/runtime.py: the
-    OpenMP and OpenBLAS spin times; with ``malloc_tuning`` False, glibc's malloc defaults
+    OpenMP spin count, when fastnet runs OpenMP; with ``malloc_tuning`` False, glibc's malloc defaults
     too, for a process that is not fastnet's), and fastnet on the path: a fresh process
     then starts as a user's program does."""
     import fastnet
@@ -112,8 +112,6 @@ def clean_env(malloc_tuning=True):
     env = dict(os.environ)
     if runtime.WE_SET_SPINCOUNT:
         env.pop("GOMP_SPINCOUNT", None)
-    if runtime.WE_SET_BLAS_TIMEOUT:
-        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     if not malloc_tuning:
         env["FASTNET_MALLOC_TUNING"] = "0"  # the worker imports fastnet too: glibc's defaults
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastnet.__file__)))

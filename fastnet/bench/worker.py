@@ -3,8 +3,8 @@ in the programs of their users.
 
 runner.py (and benchmarks/conftest.py) start it as ``python -c "import torch; from
 fastnet.bench.worker import main; main()" --impl torch --threads N [--quick]`` (``import
-onnxruntime`` for ``--impl onnxruntime``), without the GOMP_SPINCOUNT,
-OPENBLAS_THREAD_TIMEOUT and malloc settings fastnet made in the parent, so that the twin
+onnxruntime`` for ``--impl onnxruntime``), without the GOMP_SPINCOUNT and
+malloc settings fastnet made in the parent, so that the twin
 runs as its users' code does; N is Numba's thread count in the fastnet process.
 
 Requests come on stdin, one JSON line per case: {"case": name, "device": "cpu" or "cuda"
