@@ -365,6 +365,10 @@ def predict(args) -> int:
 
 
 def bench(args) -> int:
+    if args.import_orders:
+        from .bench import orders  # see fastnet/bench/orders.py
+
+        return orders.run(quick=args.quick, rounds=args.rounds, markdown=args.markdown)
     from .bench.runner import run  # see fastnet/bench/
 
     return run(args)
@@ -487,6 +491,11 @@ def build_parser():
     b.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     b.add_argument("--quick", action="store_true", help="tiny shapes: a fast look, or a smoke test")
     b.add_argument("--markdown", action="store_true", help="a Markdown table (for benchmarks/RESULTS.md)")
+    b.add_argument("--import-orders", action="store_true",
+                   help="the training steps and inference cases in three processes that import "
+                        "NumPy, fastnet or PyTorch first, side by side")
+    b.add_argument("--rounds", type=_int_at_least(1), default=5,
+                   help="with --import-orders: rounds over the processes (default: %(default)s)")
     b.set_defaults(func=bench)
     return parser
 

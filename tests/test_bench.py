@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastnet
-from fastnet.bench import all_cases, available, compare, cuda_cases, numpy_twins, runner
+from fastnet.bench import all_cases, available, compare, cuda_cases, numpy_twins, runner, torch_available
 from fastnet.bench.cases import CUDA_FAMILIES
 from fastnet.cli import main
 
@@ -312,3 +312,27 @@ def test_cli_markdown_with_the_torch_worker(capsys):
     # three times and two ratios; no ONNX Runtime twin for a backward
     assert all(re.fullmatch(NUMBER, c) for c in cells[1:4] + cells[5:7]), row
     assert cells[4] == cells[7] == "-"
+
+
+def test_import_orders_table():
+    """``--import-orders``: every training step and inference case timed in a process per
+    import order (torch first where it is installed), the header naming each process's
+    order and threading layer, and the two-threads row."""
+    from fastnet.bench import orders
+
+    lines = []
+    assert orders.run(quick=True, rounds=1, repeat=2, out=lines.append) == 0
+    out = "\n".join(lines)
+    labels = [k for k in orders.ORDERS if k != "torch first" or torch_available()]
+    assert "numpy first: imported numpy, then fastnet;" in out
+    assert "fastnet first: imported fastnet, then numpy;" in out
+    if torch_available():
+        assert "torch first: imported torch, then numpy, then fastnet;" in out
+    rows = _rows(out)
+    for case in orders.headline_cases(quick=True):
+        cells = rows[case.name]
+        assert len(cells) == 2 + len(labels) and all(re.fullmatch(NUMBER, c) for c in cells[1:])
+    assert case.family == "inference" and {c.family for c in orders.headline_cases(True)} == \
+        {"train", "inference"}
+    two = next(r for name, r in rows.items() if name.startswith("2 threads / 1 thread"))
+    assert all(re.fullmatch(NUMBER, c) for c in two[1:1 + len(labels)])

@@ -1,5 +1,5 @@
-"""Register-blocked GEMM micro-kernels (the CPU convolutions, the recurrent layers'
-row-block GEMM), written in LLVM IR.
+"""Register-blocked GEMM micro-kernels (the CPU convolutions, fastnet's GEMM in
+kernels/gemm.py, the recurrent layers' row-block GEMM), written in LLVM IR.
 
 LLVM does not turn a Numba loop nest into a register-blocked GEMM: the accumulators of
 an MR x NR output tile have to live in vector registers across the whole reduction, and
@@ -205,8 +205,8 @@ def make_dot_tile(mo, mt):
 
 
 DOT_TILES = {mo: make_dot_tile(mo, DOT_MT[mo]) for mo in DOT_MOS}
-# the recurrent layers' row-block GEMM (rows of the state times a packed weight matrix):
-# the shift tile with ROWS_MR rows and ROWS_NC_VECTORS vectors of columns
+# the recurrent layers' row-block GEMM (rows of the state times a packed weight matrix) and
+# kernels/gemm.py: the shift tile with ROWS_MR rows and ROWS_NC_VECTORS vectors of columns
 ROWS_NC_VECTORS = 3 if VEC_BYTES == 64 else 2
 ROWS_MR = ACCUMULATORS // ROWS_NC_VECTORS
 rows_tile = make_shift_tile(ROWS_MR, ROWS_NC_VECTORS)
