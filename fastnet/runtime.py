@@ -20,8 +20,13 @@ fastnet cannot change how fast they run.
 * Without TBB, Numba's OpenMP layer (``omp``). Its GNU OpenMP workers spin for
   ``GOMP_SPINCOUNT`` iterations after each parallel region, then sleep, and waking a
   sleeping worker costs ~70 us on the development machine (a virtual machine).
-  ``configure()`` sets a spin count before Numba loads libgomp (libgomp reads it once);
-  a ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` the user set is left alone.
+  ``configure()`` sets a spin count before Numba loads libgomp (libgomp reads it once):
+  long enough for the kernels of a step to find the workers awake, shorter than
+  libgomp's default. A ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` the user set is left
+  alone. Spinning workers are what makes this layer fragile: with another process busy
+  on one of the two cores, a LeNet-5 step took 17-20 ms under omp and 6.5 ms under
+  tbb; and two Python threads running kernels at once each get their own team of
+  workers (4 threads on 2 cores: 2x slower than one thread doing all the calls).
 * If a GNU OpenMP runtime was initialised before ``import fastnet`` (``import torch``
   first does that: torch loads its libgomp globally, Numba binds to it) and TBB is not
   there, fastnet runs Numba's ``workqueue`` layer instead, unless the user picked a layer
@@ -69,7 +74,6 @@ import ctypes
 import os
 import sys
 import threading
-import warnings
 
 _CONFIGURED = False
 _STARTED = False
@@ -79,9 +83,13 @@ _AVOID_OMP = False
 # True once the pool is started and kernels need no lock: fastnet.kernels.kernel then
 # hands out CPU kernels as they are (one attribute read per lookup)
 READY = False
-# spins of an idle OpenMP worker before it sleeps (libgomp's default is 300000; 1000 and
-# 10000 measured between this and the passive policy on a LeNet-5 step)
-GOMP_SPINCOUNT = 3000
+# spins of an idle OpenMP worker before it sleeps, without TBB (libgomp's default is
+# 300000). Measured on the development machine (2026-12, Numba's omp layer, NumPy first):
+# with 3000 the workers were asleep by the next launch even back to back (~77 us per
+# launch; a LeNet-5 step 4.4-8.2 ms), with 30000 a launch took 1.7 us after gaps up to
+# 0.1 ms and the workers spun ~1.2 ms of CPU after the last kernel (LeNet-5 3.9 ms, the
+# same as 300000, which spins ~7 ms)
+GOMP_SPINCOUNT = 30000
 WE_SET_SPINCOUNT = False  # True when GOMP_SPINCOUNT is fastnet's doing
 TBB = None  # the libtbb that configure() loaded for Numba's tbb layer, if any
 _LOCK = threading.RLock()
@@ -122,19 +130,11 @@ def _configure_openmp() -> None:
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
     if _shared_libgomp_loaded():
-        # NOTE: too late for the environment: that runtime spins (e.g. torch was imported
-        # first). Numba's workqueue layer has no spinning workers, so use it unless the
-        # user chose a layer; PyTorch keeps its own runtime and its own speed.
+        # NOTE: too late for the environment: that runtime spins for libgomp's default
+        # (e.g. torch was imported first), and spinning workers stall whatever else wants
+        # the cores. Numba's workqueue layer has none, so use it unless the user chose a
+        # layer; PyTorch keeps its own runtime and its own speed.
         _AVOID_OMP = "NUMBA_THREADING_LAYER" not in os.environ
-        if not _AVOID_OMP:
-            warnings.warn(
-                "fastnet: GNU OpenMP was loaded before fastnet with its default (spinning) "
-                "wait policy, so Numba kernels and NumPy's BLAS may stall each other. "
-                "Import fastnet first, start Python with GOMP_SPINCOUNT=3000, or leave "
-                "NUMBA_THREADING_LAYER unset so that fastnet can pick the workqueue layer.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
         return
     os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPINCOUNT)
     WE_SET_SPINCOUNT = True
