@@ -15,7 +15,8 @@ C (M, N) = A (M, K) @ B (K, N), in three steps:
   AVX-512): panel p holds B[:, p*NC:(p+1)*NC] row after row, zeros past N, so that a
   tile reads NC contiguous values per step and never past an array (``pack``).
   B is given as b (K, N) or as b.T with b (N, K) (``trans``): the transposing pack is
-  the one pass over a weight matrix that a forward x @ w.T costs.
+  the one pass over a weight matrix that a forward x @ w.T costs (or over the batch,
+  when it is the smaller operand).
 * per (panel, block of ROWS_MR rows of A) one shift tile: ROWS_MR x NC accumulators in
   registers over the whole K (A's rows read contiguously, one broadcast value per row
   and step). Tiles are numbered panel-major, so a thread's consecutive tiles share one
@@ -56,39 +57,42 @@ def _nc(a):
     return ROWS_NC_VECTORS * (VEC_BYTES // a.itemsize)
 
 
-@compute_kernel
-def pack(bp, b, trans):
-    """b (K, N) (``trans`` False) or (N, K) (True) -> bp (packed_size,), the panels of
-    B = b or b.T (see the module docstring)."""
-    nc = _nc(bp)
-    if trans:
-        n, k = b.shape
-    else:
-        k, n = b.shape
-    npan = bp.size // (k * nc)
-    for p in prange(npan):
-        c0 = p * nc
-        cw = min(nc, n - c0)
-        panel = bp[p * k * nc:(p + 1) * k * nc]
+@compute_family
+def pack(trans):
+    """``pack[trans](bp, b)``: b (K, N) (``trans`` False) or (N, K) (True) -> bp
+    (packed_size,), the panels of B = b or b.T (see the module docstring). A family keyed
+    on ``trans``: a model compiles only the packing it uses."""
+    def kernel(bp, b):
+        nc = _nc(bp)
         if trans:
-            # NOTE: row by row of the panel, reading a column of b's block (in L1 after
-            # the first rows): LLVM gathers it, 1.6x faster than 16 x 16 blocks of
-            # contiguous reads and strided writes (measured on a 256 x 784 weight)
-            blk = b[c0:c0 + cw]
-            for s in range(k):
-                row = panel[s * nc:(s + 1) * nc]
-                for c in range(cw):
-                    row[c] = blk[c, s]
-                for c in range(cw, nc):
-                    row[c] = 0
+            n, k = b.shape
         else:
-            for s in range(k):
-                src = b[s, c0:c0 + cw]
-                row = panel[s * nc:(s + 1) * nc]
-                for c in range(cw):
-                    row[c] = src[c]
-                for c in range(cw, nc):
-                    row[c] = 0
+            k, n = b.shape
+        npan = bp.size // (k * nc)
+        for p in prange(npan):
+            c0 = p * nc
+            cw = min(nc, n - c0)
+            panel = bp[p * k * nc:(p + 1) * k * nc]
+            if trans:
+                # NOTE: row by row of the panel, reading a column of b's block (in L1
+                # after the first rows): LLVM gathers it, 1.6x faster than 16 x 16 blocks
+                # of contiguous reads and strided writes (measured on a 256 x 784 weight)
+                blk = b[c0:c0 + cw]
+                for s in range(k):
+                    row = panel[s * nc:(s + 1) * nc]
+                    for c in range(cw):
+                        row[c] = blk[c, s]
+                    for c in range(cw, nc):
+                        row[c] = 0
+            else:
+                for s in range(k):
+                    src = b[s, c0:c0 + cw]
+                    row = panel[s * nc:(s + 1) * nc]
+                    for c in range(cw):
+                        row[c] = src[c]
+                    for c in range(cw, nc):
+                        row[c] = 0
+    return kernel
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -141,31 +145,24 @@ def gemm(code, out_trans):
     return kernel
 
 
-@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _dot_rows_code(out, a, b, bias, code):
-    m, k = a.shape
-    n = b.shape[0]
-    for j in prange(n):
-        bj = b[j]
-        bo = bias[j] if bias is not None else out.dtype.type(0)
-        for i in range(m):
-            ai = a[i]
-            s = out.dtype.type(0)
-            for q in range(k):
-                s += ai[q] * bj[q]
-            out[i, j] = apply_activation(s + bo, code)
-
-
-@compute_kernel
-def dot_rows(out, a, b, bias, code):
-    """a (M, K), b (N, K), bias (N,) or None -> out (M, N) = act(a @ b.T + bias), one dot
-    product per value (few rows: see the module docstring)."""
-    if code == 1:
-        _dot_rows_code(out, a, b, bias, 1)
-    elif code == 0:
-        _dot_rows_code(out, a, b, bias, 0)
-    else:
-        _dot_rows_code(out, a, b, bias, code)
+@compute_family
+def dot_rows(code):
+    """``dot_rows[code](out, a, b, bias)``: a (M, K), b (N, K), bias (N,) or None -> out
+    (M, N) = act(a @ b.T + bias), one dot product per value (few rows: see the module
+    docstring); keyed on the activation ``code``."""
+    def kernel(out, a, b, bias):
+        m, k = a.shape
+        n = b.shape[0]
+        for j in prange(n):
+            bj = b[j]
+            bo = bias[j] if bias is not None else out.dtype.type(0)
+            for i in range(m):
+                ai = a[i]
+                s = out.dtype.type(0)
+                for q in range(k):
+                    s += ai[q] * bj[q]
+                out[i, j] = apply_activation(s + bo, code)
+    return kernel
 
 
 @compute_kernel
@@ -212,7 +209,7 @@ def nn_rows(out, a, b):
 def _packed(b, trans):
     k, n = (b.shape[1], b.shape[0]) if trans else b.shape
     bp = np.empty(packed_size(k, n, b.itemsize), b.dtype)
-    pack(bp, b, trans)
+    pack[trans](bp, b)
     return bp
 
 
@@ -221,7 +218,7 @@ def matmul_nt(out, a, b, bias=None, code=0):
     C-contiguous; ``code`` the activation (kernels/codes.py)."""
     m, n = a.shape[0], b.shape[0]
     if m < MR:
-        dot_rows(out, a, b, bias, code)
+        dot_rows[code](out, a, b, bias)
     elif m < n:
         # NOTE: the batch is the smaller operand: pack it (transposed) and let the weight
         # rows be the tiles' rows; the epilogue writes the transpose back
