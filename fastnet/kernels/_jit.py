@@ -103,9 +103,10 @@ class KernelFamily:
     an empty cache went from 47-50 s to 20-22 s). Numba's cache keys a closure on the values it closes over, so
     every member is cached on disk under its key."""
 
-    def __init__(self, make, compute=False):
+    def __init__(self, make, compute=False, fastmath=FASTMATH):
         self._make = make
         self._compute = compute
+        self._fastmath = fastmath
         self._members = {}
         functools.update_wrapper(self, make)
 
@@ -113,7 +114,7 @@ class KernelFamily:
         k = self._members.get(key)
         if k is None:
             fn = self._make(*key) if isinstance(key, tuple) else self._make(key)
-            k = self._members[key] = _parallel_kernel(fn, FASTMATH, compute=self._compute)
+            k = self._members[key] = _parallel_kernel(fn, self._fastmath, compute=self._compute)
         return k
 
     def members(self):
@@ -132,3 +133,8 @@ def compute_family(make):
 def parallel_family(make):
     """A KernelFamily of memory-bound kernels (see parallel_kernel)."""
     return KernelFamily(make)
+
+
+def parallel_family_ordered(make):
+    """A KernelFamily of parallel_kernel_ordered kernels."""
+    return KernelFamily(make, fastmath=FASTMATH_ORDERED)
