@@ -1,16 +1,20 @@
-"""Shared compile options for the CPU kernels.
+"""Shared compile options for the CPU kernels, and what the JIT costs this process.
 
 NOTE for developers: Numba's on-disk cache (cache=True) is keyed on each kernel's own
 source file. A kernel that inlines a helper from another module (dense.py uses
 activations.apply_activation) keeps its stale cached code when only the helper's module
 changes: clear fastnet/kernels/__pycache__ after editing a shared helper.
 """
+import contextlib
 import functools
 import sys
+import threading
+import time
 import types
 
 import numpy as np
 from numba import njit
+from numba.core import event
 
 # NOTE: every fast-math flag except nnan/ninf: max pooling pads with -inf and the stable
 # softmax / sigmoid rely on exp() overflowing to inf and 1/inf == 0, which LLVM may
@@ -138,3 +142,66 @@ def parallel_family(make):
 def parallel_family_ordered(make):
     """A KernelFamily of parallel_kernel_ordered kernels."""
     return KernelFamily(make, fastmath=FASTMATH_ORDERED)
+
+
+# ---- what the JIT costs: the Trainer's samples/s leaves it out, the first run says so ----
+class _JitClock(event.Listener):
+    """Seconds spent under Numba's compiler lock, which Numba takes to compile a kernel for
+    a new signature and to load one from its on-disk cache; nested acquisitions (a kernel
+    compiling its callees) count once per thread."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._local = threading.local()
+
+    def on_start(self, ev):
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._local.start = time.perf_counter()
+        self._local.depth = depth + 1
+
+    def on_end(self, ev):
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            self.seconds += time.perf_counter() - self._local.start
+
+
+_clock = None
+
+
+def jit_seconds():
+    """Seconds this process has spent compiling kernels or loading them from Numba's cache
+    since the first call of this function (which starts the count and returns 0.0)."""
+    global _clock
+    if _clock is None:
+        _clock = _JitClock()
+        event.register("numba:compiler_lock", _clock)
+    return _clock.seconds
+
+
+class _FirstCompile(event.Listener):
+    def __init__(self, callback):
+        self.callback = callback
+        self.fired = False
+
+    def on_start(self, ev):
+        # "numba:compile" fires on a cache miss only: a kernel found in the cache is loaded
+        # without it. A user's own Numba functions are not fastnet's to announce.
+        if not self.fired and getattr(getattr(ev.data.get("dispatcher"), "py_func", None),
+                                      "__module__", "").startswith("fastnet."):
+            self.fired = True
+            self.callback()
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def on_first_compile(callback):
+    """Within the block, ``callback()`` runs (once, in the compiling thread, before the
+    compilation) when Numba starts compiling one of fastnet's kernels because its on-disk
+    cache does not have it: on a fresh install, after an upgrade, or for a shape of
+    arguments (dtype, layout, a new family member) not seen before."""
+    listener = _FirstCompile(callback)
+    with event.install_listener("numba:compile", listener):
+        yield listener
