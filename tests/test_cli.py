@@ -230,6 +230,26 @@ def test_evaluate_matches_the_training_runs_test_accuracy(run, capsys):
     assert main(["evaluate", "--checkpoint", str(run / "best.npz")]) == 0
 
 
+def test_evaluate_and_predict_say_when_kernels_compile(run, tmp_path, monkeypatch, capsys):
+    """On stderr, so that stdout stays their results (a stand-in reports a compile at once)."""
+    import contextlib
+
+    from fastnet.kernels import _jit
+
+    @contextlib.contextmanager
+    def compiles_at_once(callback):
+        callback()
+        yield
+
+    monkeypatch.setattr(_jit, "on_first_compile", compiles_at_once)
+    np.save(tmp_path / "one.npy", load_digits()[0][0])
+    for argv in (["evaluate", "--checkpoint", str(run)],
+                 ["predict", "--checkpoint", str(run), str(tmp_path / "one.npy")]):
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.err == COMPILE_NOTICE + "\n" and "compiling" not in captured.out
+
+
 def test_predict_on_npy_and_images(run, tmp_path, capsys):
     from fastnet.data import load_digits
 
