@@ -295,8 +295,9 @@ class Trainer:
         self.input_shape = None             # of one sample, recorded for predict
         self._loader_states = None          # from resume(), applied by the next fit()
         self._on_disk = None                # (checkpoint path, epoch) last written / resumed
-        self._announced = False             # COMPILE_NOTICE printed
-        self._compiled_seconds = None       # JIT seconds of the last epoch, if it compiled
+        self._announced = False             # COMPILE_NOTICE logged
+        self._bar = None                    # the progress bar of the epoch running
+        self._epoch_jit = 0.0               # the JIT's seconds in the last epoch
 
     # ---- the loop ------------------------------------------------------------------------
     def fit(self, train_loader, val_loader=None, epochs=1, resume=None):
@@ -328,7 +329,9 @@ class Trainer:
                 if self.patience is not None and self.bad_epochs >= self.patience:
                     self.stop_reason = "early_stopping"  # also when resuming a stopped run
                     break
-                record = self._run_epoch(train_loader, val_loader, epochs)
+                announced = self._announced
+                with self._compile_notice():
+                    record = self._run_epoch(train_loader, val_loader, epochs)
                 self._check_parameters()
                 self.epoch += 1
                 self.history.append(record)
@@ -346,8 +349,8 @@ class Trainer:
                     if improved:
                         write_npz(os.path.join(self.checkpoint_dir, "best.npz"), *last, "Trainer")
                 line = self._line(record, epochs)
-                if self._compiled_seconds is not None:  # this epoch compiled kernels
-                    line += f"  (+{self._compiled_seconds:.1f} s compiling, not counted)"
+                if self._announced and not announced:  # this epoch compiled kernels
+                    line += f"  (+{self._epoch_jit:.1f} s compiling, not counted)"
                 self.log(line)
                 if "stopped" in record:
                     self.log(record["stopped"])
@@ -392,58 +395,56 @@ class Trainer:
         self.optimizer.lr = float(lr)
         model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
         model.train()
-        bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}", self.progress)
+        self._bar = bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}",
+                                       self.progress)
         total_loss, correct, seen = 0.0, 0, 0
         watch = Stopwatch()
         jit_seen, unpause = 0.0, getattr(bar, "unpause", lambda: None)
-        compiled = self._announced
-        with self._compile_notice(bar):
-            try:
-                for step, (xb, yb) in enumerate(train_loader, 1):
-                    if self.input_shape is None:
-                        self.input_shape = [int(d) for d in np.shape(xb)[1:]]
-                    opt.zero_grad()
-                    logits = model(xb)
-                    loss = float(loss_fn(logits, yb))  # a host float on any device
-                    if not math.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"Trainer: the training loss is {loss} at epoch {self.epoch + 1}, "
-                            f"step {step} of {len(train_loader)}; stopped before updating the "
-                            "weights with it (look for NaN or inf in the inputs, or lower the "
-                            "learning rate).", epoch=self.epoch + 1, step=step, loss=loss,
-                            checkpoint=None)
-                    model.backward(loss_fn.backward(), input_grad=False)
-                    opt.step()
-                    total_loss += loss * len(yb)
-                    correct += _correct(logits, yb)
-                    seen += len(yb)
-                    if (jit := watch.jit()) != jit_seen:
-                        # the step compiled or loaded kernels: the bar's clock leaves that out
-                        # too (tqdm's unpause drops the time since its last redraw)
-                        jit_seen = jit
-                        unpause()
-                    rate = seen / watch.working()
-                    bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} samples/s", refresh=False)
-                    bar.update()  # draws the postfix at most every mininterval
-            finally:
-                bar.close()
-            train_seconds = watch.working()  # without the JIT's time
-            val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
-        record = {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
-                  "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
-                  "lr": self.optimizer.lr, "samples_per_s": seen / train_seconds,
-                  "seconds": watch.elapsed()}
-        self._compiled_seconds = watch.jit() if self._announced and not compiled else None
-        return record
+        try:
+            for step, (xb, yb) in enumerate(train_loader, 1):
+                if self.input_shape is None:
+                    self.input_shape = [int(d) for d in np.shape(xb)[1:]]
+                opt.zero_grad()
+                logits = model(xb)
+                loss = float(loss_fn(logits, yb))  # a host float on any device
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"Trainer: the training loss is {loss} at epoch {self.epoch + 1}, step "
+                        f"{step} of {len(train_loader)}; stopped before updating the weights "
+                        "with it (look for NaN or inf in the inputs, or lower the learning "
+                        "rate).", epoch=self.epoch + 1, step=step, loss=loss, checkpoint=None)
+                model.backward(loss_fn.backward(), input_grad=False)
+                opt.step()
+                total_loss += loss * len(yb)
+                correct += _correct(logits, yb)
+                seen += len(yb)
+                if (jit := watch.jit()) != jit_seen:
+                    # the step compiled or loaded kernels: the bar's clock leaves that out too
+                    # (tqdm's unpause drops the time since its last redraw)
+                    jit_seen = jit
+                    unpause()
+                rate = seen / watch.working()
+                bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} samples/s", refresh=False)
+                bar.update()  # draws the postfix at most every mininterval
+        finally:
+            bar.close()
+            self._bar = None
+        train_seconds = watch.working()  # without the JIT's seconds
+        val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
+        self._epoch_jit = watch.jit()
+        return {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
+                "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
+                "lr": self.optimizer.lr, "samples_per_s": seen / train_seconds,
+                "seconds": watch.elapsed()}
 
     @contextlib.contextmanager
-    def _compile_notice(self, bar=None):
+    def _compile_notice(self):
         """Within the block, the first compilation of a kernel logs COMPILE_NOTICE (once per
         trainer), above the progress bar."""
         def announce():
             if not self._announced:
                 self._announced = True
-                write_above(bar, self.log, COMPILE_NOTICE)
+                write_above(self._bar, self.log, COMPILE_NOTICE)
 
         if self._announced:
             yield
