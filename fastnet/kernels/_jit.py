@@ -192,8 +192,9 @@ class _FirstCompile(event.Listener):
     def on_start(self, ev):
         # "numba:compile" fires on a cache miss only: a kernel found in the cache is loaded
         # without it. A user's own Numba functions are not fastnet's to announce.
-        if not self.fired and getattr(getattr(ev.data.get("dispatcher"), "py_func", None),
-                                      "__module__", "").startswith("fastnet."):
+        data = ev.data if isinstance(ev.data, dict) else {}
+        module = getattr(getattr(data.get("dispatcher"), "py_func", None), "__module__", None)
+        if not self.fired and (module or "").startswith("fastnet."):
             self.fired = True
             self.callback()
 
