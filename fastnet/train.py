@@ -13,6 +13,7 @@ config. Resuming from it gives bit for bit the run that was not interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -26,6 +27,7 @@ from . import _rng
 from ._npz import atomic_write
 from .device import Device, to_numpy
 from .errors import FileFormatError
+from .kernels._jit import jit_seconds, on_first_compile
 from .losses import CrossEntropyLoss
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
                             _model_meta, check_checkpoint_meta, check_version,
@@ -33,6 +35,11 @@ from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _desc
 
 __all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
            "plot_history", "progress_bar"]
+
+# Printed (through the Trainer's log) when kernels compile: on a first run, Numba compiles
+# every kernel the model uses for this machine's CPU and caches it on disk.
+COMPILE_NOTICE = ("compiling fastnet's kernels for this machine (first run only: they are "
+                  "cached for the next runs)...")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -111,6 +118,35 @@ def progress_bar(total, desc, enabled=True):
             pass
 
     return _Quiet()
+
+
+def write_above(bar, log, line):
+    """``log(line)`` with a tqdm bar cleared first and drawn again below the line."""
+    write_mode = getattr(bar, "external_write_mode", None)
+    with write_mode() if write_mode is not None else contextlib.nullcontext():
+        log(line)
+
+
+_now = time.perf_counter  # (a module attribute: tests replace the clocks)
+
+
+class Stopwatch:
+    """Time since it was made, with and without the time Numba spent meanwhile compiling
+    kernels or loading them from its cache (``jit``): a first epoch's samples/s measures
+    the training, not the JIT."""
+
+    def __init__(self):
+        self._start, self._jit_start = _now(), jit_seconds()
+
+    def elapsed(self):
+        return _now() - self._start
+
+    def jit(self):
+        return jit_seconds() - self._jit_start
+
+    def working(self):
+        """elapsed() - jit(), never below 1 ns."""
+        return max(self.elapsed() - self.jit(), 1e-9)
 
 
 def plot_history(history, path):
@@ -259,6 +295,9 @@ class Trainer:
         self.input_shape = None             # of one sample, recorded for predict
         self._loader_states = None          # from resume(), applied by the next fit()
         self._on_disk = None                # (checkpoint path, epoch) last written / resumed
+        self._announced = False             # COMPILE_NOTICE logged
+        self._bar = None                    # the progress bar of the epoch running
+        self._epoch_jit = 0.0               # the JIT's seconds in the last epoch
 
     # ---- the loop ------------------------------------------------------------------------
     def fit(self, train_loader, val_loader=None, epochs=1, resume=None):
@@ -290,7 +329,9 @@ class Trainer:
                 if self.patience is not None and self.bad_epochs >= self.patience:
                     self.stop_reason = "early_stopping"  # also when resuming a stopped run
                     break
-                record = self._run_epoch(train_loader, val_loader, epochs)
+                announced = self._announced
+                with self._compile_notice():
+                    record = self._run_epoch(train_loader, val_loader, epochs)
                 self._check_parameters()
                 self.epoch += 1
                 self.history.append(record)
@@ -307,7 +348,10 @@ class Trainer:
                     self._on_disk = (os.path.abspath(path), self.epoch)
                     if improved:
                         write_npz(os.path.join(self.checkpoint_dir, "best.npz"), *last, "Trainer")
-                self.log(self._line(record, epochs))
+                line = self._line(record, epochs)
+                if self._announced and not announced:  # this epoch compiled kernels
+                    line += f"  (+{self._epoch_jit:.1f} s compiling, not counted)"
+                self.log(line)
                 if "stopped" in record:
                     self.log(record["stopped"])
                 if self.on_epoch_end is not None:
@@ -351,9 +395,11 @@ class Trainer:
         self.optimizer.lr = float(lr)
         model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
         model.train()
-        bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}", self.progress)
+        self._bar = bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}",
+                                       self.progress)
         total_loss, correct, seen = 0.0, 0, 0
-        start = time.perf_counter()
+        watch = Stopwatch()
+        jit_seen, unpause = 0.0, getattr(bar, "unpause", lambda: None)
         try:
             for step, (xb, yb) in enumerate(train_loader, 1):
                 if self.input_shape is None:
@@ -372,17 +418,39 @@ class Trainer:
                 total_loss += loss * len(yb)
                 correct += _correct(logits, yb)
                 seen += len(yb)
-                rate = seen / max(time.perf_counter() - start, 1e-9)
+                if (jit := watch.jit()) != jit_seen:
+                    # the step compiled or loaded kernels: the bar's clock leaves that out too
+                    # (tqdm's unpause drops the time since its last redraw)
+                    jit_seen = jit
+                    unpause()
+                rate = seen / watch.working()
                 bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} samples/s", refresh=False)
                 bar.update()  # draws the postfix at most every mininterval
         finally:
             bar.close()
-        train_seconds = time.perf_counter() - start
+            self._bar = None
+        train_seconds = watch.working()  # without the JIT's seconds
         val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
+        self._epoch_jit = watch.jit()
         return {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
                 "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
-                "lr": self.optimizer.lr, "samples_per_s": seen / max(train_seconds, 1e-9),
-                "seconds": time.perf_counter() - start}
+                "lr": self.optimizer.lr, "samples_per_s": seen / train_seconds,
+                "seconds": watch.elapsed()}
+
+    @contextlib.contextmanager
+    def _compile_notice(self):
+        """Within the block, the first compilation of a kernel logs COMPILE_NOTICE (once per
+        trainer), above the progress bar."""
+        def announce():
+            if not self._announced:
+                self._announced = True
+                write_above(self._bar, self.log, COMPILE_NOTICE)
+
+        if self._announced:
+            yield
+        else:
+            with on_first_compile(announce):
+                yield
 
     def _check_parameters(self):
         """NonFiniteLossError when a parameter is NaN or inf after an epoch (one pass over
@@ -396,7 +464,8 @@ class Trainer:
 
     def evaluate(self, loader):
         """{"loss": mean loss, "acc": accuracy} over ``loader``, in eval mode."""
-        return evaluate(self.model, loader, self.loss_fn)
+        with self._compile_notice():
+            return evaluate(self.model, loader, self.loss_fn)
 
     def _update_best(self, record):
         value = record[self.monitor]

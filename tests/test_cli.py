@@ -1,4 +1,5 @@
 """The main job, ``python -m fastnet train``, end to end on the embedded digits."""
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import fastnet
 from fastnet.cli import main
 from fastnet.data import batches, load_digits, train_test_split
+from fastnet.train import COMPILE_NOTICE
 
 
 def test_digits_are_the_real_embedded_data():
@@ -72,13 +74,24 @@ def test_bad_options_exit_with_usage(capsys):
         main(["train", "--model", "resnet"])
 
 
-def test_python_dash_m_with_progress_bar():
-    """As a user runs it: a subprocess, with the tqdm progress bar on."""
-    r = subprocess.run([sys.executable, "-m", "fastnet", "train", "--epochs", "2", "--model", "mlp"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "epoch   2/2" in r.stdout and "test accuracy" in r.stdout
-    assert "batch" in r.stderr  # tqdm's bar went to stderr
+def test_python_dash_m_with_progress_bar(tmp_path):
+    """As a user runs it: a subprocess, with the tqdm progress bar on; first with an empty
+    Numba cache (a fresh install: the user is told that kernels compile, and the first
+    epoch's samples/s leaves the compilation out), then with the cache that run left."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    runs = [subprocess.run([sys.executable, "-m", "fastnet", "train", "--epochs", "2",
+                            "--model", "mlp"], capture_output=True, text=True, timeout=300,
+                           env=env) for _ in ("cold", "warm")]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+        assert "epoch   2/2" in r.stdout and "test accuracy" in r.stdout
+        assert "batch" in r.stderr  # tqdm's bar went to stderr
+    cold, warm = (r.stdout.splitlines() for r in runs)
+    assert cold[1] == COMPILE_NOTICE  # under the header, before the first epoch's line
+    assert re.search(r"epoch   1/2 .* samples/s  \(\+[\d.]+ s compiling, not counted\)$", cold[2])
+    assert cold[3].startswith("epoch   2/2") and cold[3].endswith(" samples/s")
+    assert "compiling" not in runs[1].stdout
+    assert warm[1].startswith("epoch   1/2") and warm[1].endswith(" samples/s")
 
 
 def test_missing_data_package_gives_install_hint(monkeypatch, capsys):
@@ -141,13 +154,14 @@ def test_training_is_deterministic_for_a_seed(capsys):
     for _ in range(2):
         assert main(["train", "--epochs", "3", "--seed", "5", "--no-progress"]) == 0
         out = capsys.readouterr().out
-        runs.append(re.sub(r" +\d+ samples/s", "", out))  # all but the timing
+        # all but the timing, and the JIT's notes when the first run compiled
+        out = out.replace(COMPILE_NOTICE + "\n", "")
+        runs.append(re.sub(r" +\d+ samples/s(  \(\+[\d.]+ s compiling, not counted\))?", "", out))
     assert runs[0] == runs[1]
 
 
 # ---- the training workflow: --out, resume, Ctrl-C, evaluate, predict, other data ---------------
 import json  # noqa: E402
-import os  # noqa: E402
 import signal  # noqa: E402
 import urllib.error  # noqa: E402
 
@@ -214,6 +228,26 @@ def test_evaluate_matches_the_training_runs_test_accuracy(run, capsys):
     assert "digits test split, 359 images" in out
     assert f"test accuracy: {100 * test_acc:.2f}%" in out
     assert main(["evaluate", "--checkpoint", str(run / "best.npz")]) == 0
+
+
+def test_evaluate_and_predict_say_when_kernels_compile(run, tmp_path, monkeypatch, capsys):
+    """On stderr, so that stdout stays their results (a stand-in reports a compile at once)."""
+    import contextlib
+
+    from fastnet.kernels import _jit
+
+    @contextlib.contextmanager
+    def compiles_at_once(callback):
+        callback()
+        yield
+
+    monkeypatch.setattr(_jit, "on_first_compile", compiles_at_once)
+    np.save(tmp_path / "one.npy", load_digits()[0][0])
+    for argv in (["evaluate", "--checkpoint", str(run)],
+                 ["predict", "--checkpoint", str(run), str(tmp_path / "one.npy")]):
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.err == COMPILE_NOTICE + "\n" and "compiling" not in captured.out
 
 
 def test_predict_on_npy_and_images(run, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """fastnet.train: schedules, the Trainer's loop, early stopping, checkpoints, resume
 equivalence (bit for bit, Dropout included) and Ctrl-C."""
 import json
+import re
 import sys
 
 import numpy as np
@@ -11,7 +12,7 @@ from fastnet.data import ArrayDataset, DataLoader, train_val_split
 from fastnet.layers import Conv2D, Dense, Dropout, Flatten, Sequential
 from fastnet.models import MODELS, vgg_small
 from fastnet.optim import SGD, Adam
-from fastnet.train import CosineLR, StepLR, Trainer, load_model, plot_history
+from fastnet.train import COMPILE_NOTICE, CosineLR, StepLR, Trainer, load_model, plot_history
 
 EPOCHS = 4
 
@@ -103,8 +104,60 @@ def test_log_line_per_epoch():
     trainer, train_loader, val_loader = setup(0)
     trainer.log = lines.append
     trainer.fit(train_loader, val_loader, epochs=1)
+    lines = [line for line in lines if line != COMPILE_NOTICE]  # a cold Numba cache compiles
     assert len(lines) == 1 and lines[0].startswith("epoch   1/1  loss ")
-    assert "val acc" in lines[0] and lines[0].endswith("samples/s")
+    assert "val acc" in lines[0]
+    assert re.search(r"samples/s(  \(\+[\d.]+ s compiling, not counted\))?$", lines[0])
+
+
+def test_samples_per_s_leaves_out_the_jit(monkeypatch):
+    """The seconds Numba spends compiling kernels (or loading them from its cache) during an
+    epoch are left out of its samples/s, not out of its seconds: the same fake clock twice,
+    the second time with 3 s of JIT in the first step."""
+    import fastnet.train as train_module
+
+    def first_epoch(jit_in_first_step):
+        now, jit = [0.0], [0]
+
+        def clock():
+            now[0] += 1.0
+            return now[0]
+
+        def jit_seconds():  # 0 when the epoch's Stopwatch starts, then jit_in_first_step
+            jit[0] += 1
+            return 0.0 if jit[0] == 1 else jit_in_first_step
+
+        monkeypatch.setattr(train_module, "_now", clock)
+        monkeypatch.setattr(train_module, "jit_seconds", jit_seconds)
+        trainer, train_loader, _ = setup(0)
+        return trainer.fit(train_loader, epochs=1)[0]
+
+    plain, jitted = first_epoch(0.0), first_epoch(3.0)
+    assert jitted["seconds"] == plain["seconds"]
+    seen = len(TRAIN)
+    assert seen / jitted["samples_per_s"] == pytest.approx(seen / plain["samples_per_s"] - 3.0)
+
+
+def test_compile_notice_once_above_the_epoch_line(monkeypatch):
+    """When a kernel compiles (here: a stand-in that reports one at once), the trainer logs
+    COMPILE_NOTICE once, and that epoch's line says how long the JIT took."""
+    import contextlib
+
+    import fastnet.train as train_module
+
+    @contextlib.contextmanager
+    def compiles_at_once(callback):
+        callback()
+        yield
+
+    monkeypatch.setattr(train_module, "on_first_compile", compiles_at_once)
+    lines = []
+    trainer, train_loader, val_loader = setup(0)
+    trainer.log = lines.append
+    trainer.fit(train_loader, val_loader, epochs=2)
+    assert lines[0] == train_module.COMPILE_NOTICE and len(lines) == 3
+    assert lines[1].startswith("epoch   1/2") and lines[1].endswith(" s compiling, not counted)")
+    assert lines[2].startswith("epoch   2/2") and lines[2].endswith("samples/s")
 
 
 def test_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, uninterrupted):

@@ -1,16 +1,20 @@
-"""Shared compile options for the CPU kernels.
+"""Shared compile options for the CPU kernels, and what the JIT costs this process.
 
 NOTE for developers: Numba's on-disk cache (cache=True) is keyed on each kernel's own
 source file. A kernel that inlines a helper from another module (dense.py uses
 activations.apply_activation) keeps its stale cached code when only the helper's module
 changes: clear fastnet/kernels/__pycache__ after editing a shared helper.
 """
+import contextlib
 import functools
 import sys
+import threading
+import time
 import types
 
 import numpy as np
 from numba import njit
+from numba.core import event
 
 # NOTE: every fast-math flag except nnan/ninf: max pooling pads with -inf and the stable
 # softmax / sigmoid rely on exp() overflowing to inf and 1/inf == 0, which LLVM may
@@ -50,7 +54,12 @@ def _parallel_kernel(fn, fastmath, compute=False):
     # NOTE: error_model="numpy": a float division by zero gives inf / NaN, as in
     # NumPy, instead of a check that raises ZeroDivisionError; that check kept the
     # serial builds' loops from vectorising (prange bodies already use this model).
-    options = dict(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
+    # NOTE: no_cfunc_wrapper: Numba otherwise also builds, optimises and machine-codes a C
+    # wrapper of every kernel, for passing it as a first-class function to other jitted
+    # code, which fastnet never does (~4% of a first run's compile time; the kernel itself
+    # and its Python wrapper are unchanged).
+    options = dict(cache=True, nogil=True, fastmath=fastmath, error_model="numpy",
+                   no_cfunc_wrapper=True)
     parallel = njit(parallel=True, **options)(fn)
     # a copy under another name: Numba's cache files are named after the function,
     # so the two builds must not share one
@@ -103,9 +112,10 @@ class KernelFamily:
     an empty cache went from 47-50 s to 20-22 s). Numba's cache keys a closure on the values it closes over, so
     every member is cached on disk under its key."""
 
-    def __init__(self, make, compute=False):
+    def __init__(self, make, compute=False, fastmath=FASTMATH):
         self._make = make
         self._compute = compute
+        self._fastmath = fastmath
         self._members = {}
         functools.update_wrapper(self, make)
 
@@ -113,7 +123,7 @@ class KernelFamily:
         k = self._members.get(key)
         if k is None:
             fn = self._make(*key) if isinstance(key, tuple) else self._make(key)
-            k = self._members[key] = _parallel_kernel(fn, FASTMATH, compute=self._compute)
+            k = self._members[key] = _parallel_kernel(fn, self._fastmath, compute=self._compute)
         return k
 
     def members(self):
@@ -132,3 +142,72 @@ def compute_family(make):
 def parallel_family(make):
     """A KernelFamily of memory-bound kernels (see parallel_kernel)."""
     return KernelFamily(make)
+
+
+def parallel_family_ordered(make):
+    """A KernelFamily of parallel_kernel_ordered kernels."""
+    return KernelFamily(make, fastmath=FASTMATH_ORDERED)
+
+
+# ---- what the JIT costs: the Trainer's samples/s leaves it out, the first run says so ----
+class _JitClock(event.Listener):
+    """Seconds spent under Numba's compiler lock, which Numba takes to compile a kernel for
+    a new signature and to load one from its on-disk cache; nested acquisitions (a kernel
+    compiling its callees) count once per thread."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._local = threading.local()
+
+    def on_start(self, ev):
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._local.start = time.perf_counter()
+        self._local.depth = depth + 1
+
+    def on_end(self, ev):
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            self.seconds += time.perf_counter() - self._local.start
+
+
+_clock = None
+
+
+def jit_seconds():
+    """Seconds this process has spent compiling kernels or loading them from Numba's cache
+    since the first call of this function (which starts the count and returns 0.0)."""
+    global _clock
+    if _clock is None:
+        _clock = _JitClock()
+        event.register("numba:compiler_lock", _clock)
+    return _clock.seconds
+
+
+class _FirstCompile(event.Listener):
+    def __init__(self, callback):
+        self.callback = callback
+        self.fired = False
+
+    def on_start(self, ev):
+        # "numba:compile" fires on a cache miss only: a kernel found in the cache is loaded
+        # without it. A user's own Numba functions are not fastnet's to announce.
+        data = ev.data if isinstance(ev.data, dict) else {}
+        module = getattr(getattr(data.get("dispatcher"), "py_func", None), "__module__", None)
+        if not self.fired and (module or "").startswith("fastnet."):
+            self.fired = True
+            self.callback()
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def on_first_compile(callback):
+    """Within the block, ``callback()`` runs (once, in the compiling thread, before the
+    compilation) when Numba starts compiling one of fastnet's kernels because its on-disk
+    cache does not have it: on a fresh install, after an upgrade, or for a shape of
+    arguments (dtype, layout, a new family member) not seen before."""
+    listener = _FirstCompile(callback)
+    with event.install_listener("numba:compile", listener):
+        yield listener

@@ -140,6 +140,29 @@ def test_kernel_family_builds_each_member_once():
     assert is_parallel_kernel(fam[2]) and fam[2].py_func.__closure__[0].cell_contents == 2
 
 
+def test_jit_seconds_and_the_first_compile_callback():
+    """on_first_compile calls back once, when one of fastnet's kernels compiles (not a
+    user's Numba function), and only within its block; jit_seconds counts the compile."""
+    from numba import njit
+
+    from fastnet.kernels._jit import jit_seconds, on_first_compile
+
+    def jitted(module):  # compiled for each call of this test: never in the cache
+        def f(x):
+            return x + 1
+        f.__module__ = module
+        return njit(f)
+
+    calls = []
+    before = jit_seconds()
+    with on_first_compile(lambda: calls.append("compiling")):
+        assert jitted("user_code")(1) == 2 and calls == []
+        k = jitted("fastnet.kernels.stand_in")
+        assert k(1) == 2 and k(1.5) == 2.5  # two signatures, two compiles: one call
+    assert calls == ["compiling"] and jit_seconds() > before
+    assert jitted("fastnet.kernels.stand_in")(1) == 2 and calls == ["compiling"]
+
+
 def test_unknown_op_or_device_raises():
     """kernel() names what is missing: an unknown op or device is a RuntimeError."""
     with pytest.raises(RuntimeError, match="no_such_op"):

@@ -113,8 +113,8 @@ def test_cross_entropy_does_not_depend_on_the_thread_count(rng):
     logits = rng.standard_normal((1000, 10)).astype(np.float32)
     labels = rng.integers(0, 10, 1000)
     g1, g2 = np.empty_like(logits), np.empty_like(logits)
-    a = losses._softmax_cross_entropy.serial(g1, logits, labels)
-    b = losses._softmax_cross_entropy.parallel(g2, logits, labels)
+    a = losses._softmax_cross_entropy[True].serial(g1, logits, labels)
+    b = losses._softmax_cross_entropy[True].parallel(g2, logits, labels)
     assert a == b
     np.testing.assert_array_equal(g1, g2)
 

@@ -23,7 +23,7 @@ from .._jit import FASTMATH, compute_family
 from .._simd import ACCUMULATORS, VEC_BYTES, lanes
 from .._simd.tiles import FWD_TILE_COST, FWD_TILE_MRS, fwd_tile
 from ..activations import apply_activation
-from .implicit_gemm_dw import dw_layout, gradient_layouts, weight_grad
+from .implicit_gemm_dw import channels_key, dw_layout, gradient_layouts, weight_grad
 from .layout import padded_phases, phase_shape, phases_of, tap_offsets, workspace
 
 
@@ -197,8 +197,8 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         gpf[size:] = 0
         gp = gpf[:size].reshape(n_, o_, hg, wg)
     dbp = None if db is None else workspace("dbp", n_ * o_, dt).reshape(n_, o_)
-    gradient_layouts[layout.planar, code](gp, layout.gt, dbp, dout,
-                                          dout if out is None else out, th, tw, wq)
+    gradient_layouts[layout.planar, code, channels_key(layout)](
+        gp, layout.gt, dbp, dout, dout if out is None else out, th, tw, wq)
     if db is not None:
         np.sum(dbp, axis=0, out=db)
     pa, pb = phases_of(stride, (kh, kw))

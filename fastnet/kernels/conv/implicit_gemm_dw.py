@@ -59,6 +59,12 @@ def dw_layout(o_, n_, ln, dt):
     return DwLayout(False, vectors, cols, o_padded, taps_per_tile, 0, 0, gt)
 
 
+def channels_key(layout):
+    """gradient_layouts' ``channels`` for a DwLayout: Opad when the channels-last copy of
+    a position is one vector store (8 or 16 channels), else 0."""
+    return layout.o_padded if not layout.planar and layout.o_padded in (8, 16) else 0
+
+
 def weight_grad(dw, layout, x, stride, padding, kernel, img, hq, wq, ln):
     """dw (O, C, KH, KW) from the gradient in ``layout.gt`` (filled by gradient_layouts)
     and x; img: the size of one image's padded phases."""
@@ -164,9 +170,11 @@ def _grad_planar(gtf, dbp, dout, out, n, code, opad, lp, wp):
 
 
 @parallel_family
-def gradient_layouts(planar, code):
-    """``gradient_layouts[planar, code](gp, gt, dbp, dout, out, ph2, pw2, wp)``: the
-    gradient layouts of the backward kernels for one layout and activation ``code``."""
+def gradient_layouts(planar, code, channels):
+    """``gradient_layouts[planar, code, channels](gp, gt, dbp, dout, out, ph2, pw2, wp)``:
+    the gradient layouts of the backward kernels for one layout and activation ``code``;
+    ``channels``: the channels-last layout's Opad as a constant (``channels_key``), 0 when
+    it is a runtime value."""
     def kernel(gp, gt, dbp, dout, out, ph2, pw2, wp):
         # g = dout * act'(out) (N, O, OH, OW) in the two layouts the backward micro-kernels
         # read: gp (N, O, Hg, Wg), zero-padded with g at [ph2:, pw2:], for dx (None when dx
@@ -205,10 +213,9 @@ def gradient_layouts(planar, code):
                 srcf = gs.ravel()
                 # the channel count as a constant for one-vector layouts (LeNet's 6 and 16
                 # channels): the copy of a position's channels unrolls into one vector store
-                if opad == 8:
-                    _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 8)
-                elif opad == 16:
-                    _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, 16)
+                # (a key of the family: a runtime switch compiled all three copies)
+                if channels:
+                    _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, channels)
                 else:
                     _channels_last(gtf, srcf, n, ln, wp, oh_, ow_, opad)
             if gp is not None:
