@@ -10,7 +10,7 @@ of a first layer, ``db`` without bias).
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, parallel_kernel
+from ._jit import FASTMATH, parallel_family
 from .activations import ACTIVATIONS, through_activation
 from .gemm import matmul_nn, matmul_nt, matmul_tn
 
@@ -49,20 +49,19 @@ def _grad_columns(g, db, dout, y, code):
         sum_rows(db, g if code != 0 else dout)
 
 
-@parallel_kernel
-def _activation_and_bias_grad(g, db, dout, y, code):
-    # g = dout * act'(y), then db = sum over rows of g.
+@parallel_family
+def _activation_and_bias_grad(code):
+    """``_activation_and_bias_grad[code](g, db, dout, y)``: g = dout * act'(y), then db =
+    the sum over rows of g; one kernel per activation ``code`` (a model compiles only the
+    activations it uses)."""
     # NOTE: db is parallel over column blocks, each summing its rows in order: race-free
     # and deterministic whatever the thread count; float32 accumulators are enough for
     # the batch sizes of training (rows are summed exactly as a float32 GEMM would). Two
     # passes (g in L2 for the second) were 5x faster than one fused pass, whose loop
-    # LLVM left scalar. The activation is a constant per branch, as in _bias_activation.
-    if code == 1:
-        _grad_columns(g, db, dout, y, 1)
-    elif code == 0:
-        _grad_columns(g, db, dout, y, 0)
-    else:
+    # LLVM left scalar.
+    def kernel(g, db, dout, y):
         _grad_columns(g, db, dout, y, code)
+    return kernel
 
 
 def dense_forward(out, x, w, b, activation):
@@ -79,7 +78,7 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
     if code != 0:
         g = np.empty_like(dout)
     if code != 0 or db is not None:
-        _activation_and_bias_grad(g, db, dout, dout if out is None else out, code)
+        _activation_and_bias_grad[code](g, db, dout, dout if out is None else out)
     matmul_tn(dw, g, x)
     if dx is not None:
         matmul_nn(dx, g, w)
