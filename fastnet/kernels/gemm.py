@@ -26,9 +26,14 @@ C (M, N) = A (M, K) @ B (K, N), in three steps:
   activation code), or transposed (``out_trans``: out (N, M) = C.T, used when A is the
   weight matrix and B the batch: see dense.py).
 
-With few rows (M < ROWS_MR) a tile would compute mostly repeated rows and the pack would
+With few rows (M < DOT_ROWS) a tile would compute mostly repeated rows and the pack would
 be most of the work, so ``dot_rows`` computes each value as a dot product of two
-contiguous rows (out = a @ b.T without packing; LLVM vectorises the reassociated sum).
+contiguous rows (out = a @ b.T without packing; LLVM vectorises the reassociated sum),
+and ``nn_rows`` sums rows of B (a @ B).
+
+The epilogue applies a ReLU (a flag, not a compile-time key: one compiled kernel serves
+every layer); a sigmoid or tanh runs as one pass over the output afterwards, the same
+values.
 """
 import numpy as np
 from numba import njit, prange
@@ -36,9 +41,13 @@ from numba import njit, prange
 from ._jit import FASTMATH, compute_family, compute_kernel
 from ._simd import VEC_BYTES
 from ._simd.tiles import ROWS_MR, ROWS_NC_VECTORS, rows_tile
-from .activations import apply_activation
+from .activations import _activation_forward
+from .codes import IDENTITY, RELU
 
 MR = ROWS_MR
+# fewer rows than this take the dot-product / row-sum paths (batch-1 inference); from 4
+# rows on the tiles, which compute MR rows, waste at most half of their work
+DOT_ROWS = 4
 
 
 def panel_columns(itemsize):
@@ -96,8 +105,53 @@ def pack(trans):
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _tiles(out, a, bp, bias, code, out_trans):
-    # out = act(A @ B + bias) (or its transpose), A = a (M, K), B packed in bp
+def _relu(v):
+    # NOTE: "<= 0 gives 0", not "> 0 keeps v": a NaN stays NaN, as in PyTorch
+    return type(v)(0) if v <= 0 else v
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _store_rows(out, tile, bias, r0, rows, c0, cw, nc, relu):
+    # out[r0 + i, c0 + c] = relu?(tile[i, c] + bias[c0 + c])
+    for i in range(rows):
+        src = tile[i * nc:i * nc + cw]
+        dst = out[r0 + i, c0:c0 + cw]
+        if bias is not None:
+            bb = bias[c0:c0 + cw]
+            if relu:
+                for c in range(cw):
+                    dst[c] = _relu(src[c] + bb[c])
+            else:
+                for c in range(cw):
+                    dst[c] = src[c] + bb[c]
+        elif relu:
+            for c in range(cw):
+                dst[c] = _relu(src[c])
+        else:
+            for c in range(cw):
+                dst[c] = src[c]
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _store_columns(out, tile, bias, r0, rows, c0, cw, nc, relu):
+    # out (N, M): out[c0 + c, r0 + i] = relu?(tile[i, c] + bias[r0 + i])
+    for i in range(rows):
+        src = tile[i * nc:i * nc + cw]
+        bo = bias[r0 + i] if bias is not None else src.dtype.type(0)
+        if relu:
+            for c in range(cw):
+                out[c0 + c, r0 + i] = _relu(src[c] + bo)
+        else:
+            for c in range(cw):
+                out[c0 + c, r0 + i] = src[c] + bo
+
+
+@compute_kernel
+def gemm(out, a, bp, bias, relu, out_trans):
+    """out (M, N) = relu?(a @ B + bias) with B packed in bp (``pack``), a (M, K)
+    C-contiguous, bias (N,) or None; ``out_trans``: out (N, M) = its transpose, bias
+    (M,). (One kernel for both flags: a family keyed on them compiled a member per
+    layer kind, ~0.7 s each on a first run; other activations are a pass afterwards.)"""
     m, k = a.shape
     nc = _nc(bp)
     n = out.shape[0] if out_trans else out.shape[1]
@@ -116,53 +170,27 @@ def _tiles(out, a, bp, bias, code, out_trans):
         tile = np.zeros(MR * nc, out.dtype)
         rows_tile(tile, af, bp, aofs, 0, p * k * nc, nc, k)
         if out_trans:
-            # out (N, M): tile row i is column r0 + i of out; bias per row of A
-            for i in range(rows):
-                src = tile[i * nc:i * nc + cw]
-                bo = bias[r0 + i] if bias is not None else src.dtype.type(0)
-                for c in range(cw):
-                    out[c0 + c, r0 + i] = apply_activation(src[c] + bo, code)
+            _store_columns(out, tile, bias, r0, rows, c0, cw, nc, relu)
         else:
-            for i in range(rows):
-                src = tile[i * nc:i * nc + cw]
-                dst = out[r0 + i, c0:c0 + cw]
-                if bias is not None:
-                    bb = bias[c0:c0 + cw]
-                    for c in range(cw):
-                        dst[c] = apply_activation(src[c] + bb[c], code)
-                else:
-                    for c in range(cw):
-                        dst[c] = apply_activation(src[c], code)
+            _store_rows(out, tile, bias, r0, rows, c0, cw, nc, relu)
 
 
-@compute_family
-def gemm(code, out_trans):
-    """``gemm[code, out_trans](out, a, bp, bias)``: out (M, N) = act(a @ B + bias) with
-    B packed in bp (``pack``), a (M, K) C-contiguous, bias (N,) or None; ``out_trans``:
-    out (N, M) = its transpose, bias (M,). ``code``: the activation (kernels/codes.py)."""
-    def kernel(out, a, bp, bias):
-        _tiles(out, a, bp, bias, code, out_trans)
-    return kernel
-
-
-@compute_family
-def dot_rows(code):
-    """``dot_rows[code](out, a, b, bias)``: a (M, K), b (N, K), bias (N,) or None -> out
-    (M, N) = act(a @ b.T + bias), one dot product per value (few rows: see the module
-    docstring); keyed on the activation ``code``."""
-    def kernel(out, a, b, bias):
-        m, k = a.shape
-        n = b.shape[0]
-        for j in prange(n):
-            bj = b[j]
-            bo = bias[j] if bias is not None else out.dtype.type(0)
-            for i in range(m):
-                ai = a[i]
-                s = out.dtype.type(0)
-                for q in range(k):
-                    s += ai[q] * bj[q]
-                out[i, j] = apply_activation(s + bo, code)
-    return kernel
+@compute_kernel
+def dot_rows(out, a, b, bias, relu):
+    """a (M, K), b (N, K), bias (N,) or None -> out (M, N) = relu?(a @ b.T + bias), one
+    dot product per value (few rows: see the module docstring)."""
+    m, k = a.shape
+    n = b.shape[0]
+    for j in prange(n):
+        bj = b[j]
+        bo = bias[j] if bias is not None else out.dtype.type(0)
+        for i in range(m):
+            ai = a[i]
+            s = out.dtype.type(0)
+            for q in range(k):
+                s += ai[q] * bj[q]
+            v = s + bo
+            out[i, j] = _relu(v) if relu else v
 
 
 @compute_kernel
@@ -213,26 +241,31 @@ def _packed(b, trans):
     return bp
 
 
-def matmul_nt(out, a, b, bias=None, code=0):
+def matmul_nt(out, a, b, bias=None, code=IDENTITY):
     """out (M, N) = act(a @ b.T + bias): a (M, K), b (N, K), bias (N,) or None, all
-    C-contiguous; ``code`` the activation (kernels/codes.py)."""
+    C-contiguous; ``code`` the activation (kernels/codes.py): ReLU in the epilogue, a
+    sigmoid or tanh as one pass over out afterwards."""
     m, n = a.shape[0], b.shape[0]
-    if m < MR:
-        dot_rows[code](out, a, b, bias)
+    relu = code == RELU
+    if m < DOT_ROWS:
+        dot_rows(out, a, b, bias, relu)
     elif m < n:
         # NOTE: the batch is the smaller operand: pack it (transposed) and let the weight
         # rows be the tiles' rows; the epilogue writes the transpose back
-        gemm[code, True](out, b, _packed(a, True), bias)
+        gemm(out, b, _packed(a, True), bias, relu, True)
     else:
-        gemm[code, False](out, a, _packed(b, True), bias)
+        gemm(out, a, _packed(b, True), bias, relu, False)
+    if code != IDENTITY and not relu:
+        flat = out.reshape(-1)
+        _activation_forward[code](flat, flat)
 
 
 def matmul_nn(out, a, b):
     """out (M, N) = a @ b: a (M, K), b (K, N), C-contiguous."""
-    if a.shape[0] < MR:
+    if a.shape[0] < DOT_ROWS:
         nn_rows(out, a, b)
     else:
-        gemm[0, False](out, a, _packed(b, False), None)
+        gemm(out, a, _packed(b, False), None, False, False)
 
 
 def matmul_tn(out, a, b):

@@ -15,7 +15,7 @@ MR = gemm.MR
 NC32 = gemm.panel_columns(4)
 # (M, K, N): below and at the tile's rows, a partial last block, N below / at / past a
 # panel's columns, K = 1, and a batch smaller and larger than N (both packings)
-SHAPES = [(1, 5, 3), (MR - 1, 17, 9), (MR, 1, NC32), (MR + 1, 33, NC32 + 1), (3 * MR + 5, 64, 7),
+SHAPES = [(1, 5, 3), (3, 17, 9), (MR - 1, 17, 9), (MR, 1, NC32), (MR + 1, 33, NC32 + 1), (3 * MR + 5, 64, 7),
           (20, 70, 2 * NC32 + 3), (130, 257, 100), (129, 31, 300)]
 ids = ["x".join(map(str, s)) for s in SHAPES]
 
