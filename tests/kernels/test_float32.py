@@ -79,13 +79,15 @@ def _exercise_float32():
     def a(*shape):
         return r.standard_normal(shape).astype(f)
 
-    x, w, b = a(4, 6), a(5, 6), a(5)
-    y = np.empty((4, 5), f)
-    for act in (None, "relu"):
-        for bias in (b, None):
-            call("dense_forward", y, x, w, bias, act)
-            for dx, db in ((np.empty_like(x), np.empty_like(b)), (None, None)):
-                call("dense_backward", dx, np.empty_like(w), db, a(4, 5), x, w, y, act)
+    w, b = a(5, 6), a(5)
+    for rows in (1, 4):  # the dot-product paths (batch 1), the tiles
+        x = a(rows, 6)
+        y = np.empty((rows, 5), f)
+        for act in (None, "relu", "tanh"):
+            for bias in (b, None):
+                call("dense_forward", y, x, w, bias, act)
+                for dx, db in ((np.empty_like(x), np.empty_like(b)), (None, None)):
+                    call("dense_backward", dx, np.empty_like(w), db, a(rows, 5), x, w, y, act)
 
     xi, wc = a(2, 3, 6, 5), a(4, 3, 3, 2)
     ks, st, pd = (3, 2), (2, 1), (1, 1)
