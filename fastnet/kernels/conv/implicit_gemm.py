@@ -15,6 +15,7 @@ no im2col, no col2im, no BLAS; any stride and padding.
 Backward kernels overwrite their outputs; pass ``None`` for dx when it is not needed.
 """
 import functools
+import threading
 
 import numpy as np
 from numba import njit, prange
@@ -24,7 +25,7 @@ from .._simd import ACCUMULATORS, VEC_BYTES, lanes
 from .._simd.tiles import FWD_TILE_COST, FWD_TILE_MRS, fwd_tile
 from ..activations import apply_activation
 from .implicit_gemm_dw import dw_layout, gradient_layouts, weight_grad
-from .layout import padded_phases, phase_shape, phases_of, tap_offsets, workspace
+from .layout import _pad_phases, padded_phases, phase_shape, phases_of, tap_offsets, workspace
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -214,3 +215,53 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         for a, b in taps])
     conv_tiles[tile, 0, sh != 1 or sw != 1](dx, gpf, o_ * hg * wg, _pack(wt, FWD_TILE_MRS[tile]),
                                             offs2, phases, None, sh, sw, wg)
+
+
+def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
+    """``forward`` for one geometry, prepared once: returns ``run(out, x, w, b)``, which
+    computes exactly what ``forward(out, x, w, b, stride, padding, code)`` computes (the
+    same kernels on the same values) without recomputing the geometry per call, into
+    per-thread buffers of its own (the padded input with its zero slack, the packed
+    weights with their zero columns) that are allocated on a thread's first call and
+    then only overwritten. ``x`` must be C-contiguous of ``x_shape`` and ``dtype``; the
+    weights are packed on every call, so in-place edits of ``w`` are seen."""
+    dtype = np.dtype(dtype)
+    o_, c_, kh, kw = w_shape
+    n_ = x_shape[0]
+    stride, padding = tuple(stride), tuple(padding)
+    hq, wq = phase_shape(x_shape, stride, padding)
+    pa, pb = phases_of(stride, (kh, kw))
+    oh = (x_shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (x_shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    size = n_ * c_ * pa * pb * hq * wq
+    slack = _slack(dtype)
+    tile = tile_index(o_)
+    mult = FWD_TILE_MRS[tile]
+    k_ = c_ * kh * kw
+    opad = -(-o_ // mult) * mult
+    offs = tap_offsets(c_, kh, kw, stride, hq, wq)
+    phases = np.array([[0, 0, oh, ow, 0, offs.size]], np.intp)
+    phases.flags.writeable = False
+    kern = conv_tiles[tile, code, False]
+    pad = _pad_phases
+    img = c_ * pa * pb * hq * wq
+    sh, sw = stride
+    ph, pw = padding
+    local = threading.local()
+
+    def buffers():
+        flat = np.zeros(size + slack, dtype)  # the slack stays zero: pad writes [:size]
+        wt = np.zeros((k_, opad), dtype)      # so do the packed columns past O
+        b = local.b = (flat, flat[:size].reshape(n_, c_, pa * pb, hq, wq), wt, wt[:, :o_])
+        return b
+
+    def run(out, x, w, b):
+        try:
+            flat, xs, wt, wcols = local.b
+        except AttributeError:
+            flat, xs, wt, wcols = buffers()
+        pad(xs, x, sh, sw, ph, pw, pb)
+        wcols[...] = w.reshape(o_, k_).T
+        kern(out, flat, img, wt, offs, phases, b, 1, 1, wq)
+
+    return run
