@@ -22,8 +22,10 @@ from numba import njit, prange
 
 from .._jit import FASTMATH, compute_family
 from .._simd import ACCUMULATORS, VEC_BYTES, lanes
+from .._simd.epilogue import bias_relu_row, bias_row
 from .._simd.tiles import FWD_TILE_COST, FWD_TILE_MRS, fwd_tile
 from ..activations import apply_activation
+from ..codes import RELU
 from .implicit_gemm_dw import dw_layout, gradient_layouts, weight_grad
 from .layout import _pad_phases, padded_phases, phase_shape, phases_of, tap_offsets, workspace
 
@@ -47,6 +49,26 @@ def _store_rows(out, tile, b, n, o0, on, nr, q0, q1, wp, code):
         q = (r + 1) * wp
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _store_rows_vector(of, tile, b, n, o0, on, nr, q0, q1, wp, o_, oh_, ow_, relu):
+    # _store_rows for a C-contiguous out (``of``: flat) and no activation or ReLU, each run
+    # of an output row on the vector code of _simd/epilogue.py (bitwise the same values)
+    q = q0
+    while q < q1:
+        r = q // wp
+        t = q - r * wp
+        e = min(q1 - q, ow_ - t)
+        if e > 0:
+            for i in range(on):
+                bo = b[o0 + i] if b is not None else tile.dtype.type(0)
+                d0 = ((n * o_ + o0 + i) * oh_ + r) * ow_ + t
+                if relu:
+                    bias_relu_row(of, tile, d0, i * nr + q - q0, e, bo)
+                else:
+                    bias_row(of, tile, d0, i * nr + q - q0, e, bo)
+        q = (r + 1) * wp
+
+
 @compute_family
 def conv_tiles(tile_index, code, strided):
     """The forward kernel on the tile FWD_TILES[tile_index], with activation ``code`` and
@@ -63,6 +85,8 @@ def conv_tiles(tile_index, code, strided):
         # positions, block of MR channels) one micro-kernel tile, then the
         # valid columns go out row by row.
         n_, o_ = out.shape[0], out.shape[1]
+        oh_, ow_ = out.shape[2], out.shape[3]
+        of = out.reshape(out.size)  # (used when not strided: out is C-contiguous then)
         opad = wt.shape[1]
         mr = FWD_TILE_MRS[tile_index]
         nr = (ACCUMULATORS // mr) * (VEC_BYTES // xf.itemsize)
@@ -84,8 +108,12 @@ def conv_tiles(tile_index, code, strided):
                         on = min(mr, o_ - o0)
                         if strided:
                             _store_rows(out[:, :, y0::sh, x0::sw], tile, b, n, o0, on, nr, q0, q1, wp, code)
+                        elif vector_epilogue:
+                            _store_rows_vector(of, tile, b, n, o0, on, nr, q0, q1, wp, o_, oh_, ow_, relu)
                         else:
                             _store_rows(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+    vector_epilogue = code == 0 or code == RELU
+    relu = code == RELU
     return kernel
 
 
