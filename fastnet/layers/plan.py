@@ -29,6 +29,7 @@ import threading
 import numpy as np
 
 from ..device import CPU
+from .module import Module
 
 
 class Step:
@@ -47,6 +48,9 @@ def build(layers, shape, dtype):
     """The steps of ``layers`` for an input of ``shape`` and ``dtype`` (one that their
     forward has just accepted), or None when one of them has no plan form (a layer
     without ``_plan_step``, one in training mode or not on the CPU)."""
+    if any(layer.training or layer.device != CPU
+           or type(layer)._plan_step is Module._plan_step for layer in layers):
+        return None  # (before any step is prepared: this may run on every call)
     steps = []
     i = 0
     while i < len(layers):

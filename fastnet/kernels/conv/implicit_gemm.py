@@ -20,6 +20,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from .. import _jit
 from .._jit import FASTMATH, compute_family
 from .._simd import ACCUMULATORS, VEC_BYTES, lanes
 from .._simd.epilogue import bias_relu_row, bias_row
@@ -276,6 +277,21 @@ def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
     sh, sw = stride
     ph, pw = padding
     local = threading.local()
+    # the build (serial / parallel) of the tiles that their wrapper would call for arrays
+    # of these sizes (the largest against _jit.PARALLEL_MIN_WORK / COMPUTE_FACTOR), picked
+    # again when the threshold changes: the wrappers' loops over the arguments cost ~0.9 us
+    # per batch-1 call. The padding (a copy: either build gives the same bytes) runs
+    # parallel when the tiles do, as the pool's threads are awake for them anyway
+    # (LeNet-5's at batch 64: 13 and 23 us serial)
+    tiles_largest = max(n_ * o_ * oh * ow, size + slack, k_ * opad, offs.size, phases.size, o_)
+    picked = []
+
+    def builds():
+        t = _jit.PARALLEL_MIN_WORK
+        parallel = tiles_largest >= t // _jit.COMPUTE_FACTOR
+        picked[:] = [t, pad.parallel if parallel else pad.serial,
+                     kern.parallel if parallel else kern.serial]
+        return picked
 
     def buffers():
         flat = np.zeros(size + slack, dtype)  # the slack stays zero: pad writes [:size]
@@ -288,8 +304,11 @@ def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
             flat, xs, wt, wcols = local.b
         except AttributeError:
             flat, xs, wt, wcols = buffers()
-        pad(xs, x, sh, sw, ph, pw, pb)
+        threshold, pad_build, tiles_build = picked if picked else builds()
+        if threshold != _jit.PARALLEL_MIN_WORK:
+            threshold, pad_build, tiles_build = builds()
+        pad_build(xs, x, sh, sw, ph, pw, pb)
         wcols[...] = w.reshape(o_, k_).T
-        kern(out, flat, img, wt, offs, phases, b, 1, 1, wq)
+        tiles_build(out, flat, img, wt, offs, phases, b, 1, 1, wq)
 
     return run
