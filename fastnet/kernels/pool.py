@@ -209,19 +209,6 @@ def max_pool2d_forward(out, argmax, x, kernel_size, stride, padding):
         _max_pool2d_forward(out, argmax, x, *kernel_size, *stride, *padding)
 
 
-def max_pool2d_forward_plan(dtype, kernel_size, stride, padding):
-    """max_pool2d_forward with the path chosen once (an inference plan's step): returns
-    ``run(out, argmax, x)`` for C-contiguous arrays (the caller's buffers) of ``dtype``,
-    bitwise what max_pool2d_forward computes."""
-    if _is_2x2(kernel_size, stride, padding) and np.dtype(dtype) in (np.float32, np.float64):
-        return _max_pool2x2_forward
-    geometry = (*kernel_size, *stride, *padding)
-
-    def run(out, argmax, x):
-        _max_pool2d_forward(out, argmax, x, *geometry)
-    return run
-
-
 def max_pool2d_backward(dx, dout, argmax, kernel_size, stride, padding):
     """dout (N, C, OH, OW), argmax (N, C, OH, OW) from the forward with this geometry
     -> dx (N, C, H, W)"""
@@ -240,6 +227,19 @@ def max_pool2d_backward(dx, dout, argmax, kernel_size, stride, padding):
         _max_pool2x2_backward(dx, dout, argmax)
     else:
         _max_pool2d_backward(dx, dout, argmax)
+
+
+def max_pool2d_forward_plan(dtype, kernel_size, stride, padding):
+    """max_pool2d_forward with the path chosen once (an inference plan's step): returns
+    ``run(out, argmax, x)`` for C-contiguous arrays (the caller's buffers) of ``dtype``,
+    bitwise what max_pool2d_forward computes."""
+    if _is_2x2(kernel_size, stride, padding) and np.dtype(dtype) in (np.float32, np.float64):
+        return _max_pool2x2_forward
+    geometry = (*kernel_size, *stride, *padding)
+
+    def run(out, argmax, x):
+        _max_pool2d_forward(out, argmax, x, *geometry)
+    return run
 
 
 def avg_pool2d_forward(out, x, kernel_size, stride, padding):

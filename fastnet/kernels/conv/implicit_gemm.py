@@ -5,7 +5,8 @@ no im2col, no col2im, no BLAS; any stride and padding.
   (layout.padded_phases), and per (image, run of NR output positions, block of MR output
   channels) one tile multiplies the packed weights by the tap runs (layout.tap_offsets);
   then a row-by-row epilogue adds the bias, applies the activation and drops the junk
-  columns.
+  columns (without activation or with ReLU on the vector rows of _simd/epilogue.py).
+* ``forward_plan``: the forward for one geometry, prepared once (inference plans).
 * dx: per stride phase of the input, a stride-1 conv of the zero-padded gradient with
   the flipped, transposed kernel taps that land on that phase (``_dx_plan``; stride 1:
   one phase, the whole kernel), through the forward kernel, which writes each phase's
@@ -87,7 +88,9 @@ def conv_tiles(tile_index, code, strided):
         # valid columns go out row by row.
         n_, o_ = out.shape[0], out.shape[1]
         oh_, ow_ = out.shape[2], out.shape[3]
-        of = out.reshape(out.size)  # (used when not strided: out is C-contiguous then)
+        # flat out for the vector epilogue (not strided: out is C-contiguous, the view is
+        # its buffer; a reshape compiled Numba's double-precision size check in here)
+        of = out.ravel()
         opad = wt.shape[1]
         mr = FWD_TILE_MRS[tile_index]
         nr = (ACCUMULATORS // mr) * (VEC_BYTES // xf.itemsize)
