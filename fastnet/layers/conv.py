@@ -1,7 +1,7 @@
+from ..kernels import _plan
 from ._args import check_activation, check_spatial, pair, positive_int
 from ._init import kaiming_uniform
 from .dense import _FusedAffine
-from ..kernels import _plan
 from .module import Parameter, _float_dtype, check_input
 
 

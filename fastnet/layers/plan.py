@@ -18,8 +18,8 @@ attribute of any Module is set (``train()`` / ``eval()``, ``to()``, a layer's ge
 child replaced), a Parameter's or Buffer's array replaced. Plans hold the parameter arrays
 and read them on every call, so in-place edits (an optimizer step, ``load_state_dict``,
 ``weight.data[...] = ...``) are seen by the next call. Results are bitwise those of the
-layer-by-layer forward: the same kernels, on the same builds (serial or parallel, chosen
-by size as always), in the same order.
+layer-by-layer forward: the same kernels in the same order, each on the build (serial or
+parallel) its size picks as always (the convolution's padding, a copy, follows its tiles).
 
 Threads: the steps' buffers (and the convolutions' scratch) are per thread, so several
 Python threads can run one model at once.
@@ -56,10 +56,6 @@ def build(layers, shape, dtype):
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if nxt is not None and (nxt.training or nxt.device != CPU):
-            nxt = None  # nothing to fuse with
-        if layer.training or layer.device != CPU:
-            return None
         got = layer._plan_step(shape, dtype, nxt)
         if got is None:
             return None
