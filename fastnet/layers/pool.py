@@ -47,7 +47,8 @@ class MaxPool2D(_Pool2D):
         return out
 
     def _plan_step(self, shape, dtype, following):
-        pool = _plan("max_pool2d_forward", dtype, self.kernel_size, self.stride, self.padding)
+        pool = _plan("max_pool2d_forward", shape, dtype, self.kernel_size, self.stride,
+                     self.padding)
         out_shape = self._plan_shape(shape)
 
         def run(out, x, argmax):  # argmax: per-thread scratch (only backward reads it)
