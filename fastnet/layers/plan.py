@@ -19,7 +19,9 @@ child replaced), a Parameter's or Buffer's array replaced. Plans hold the parame
 and read them on every call, so in-place edits (an optimizer step, ``load_state_dict``,
 ``weight.data[...] = ...``) are seen by the next call. Results are bitwise those of the
 layer-by-layer forward: the same kernels in the same order, each on the build (serial or
-parallel) its size picks as always (the convolution's padding, a copy, follows its tiles).
+parallel) its size picks as always, except where the bytes cannot depend on the build and
+the convolution's parallel build is running anyway: its padding (a copy) and a max pool
+after it run parallel with it (kernels.PLANS).
 
 Threads: the steps' buffers (and the convolutions' scratch) are per thread, so several
 Python threads can run one model at once.
