@@ -87,6 +87,22 @@ KERNELS = {
 }
 
 
+# The prepared forms of a few CPU forward ops, for the layers' inference plans
+# (fastnet/layers/plan.py): op -> f(the static arguments: shapes, dtype, geometry) ->
+# run(the arrays), bitwise the op's result, with the path and geometry chosen once.
+PLANS = {
+    "conv2d_forward":     conv.conv2d_forward_plan,
+    "max_pool2d_forward": pool.max_pool2d_forward_plan,
+}
+
+
+def _plan(op, *static):
+    """``PLANS[op](*static)``, ready to call as ``_kernel`` hands out kernels (unchecked;
+    under the lock when kernel calls are serialised)."""
+    run = PLANS[op](*static)
+    return run if runtime.READY else runtime.prepare(run)
+
+
 def _kernel(op, device="cpu"):
     """The raw kernel for ``op`` on ``device``, ready to call, WITHOUT argument checks:
     for fastnet's layers, which validate their inputs (a wrong argument here can write

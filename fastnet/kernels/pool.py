@@ -7,9 +7,12 @@ ties go to the first element in row-major window order; NaN propagates, as in Py
 KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
 Backward kernels overwrite their outputs.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
+from . import _jit
 from ._jit import parallel_kernel
 from ._simd.pooling import max_pool2x2_row, max_unpool2x2_row, upsample2
 
@@ -227,6 +230,33 @@ def max_pool2d_backward(dx, dout, argmax, kernel_size, stride, padding):
         _max_pool2x2_backward(dx, dout, argmax)
     else:
         _max_pool2d_backward(dx, dout, argmax)
+
+
+def max_pool2d_forward_plan(x_shape, dtype, kernel_size, stride, padding):
+    """max_pool2d_forward with the path chosen once (an inference plan's step): returns
+    ``run(out, argmax, x)`` for C-contiguous arrays (the caller's buffers) of ``x_shape``
+    and ``dtype``, bitwise what max_pool2d_forward computes (each output is its window's
+    alone: either build gives the same bytes).
+
+    Its build is the parallel one from the compute kernels' threshold (_jit: a
+    convolution with an output this large runs parallel), not from the memory-bound
+    kernels' 8x larger one: in a plan the pool reads a convolution's output, right after
+    it, with the pool's threads awake and each thread's images in its own cache (LeNet-5's
+    second conv + pool at batch 64: 231 -> 194 us). Picked again when the threshold
+    changes (a forked child runs serial builds)."""
+    if _is_2x2(kernel_size, stride, padding) and np.dtype(dtype) in (np.float32, np.float64):
+        kernel, geometry = _max_pool2x2_forward, ()
+    else:
+        kernel, geometry = _max_pool2d_forward, (*kernel_size, *stride, *padding)
+    size = math.prod(x_shape)
+    picked = []
+
+    def run(out, argmax, x):
+        if not picked or picked[0] != _jit.PARALLEL_MIN_WORK:
+            t = _jit.PARALLEL_MIN_WORK
+            picked[:] = [t, kernel.parallel if size >= t // _jit.COMPUTE_FACTOR else kernel.serial]
+        picked[1](out, argmax, x, *geometry)
+    return run
 
 
 def avg_pool2d_forward(out, x, kernel_size, stride, padding):

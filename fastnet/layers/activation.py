@@ -1,8 +1,10 @@
 import numpy as np
 
+from ..device import CPU
 from ..kernels import _kernel
 from ._args import real
 from .module import Module, check_grad, check_input
+from .plan import Step
 
 
 def _check_any(layer, x):
@@ -41,6 +43,11 @@ class _Elementwise(Module):
         if self.training:
             self._saved = out
         return out
+
+    def _plan_step(self, shape, dtype, following):
+        if self.rows and len(shape) != 2:
+            return None  # (the row kernels take a (rows, C) view: left to forward)
+        return Step(_kernel(self._ops[0], CPU), shape, dtype), 0
 
     def backward(self, grad_out, input_grad=True):
         out = self._saved_for_backward()

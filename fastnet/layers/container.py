@@ -1,7 +1,11 @@
 import math
 
+import numpy as np
+
+from ..device import CPU
 from ..kernels import _kernel
-from .module import Module, check_grad, check_input
+from . import plan as _plans
+from .module import GENERATION, Module, check_grad, check_input
 
 
 class Flatten(Module):
@@ -14,6 +18,10 @@ class Flatten(Module):
         if self.training:
             self._saved = (x.shape, x.dtype)
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+    def _plan_step(self, shape, dtype, following):
+        flat = (shape[0], math.prod(shape[1:]))
+        return _plans.Step(lambda x: x.reshape(flat), flat, dtype, view=True), 0
 
     def backward(self, grad_out, input_grad=True):
         shape, dtype = self._saved_for_backward()
@@ -50,10 +58,44 @@ class Sequential(Module):
         setattr(self, str(len(self)), layer)
         return self
 
+    _plans = None  # input shape -> InferencePlan (or None: no plan form), per instance
+
     def forward(self, x):
+        if not self.training and x.__class__ is np.ndarray:
+            # eval mode: the inference plan for this input shape (see plan.py)
+            plans = self._plans
+            if plans is not None:
+                plan = plans.get(x.shape, False)
+                if (plan is not False and plan.generation == GENERATION[0]
+                        and x.dtype == plan.dtype and x.flags.c_contiguous):
+                    if plan.steps is not None:
+                        return plan.run(x)
+                    return self._forward_layers(x)
+            return self._plan_and_forward(x)
+        return self._forward_layers(x)
+
+    def _forward_layers(self, x):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def _plan_and_forward(self, x):
+        """The layer-by-layer forward (its checks raise the errors), then the plan for
+        inputs like ``x`` when it is a C-contiguous array on the CPU that was accepted."""
+        generation = GENERATION[0]
+        out = self._forward_layers(x)
+        if x.flags.c_contiguous and self.device == CPU:
+            plans = self._plans
+            if plans is None or len(plans) >= 4:  # (a few shapes: the last batch differs)
+                plans = self._plans = {}
+            steps = _plans.build(self.layers, x.shape, x.dtype)
+            plans[x.shape] = _plans.InferencePlan(x.shape, x.dtype, generation, steps)
+        return out
+
+    def __getstate__(self):  # (copies and pickles leave the plans behind)
+        state = dict(vars(self))
+        state.pop("_plans", None)
+        return state
 
     def backward(self, grad_out, input_grad=True):
         layers = self.layers

@@ -1,3 +1,4 @@
+from ..kernels import _plan
 from ._args import check_activation, check_spatial, pair, positive_int
 from ._init import kaiming_uniform
 from .dense import _FusedAffine
@@ -44,3 +45,16 @@ class Conv2D(_FusedAffine):
 
     def _geometry(self):
         return self.stride, self.padding
+
+    def _plan_shape(self, shape):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (shape[0], self.out_channels, (shape[2] + 2 * ph - kh) // sh + 1,
+                (shape[3] + 2 * pw - kw) // sw + 1)
+
+    def _plan_run(self, shape, w, b, activation):
+        conv = _plan("conv2d_forward", shape, w.shape, w.dtype, self.stride, self.padding,
+                     activation)
+
+        def run(out, x):
+            conv(out, x, w, b)
+        return run

@@ -1,5 +1,8 @@
+from ..device import CPU
 from ..kernels import _kernel
+from .activation import ReLU
 from .module import Module, Parameter, _float_dtype, check_grad, check_input
+from .plan import Step
 from ._init import kaiming_uniform
 from ._args import check_activation, positive_int
 
@@ -21,6 +24,15 @@ class _FusedAffine(Module):
         if self.training:  # the output only matters to backward through an activation
             self._saved = (x, out if self.activation else None, out.shape)
         return out
+
+    def _plan_step(self, shape, dtype, following):
+        w = self.weight.data
+        b = None if self.bias is None else self.bias.data
+        activation, fused = self.activation, 0
+        if activation is None and type(following) is ReLU:
+            activation, fused = "relu", 1  # act(v + b) in the epilogue: bitwise the same
+        return (Step(self._plan_run(shape, w, b, activation), self._plan_shape(shape), w.dtype),
+                fused)
 
     def backward(self, grad_out, input_grad=True):
         x, out, out_shape = self._saved_for_backward()
@@ -62,3 +74,13 @@ class Dense(_FusedAffine):
         x = check_input(self, x, (None, self.in_features), w.dtype)
         out = self.device.empty((x.shape[0], self.out_features), w.dtype)
         return self._run_forward(x, out)
+
+    def _plan_shape(self, shape):
+        return (shape[0], self.out_features)
+
+    def _plan_run(self, shape, w, b, activation):
+        k = _kernel("dense_forward", CPU)
+
+        def run(out, x):
+            k(out, x, w, b, activation)
+        return run

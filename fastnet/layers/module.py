@@ -8,6 +8,12 @@ import numpy as np
 from ..device import CPU, FLOAT_DTYPES, Device, copy_into, device_of, to_numpy
 from ..kernels import _kernel
 
+# Bumped by every change that can invalidate an inference plan (fastnet/layers/plan.py):
+# a public attribute of any Module set or deleted (mode, device, a layer's geometry, a
+# Parameter or child replaced), a Parameter's or Buffer's array replaced. In-place edits
+# of the arrays need no bump: plans read the arrays on every call.
+GENERATION = [0]
+
 
 class Parameter:
     """A trainable array: ``.data`` and ``.grad`` (None until a backward writes it).
@@ -33,6 +39,7 @@ class Parameter:
     @data.setter
     def data(self, value):
         self._data = self._checked(value, "data")
+        GENERATION[0] += 1
 
     @property
     def grad(self):
@@ -109,6 +116,7 @@ class Buffer:
         if value.shape != self._data.shape:
             raise ValueError(f"Buffer.data: expected shape {self._data.shape}, got {value.shape}")
         self._data = device.asarray(value)
+        GENERATION[0] += 1
 
     @property
     def shape(self):
@@ -194,6 +202,13 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
+    def _plan_step(self, shape, dtype, following):
+        """This layer's eval-mode forward as a step of an inference plan (plan.py) for an
+        input of ``shape`` and ``dtype`` that its forward accepts: ``(Step, fused)``,
+        ``fused`` the number of layers after it that the step also computes (1: the
+        ``following`` layer, fused in); None when the layer has no plan form."""
+        return None
+
     def backward(self, grad_out, input_grad=True):
         """Gradients of the parameters (into ``.grad``) and, unless ``input_grad`` is
         False, d loss / d input, which is returned (None otherwise). Pass
@@ -203,6 +218,16 @@ class Module:
 
     def __call__(self, x):
         return self.forward(x)
+
+    def __setattr__(self, name, value):
+        # (public names only: what forward keeps for backward, "_saved", costs nothing more)
+        if name[0] != "_":
+            GENERATION[0] += 1
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        GENERATION[0] += 1
+        object.__delattr__(self, name)
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this layer (used by fastnet.save)."""
@@ -320,6 +345,7 @@ class Module:
             for b in self.buffers():
                 if device_of(b.data) != device:
                     b._data = device.asarray(b.data)
+            GENERATION[0] += 1
             return self
         dtype = _float_dtype(target, type(self).__name__)
         changed = [p for p in self.parameters() if p.dtype != dtype]
@@ -330,6 +356,7 @@ class Module:
             if b.dtype.kind == "f" and b.dtype != dtype:
                 b._data = self.device.asarray(b.data, dtype=dtype)
                 changed.append(b)
+        GENERATION[0] += 1
         if changed:  # what forward kept has the old dtype
             for m in self.modules():
                 m._clear_cache()

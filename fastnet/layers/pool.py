@@ -1,8 +1,10 @@
 import numpy as np
 
-from ..kernels import _kernel
+from ..device import CPU
+from ..kernels import _kernel, _plan
 from ._args import check_spatial, pair
 from .module import Module, check_grad, check_input
+from .plan import Step
 
 
 class _Pool2D(Module):
@@ -19,6 +21,11 @@ class _Pool2D(Module):
 
     def config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def _plan_shape(self, shape):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (shape[0], shape[1], (shape[2] + 2 * ph - kh) // sh + 1,
+                (shape[3] + 2 * pw - kw) // sw + 1)
 
     def _output(self, x):
         x = check_input(self, x, (None, None, None, None))
@@ -38,6 +45,15 @@ class MaxPool2D(_Pool2D):
         if self.training:
             self._saved = (x.shape, x.dtype, argmax)
         return out
+
+    def _plan_step(self, shape, dtype, following):
+        pool = _plan("max_pool2d_forward", shape, dtype, self.kernel_size, self.stride,
+                     self.padding)
+        out_shape = self._plan_shape(shape)
+
+        def run(out, x, argmax):  # argmax: per-thread scratch (only backward reads it)
+            pool(out, argmax, x)
+        return Step(run, out_shape, dtype, scratch=[(out_shape, np.int32)]), 0
 
     def backward(self, grad_out, input_grad=True):
         x_shape, dtype, argmax = self._saved_for_backward()
@@ -62,6 +78,13 @@ class AvgPool2D(_Pool2D):
             self._saved = (x.shape, x.dtype, out.shape)
         return out
 
+    def _plan_step(self, shape, dtype, following):
+        k, geometry = _kernel("avg_pool2d_forward", CPU), (self.kernel_size, self.stride, self.padding)
+
+        def run(out, x):
+            k(out, x, *geometry)
+        return Step(run, self._plan_shape(shape), dtype), 0
+
     def backward(self, grad_out, input_grad=True):
         x_shape, dtype, out_shape = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out_shape, dtype)
@@ -84,6 +107,9 @@ class GlobalAvgPool2D(Module):
         if self.training:
             self._saved = (x.shape, x.dtype)
         return out
+
+    def _plan_step(self, shape, dtype, following):
+        return Step(_kernel("global_avg_pool2d_forward", CPU), shape[:2], dtype), 0
 
     def backward(self, grad_out, input_grad=True):
         x_shape, dtype = self._saved_for_backward()

@@ -110,3 +110,27 @@ def test_workqueue_layer_children_work_too():
         print("ok")
     """, env={"NUMBA_THREADING_LAYER": "workqueue"})
     assert out.strip() == "ok"
+
+
+def test_an_inference_plan_built_before_a_fork_runs_serial_builds_in_the_child():
+    # the prepared convolution picks its builds once per threshold: in the child, whose
+    # kernels must all run serially, it picks again
+    out = run("""
+        fastnet.manual_seed(0)
+        model = Sequential(Conv2D(1, 8, 5, padding=2), ReLU(), MaxPool2D(2), Flatten(),
+                           Dense(8 * 14 * 14, 10)).eval()
+        x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
+        want = model(x)
+        assert np.array_equal(model(x), want)  # the plan, on the parallel builds
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the parent's plan, inherited
+            ok = model._plans and same([model(x), model(x)], [want, want])
+            os.write(w, b"1" if ok and runtime.threading_info()["forked_serial"] else b"0")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.read(r, 1) == b"1"
+        print("ok")
+    """)
+    assert out.strip() == "ok"

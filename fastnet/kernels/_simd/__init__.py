@@ -3,6 +3,7 @@ loops that LLVM will not vectorise well on its own from plain Numba.
 
 - ``tiles.py``: register-blocked GEMM tiles (conv forward, dx and dw; the recurrent
   layers' row-block GEMM);
+- ``epilogue.py``: the convolution forward's epilogue rows (bias, bias + ReLU);
 - ``pooling.py``: 2x2 / stride-2 pooling rows (max forward and backward, the average
   backward);
 - ``softmax.py``: softmax, log-sum-exp and softmax-gradient rows of one vector;

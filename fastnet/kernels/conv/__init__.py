@@ -30,7 +30,8 @@ from ..codes import ACTIVATIONS
 from . import direct, exact_dw, implicit_gemm
 from .im2col import col2im, conv_output_size, im2col
 
-__all__ = ["conv2d_forward", "conv2d_backward", "im2col", "col2im", "conv_output_size"]
+__all__ = ["conv2d_forward", "conv2d_forward_plan", "conv2d_backward", "im2col", "col2im",
+           "conv_output_size"]
 
 
 def conv2d_forward(out, x, w, b, stride, padding, activation=None):
@@ -51,3 +52,11 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
     # gradients, so a non-finite input can make dw NaN where it is finite or +-inf
     if not exact_dw.all_finite(dw):
         exact_dw.weight_grad(dw, dout, x, dout if out is None else out, stride, padding, code)
+
+
+def conv2d_forward_plan(x_shape, w_shape, dtype, stride, padding, activation=None):
+    """conv2d_forward for one geometry, prepared once (an inference plan's step): returns
+    ``run(out, x, w, b)``, bitwise what conv2d_forward computes, for C-contiguous x of
+    ``x_shape`` and ``dtype`` (the caller has checked them), with per-thread buffers."""
+    return implicit_gemm.forward_plan(x_shape, w_shape, dtype, stride, padding,
+                                      ACTIVATIONS[activation])

@@ -5,7 +5,8 @@ no im2col, no col2im, no BLAS; any stride and padding.
   (layout.padded_phases), and per (image, run of NR output positions, block of MR output
   channels) one tile multiplies the packed weights by the tap runs (layout.tap_offsets);
   then a row-by-row epilogue adds the bias, applies the activation and drops the junk
-  columns.
+  columns (without activation or with ReLU on the vector rows of _simd/epilogue.py).
+* ``forward_plan``: the forward for one geometry, prepared once (inference plans).
 * dx: per stride phase of the input, a stride-1 conv of the zero-padded gradient with
   the flipped, transposed kernel taps that land on that phase (``_dx_plan``; stride 1:
   one phase, the whole kernel), through the forward kernel, which writes each phase's
@@ -15,16 +16,20 @@ no im2col, no col2im, no BLAS; any stride and padding.
 Backward kernels overwrite their outputs; pass ``None`` for dx when it is not needed.
 """
 import functools
+import threading
 
 import numpy as np
 from numba import njit, prange
 
+from .. import _jit
 from .._jit import FASTMATH, compute_family
 from .._simd import ACCUMULATORS, VEC_BYTES, lanes
+from .._simd.epilogue import bias_relu_row, bias_row
 from .._simd.tiles import FWD_TILE_COST, FWD_TILE_MRS, fwd_tile
 from ..activations import apply_activation
+from ..codes import RELU
 from .implicit_gemm_dw import channels_key, dw_layout, gradient_layouts, weight_grad
-from .layout import padded_phases, phase_shape, phases_of, tap_offsets, workspace
+from .layout import _pad_phases, padded_phases, phase_shape, phases_of, tap_offsets, workspace
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -46,6 +51,26 @@ def _store_rows(out, tile, b, n, o0, on, nr, q0, q1, wp, code):
         q = (r + 1) * wp
 
 
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _store_rows_vector(of, tile, b, n, o0, on, nr, q0, q1, wp, o_, oh_, ow_, relu):
+    # _store_rows for a C-contiguous out (``of``: flat) and no activation or ReLU, each run
+    # of an output row on the vector code of _simd/epilogue.py (bitwise the same values)
+    q = q0
+    while q < q1:
+        r = q // wp
+        t = q - r * wp
+        e = min(q1 - q, ow_ - t)
+        if e > 0:
+            for i in range(on):
+                bo = b[o0 + i] if b is not None else tile.dtype.type(0)
+                d0 = ((n * o_ + o0 + i) * oh_ + r) * ow_ + t
+                if relu:
+                    bias_relu_row(of, tile, d0, i * nr + q - q0, e, bo)
+                else:
+                    bias_row(of, tile, d0, i * nr + q - q0, e, bo)
+        q = (r + 1) * wp
+
+
 @compute_family
 def conv_tiles(tile_index, code, strided):
     """The forward kernel on the tile FWD_TILES[tile_index], with activation ``code`` and
@@ -62,6 +87,10 @@ def conv_tiles(tile_index, code, strided):
         # positions, block of MR channels) one micro-kernel tile, then the
         # valid columns go out row by row.
         n_, o_ = out.shape[0], out.shape[1]
+        oh_, ow_ = out.shape[2], out.shape[3]
+        # flat out for the vector epilogue (not strided: out is C-contiguous, the view is
+        # its buffer; a reshape compiled Numba's double-precision size check in here)
+        of = out.ravel()
         opad = wt.shape[1]
         mr = FWD_TILE_MRS[tile_index]
         nr = (ACCUMULATORS // mr) * (VEC_BYTES // xf.itemsize)
@@ -83,8 +112,12 @@ def conv_tiles(tile_index, code, strided):
                         on = min(mr, o_ - o0)
                         if strided:
                             _store_rows(out[:, :, y0::sh, x0::sw], tile, b, n, o0, on, nr, q0, q1, wp, code)
+                        elif vector_epilogue:
+                            _store_rows_vector(of, tile, b, n, o0, on, nr, q0, q1, wp, o_, oh_, ow_, relu)
                         else:
                             _store_rows(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
+    vector_epilogue = code == 0 or code == RELU
+    relu = code == RELU
     return kernel
 
 
@@ -214,3 +247,71 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
         for a, b in taps])
     conv_tiles[tile, 0, sh != 1 or sw != 1](dx, gpf, o_ * hg * wg, _pack(wt, FWD_TILE_MRS[tile]),
                                             offs2, phases, None, sh, sw, wg)
+
+
+def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
+    """``forward`` for one geometry, prepared once: returns ``run(out, x, w, b)``, which
+    computes exactly what ``forward(out, x, w, b, stride, padding, code)`` computes (the
+    same kernels on the same values) without recomputing the geometry per call, into
+    per-thread buffers of its own (the padded input with its zero slack, the packed
+    weights with their zero columns) that are allocated on a thread's first call and
+    then only overwritten. ``x`` must be C-contiguous of ``x_shape`` and ``dtype``; the
+    weights are packed on every call, so in-place edits of ``w`` are seen."""
+    dtype = np.dtype(dtype)
+    o_, c_, kh, kw = w_shape
+    n_ = x_shape[0]
+    stride, padding = tuple(stride), tuple(padding)
+    hq, wq = phase_shape(x_shape, stride, padding)
+    pa, pb = phases_of(stride, (kh, kw))
+    oh = (x_shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (x_shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    size = n_ * c_ * pa * pb * hq * wq
+    slack = _slack(dtype)
+    tile = tile_index(o_)
+    mult = FWD_TILE_MRS[tile]
+    k_ = c_ * kh * kw
+    opad = -(-o_ // mult) * mult
+    offs = tap_offsets(c_, kh, kw, stride, hq, wq)
+    phases = np.array([[0, 0, oh, ow, 0, offs.size]], np.intp)
+    phases.flags.writeable = False
+    kern = conv_tiles[tile, code, False]
+    pad = _pad_phases
+    img = c_ * pa * pb * hq * wq
+    sh, sw = stride
+    ph, pw = padding
+    local = threading.local()
+    # the build (serial / parallel) of the tiles that their wrapper would call for arrays
+    # of these sizes (the largest against _jit.PARALLEL_MIN_WORK / COMPUTE_FACTOR), picked
+    # again when the threshold changes: the wrappers' loops over the arguments cost ~0.9 us
+    # per batch-1 call. The padding (a copy: either build gives the same bytes) runs
+    # parallel when the tiles do, as the pool's threads are awake for them anyway
+    # (LeNet-5's at batch 64: 13 and 23 us serial)
+    tiles_largest = max(n_ * o_ * oh * ow, size + slack, k_ * opad, offs.size, phases.size, o_)
+    picked = []
+
+    def builds():
+        t = _jit.PARALLEL_MIN_WORK
+        parallel = tiles_largest >= t // _jit.COMPUTE_FACTOR
+        picked[:] = [t, pad.parallel if parallel else pad.serial,
+                     kern.parallel if parallel else kern.serial]
+        return picked
+
+    def buffers():
+        flat = np.zeros(size + slack, dtype)  # the slack stays zero: pad writes [:size]
+        wt = np.zeros((k_, opad), dtype)      # so do the packed columns past O
+        b = local.b = (flat, flat[:size].reshape(n_, c_, pa * pb, hq, wq), wt, wt[:, :o_])
+        return b
+
+    def run(out, x, w, b):
+        try:
+            flat, xs, wt, wcols = local.b
+        except AttributeError:
+            flat, xs, wt, wcols = buffers()
+        threshold, pad_build, tiles_build = picked if picked else builds()
+        if threshold != _jit.PARALLEL_MIN_WORK:
+            threshold, pad_build, tiles_build = builds()
+        pad_build(xs, x, sh, sw, ph, pw, pb)
+        wcols[...] = w.reshape(o_, k_).T
+        tiles_build(out, flat, img, wt, offs, phases, b, 1, 1, wq)
+
+    return run

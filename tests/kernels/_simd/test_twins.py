@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnet.kernels._simd import ACCUMULATORS, lanes, math, pooling, softmax, tiles
+from fastnet.kernels._simd import ACCUMULATORS, epilogue, lanes, math, pooling, softmax, tiles
 
 
 
@@ -139,6 +139,24 @@ def check_max_unpool2x2_row(rng, dtype):
         np.testing.assert_array_equal(dx, want)
 
 
+# ---- the convolution's epilogue rows ---------------------------------------------------
+
+def check_bias_rows(rng, dtype):
+    for n in _row_lengths(dtype):
+        src = rng.standard_normal(n + 5).astype(dtype)
+        src[rng.integers(0, src.size, 3)] = [np.nan, np.inf, -np.inf]
+        src[1] = 0.5  # + bias -0.5: a zero sum
+        for bias in (dtype(-0.5), dtype(0)):
+            for intrinsic, twin in ((epilogue.bias_row, epilogue.bias_row_reference),
+                                    (epilogue.bias_relu_row, epilogue.bias_relu_row_reference)):
+                dst = rng.standard_normal(n + 7).astype(dtype)
+                want = dst.copy()
+                _caller(intrinsic, 6)(dst, src, 2, 1, n, bias)
+                twin(want, src, 2, 1, n, bias)
+                np.testing.assert_array_equal(dst, want)
+                assert np.array_equal(np.signbit(dst), np.signbit(want))
+
+
 # ---- softmax rows -----------------------------------------------------------------------
 
 def check_softmax_rows(rng, dtype):
@@ -181,7 +199,7 @@ def check_scalar_intrinsics(rng, dtype):
 
 
 CHECKS = [check_table_tiles, check_shift_tiles, check_dot_tiles, check_upsample2,
-          check_max_pool2x2_row, check_max_unpool2x2_row, check_softmax_rows,
+          check_max_pool2x2_row, check_max_unpool2x2_row, check_bias_rows, check_softmax_rows,
           check_scalar_intrinsics]
 
 
@@ -197,7 +215,7 @@ def test_every_intrinsic_has_a_twin():
     from numba.core.extending import _Intrinsic
     kinds = {"make_table_tile": "table_tile_reference", "make_shift_tile": "shift_tile_reference",
              "make_dot_tile": "dot_tile_reference"}
-    for module in (math, pooling, softmax):
+    for module in (math, pooling, softmax, epilogue):
         names = [n for n, o in vars(module).items() if isinstance(o, _Intrinsic)]
         assert names, module.__name__
         for name in names:
