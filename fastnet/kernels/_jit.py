@@ -24,13 +24,16 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # otherwise rewrite (x - m) - logsum as x - (m + logsum) (see row_max_logsumexp).
 FASTMATH_ORDERED = FASTMATH - {"reassoc"}
 
-# Below this many elements a kernel runs serially on the calling thread: waking Numba's
-# thread pool once its workers sleep (after a short spin, see fastnet/runtime.py) costs
-# ~35 us here, more than a memory-bound pass over a smaller array takes on one core (measured
-# serial vs parallel: relu breaks even at ~1M elements, SGD ~400K, sigmoid and Adam
-# ~300K). Compute-heavy kernels (the convolutions: many multiply-adds per element of
+# Below this many elements a kernel runs serially on the calling thread, where starting
+# the pool costs more than it saves. Under Numba's OpenMP layer with workers asleep that
+# was ~35 us, and 1 << 18 was measured as the break-even (relu ~1M elements, SGD ~400K,
+# sigmoid and Adam ~300K); TBB's pool (fastnet/runtime.py) starts in 1.5-18 us, and
+# 1 << 16 measured best on the training steps (2026-12, 2-core development machine,
+# alternating in one process: MLP 1.60 -> 1.48 ms, LeNet-5 3.84 -> 3.69 ms, ResNet-small
+# 87.8 -> 87.2 ms; LeNet-5 inference at batch 64 the same, at batch 1 within noise).
+# Compute-heavy kernels (the convolutions and GEMMs: many multiply-adds per element of
 # their largest array) parallelise from COMPUTE_FACTOR times fewer elements.
-PARALLEL_MIN_WORK = 1 << 18
+PARALLEL_MIN_WORK = 1 << 16
 COMPUTE_FACTOR = 8
 
 
