@@ -114,7 +114,7 @@ def test_workqueue_layer_children_work_too():
 
 def test_an_inference_plan_built_before_a_fork_runs_serial_builds_in_the_child():
     # the prepared convolution picks its builds once per threshold: in the child, whose
-    # kernels must all run serially, it picks again
+    # kernels must all run serially (under omp), it picks again
     out = run("""
         fastnet.manual_seed(0)
         model = Sequential(Conv2D(1, 8, 5, padding=2), ReLU(), MaxPool2D(2), Flatten(),
@@ -132,5 +132,5 @@ def test_an_inference_plan_built_before_a_fork_runs_serial_builds_in_the_child()
         assert os.waitstatus_to_exitcode(status) == 0
         assert os.read(r, 1) == b"1"
         print("ok")
-    """)
+    """, env={"NUMBA_THREADING_LAYER": "omp"})
     assert out.strip() == "ok"
