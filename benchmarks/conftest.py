@@ -27,6 +27,7 @@ backward) for about --benchmark-max-time seconds, at least --benchmark-min-round
 rounds. GFLOP/s or GB/s and samples/s go to ``extra_info`` (``--benchmark-json``).
 """
 import os
+import time
 
 import numpy  # noqa: F401,I001 - first, as in a user's program: fastnet is timed as users get it
 
@@ -35,7 +36,7 @@ import pytest
 import fastnet
 from fastnet.bench import all_cases, cuda_cases
 from fastnet.bench.cases import WORKER_IMPLS, available, install_hint
-from fastnet.bench.runner import TwinWorker, describe, rounds_for, twin_states
+from fastnet.bench.runner import BLAS_SETTLE_S, TwinWorker, describe, rounds_for, twin_states
 
 MAX_ROUNDS = 2000  # a 10 us case would otherwise run 100,000 rounds in its second
 QUICK = os.environ.get("FASTNET_BENCH_QUICK", "0") == "1"
@@ -122,6 +123,8 @@ def run_case(benchmark, request, twin_worker):
                 benchmark.pedantic(bench.run, setup=bench.setup)
                 return
             bench.once()  # the warm-up
+            if impl == "fastnet":  # after the previous case's NumPy twin (see BLAS_SETTLE_S)
+                time.sleep(BLAS_SETTLE_S)
             rounds = rounds_for(bench, max_time, min_rounds, MAX_ROUNDS)
             benchmark.pedantic(bench.run, setup=bench.setup, rounds=rounds, warmup_rounds=1)
         benchmark.extra_info.update(

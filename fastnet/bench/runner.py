@@ -10,10 +10,9 @@ process that imported NumPy first (a script, the tests) runs the cases itself.
 Per case: each twin is built, run once (the warm-up, which keeps JIT compilation out of
 the timing) and its outputs checked against fastnet's; a twin that computes other
 numbers is reported and not timed. Then fastnet and NumPy run ``repeat`` times each,
-interleaved, and the median is shown. PyTorch and ONNX Runtime run in processes of their
-own (worker.py), each imported first there: PyTorch imported after fastnet shares GNU
-OpenMP with fastnet's short spin and runs several times slower than a user's PyTorch
-would.
+fastnet first (see BLAS_SETTLE_S), and the median is shown. PyTorch and ONNX Runtime run
+in processes of their own (worker.py), each imported first there, as in their users'
+programs.
 """
 from __future__ import annotations
 
@@ -45,6 +44,11 @@ WORKER_SETTLE_S = 0.05
 # step measured 0.56-0.59 ms right after it, 0.26-0.36 ms without it): so both twins run,
 # untimed, for this long before the timed runs.
 WARM_UP_S = 0.05
+# NOTE: the NumPy twin runs in this process, and NumPy's OpenBLAS workers busy-wait for
+# ~60 ms after each of its GEMMs (2^28 cycles): fastnet timed interleaved with it ran up
+# to 2x slower (a LeNet-5 step 7.5 ms against 3.6 ms in a process of its own, 2026-12).
+# So fastnet's runs are timed first, after this pause, and the NumPy twin's after them.
+BLAS_SETTLE_S = 0.2
 
 
 def warm_up(benches: dict, seconds: float) -> None:
@@ -193,10 +197,10 @@ def measure(case, repeat, workers, problems):
         else:
             if not differs(worker.impl, outputs):
                 cells[worker.impl] = statistics.median(times)
-    if ran:
-        time.sleep(WORKER_SETTLE_S)
-        warm_up(benches, WARM_UP_S)
-    cells.update(median_times(benches, repeat))
+    time.sleep(max(BLAS_SETTLE_S, WORKER_SETTLE_S if ran else 0))
+    for impl, bench in benches.items():  # fastnet first (see BLAS_SETTLE_S)
+        warm_up({impl: bench}, WARM_UP_S)
+        cells.update(median_times({impl: bench}, repeat))
     return cells
 
 
