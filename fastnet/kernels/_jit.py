@@ -32,9 +32,11 @@ FASTMATH_ORDERED = FASTMATH - {"reassoc"}
 # alternating in one process: MLP 1.60 -> 1.48 ms, LeNet-5 3.84 -> 3.69 ms, ResNet-small
 # 87.8 -> 87.2 ms; LeNet-5 inference at batch 64 the same, at batch 1 within noise).
 # Compute-heavy kernels (the convolutions and GEMMs: many multiply-adds per element of
-# their largest array) parallelise from COMPUTE_FACTOR times fewer elements.
+# their largest array) parallelise from COMPUTE_FACTOR times fewer elements: 32768, as
+# before (a factor of 8 measured the same on the steps, but the first CLI run on the 8x8
+# digits then compiled the parallel convolutions too: 25 s instead of 10.6 s).
 PARALLEL_MIN_WORK = 1 << 16
-COMPUTE_FACTOR = 8
+COMPUTE_FACTOR = 2
 
 
 def serial_only():
