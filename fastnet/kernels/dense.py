@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, parallel_family
 from .activations import ACTIVATIONS, through_activation
+from .codes import IDENTITY, RELU
 from .gemm import matmul_nn, matmul_nt, matmul_tn
 
 _COL_BLOCK = 64
@@ -50,17 +51,22 @@ def _grad_columns(g, db, dout, y, code):
 
 
 @parallel_family
-def _activation_and_bias_grad(code):
-    """``_activation_and_bias_grad[code](g, db, dout, y)``: g = dout * act'(y), then db =
-    the sum over rows of g; one kernel per activation ``code`` (a model compiles only the
-    activations it uses)."""
+def _activation_and_bias_grad(act):
+    """``_activation_and_bias_grad[act](g, db, dout, y, relu)``: g = dout * act'(y), then
+    db = the sum over rows of g; ``act`` -1 serves no activation and ReLU (``relu``), other
+    activations one kernel each (a model compiles only what it uses)."""
     # NOTE: db is parallel over column blocks, each summing its rows in order: race-free
     # and deterministic whatever the thread count; float32 accumulators are enough for
     # the batch sizes of training (rows are summed exactly as a float32 GEMM would). Two
     # passes (g in L2 for the second) were 5x faster than one fused pass, whose loop
     # LLVM left scalar.
-    def kernel(g, db, dout, y):
-        _grad_columns(g, db, dout, y, code)
+    def kernel(g, db, dout, y, relu):
+        if act != -1:
+            _grad_columns(g, db, dout, y, act)
+        elif relu:
+            _grad_columns(g, db, dout, y, RELU)
+        else:
+            _grad_columns(g, db, dout, y, IDENTITY)
     return kernel
 
 
@@ -78,7 +84,8 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
     if code != 0:
         g = np.empty_like(dout)
     if code != 0 or db is not None:
-        _activation_and_bias_grad[code](g, db, dout, dout if out is None else out)
+        act = -1 if code in (IDENTITY, RELU) else code
+        _activation_and_bias_grad[act](g, db, dout, dout if out is None else out, code == RELU)
     matmul_tn(dw, g, x)
     if dx is not None:
         matmul_nn(dx, g, w)

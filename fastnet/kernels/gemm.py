@@ -38,7 +38,7 @@ values.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, compute_family, compute_kernel
+from ._jit import FASTMATH, compute_kernel
 from ._simd import VEC_BYTES
 from ._simd.tiles import ROWS_MR, ROWS_NC_VECTORS, rows_tile
 from .activations import _activation_forward
@@ -66,42 +66,40 @@ def _nc(a):
     return ROWS_NC_VECTORS * (VEC_BYTES // a.itemsize)
 
 
-@compute_family
-def pack(trans):
-    """``pack[trans](bp, b)``: b (K, N) (``trans`` False) or (N, K) (True) -> bp
-    (packed_size,), the panels of B = b or b.T (see the module docstring). A family keyed
-    on ``trans``: a model compiles only the packing it uses."""
-    def kernel(bp, b):
-        nc = _nc(bp)
+@compute_kernel
+def pack(bp, b, trans):
+    """b (K, N) (``trans`` False) or (N, K) (True) -> bp (packed_size,), the panels of
+    B = b or b.T (see the module docstring). (One kernel for both: as a family keyed on
+    ``trans`` a first run compiled it twice.)"""
+    nc = _nc(bp)
+    if trans:
+        n, k = b.shape
+    else:
+        k, n = b.shape
+    npan = bp.size // (k * nc)
+    for p in prange(npan):
+        c0 = p * nc
+        cw = min(nc, n - c0)
+        panel = bp[p * k * nc:(p + 1) * k * nc]
         if trans:
-            n, k = b.shape
+            # NOTE: row by row of the panel, reading a column of b's block (in L1 after
+            # the first rows): LLVM gathers it, 1.6x faster than 16 x 16 blocks of
+            # contiguous reads and strided writes (measured on a 256 x 784 weight)
+            blk = b[c0:c0 + cw]
+            for s in range(k):
+                row = panel[s * nc:(s + 1) * nc]
+                for c in range(cw):
+                    row[c] = blk[c, s]
+                for c in range(cw, nc):
+                    row[c] = 0
         else:
-            k, n = b.shape
-        npan = bp.size // (k * nc)
-        for p in prange(npan):
-            c0 = p * nc
-            cw = min(nc, n - c0)
-            panel = bp[p * k * nc:(p + 1) * k * nc]
-            if trans:
-                # NOTE: row by row of the panel, reading a column of b's block (in L1
-                # after the first rows): LLVM gathers it, 1.6x faster than 16 x 16 blocks
-                # of contiguous reads and strided writes (measured on a 256 x 784 weight)
-                blk = b[c0:c0 + cw]
-                for s in range(k):
-                    row = panel[s * nc:(s + 1) * nc]
-                    for c in range(cw):
-                        row[c] = blk[c, s]
-                    for c in range(cw, nc):
-                        row[c] = 0
-            else:
-                for s in range(k):
-                    src = b[s, c0:c0 + cw]
-                    row = panel[s * nc:(s + 1) * nc]
-                    for c in range(cw):
-                        row[c] = src[c]
-                    for c in range(cw, nc):
-                        row[c] = 0
-    return kernel
+            for s in range(k):
+                src = b[s, c0:c0 + cw]
+                row = panel[s * nc:(s + 1) * nc]
+                for c in range(cw):
+                    row[c] = src[c]
+                for c in range(cw, nc):
+                    row[c] = 0
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -237,7 +235,7 @@ def nn_rows(out, a, b):
 def _packed(b, trans):
     k, n = (b.shape[1], b.shape[0]) if trans else b.shape
     bp = np.empty(packed_size(k, n, b.itemsize), b.dtype)
-    pack[trans](bp, b)
+    pack(bp, b, trans)
     return bp
 
 
@@ -265,7 +263,10 @@ def matmul_nn(out, a, b):
     if a.shape[0] < DOT_ROWS:
         nn_rows(out, a, b)
     else:
-        gemm(out, a, _packed(b, False), None, False, False)
+        # NOTE: a bias of -0.0, not None: x + -0.0 is x for every x (-0.0, NaN and inf
+        # included), and the forward's compiled kernel serves dx and dw too (a signature
+        # with None compiled a second one on a first run)
+        gemm(out, a, _packed(b, False), np.full(b.shape[1], -0.0, b.dtype), False, False)
 
 
 def matmul_tn(out, a, b):

@@ -71,12 +71,20 @@ def _store_rows_vector(of, tile, b, n, o0, on, nr, q0, q1, wp, o_, oh_, ow_, rel
         q = (r + 1) * wp
 
 
+def act_key(code):
+    """conv_tiles' activation key for an activation code: one member serves no activation
+    and ReLU, picked per call by its ``relu`` argument (a first LeNet-5 run compiled a
+    member for its ReLU forwards and another for its dx, ~0.6 s each); others by code."""
+    return -1 if code == 0 or code == RELU else code
+
+
 @compute_family
-def conv_tiles(tile_index, code, strided):
-    """The forward kernel on the tile FWD_TILES[tile_index], with activation ``code`` and
-    (``strided``) the phases of a strided dx: ``conv_tiles[tile_index, code,
-    strided](out, xf, img, wt, offs, phases, b, sh, sw, wp)``."""
-    def kernel(out, xf, img, wt, offs, phases, b, sh, sw, wp):
+def conv_tiles(tile_index, act, strided):
+    """The forward kernel on the tile FWD_TILES[tile_index], with activation key ``act``
+    (``act_key``) and (``strided``) the phases of a strided dx: ``conv_tiles[tile_index,
+    act, strided](out, xf, img, wt, offs, phases, b, sh, sw, wp, relu)``; ``relu`` picks
+    ReLU or no activation when ``act`` is -1 (a strided dx has none: relu False)."""
+    def kernel(out, xf, img, wt, offs, phases, b, sh, sw, wp, relu):
         # An implicit GEMM over xf, the flat (padded) input: image n at n*img, tap k of
         # output position q (row pitch wp) at n*img + offs[k] + q; wt (K, Opad) packed
         # weights (zero columns past O). out (N, O, ., .) = act(conv + b), in phases p
@@ -116,8 +124,8 @@ def conv_tiles(tile_index, code, strided):
                             _store_rows_vector(of, tile, b, n, o0, on, nr, q0, q1, wp, o_, oh_, ow_, relu)
                         else:
                             _store_rows(out, tile, b, n, o0, on, nr, q0, q1, wp, code)
-    vector_epilogue = code == 0 or code == RELU
-    relu = code == RELU
+    vector_epilogue = act == -1
+    code = 0 if act == -1 else act  # the strided (dx) and the other activations' stores
     return kernel
 
 
@@ -153,7 +161,8 @@ def forward(out, x, w, b, stride, padding, code):
     offs = tap_offsets(c_, kh, kw, tuple(stride), hq, wq)
     phases = np.array([[0, 0, oh, ow, 0, offs.size]], np.intp)
     pa, pb = phases_of(stride, (kh, kw))
-    conv_tiles[tile, code, False](out, xf, c_ * pa * pb * hq * wq, wt, offs, phases, b, 1, 1, wq)
+    conv_tiles[tile, act_key(code), False](out, xf, c_ * pa * pb * hq * wq, wt, offs, phases, b,
+                                           1, 1, wq, code == RELU)
 
 
 @functools.lru_cache(maxsize=256)
@@ -245,8 +254,11 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
     wt = np.concatenate([np.zeros((0, c_), w.dtype)] + [
         w[:, :, a::sh, b::sw][:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c_)
         for a, b in taps])
-    conv_tiles[tile, 0, sh != 1 or sw != 1](dx, gpf, o_ * hg * wg, _pack(wt, FWD_TILE_MRS[tile]),
-                                            offs2, phases, None, sh, sw, wg)
+    # NOTE: a zero bias, not None: the same compiled kernel as a forward with a bias (a
+    # first LeNet-5 run compiled one for its conv1 forward and one for its conv2 dx), and
+    # the same values (the stores added a zero for None too)
+    conv_tiles[tile, -1, sh != 1 or sw != 1](dx, gpf, o_ * hg * wg, _pack(wt, FWD_TILE_MRS[tile]),
+                                            offs2, phases, np.zeros(c_, dt), sh, sw, wg, False)
 
 
 def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
@@ -274,7 +286,8 @@ def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
     offs = tap_offsets(c_, kh, kw, stride, hq, wq)
     phases = np.array([[0, 0, oh, ow, 0, offs.size]], np.intp)
     phases.flags.writeable = False
-    kern = conv_tiles[tile, code, False]
+    kern = conv_tiles[tile, act_key(code), False]
+    relu = code == RELU
     pad = _pad_phases
     img = c_ * pa * pb * hq * wq
     sh, sw = stride
@@ -312,6 +325,6 @@ def forward_plan(x_shape, w_shape, dtype, stride, padding, code):
             threshold, pad_build, tiles_build = builds()
         pad_build(xs, x, sh, sw, ph, pw, pb)
         wcols[...] = w.reshape(o_, k_).T
-        tiles_build(out, flat, img, wt, offs, phases, b, 1, 1, wq)
+        tiles_build(out, flat, img, wt, offs, phases, b, 1, 1, wq, relu)
 
     return run
