@@ -372,7 +372,8 @@ def bench(args) -> int:
     if args.import_orders:
         from .bench import orders  # see fastnet/bench/orders.py
 
-        return orders.run(quick=args.quick, rounds=args.rounds, markdown=args.markdown)
+        return orders.run(quick=args.quick, rounds=args.rounds, markdown=args.markdown,
+                          filter=args.filter, no_torch=args.no_torch)
     from .bench.runner import run  # see fastnet/bench/
 
     return run(args)
@@ -499,7 +500,8 @@ def build_parser():
                    help="the training steps and inference cases in three processes that import "
                         "NumPy, fastnet or PyTorch first, side by side")
     b.add_argument("--rounds", type=_int_at_least(1), default=5,
-                   help="with --import-orders: rounds over the processes (default: %(default)s)")
+                   help="with --import-orders: rounds over the processes (default: %(default)s; "
+                        "--repeat does not apply there: each round times about 0.3 s per case)")
     b.set_defaults(func=bench)
     return parser
 

@@ -129,6 +129,8 @@ def _configure_openmp() -> None:
     global WE_SET_SPINCOUNT, _AVOID_OMP
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
+    if os.environ.get("NUMBA_THREADING_LAYER", "").lower() in ("workqueue", "tbb", "safe"):
+        return  # the user chose a layer that is not OpenMP: nothing to set for it
     if _shared_libgomp_loaded():
         # NOTE: too late for the environment: that runtime spins for libgomp's default
         # (e.g. torch was imported first), and spinning workers stall whatever else wants

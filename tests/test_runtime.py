@@ -235,3 +235,15 @@ def test_training_steps_reuse_memory_instead_of_page_faulting():
     assert r.returncode == 0, r.stderr[-3000:]
     tuned, reported, _ = eval(r.stdout.strip().splitlines()[-1])
     assert not tuned and not reported
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "tbb"])
+def test_no_openmp_setting_when_the_user_chose_another_layer(layer):
+    """GOMP_SPINCOUNT is for Numba's OpenMP pool only: with another layer chosen, fastnet
+    leaves the environment (which a later torch and child processes inherit) alone."""
+    if layer == "tbb" and not _tbb_installed():
+        pytest.skip("TBB is not installed (x86-64 only)")
+    r = _run(INTERLEAVED, NUMBA_THREADING_LAYER=layer)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = eval(r.stdout.strip().splitlines()[-1])
+    assert info["threading_layer"] == layer and info["gomp_spincount"] is None

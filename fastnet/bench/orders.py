@@ -128,8 +128,10 @@ class _Process:
         self.proc.wait()
 
 
-def run(quick=False, rounds=5, repeat=None, markdown=False, out=print) -> int:
-    """Measure and print the table (see the module docstring); 0 when every process ran."""
+def run(quick=False, rounds=5, repeat=None, markdown=False, out=print, filter=None,
+        no_torch=False) -> int:
+    """Measure and print the table (see the module docstring); 0 when every process ran,
+    2 when ``filter`` matches no case."""
     import fastnet
 
     from .cases import torch_available
@@ -137,10 +139,14 @@ def run(quick=False, rounds=5, repeat=None, markdown=False, out=print) -> int:
 
     threads = fastnet.threading_info()["num_threads"]
     orders = {k: v.format(threads=threads) for k, v in ORDERS.items()
-              if k != "torch first" or torch_available()}
+              if k != "torch first" or (torch_available() and not no_torch)}
+    cases = [c for c in headline_cases(quick) if not filter or filter in c.name]
+    if not cases:
+        print(f"fastnet bench: no training step or inference case matches --filter {filter!r}",
+              file=sys.stderr)
+        return 2
     env = clean_env()
     procs = [_Process(label, code, quick, env) for label, code in orders.items()]
-    cases = headline_cases(quick)
     times = {(c.name, p.label): [] for c in cases for p in procs}
     conc = {p.label: [] for p in procs}
     try:
@@ -151,7 +157,8 @@ def run(quick=False, rounds=5, repeat=None, markdown=False, out=print) -> int:
                 for p in turn:
                     times[case.name, p.label] += p.ask(case=case.name, repeat=n)["times"]
             for p in turn:
-                a = p.ask(concurrent=40 if quick else 100)
+                # (quick: enough tiny calls that starting two threads is not the time)
+                a = p.ask(concurrent=400 if quick else 100)
                 conc[p.label].append(a["two"] / a["one"])
     finally:
         for p in procs:
@@ -159,7 +166,7 @@ def run(quick=False, rounds=5, repeat=None, markdown=False, out=print) -> int:
 
     sep = " | " if markdown else "  "
     labels = [p.label for p in procs]
-    concurrent = f"2 threads / 1 thread, {concurrent_case([c.name for c in cases])}"
+    concurrent = f"2 threads / 1 thread, {concurrent_case([c.name for c in headline_cases(quick)])}"
     width = max(len(n) for n in [c.name for c in cases] + [concurrent])
     out(f"CPU: {cpu_model()}; {threads} threads; {rounds} rounds, the processes in turn")
     for p in procs:

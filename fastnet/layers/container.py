@@ -30,6 +30,12 @@ class Flatten(Module):
         return grad_out.reshape(shape) if input_grad else None
 
 
+# input shapes with an inference plan per model (a server's few batch sizes, the last
+# batch of an epoch); with 4 and every plan dropped when full, 5 sizes in turn rebuilt a
+# plan on every call, slower than none
+MAX_PLANS = 16
+
+
 class Sequential(Module):
     """Layers applied in order; children are named "0", "1", ... as in PyTorch."""
 
@@ -86,8 +92,10 @@ class Sequential(Module):
         out = self._forward_layers(x)
         if x.flags.c_contiguous and self.device == CPU:
             plans = self._plans
-            if plans is None or len(plans) >= 4:  # (a few shapes: the last batch differs)
+            if plans is None:
                 plans = self._plans = {}
+            elif len(plans) >= MAX_PLANS:  # the oldest shape goes
+                plans.pop(next(iter(plans)))
             steps = _plans.build(self.layers, x.shape, x.dtype)
             plans[x.shape] = _plans.InferencePlan(x.shape, x.dtype, generation, steps)
         return out

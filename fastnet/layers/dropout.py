@@ -16,6 +16,8 @@ class Dropout(Module):
     is built (``fastnet.manual_seed``) and derives the k-th call's mask from (seed, k).
     """
 
+    _RUN_STATE = frozenset({"calls"})  # (see Module._RUN_STATE)
+
     def __init__(self, p=0.5):
         self.p = real(p, "p", "Dropout", 0.0, 1.0)
         self.seed = _rng.new_seed()

@@ -219,9 +219,14 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    # public attributes that change with every training call and that no inference plan
+    # reads (Dropout's call count, a recurrent layer's initial-state gradients): setting
+    # them must not invalidate every model's plans
+    _RUN_STATE = frozenset()
+
     def __setattr__(self, name, value):
         # (public names only: what forward keeps for backward, "_saved", costs nothing more)
-        if name[0] != "_":
+        if name[0] != "_" and name not in self._RUN_STATE:
             GENERATION[0] += 1
         object.__setattr__(self, name, value)
 

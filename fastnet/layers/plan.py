@@ -46,12 +46,27 @@ class Step:
         self.scratch, self.view = tuple(scratch), view
 
 
+def _overridden(layer):
+    """Whether ``layer`` may run other code than its plan step stands for: its ``forward``
+    or ``__call__`` comes from a class outside fastnet (a user's subclass overriding them),
+    or was set on the instance. Such a layer is called, never planned."""
+    cls = type(layer)
+    for name in ("forward", "__call__"):
+        if name in vars(layer):
+            return True
+        owner = next(c for c in cls.__mro__ if name in vars(c))
+        if not owner.__module__.startswith("fastnet."):
+            return True
+    return False
+
+
 def build(layers, shape, dtype):
     """The steps of ``layers`` for an input of ``shape`` and ``dtype`` (one that their
     forward has just accepted), or None when one of them has no plan form (a layer
     without ``_plan_step``, one in training mode or not on the CPU)."""
     if any(layer.training or layer.device != CPU
-           or type(layer)._plan_step is Module._plan_step for layer in layers):
+           or type(layer)._plan_step is Module._plan_step or _overridden(layer)
+           for layer in layers):
         return None  # (before any step is prepared: this may run on every call)
     steps = []
     i = 0

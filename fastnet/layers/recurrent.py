@@ -32,6 +32,8 @@ class _Recurrent(Module):
     or None when forward was called without them.
     """
 
+    _RUN_STATE = frozenset({"grad_h0", "grad_c0"})  # (see Module._RUN_STATE)
+
     mode = None
     num_gates = 1
 

@@ -228,3 +228,82 @@ def test_models_with_plans_copy_and_pickle(rng):
         np.testing.assert_array_equal(other(x), want)
         other[1].weight.data[...] = 0
         np.testing.assert_array_equal(model(x), want)  # the copy has its own arrays
+
+
+class _ScaledDense(Dense):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class _ClippedTanh(Tanh):
+    def forward(self, x):
+        return np.clip(super().forward(x), 0, 0.5)
+
+
+class _CountingConv(Conv2D):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def test_a_layer_whose_forward_is_overridden_is_called_every_time(rng):
+    """A subclass overriding forward, or a forward set on the instance, is never replaced
+    by the plan's kernel (the plan would run the parent's maths and skip the override)."""
+    x = rng.standard_normal((2, 4)).astype(f32)
+    model = Sequential(_ScaledDense(4, 3), _ClippedTanh()).eval()
+    first = model(x)
+    d = model.layers[0]
+    np.testing.assert_allclose(first, np.clip(np.tanh(2 * (x @ d.weight.data.T + d.bias.data)),
+                                              0, 0.5), rtol=1e-6, atol=1e-7)
+    for _ in range(3):
+        np.testing.assert_array_equal(model(x), first)
+    plain = Sequential(Dense(4, 3)).eval()
+    stock = plain.layers[0].forward
+    plain.layers[0].forward = lambda v: stock(v) * 0
+    for _ in range(3):
+        assert not plain(x).any()
+    counting = Sequential(_CountingConv(1, 2, 3), ReLU()).eval()
+    xc = rng.standard_normal((1, 1, 6, 6)).astype(f32)
+    for _ in range(3):
+        counting(xc)
+    assert _CountingConv.calls == 3
+
+
+def test_training_elsewhere_keeps_this_models_plan(rng):
+    """Dropout's call count and a recurrent layer's initial-state gradients change on every
+    training call; setting them must not invalidate other models' plans."""
+    from fastnet.layers import LSTM
+
+    served = models.lenet((1, 28, 28)).eval()
+    trained = Sequential(Flatten(), Dense(64, 32), Dropout(0.5), Dense(32, 10))
+    lstm = LSTM(3, 4)
+    h0 = (np.zeros((1, 2, 4), f32), np.zeros((1, 2, 4), f32))
+    x = rng.standard_normal((1, 1, 28, 28)).astype(f32)
+    served(x)
+    plan = served._plans[x.shape]
+    for _ in range(2):
+        trained(rng.standard_normal((8, 1, 8, 8)).astype(f32))
+        out, _ = lstm(rng.standard_normal((2, 5, 3)).astype(f32), h0)
+        lstm.backward(np.ones_like(out))
+        np.testing.assert_array_equal(served(x), _layer_by_layer(served, x))
+        assert served._plans[x.shape] is plan
+
+
+def test_many_input_shapes_keep_their_plans(rng):
+    """Up to MAX_PLANS shapes keep a plan each (with 4 and all dropped when full, five
+    batch sizes in turn rebuilt one on every call); past it the oldest goes."""
+    from fastnet.layers.container import MAX_PLANS
+
+    model = models.lenet((1, 28, 28)).eval()
+    xs = [rng.standard_normal((b, 1, 28, 28)).astype(f32) for b in range(1, 7)]
+    for x in xs:
+        model(x)
+    plans = dict(model._plans)
+    for x in xs:
+        np.testing.assert_array_equal(model(x), _layer_by_layer(model, x))
+    assert all(model._plans[k] is plans[k] for k in plans)
+    for b in range(7, MAX_PLANS + 2):
+        model(rng.standard_normal((b, 1, 28, 28)).astype(f32))
+    assert len(model._plans) == MAX_PLANS and xs[0].shape not in model._plans
