@@ -69,7 +69,7 @@ def serve():
     "two": s}; the first line out describes the process."""
     import fastnet
 
-    from .runner import import_order
+    from .runner import import_order, run_times
 
     quick = "--quick" in sys.argv
     cases = {c.name: c for c in headline_cases(quick)}
@@ -93,14 +93,7 @@ def serve():
             one, two = _two_threads(b, req["concurrent"])
             print(json.dumps({"one": one, "two": two}), flush=True)
             continue
-        b = bench(req["case"])
-        times = []
-        for _ in range(req["repeat"]):
-            if b.setup is not None:
-                b.setup()
-            start = time.perf_counter()
-            b.run()
-            times.append(time.perf_counter() - start)
+        times = run_times({"fastnet": bench(req["case"])}, req["repeat"])["fastnet"]
         print(json.dumps({"times": times}), flush=True)
 
 

@@ -245,7 +245,11 @@ def matmul_nt(out, a, b, bias=None, code=IDENTITY):
     sigmoid or tanh as one pass over out afterwards."""
     m, n = a.shape[0], b.shape[0]
     relu = code == RELU
-    if m < DOT_ROWS:
+    if a.shape[1] == 0:  # empty sums (the tiles would divide by K)
+        out[...] = 0 if bias is None else bias
+        if relu:
+            np.maximum(out, 0, out=out)
+    elif m < DOT_ROWS:
         dot_rows(out, a, b, bias, relu)
     elif m < n:
         # NOTE: the batch is the smaller operand: pack it (transposed) and let the weight
@@ -260,7 +264,9 @@ def matmul_nt(out, a, b, bias=None, code=IDENTITY):
 
 def matmul_nn(out, a, b):
     """out (M, N) = a @ b: a (M, K), b (K, N), C-contiguous."""
-    if a.shape[0] < DOT_ROWS:
+    if a.shape[1] == 0:  # empty sums (the tiles would divide by K)
+        out[...] = 0
+    elif a.shape[0] < DOT_ROWS:
         nn_rows(out, a, b)
     else:
         # NOTE: a bias of -0.0, not None: x + -0.0 is x for every x (-0.0, NaN and inf

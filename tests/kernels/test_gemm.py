@@ -84,3 +84,18 @@ def test_results_do_not_depend_on_the_build(rng, monkeypatch):
         gemm.matmul_nt(out, a, b)
         got.append(out)
     np.testing.assert_array_equal(got[0], got[1])
+
+
+@pytest.mark.parametrize("m", [2, 9])
+def test_empty_sums_give_the_bias_or_zero(m):
+    """K = 0: every output is the empty sum (the tiles divide their work by K)."""
+    a, b = np.ones((m, 0), np.float32), np.ones((5, 0), np.float32)
+    bias = np.array([-2, -1, 0, 1, 2], np.float32)
+    out = np.full((m, 5), 7.0, np.float32)
+    gemm.matmul_nt(out, a, b, bias, ACTIVATIONS["relu"])
+    np.testing.assert_array_equal(out, np.broadcast_to([0, 0, 0, 1, 2], (m, 5)))
+    out = np.full((m, 4), 7.0, np.float32)
+    gemm.matmul_nn(out, a, np.ones((0, 4), np.float32))
+    assert not out.any()
+    gemm.matmul_tn(out, np.ones((0, m), np.float32), np.ones((0, 4), np.float32))
+    assert not out.any()
