@@ -25,11 +25,14 @@ class Parameter:
     index the raw buffer.
     """
 
-    __slots__ = ("_data", "_grad")
+    __slots__ = ("_data", "_grad", "_reducer")
 
     def __init__(self, data):
         self._data = None
         self._grad = None
+        # a DistributedDataParallel's gradient averaging (fastnet/distributed.py): told
+        # when a backward wrote this gradient, waited for when the gradient is read
+        self._reducer = None
         self.data = data
 
     @property
@@ -43,10 +46,16 @@ class Parameter:
 
     @property
     def grad(self):
+        reducer = self._reducer
+        if reducer is not None and reducer.pending:
+            reducer.finish()  # the average over the ranks, not this rank's own gradient
         return self._grad
 
     @grad.setter
     def grad(self, value):
+        reducer = self._reducer
+        if reducer is not None and reducer.pending:
+            reducer.finish()  # (its results would land on top of this value)
         self._grad = None if value is None else self._checked(value, "grad")
 
     def _checked(self, value, what):
@@ -84,6 +93,14 @@ class Parameter:
             self._grad = slot
         else:
             _kernel("accumulate", device)(self._grad, slot)
+        if self._reducer is not None:
+            self._reducer.grad_ready(self)
+
+    def __getstate__(self):  # copies and pickles leave the gradient averaging behind
+        return {"_data": self._data, "_grad": self.grad}
+
+    def __setstate__(self, state):
+        self._data, self._grad, self._reducer = state["_data"], state["_grad"], None
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
