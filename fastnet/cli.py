@@ -18,7 +18,10 @@ INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _fail(command, message) -> int:
-    print(f"fastnet {command}: {message}", file=sys.stderr)
+    from .distributed import _WORLD as world  # (what init() found, if it ran)
+
+    where = f" (rank {world.rank} of {world.size})" if world.size > 1 else ""
+    print(f"fastnet {command}{where}: {message}", file=sys.stderr)
     return 2
 
 
@@ -82,6 +85,7 @@ def train(args) -> int:
     from .data import ArrayDataset, DataLoader, train_val_split
     from .models import MODELS
     from .optim import SGD, Adam
+    from . import distributed as dist
     from .train import (CosineLR, NonFiniteLossError, StepLR, Trainer, _checkpoint_path,
                         plot_history)
 
@@ -131,7 +135,10 @@ def train(args) -> int:
             train_set, val_set = train_val_split(train_set, args.val_fraction, seed=args.seed)
         except ValueError as e:  # too few images for the fraction asked
             return fail(f"--val-fraction {args.val_fraction}: {e}")
-    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
+    world = dist.world_size()
+    # under MPI: each rank takes its share of every epoch, batch_size samples a step
+    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed,
+                              distributed=world > 1)
     # NOTE: validation and test take the training batch size (they took 256): then they run
     # the builds training compiled; 256 digits crossed the size from which the convolutions
     # run their parallel build, which a first run compiled for evaluation alone (3.3 s of 14).
@@ -151,7 +158,7 @@ def train(args) -> int:
     test_metrics = None
 
     def write_metrics(trainer, record=None):
-        if out is not None:
+        if out is not None and dist.is_main():
             _write_json(os.path.join(out, "metrics.json"), {
                 "config": config, "history": trainer.history, "best": trainer.best,
                 "stop_reason": trainer.stop_reason, "test": test_metrics})
@@ -166,10 +173,12 @@ def train(args) -> int:
             return fail(f"{e} (nothing was written; resume with the options of the run that "
                         "wrote the checkpoint)")
     n_params = sum(p.data.size for p in model.parameters())
+    batch = (f"batch {args.batch_size}" if world == 1 else
+             f"batch {args.batch_size} per rank x {world} ranks = {args.batch_size * world}")
     sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set is not None else "")
     print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
           f"{DESCRIPTIONS[args.data]}, {sizes}{len(x_test)} test images, {args.optimizer} "
-          f"lr={args.lr} ({args.schedule} schedule), batch {args.batch_size}, {args.epochs} "
+          f"lr={args.lr} ({args.schedule} schedule), {batch}, {args.epochs} "
           f"epochs, on {args.device}", flush=True)
     if resume is not None:
         print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
@@ -189,6 +198,8 @@ def train(args) -> int:
     test_metrics = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), args.batch_size))
     print(f"test accuracy: {100 * test_metrics['acc']:.2f}% ({len(x_test)} held-out images), "
           f"test loss {test_metrics['loss']:.4f}")
+    if not dist.is_main():  # rank 0 writes the files
+        return 0
     if out is not None:
         write_metrics(trainer)
         written = ["checkpoint.npz", "best.npz", "metrics.json"]
@@ -519,6 +530,29 @@ def _compile_notice(command):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from . import distributed as dist
+
+    try:
+        world = dist.world_size()  # joins the MPI job when an MPI launcher started us
+    except dist.MPIUnavailableError as e:
+        return _fail(args.command, str(e).removeprefix("fastnet: "))
+    if world == 1:
+        return _run(args)
+    # Under MPI: rank 0 speaks (the others' stdout goes nowhere; their errors still show),
+    # and a rank that fails ends the job, so that no rank waits for it forever.
+    quiet = open(os.devnull, "w") if dist.rank() != 0 else None
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            code = _run(args)
+    finally:
+        if quiet:
+            quiet.close()
+    if code:
+        dist.abort(code)
+    return code
+
+
+def _run(args) -> int:
     from .errors import FileFormatError
 
     try:

@@ -30,7 +30,7 @@ import numpy as np
 from .device import device_of, to_numpy, copy_into
 from .layers.module import Module, Parameter
 
-__all__ = ["rank", "world_size", "is_main", "local_rank", "launched_size", "init",
+__all__ = ["rank", "world_size", "is_main", "local_rank", "launched_size", "init", "select_gpu",
            "DistributedDataParallel", "all_sum", "all_max", "broadcast_object", "barrier",
            "abort", "MPIUnavailableError"]
 
@@ -130,6 +130,25 @@ def local_rank() -> int:
     """This rank's index among the ranks on its machine (0 outside MPI): the GPU it uses."""
     init()
     return _WORLD.local_rank
+
+
+def select_gpu():
+    """Make this rank's GPU the current one: GPU ``local_rank() % count`` (call it before
+    the model moves to "cuda"; the Trainer does). Returns its index, None without CUDA."""
+    from . import cuda
+
+    if not cuda.is_available():
+        return None
+    if cuda.simulator():  # one simulated GPU
+        return 0
+    from numba import cuda as nbcuda
+
+    count = len(nbcuda.gpus)
+    if count == 0:
+        return None
+    index = local_rank() % count
+    nbcuda.select_device(index)
+    return index
 
 
 def _install_abort_hook():
@@ -555,7 +574,7 @@ class DistributedDataParallel(Module):
         params = module.parameters()
         self._reducer = _Reducer(_WORLD.comm, _WORLD.MPI, params,
                                  int(self.bucket_cap_mb * 2 ** 20), self.overlap,
-                                 cuda_aware() and module.device.name == "cuda")
+                                 cuda_aware() and module.device.type == "cuda")
         for p in params:
             p._reducer = self._reducer
 

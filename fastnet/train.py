@@ -211,21 +211,43 @@ def _correct(logits, labels):
     return int((to_numpy(logits).argmax(axis=1) == np.asarray(labels)).sum())
 
 
-def evaluate(model, loader, loss_fn=None):
+def _rank_batches(loader, rank, world):
+    """This rank's part of an evaluation over all of ``loader``: a fastnet DataLoader's
+    batches by index modulo ``world`` (whole set, unpadded, generator untouched), any
+    other iterable's every world-th batch."""
+    if hasattr(loader, "_eval_batches"):
+        return loader._eval_batches(rank, world)
+    return (b for i, b in enumerate(loader) if i % world == rank)
+
+
+def evaluate(model, loader, loss_fn=None, distributed=None):
     """{"loss": mean loss, "acc": accuracy} of ``model`` over ``loader``, in eval mode
-    (the model's mode is restored afterwards)."""
+    (the model's mode is restored afterwards).
+
+    Under MPI with several ranks (``distributed`` None: fastnet.distributed decides; it
+    is a collective, every rank calls it), each rank evaluates every world_size-th batch
+    of the whole set and the sums are reduced: every rank returns the metrics of the
+    whole set, each sample counted once."""
+    from . import distributed as dist
+
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+    world = dist.world_size() if distributed is None or distributed else 1
+    if isinstance(model, dist.DistributedDataParallel):
+        model = model.module
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
+    batches = _rank_batches(loader, dist.rank(), world) if world > 1 else loader
     try:
-        for xb, yb in loader:
+        for xb, yb in batches:
             logits = model(xb)
             total_loss += float(loss_fn(logits, yb)) * len(yb)
             correct += _correct(logits, yb)
             seen += len(yb)
     finally:
         model.train(was_training)
+    if world > 1:
+        total_loss, correct, seen = dist.all_sum([total_loss, correct, seen])
     if seen == 0:
         raise ValueError("evaluate: the loader gave no samples")
     return {"loss": total_loss / seen, "acc": correct / seen}
@@ -245,6 +267,15 @@ class Trainer:
     log            called with one line per epoch (default print; None for silence)
     on_epoch_end   called as on_epoch_end(trainer, record) after each epoch
     config         a JSON-serialisable dict stored in checkpoints (e.g. the CLI's options)
+
+    Under MPI with several ranks (fastnet.distributed), the model is wrapped in a
+    ``DistributedDataParallel`` (unless it is one already): gradients are averaged over
+    the ranks, each rank taking its share of every batch from a ``DataLoader(...,
+    distributed=True)``. Only rank 0 logs, shows the progress bar and writes checkpoints;
+    the training metrics and samples/s are over all ranks, and validation covers the whole
+    set once, split between the ranks. Checkpoints hold the model itself (not the
+    wrapper) and resume with any number of ranks. Every rank reads the checkpoint it
+    resumes from.
 
     On Ctrl-C, fit writes the state after the last completed epoch to checkpoint.npz, rolls
     the trainer (model, optimizer, RNGs, history) back to it, and re-raises
@@ -271,10 +302,30 @@ class Trainer:
         if schedule is not None and not callable(schedule):
             raise TypeError(f"Trainer: schedule must be callable as schedule(epoch, base_lr), "
                             f"got {schedule!r}")
+        from . import distributed as dist
+
+        net = model
+        if isinstance(model, dist.DistributedDataParallel):
+            model = model.module
         if checkpoint_dir is not None:
             _describe(model)  # a model checkpoints cannot rebuild fails now, not after epoch 1
         self.device = Device(device)  # RuntimeError here when the device is unavailable
-        self.model = model.to(self.device)
+        self.world, self.rank = dist.world_size(), dist.rank()
+        if net is not model:
+            if model.device != self.device:
+                raise ValueError(f"Trainer: the DistributedDataParallel's model is on "
+                                 f"{model.device}, the trainer's device is {self.device}; "
+                                 "move the model before wrapping it")
+            self.model = model
+        else:
+            if self.world > 1 and self.device.type == "cuda":
+                dist.select_gpu()
+            self.model = model.to(self.device)
+            if self.world > 1:
+                net = dist.DistributedDataParallel(self.model)
+        self.net = net  # what runs forward and backward: the model, or its DDP wrapper
+        if self.world > 1 and self.rank != 0:  # one rank speaks for the job
+            log, progress = None, False
         self.optimizer = optimizer
         self.loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
         self.schedule = schedule
@@ -312,6 +363,11 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         self._loaders = (train_loader, val_loader)
+        if self.world > 1 and not getattr(train_loader, "distributed", False) \
+                and self.epoch == 0 and not self.history:
+            self.log(f"note: {self.world} ranks train on the same batches: the train loader "
+                     "is not distributed (DataLoader(..., distributed=True) gives each rank "
+                     "its share)")
         if self._loader_states is not None:
             for loader, key in ((train_loader, "train"), (val_loader, "val")):
                 state = self._loader_states.get(key)
@@ -344,10 +400,12 @@ class Trainer:
                 if self.checkpoint_dir is not None:
                     last = self._state()
                     path = os.path.join(self.checkpoint_dir, "checkpoint.npz")
-                    write_npz(path, *last, "Trainer")
+                    if self.rank == 0:  # (the other ranks hold the same state)
+                        write_npz(path, *last, "Trainer")
+                        if improved:
+                            write_npz(os.path.join(self.checkpoint_dir, "best.npz"), *last,
+                                      "Trainer")
                     self._on_disk = (os.path.abspath(path), self.epoch)
-                    if improved:
-                        write_npz(os.path.join(self.checkpoint_dir, "best.npz"), *last, "Trainer")
                 line = self._line(record, epochs)
                 if self._announced and not announced:  # this epoch compiled kernels
                     line += f"  (+{self._epoch_jit:.1f} s compiling, not counted)"
@@ -362,7 +420,8 @@ class Trainer:
                 self.log(f"interrupted in epoch {self.epoch + 1}; no checkpoint_dir, nothing saved")
                 raise
             path = os.path.join(self.checkpoint_dir, "checkpoint.npz")
-            write_npz(path, *last, "Trainer")
+            if self.rank == 0:
+                write_npz(path, *last, "Trainer")
             # Roll this trainer back too, so that calling fit again continues exactly.
             self._check_checkpoint(*last, path, "Trainer")()
             self.log(f"interrupted in epoch {self.epoch + 1}: saved the state after epoch "
@@ -393,7 +452,10 @@ class Trainer:
     def _run_epoch(self, train_loader, val_loader, epochs):
         lr = self.schedule(self.epoch, self.base_lr) if self.schedule is not None else self.base_lr
         self.optimizer.lr = float(lr)
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        model, loss_fn, opt = self.net, self.loss_fn, self.optimizer
+        world = self.world
+        if world > 1:
+            from . import distributed as dist
         model.train()
         self._bar = bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}",
                                        self.progress)
@@ -407,6 +469,9 @@ class Trainer:
                 opt.zero_grad()
                 logits = model(xb)
                 loss = float(loss_fn(logits, yb))  # a host float on any device
+                if world > 1:  # the batch's loss over all ranks: the same decision on each
+                    loss_sum, count = dist.all_sum([loss * len(yb), len(yb)])
+                    loss = loss_sum / count
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"Trainer: the training loss is {loss} at epoch {self.epoch + 1}, step "
@@ -423,19 +488,29 @@ class Trainer:
                     # (tqdm's unpause drops the time since its last redraw)
                     jit_seen = jit
                     unpause()
-                rate = seen / watch.working()
+                rate = world * seen / watch.working()
                 bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} samples/s", refresh=False)
                 bar.update()  # draws the postfix at most every mininterval
         finally:
             bar.close()
             self._bar = None
         train_seconds = watch.working()  # without the JIT's seconds
+        if world > 1:  # over all ranks; the slowest rank's time
+            total_loss, correct, seen = dist.all_sum([total_loss, correct, seen])
+            train_seconds = dist.all_max(train_seconds)
         val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
         self._epoch_jit = watch.jit()
-        return {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
-                "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
-                "lr": self.optimizer.lr, "samples_per_s": seen / train_seconds,
-                "seconds": watch.elapsed()}
+        record = {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
+                  "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
+                  "lr": self.optimizer.lr, "samples_per_s": seen / train_seconds,
+                  "seconds": watch.elapsed()}
+        if world > 1:
+            record["ranks"] = world
+            batch = getattr(train_loader, "batch_size", None)
+            if batch is not None:
+                record["global_batch"] = int(batch) * (world if getattr(
+                    train_loader, "distributed", False) else 1)
+        return record
 
     @contextlib.contextmanager
     def _compile_notice(self):
@@ -492,7 +567,11 @@ class Trainer:
                 f"train acc {100 * r['train_acc']:6.2f}%  ")
         if r["val_loss"] is not None:
             line += f"val loss {r['val_loss']:.4f}  val acc {100 * r['val_acc']:6.2f}%  "
-        return line + f"lr {r['lr']:.3g}  {r['samples_per_s']:8.0f} samples/s"
+        line += f"lr {r['lr']:.3g}  {r['samples_per_s']:8.0f} samples/s"
+        if "ranks" in r:
+            batch = f"batch {r['global_batch']} over " if "global_batch" in r else ""
+            line += f"  ({batch}{r['ranks']} ranks)"
+        return line
 
     # ---- checkpoints -----------------------------------------------------------------------
     def _state(self):
@@ -522,10 +601,12 @@ class Trainer:
         return meta, arrays
 
     def save_checkpoint(self, path):
-        """Write the current state (as after the last completed epoch) to ``path``."""
+        """Write the current state (as after the last completed epoch) to ``path`` (on
+        rank 0 only, under MPI)."""
         if not hasattr(self, "_loaders"):
             self._loaders = (None, None)
-        write_npz(path, *self._state(), "Trainer.save_checkpoint")
+        if self.rank == 0:
+            write_npz(path, *self._state(), "Trainer.save_checkpoint")
 
     def resume(self, path):
         """Restore everything from a checkpoint (a file, or a directory holding

@@ -111,10 +111,20 @@ class DataLoader:
     the loader's own ``numpy.random.Generator``, seeded by ``seed`` (or, when seed is
     None, by a seed drawn from fastnet's generator, so ``fastnet.manual_seed`` fixes it).
     The generator's state is in ``state_dict()``, so a resumed run replays the same orders.
+
+    With ``distributed=True`` (data-parallel training over MPI, fastnet.distributed) every
+    rank draws the same epoch order from the shared seed (rank 0's, when ``seed`` is None)
+    and takes a disjoint 1/world_size share of it: rank r the positions r, r + W, r + 2W,
+    ... of the order, which is first padded by repeating its start to a multiple of W, so
+    that every rank runs the same number of batches (as PyTorch's DistributedSampler).
+    ``batch_size`` is per rank: a step of W ranks sees W * batch_size samples, the same
+    ones as one process with that batch size. ``rank`` and ``world_size`` default to the
+    MPI job's. The state (the generator's) is the same on every rank and does not depend
+    on W: a checkpoint resumes with any number of ranks.
     """
 
     def __init__(self, dataset, batch_size=32, shuffle=False, drop_last=False, seed=None,
-                 dtype=np.float32):
+                 dtype=np.float32, distributed=False, rank=None, world_size=None):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"DataLoader: expected a dataset with __len__ and __getitem__, "
                             f"got {type(dataset).__name__}")
@@ -130,15 +140,47 @@ class DataLoader:
             raise TypeError(f"DataLoader: dtype must be float32 or float64, got {self.dtype}")
         self.dataset = dataset
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        if not isinstance(distributed, (bool, np.bool_)):
+            raise TypeError(f"DataLoader: distributed must be True or False, got {distributed!r}")
+        self.distributed = bool(distributed)
+        self.rank, self.world_size = self._placement(rank, world_size)
         if seed is None:  # only a shuffling loader draws from (and so shifts) fastnet's RNG
             seed = _rng.new_seed() if shuffle else 0
+            if self.distributed and shuffle:  # the same order on every rank: rank 0's seed
+                from .. import distributed as dist
+
+                seed = dist.broadcast_object(seed)
         self.generator = np.random.default_rng(int(seed))
         if len(self) == 0:
             raise ValueError(f"DataLoader: {len(dataset)} samples give no batch of "
                              f"{self.batch_size} with drop_last=True")
 
+    def _placement(self, rank, world_size):
+        if not self.distributed:
+            if rank is not None or world_size is not None:
+                raise ValueError("DataLoader: rank and world_size need distributed=True")
+            return 0, 1
+        if world_size is None:
+            from .. import distributed as dist
+
+            world_size = dist.world_size() if rank is None else None
+            rank = dist.rank() if rank is None else rank
+        if world_size is None:
+            raise ValueError("DataLoader: give world_size together with rank")
+        world_size = _positive_int(world_size, "world_size", "DataLoader")
+        if rank is None:
+            raise ValueError("DataLoader: give rank together with world_size")
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) \
+                or not 0 <= rank < world_size:
+            raise ValueError(f"DataLoader: rank must be an int in [0, {world_size}), got {rank!r}")
+        return int(rank), world_size
+
+    def _share(self):
+        """The number of samples of each rank's share of an epoch."""
+        return -(-len(self.dataset) // self.world_size)
+
     def __len__(self):
-        n = len(self.dataset)
+        n = self._share()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
@@ -146,7 +188,24 @@ class DataLoader:
         # The permutation is drawn when iteration starts, not lazily per batch, so the
         # generator state between epochs is exactly what a checkpoint records.
         order = self.generator.permutation(n) if self.shuffle else np.arange(n)
+        if self.distributed:
+            w = self.world_size
+            share = self._share()
+            if share * w > n:  # pad with the order's start (cyclically when n < W)
+                order = np.resize(order, share * w)
+            order = order[self.rank::w]
+            n = share
         return self._batches(order, n - n % bs if self.drop_last else n)
+
+    def _eval_batches(self, rank, world_size):
+        """The batches of the whole dataset in order, unpadded and not shuffled, whose
+        index is ``rank`` modulo ``world_size``: one rank's part of an evaluation over the
+        whole set (the generator is not touched)."""
+        n, bs = len(self.dataset), self.batch_size
+        order = np.arange(n)
+        for i, start in enumerate(range(0, n, bs)):
+            if i % world_size == rank:
+                yield from self._batches(order[start:start + bs], len(order[start:start + bs]))
 
     def _batches(self, order, stop):
         for start in range(0, stop, self.batch_size):
@@ -167,5 +226,7 @@ class DataLoader:
         self.generator = _rng.generator_from_state(state["generator"], "DataLoader")
 
     def __repr__(self):
+        extra = (f", distributed=True, rank={self.rank}, world_size={self.world_size}"
+                 if self.distributed else "")
         return (f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle}, drop_last={self.drop_last})")
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}{extra})")
