@@ -478,6 +478,7 @@ class _Reducer:
 
     def _unpack_device(self, b):
         from . import cuda
+        from .kernels.cuda.elementwise import divide_into
 
         n, dev = b.total, b.device_buffer
         flags = dev[n:].copy_to_host()
@@ -487,7 +488,7 @@ class _Reducer:
             size = int(np.prod(p.shape, dtype=np.int64))
             if p._grad is None:
                 p._grad = cuda.empty(p.shape, p.dtype)
-            _scale_into(p._grad.reshape(size), dev[off:off + size], 1.0 / self.size)
+            divide_into(p._grad.reshape(size), dev[off:off + size], self.size)
 
     def abandon(self):
         """Drop launched reductions without using them (after an error in backward)."""
@@ -497,26 +498,6 @@ class _Reducer:
                 b.request.Wait()
                 b.request = None
         self.pending = False
-
-
-_SCALE_KERNEL = []
-
-
-def _scale_into(dst, src, factor):
-    """dst = src * factor on the GPU (the CUDA-aware path's average)."""
-    if not _SCALE_KERNEL:
-        from numba import cuda as nbcuda
-
-        @nbcuda.jit
-        def scale(out, x, f):
-            i = nbcuda.grid(1)
-            if i < out.size:
-                out[i] = x[i] * f
-
-        _SCALE_KERNEL.append(scale)
-    threads = 256
-    blocks = max(1, -(-dst.size // threads))
-    _SCALE_KERNEL[0][blocks, threads](dst, src, dst.dtype.type(factor))
 
 
 class DistributedDataParallel(Module):

@@ -30,3 +30,16 @@ def add(out, a, b):
     """a (...), b (...) -> out (...) = a + b: a residual block's sum and its input gradient"""
     grid, threads = launch_1d(out.size)
     _add_kernel[grid, threads](_launch.flat(out), _launch.flat(a), _launch.flat(b))
+
+
+@cuda.jit
+def _divide_kernel(out, x, d):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = x[i] / d
+
+
+def divide_into(out, x, d):
+    """x (...), d scalar -> out (...) = x / d: the average of gradients summed over MPI
+    ranks in CUDA buffers (fastnet/distributed.py; not an op of the dispatch table)"""
+    grid, threads = launch_1d(out.size)
+    _divide_kernel[grid, threads](_launch.flat(out), _launch.flat(x), out.dtype.type(d))
