@@ -123,11 +123,11 @@ def test_distributed_shares(n, batch, world):
 
 
 def test_distributed_drop_last_and_state():
-    loaders, shares = _shares(23, 4, 2, drop_last=True)
-    assert all(len(s) == 8 for s in shares) and len(loaders[0]) == 2
+    loaders, shares = _shares(23, 5, 2, drop_last=True)
+    assert all(len(s) == 10 for s in shares) and len(loaders[0]) == 2
     # the state does not depend on the rank or world size: it is the generator's
     states = {str(loader.state_dict()) for loader in loaders}
-    other, _ = _shares(23, 4, 3, drop_last=True)
+    other, _ = _shares(23, 5, 3, drop_last=True)
     states |= {str(loader.state_dict()) for loader in other}
     assert len(states) == 1
 
