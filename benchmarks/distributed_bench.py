@@ -88,6 +88,7 @@ def _worker(args):
         for _ in range(reps):
             MPI.Request.Waitall([MPI.COMM_WORLD.Iallreduce(MPI.IN_PLACE, b) for b in buffers])
         result["allreduce_s"] = dist.all_max(time.perf_counter() - t0) / reps
+        result["bucket_bytes"] = [b.nbytes for b in buffers]
     if rank == 0:
         print("RESULT " + json.dumps(result), flush=True)
 
@@ -195,8 +196,9 @@ def main():
             runs["one"].append(_run(1, t, model, args))
             runs["ddp"].append(_run(n, max(1, t // n), model, args))
             runs["ddp_no_overlap"].append(_run(n, max(1, t // n), model, args, overlap=False))
-        med = {k: {f: statistics.median(r[f] for r in v) for f in v[0] if f != "buckets"}
-               for k, v in runs.items()}
+        med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]
+                   if f not in ("buckets", "bucket_bytes")} for k, v in runs.items()}
+        med["bucket_bytes"] = runs["ddp"][0]["bucket_bytes"]
         med["buckets"] = runs["ddp"][0]["buckets"]
         rows[model] = med
         one, ddp, off = med["one"], med["ddp"], med["ddp_no_overlap"]
@@ -217,6 +219,54 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    if n == 2:
+        predict(rows, allreduce_fit(2))
+
+
+# Networks for the prediction: (name, alpha s per message step, beta bytes/s). Assumed, not
+# measured: TCP over 10 Gb/s Ethernet, and an RDMA-class 100 Gb/s fabric, each at ~90% of
+# its line rate.
+NETWORKS = (("10 Gb/s", 30e-6, 0.9 * 10e9 / 8), ("100 Gb/s", 5e-6, 0.9 * 100e9 / 8))
+
+
+def comm_time(bucket_bytes, n, alpha, beta):
+    """Allreduce of each bucket: 2 ceil(log2 N) latency steps (reduce-scatter + allgather)
+    and 2 (N - 1) / N of its bytes through each machine's link."""
+    if n == 1:
+        return 0.0
+    steps = 2 * int(np.ceil(np.log2(n)))
+    return sum(steps * alpha + 2 * (n - 1) / n * b / beta for b in bucket_bytes)
+
+
+def predict(rows, fit):
+    measured, alpha, beta = fit
+    print(f"\n## The cost model, checked here (loopback, 2 ranks: alpha {1e6 * alpha:.1f} us, "
+          f"beta {beta / 1e9:.2f} GB/s fitted to allreduces of 8 KB to 4 MB)")
+    print("| model | gradients | allreduce alone: model / measured (ms) | wait without "
+          "overlap: measured (ms) |")
+    print("| --- | --- | --- | --- |")
+    for model, med in rows.items():
+        ddp, off = med["ddp"], med["ddp_no_overlap"]
+        predicted = comm_time(med["bucket_bytes"], 2, alpha, beta)
+        print(f"| {model} | {ddp['grad_bytes'] / 1e6:.2f} MB in {len(med['bucket_bytes'])} "
+              f"buckets | {1e3 * predicted:.3f} / {1e3 * ddp['allreduce_s']:.3f} | "
+              f"{1e3 * off['wait_s']:.3f} |")
+    print("\n## Predicted: one machine like this one per rank, batch 64 per machine (weak "
+          "scaling), step = compute + allreduce not hidden")
+    print("| model | network | machines | allreduce (ms) | step, no overlap (ms) | "
+          "efficiency | step, overlap as measured here (ms) | efficiency |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for model, med in rows.items():
+        one, ddp, off = med["one"], med["ddp"], med["ddp_no_overlap"]
+        compute = one["step_s"]
+        hidden = max(0.0, 1 - ddp["wait_s"] / off["wait_s"]) if off["wait_s"] > 0 else 0.0
+        for net, a, b in NETWORKS:
+            for machines in (2, 8, 32):
+                c = comm_time(med["bucket_bytes"], machines, a, b)
+                plain, lapped = compute + c, compute + (1 - hidden) * c
+                print(f"| {model} | {net} | {machines} | {1e3 * c:.2f} | {1e3 * plain:.1f} | "
+                      f"{100 * compute / plain:.0f}% | {1e3 * lapped:.1f} | "
+                      f"{100 * compute / lapped:.0f}% |")
 
 
 if __name__ == "__main__":

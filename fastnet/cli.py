@@ -121,6 +121,9 @@ def train(args) -> int:
         args.lr = MODEL_LR.get(args.model, DEFAULT_LR)[args.optimizer]
 
     fastnet.manual_seed(args.seed)
+    world = dist.world_size()
+    if world > 1 and not dist.is_main():
+        dist.barrier()  # rank 0 downloads what is missing first: one download, no race
     try:
         x_train, y_train = _load_data(args.data, args.data_dir, args.seed, "train")
         x_test, y_test = _load_data(args.data, args.data_dir, args.seed, "test")
@@ -128,6 +131,8 @@ def train(args) -> int:
         if (message := _data_error(e)) is None:
             raise
         return fail(message)
+    if world > 1 and dist.is_main():
+        dist.barrier()
     train_set = ArrayDataset(x_train, y_train)
     val_set = None
     if args.val_fraction > 0:
@@ -135,7 +140,6 @@ def train(args) -> int:
             train_set, val_set = train_val_split(train_set, args.val_fraction, seed=args.seed)
         except ValueError as e:  # too few images for the fraction asked
             return fail(f"--val-fraction {args.val_fraction}: {e}")
-    world = dist.world_size()
     # under MPI: each rank takes its share of every epoch, batch_size samples a step
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed,
                               distributed=world > 1)

@@ -42,6 +42,7 @@ SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PM
                   "SLURM_STEP_NUM_TASKS")
 
 DEFAULT_BUCKET_MB = 1.0  # gradient bucket size (see DistributedDataParallel)
+ABORT_GRACE_S = 0.5      # between a failed rank's message and MPI_Abort
 
 
 class MPIUnavailableError(RuntimeError):
@@ -158,23 +159,27 @@ def _install_abort_hook():
 
     def hook(kind, value, tb):
         try:
-            sys.stderr.write(f"fastnet: rank {_WORLD.rank} of {_WORLD.size} failed:\n")
             if previous is not sys.__excepthook__ and previous is not hook:
+                sys.stderr.write(f"fastnet: rank {_WORLD.rank} of {_WORLD.size} failed:\n")
                 previous(kind, value, tb)
-            else:
-                traceback.print_exception(kind, value, tb)
-            sys.stderr.flush()
+            else:  # one write: the launcher forwards it whole
+                sys.stderr.write(f"fastnet: rank {_WORLD.rank} of {_WORLD.size} failed:\n"
+                                 + "".join(traceback.format_exception(kind, value, tb)))
         finally:
             abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = hook
 
 
-def abort(code=1):
-    """End the whole MPI job now with exit status ``code`` (outside MPI: ``os._exit``)."""
+def abort(code=1, grace_s=ABORT_GRACE_S):
+    """End the whole MPI job with exit status ``code`` (outside MPI: ``os._exit``), after
+    ``grace_s`` seconds for what this rank printed to reach the launcher."""
     sys.stdout.flush()
     sys.stderr.flush()
     if _WORLD.comm is not None:
+        # NOTE: MPI_Abort makes the launcher kill every rank at once, this one included;
+        # output still in its pipes can be lost: give it a moment to be forwarded
+        time.sleep(grace_s)
         _WORLD.comm.Abort(int(code))
     os._exit(int(code))
 

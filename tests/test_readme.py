@@ -22,9 +22,12 @@ def test_readme_example_runs(tmp_path, monkeypatch):
         exec(compile(code, str(README), "exec"), namespaces[-1])
     assert (tmp_path / "model.npz").exists()
     assert namespaces[0]["loss"] < 0.5  # 100 steps on one batch of 32
-    trained = [ns for ns in namespaces if "trainer" in ns]  # the Training section's fit
+    # the Training section's fit (the distributed example's keeps no history)
+    trained = [ns for ns in namespaces if "trainer" in ns and "history" in ns]
     assert len(trained) == 1 and trained[0]["history"][-1]["val_acc"] > 0.9
     assert (tmp_path / "run" / "checkpoint.npz").exists() and (tmp_path / "run" / "best.npz").exists()
+    (distributed,) = [ns for ns in namespaces if "dist" in ns]  # Beyond one machine, 1 rank
+    assert distributed["trainer"].epoch == 2 and distributed["dist"].world_size() == 1
 
 
 @pytest.mark.cuda
