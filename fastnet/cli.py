@@ -193,11 +193,13 @@ def train(args) -> int:
     except KeyboardInterrupt:
         write_metrics(trainer)
         where = f"; continue with --resume {out}" if out is not None else ""
-        print(f"fastnet train: interrupted{where}", file=sys.stderr)
+        if dist.is_main():  # (every rank got it: one says so)
+            print(f"fastnet train: interrupted{where}", file=sys.stderr)
         return INTERRUPTED
     except NonFiniteLossError as e:
         write_metrics(trainer)
-        print(f"fastnet train: {e}", file=sys.stderr)
+        if dist.is_main():  # (the loss is summed over the ranks: all of them stop here)
+            print(f"fastnet train: {e}", file=sys.stderr)
         return 1
     test_metrics = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), args.batch_size))
     print(f"test accuracy: {100 * test_metrics['acc']:.2f}% ({len(x_test)} held-out images), "
