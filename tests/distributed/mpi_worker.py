@@ -186,6 +186,29 @@ def case_raise(out):
         time.sleep(0.01)
 
 
+def case_nonfinite(out):
+    """A NaN sample in the data: whichever rank draws it, every rank stops at the same step
+    with NonFiniteLossError, before the update."""
+    from fastnet.train import NonFiniteLossError, Trainer
+
+    x, y = data(np.float32)
+    x[17] = np.nan
+    fastnet.manual_seed(0)
+    model = MODELS["mlp"](in_shape=(1, 8, 8))
+    loader = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // dist.world_size(), shuffle=True,
+                        seed=2, distributed=True)
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None)
+    try:
+        trainer.fit(loader, epochs=2)
+    except NonFiniteLossError as e:
+        stopped = [e.epoch, e.step]
+    else:
+        stopped = None
+    everyone = _gather({"stopped": stopped,
+                        "finite": bool(all(np.isfinite(p.data).all() for p in model.parameters()))})
+    _write(out, {}, {"ranks": everyone})
+
+
 def case_cuda(out):
     """A tiny model on CUDA (the simulator): host buffers, or CUDA buffers when
     FASTNET_MPI_CUDA_AWARE=1 (the simulator's device memory is host memory)."""

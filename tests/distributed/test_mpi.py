@@ -124,6 +124,14 @@ def test_sharding_uneven_dataset(tmp_path, n):
     assert meta["eval"]["acc"] == single["eval"]["acc"]
 
 
+def test_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
+    _, meta = worker(2, "nonfinite", tmp_path)
+    ranks = meta["ranks"]
+    assert ranks[0]["stopped"] is not None
+    assert all(r == ranks[0] for r in ranks)  # the same epoch and step, weights finite
+    assert ranks[0]["finite"]
+
+
 def test_batchnorm_ranks_stay_identical(tmp_path):
     _, meta = worker(3, "batchnorm", tmp_path)
     assert meta["same"]
