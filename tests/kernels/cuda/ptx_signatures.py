@@ -105,7 +105,8 @@ def optim():
 
 def elementwise():
     m = _module("elementwise")
-    return [(m._accumulate_kernel, (F1, F1)), (m._add_kernel, (F1, F1, F1))]
+    return [(m._accumulate_kernel, (F1, F1)), (m._add_kernel, (F1, F1, F1)),
+            (m._divide_kernel, (F1, F1, float32))]
 
 
 def norm():
