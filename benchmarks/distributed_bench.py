@@ -129,6 +129,39 @@ def allreduce_fit(ranks):
     return measured, max(a, 0.0), 1 / inv_b
 
 
+def equivalence():
+    """The largest per-tensor ||ranks - one|| / ||one|| and elementwise max |ranks - one| /
+    max |one| over each model's parameters, for 2 and 3 ranks."""
+    import tempfile
+
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    mpiexec = mpiexec if os.path.exists(mpiexec) else shutil.which("mpiexec")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2, 3):
+            out = os.path.join(tmp, str(n))
+            cmd = ([mpiexec, "-n", str(n)] if n > 1 else []) + [
+                sys.executable, "-m", "tests.distributed.mpi_worker", "equivalence", out]
+            subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
+            with np.load(os.path.join(out, "arrays.npz")) as f:
+                results[n] = {k: f[k] for k in f.files}
+    tags = sorted({k.split("/")[0] for k in results[1]}, key=lambda t: t.split("-")[::-1])
+    print("| model, optimizer, dtype | 2 ranks: norm-wise / element-wise | 3 ranks: norm-wise / "
+          "element-wise |")
+    print("| --- | --- | --- |")
+    for tag in tags:
+        cells = []
+        for n in (2, 3):
+            keys = [k for k in results[1] if k.startswith(tag + "/")]
+            norm = max(np.linalg.norm(results[n][k] - results[1][k]) / np.linalg.norm(results[1][k])
+                       for k in keys)
+            elem = max(np.abs(results[n][k] - results[1][k]).max() / np.abs(results[1][k]).max()
+                       for k in keys)
+            cells.append(f"{norm:.1e} / {elem:.1e}")
+        print(f"| {tag} | {cells[0]} | {cells[1]} |")
+
+
 def _run(ranks, threads, model, args, overlap=True):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -163,12 +196,17 @@ def main():
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--no-overlap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--allreduce-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--equivalence", action="store_true",
+                        help="only the parameters of N ranks against one process after 10 "
+                             "steps (tests/distributed/mpi_worker.py), as relative errors")
     parser.add_argument("--allreduce", action="store_true",
                         help="only the allreduce's cost for 2 and 3 ranks, fitted to the ring "
                              "model t = alpha + 2(N-1)/N bytes / beta")
     args = parser.parse_args()
     if args.allreduce_worker:
         return _allreduce_worker(args)
+    if args.equivalence:
+        return equivalence()
     if args.allreduce:
         for ranks in (2, 3):
             measured, a, b = allreduce_fit(ranks)

@@ -15,7 +15,7 @@ from . import runtime
 
 runtime.configure()  # threads, BLAS, malloc: before any BLAS / Numba work (fastnet/runtime.py)
 
-from . import cuda, data, kernels, layers, losses, optim, train  # noqa: E402
+from . import cuda, data, distributed, kernels, layers, losses, optim, train  # noqa: E402
 from ._rng import manual_seed  # noqa: E402
 from .runtime import threading_info  # noqa: E402
 from .device import Device, is_available  # noqa: E402
@@ -23,5 +23,5 @@ from .errors import FileFormatError  # noqa: E402
 from .serialization import load, save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["layers", "losses", "optim", "kernels", "cuda", "data", "train", "Device",
+__all__ = ["layers", "losses", "optim", "kernels", "cuda", "data", "train", "distributed", "Device",
            "is_available", "manual_seed", "save", "load", "threading_info", "FileFormatError"]

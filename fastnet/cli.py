@@ -21,7 +21,8 @@ def _fail(command, message) -> int:
     from .distributed import _WORLD as world  # (what init() found, if it ran)
 
     where = f" (rank {world.rank} of {world.size})" if world.size > 1 else ""
-    print(f"fastnet {command}{where}: {message}", file=sys.stderr)
+    sys.stderr.write(f"fastnet {command}{where}: {message}\n")  # one write: ranks' lines stay whole
+    sys.stderr.flush()
     return 2
 
 
@@ -554,7 +555,9 @@ def main(argv=None) -> int:
         if quiet:
             quiet.close()
     if code:
-        dist.abort(code)
+        # after Ctrl-C the other ranks give rank 0 time to save and say so before the abort
+        interrupted = code == INTERRUPTED and not dist.is_main()
+        dist.abort(code, grace_s=3.0 if interrupted else dist.ABORT_GRACE_S)
     return code
 
 

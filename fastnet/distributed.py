@@ -31,7 +31,7 @@ from .device import device_of, to_numpy, copy_into
 from .layers.module import Module, Parameter
 
 __all__ = ["rank", "world_size", "is_main", "local_rank", "launched_size", "init", "select_gpu",
-           "DistributedDataParallel", "all_sum", "all_max", "broadcast_object", "barrier",
+           "DistributedDataParallel", "all_sum", "all_sum_start", "all_max", "broadcast_object", "barrier",
            "abort", "MPIUnavailableError"]
 
 # Variables MPI launchers set in every rank: the world size (the first one set counts).
@@ -152,18 +152,36 @@ def select_gpu():
     return index
 
 
+_HOOKED = []
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK",
+                  "SLURM_PROCID")
+
+
+def _who():
+    """'rank R of N', from MPI once joined, else from the launcher's variables."""
+    if _WORLD.initialised:
+        return f"rank {_WORLD.rank} of {_WORLD.size}"
+    rank = next((os.environ[v] for v in RANK_VARIABLES if v in os.environ), "?")
+    return f"rank {rank} of {launched_size()}"
+
+
 def _install_abort_hook():
     """An uncaught exception on one rank ends every rank: without this, the others would
-    wait in their next collective forever (and this rank in MPI_Finalize)."""
+    wait in their next collective forever (and this rank in MPI_Finalize). Installed when
+    this module is imported (``import fastnet`` does) by a launcher's rank of several, so
+    that an error before anything joined MPI ends the job too."""
+    if _HOOKED:
+        return
+    _HOOKED.append(True)
     previous = sys.excepthook
 
     def hook(kind, value, tb):
         try:
             if previous is not sys.__excepthook__ and previous is not hook:
-                sys.stderr.write(f"fastnet: rank {_WORLD.rank} of {_WORLD.size} failed:\n")
+                sys.stderr.write(f"fastnet: {_who()} failed:\n")
                 previous(kind, value, tb)
             else:  # one write: the launcher forwards it whole
-                sys.stderr.write(f"fastnet: rank {_WORLD.rank} of {_WORLD.size} failed:\n"
+                sys.stderr.write(f"fastnet: {_who()} failed:\n"
                                  + "".join(traceback.format_exception(kind, value, tb)))
         finally:
             abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
@@ -176,11 +194,19 @@ def abort(code=1, grace_s=ABORT_GRACE_S):
     ``grace_s`` seconds for what this rank printed to reach the launcher."""
     sys.stdout.flush()
     sys.stderr.flush()
-    if _WORLD.comm is not None:
+    comm = _WORLD.comm
+    if comm is None and launched_size() > 1:  # failed before joining MPI: join to abort
+        try:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        except ImportError:  # the launcher ends the job when a rank exits non-zero
+            pass
+    if comm is not None:
         # NOTE: MPI_Abort makes the launcher kill every rank at once, this one included;
         # output still in its pipes can be lost: give it a moment to be forwarded
         time.sleep(grace_s)
-        _WORLD.comm.Abort(int(code))
+        comm.Abort(int(code))
     os._exit(int(code))
 
 
@@ -210,6 +236,28 @@ def all_sum(values):
     buf = np.array(values, dtype=np.float64)
     _WORLD.comm.Allreduce(_WORLD.MPI.IN_PLACE, buf, op=_WORLD.MPI.SUM)
     return buf.tolist()
+
+
+class _PendingSum:
+    """An all_sum under way (all_sum_start): ``wait()`` gives the list."""
+
+    def __init__(self, values):
+        self.buffer = np.array(values, dtype=np.float64)
+        self.request = (_WORLD.comm.Iallreduce(_WORLD.MPI.IN_PLACE, self.buffer,
+                                               op=_WORLD.MPI.SUM)
+                        if world_size() > 1 else None)
+
+    def wait(self):
+        if self.request is not None:
+            self.request.Wait()
+            self.request = None
+        return self.buffer.tolist()
+
+
+def all_sum_start(values):
+    """all_sum without waiting: the sum starts now, ``.wait()`` on the result gives it
+    (every rank must start its sums in the same order, as with any collective)."""
+    return _PendingSum([float(v) for v in values])
 
 
 def all_max(value):
@@ -329,12 +377,14 @@ class _Reducer:
         self.active = False             # inside backward
         self.pending = False            # launched, not yet finished
         self.enabled = True             # False inside no_sync()
+        self.late_flags = np.zeros(len(self.buckets), dtype=np.int32)
+        self.late_request = None
         # statistics (seconds, counts) since reset_stats()
         self.reset_stats()
 
     def reset_stats(self):
         self.stats = {"steps": 0, "wait_s": 0.0, "pack_s": 0.0, "unpack_s": 0.0,
-                      "bytes": 0, "launched_in_backward": 0, "buckets": 0}
+                      "bytes": 0, "launched_in_backward": 0, "buckets": 0, "relaunched": 0}
 
     # -- backward ---------------------------------------------------------------------
     def begin(self):
@@ -385,6 +435,12 @@ class _Reducer:
 
     def _launch(self, b):
         t0 = time.perf_counter()
+        for p in b.params:
+            if p.dtype != b.buffer.dtype:
+                raise RuntimeError(
+                    f"DistributedDataParallel: a parameter of shape {p.shape} is now "
+                    f"{p.dtype}, it was {b.buffer.dtype} when the model was wrapped; convert "
+                    "the model (model.to(dtype)) before wrapping it, on every rank")
         on_gpu = not isinstance(b.params[0].data, np.ndarray)
         if self.cuda_aware and on_gpu:
             self._pack_device(b)
@@ -429,17 +485,19 @@ class _Reducer:
         cuda.synchronize()  # MPI reads the buffer outside any stream
 
     def end(self):
-        """After the module's backward: launch what is left, in order; relaunch the
-        buckets whose gradients grew after they left."""
+        """After the module's backward: launch what is left, in bucket order, then the
+        late flags: which buckets a gradient reached after they left, on any rank."""
         self.active = False
-        for b in self.buckets:
-            if b.late:
-                b.request.Wait()
-                b.request, b.launched = None, False
-        self.next_launch = 0
         for b in self.buckets:
             if not b.launched:
                 self._launch(b)
+        # NOTE: a bucket can leave before a gradient it holds is complete (a parameter
+        # reached more often than in the previous backward, e.g. a layer used this step
+        # only). Every rank must then reduce it again, in the same order: the flags are
+        # reduced (max) with the buckets, and finish() relaunches the union.
+        self.late_flags[:] = [b.late for b in self.buckets]
+        self.late_request = self.comm.Iallreduce(self.MPI.IN_PLACE, self.late_flags,
+                                                 op=self.MPI.MAX)
         self.expected = dict(self.calls)  # what the next backward waits for
         self.pending = True
         self.stats["steps"] += 1
@@ -451,7 +509,13 @@ class _Reducer:
         self.pending = False  # first: the writes below go through Parameter's setter paths
         t0 = time.perf_counter()
         requests = [b.request for b in self.buckets if b.request is not None]
-        self.MPI.Request.Waitall(requests)
+        self.MPI.Request.Waitall(requests + [self.late_request])
+        late = [b for b, flag in zip(self.buckets, self.late_flags) if flag]
+        if late:  # again, from the gradients as backward left them (still this rank's own)
+            for b in late:
+                self._launch(b)
+            self.MPI.Request.Waitall([b.request for b in late])
+            self.stats["relaunched"] += len(late)
         t1 = time.perf_counter()
         self.stats["wait_s"] += t1 - t0
         for b in self.buckets:
@@ -599,10 +663,19 @@ class DistributedDataParallel(Module):
             if r.pending:
                 r.finish()
             if self.broadcast_buffers and self.module.training:
-                buffers = self.module.buffers()
-                if buffers:
-                    self._broadcast(buffers)
+                self.sync_buffers()
         return self.module(x)
+
+    def sync_buffers(self):
+        """Give every rank rank 0's buffers (BatchNorm's running statistics, which each
+        rank's training forwards update from its own share): done before each training
+        forward with ``broadcast_buffers``, and by ``fastnet.train.evaluate`` before it
+        evaluates. A collective: every rank calls it. Returns self."""
+        if self._reducer is not None:
+            buffers = self.module.buffers()
+            if buffers:
+                self._broadcast(buffers)
+        return self
 
     def backward(self, grad_out, input_grad=True):
         r = self._reducer
@@ -631,11 +704,11 @@ class DistributedDataParallel(Module):
             yield
             return
         r.finish()
-        r.enabled = False
+        was, r.enabled = r.enabled, False
         try:
             yield
         finally:
-            r.enabled = True
+            r.enabled = was  # (nested no_sync blocks: the outer one still holds)
 
     def comm_stats(self, reset=False):
         """{"steps", "wait_s", "pack_s", "unpack_s", "bytes", "buckets",
@@ -668,3 +741,7 @@ class DistributedDataParallel(Module):
 
     def __repr__(self):
         return f"DistributedDataParallel({self.module!r}, ranks={world_size()})"
+
+
+if launched_size() > 1:
+    _install_abort_hook()

@@ -224,15 +224,20 @@ def evaluate(model, loader, loss_fn=None, distributed=None):
     """{"loss": mean loss, "acc": accuracy} of ``model`` over ``loader``, in eval mode
     (the model's mode is restored afterwards).
 
-    Under MPI with several ranks (``distributed`` None: fastnet.distributed decides; it
-    is a collective, every rank calls it), each rank evaluates every world_size-th batch
-    of the whole set and the sums are reduced: every rank returns the metrics of the
-    whole set, each sample counted once."""
+    Under MPI with several ranks (``distributed`` None: fastnet.distributed decides),
+    each rank evaluates every world_size-th batch of the whole set and the sums are
+    reduced: every rank returns the metrics of the whole set, each sample counted once.
+    It is then a collective: call it on every rank (``distributed=False`` evaluates all
+    of the loader on the calling rank alone, e.g. ``if dist.is_main(): ...``). A
+    ``DistributedDataParallel`` first gives every rank rank 0's buffers (BatchNorm's
+    running statistics), so that every rank evaluates the model rank 0 saves."""
     from . import distributed as dist
 
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
     world = dist.world_size() if distributed is None or distributed else 1
     if isinstance(model, dist.DistributedDataParallel):
+        if world > 1:
+            model.sync_buffers()
         model = model.module
     was_training = model.training
     model.eval()
@@ -365,9 +370,9 @@ class Trainer:
         self._loaders = (train_loader, val_loader)
         if self.world > 1 and not getattr(train_loader, "distributed", False) \
                 and self.epoch == 0 and not self.history:
-            self.log(f"note: {self.world} ranks train on the same batches: the train loader "
-                     "is not distributed (DataLoader(..., distributed=True) gives each rank "
-                     "its share)")
+            self.log(f"note: the train loader is not DataLoader(..., distributed=True): "
+                     f"unless each of the {self.world} ranks was given its own data, they "
+                     "all train on the same batches")
         if self._loader_states is not None:
             for loader, key in ((train_loader, "train"), (val_loader, "val")):
                 state = self._loader_states.get(key)
@@ -456,6 +461,17 @@ class Trainer:
         world = self.world
         if world > 1:
             from . import distributed as dist
+
+            # every rank must run the same number of steps: each step is a collective
+            batches = len(train_loader) if hasattr(train_loader, "__len__") else None
+            if batches is not None:
+                most, fewest = dist.all_max(batches), -dist.all_max(-batches)
+                if most != fewest:
+                    raise ValueError(
+                        f"Trainer: the ranks' train loaders give {int(fewest)} to {int(most)} "
+                        f"batches per epoch (this rank {batches}); every rank must run the "
+                        "same number of steps: DataLoader(..., distributed=True) pads each "
+                        "rank's share to the same length")
         model.train()
         self._bar = bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}",
                                        self.progress)
@@ -468,9 +484,13 @@ class Trainer:
                     self.input_shape = [int(d) for d in np.shape(xb)[1:]]
                 opt.zero_grad()
                 logits = model(xb)
-                loss = float(loss_fn(logits, yb))  # a host float on any device
-                if world > 1:  # the batch's loss over all ranks: the same decision on each
-                    loss_sum, count = dist.all_sum([loss * len(yb), len(yb)])
+                loss = local_loss = float(loss_fn(logits, yb))  # a host float on any device
+                if world > 1:
+                    # the batch's loss over all ranks, summed while backward runs: every
+                    # rank then takes the same decision below, before the optimizer's step
+                    total = dist.all_sum_start([loss * len(yb), len(yb)])
+                    model.backward(loss_fn.backward(), input_grad=False)
+                    loss_sum, count = total.wait()
                     loss = loss_sum / count
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
@@ -478,9 +498,10 @@ class Trainer:
                         f"{step} of {len(train_loader)}; stopped before updating the weights "
                         "with it (look for NaN or inf in the inputs, or lower the learning "
                         "rate).", epoch=self.epoch + 1, step=step, loss=loss, checkpoint=None)
-                model.backward(loss_fn.backward(), input_grad=False)
+                if world == 1:
+                    model.backward(loss_fn.backward(), input_grad=False)
                 opt.step()
-                total_loss += loss * len(yb)
+                total_loss += local_loss * len(yb)  # (summed over the ranks at the end)
                 correct += _correct(logits, yb)
                 seen += len(yb)
                 if (jit := watch.jit()) != jit_seen:
@@ -540,7 +561,7 @@ class Trainer:
     def evaluate(self, loader):
         """{"loss": mean loss, "acc": accuracy} over ``loader``, in eval mode."""
         with self._compile_notice():
-            return evaluate(self.model, loader, self.loss_fn)
+            return evaluate(self.net, loader, self.loss_fn)
 
     def _update_best(self, record):
         value = record[self.monitor]

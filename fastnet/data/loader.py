@@ -117,8 +117,9 @@ class DataLoader:
     and takes a disjoint 1/world_size share of it: rank r the positions r, r + W, r + 2W,
     ... of the order, which is first padded by repeating its start to a multiple of W, so
     that every rank runs the same number of batches (as PyTorch's DistributedSampler).
-    ``batch_size`` is per rank: a step of W ranks sees W * batch_size samples, the same
-    ones as one process with that batch size. ``rank`` and ``world_size`` default to the
+    With ``drop_last`` the order is cut to a multiple of W instead, and each rank drops
+    its last incomplete batch. ``batch_size`` is per rank: a step of W ranks sees W *
+    batch_size samples, the same ones as one process with that batch size. ``rank`` and ``world_size`` default to the
     MPI job's. The state (the generator's) is the same on every rank and does not depend
     on W: a checkpoint resumes with any number of ranks.
     """
@@ -176,8 +177,10 @@ class DataLoader:
         return int(rank), world_size
 
     def _share(self):
-        """The number of samples of each rank's share of an epoch."""
-        return -(-len(self.dataset) // self.world_size)
+        """The number of samples of each rank's share of an epoch: the order padded to a
+        multiple of world_size, or with ``drop_last`` cut to one (as DistributedSampler)."""
+        n, w = len(self.dataset), self.world_size
+        return n // w if self.drop_last else -(-n // w)
 
     def __len__(self):
         n = self._share()
@@ -191,8 +194,8 @@ class DataLoader:
         if self.distributed:
             w = self.world_size
             share = self._share()
-            if share * w > n:  # pad with the order's start (cyclically when n < W)
-                order = np.resize(order, share * w)
+            # pad with the order's start (cyclically when n < W), or cut (drop_last)
+            order = np.resize(order, share * w)
             order = order[self.rank::w]
             n = share
         return self._batches(order, n - n % bs if self.drop_last else n)

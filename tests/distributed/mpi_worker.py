@@ -150,13 +150,21 @@ def case_batchnorm(out):
     w = dist.world_size()
     for step in range(3):
         idx = np.arange(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)[dist.rank()::w]
+        x[idx] *= 1 + dist.rank()  # different statistics on each rank
         opt.zero_grad()
         loss(net(x[idx]), y[idx])
         net.backward(loss.backward(), input_grad=False)
         opt.step()
-    net(x[:2])  # a training forward broadcasts rank 0's buffers
+    params = {k: np.asarray(p.data) for k, p in model.named_parameters()}
+    same_params = _same_on_all_ranks(params)
+    # evaluation first gives every rank rank 0's running statistics: the metrics are those
+    # of the model rank 0 saves
+    xe, ye = data(np.float32)  # (x was scaled per rank)
+    metrics = evaluate(net, DataLoader(ArrayDataset(xe[:40], ye[:40]), 8))
     state = {k: np.asarray(v) for k, v in model.state_dict().items()}
-    _write(out, {}, {"same": _same_on_all_ranks(state)})
+    alone = evaluate(model, DataLoader(ArrayDataset(xe[:40], ye[:40]), 8), distributed=False)
+    _write(out, {}, {"same": same_params and _same_on_all_ranks(state),
+                     "eval": metrics, "eval_rank0_alone": alone})
 
 
 def case_mismatch(out):
@@ -209,6 +217,89 @@ def case_nonfinite(out):
     _write(out, {}, {"ranks": everyone})
 
 
+class Conditional(Sequential):
+    """Dense -> ReLU -> [Dense, used only when ``use_extra``] -> Dense: a layer that some
+    steps, or some ranks, leave out."""
+
+    def __init__(self):
+        super().__init__(Dense(64, 16), ReLU(), Dense(16, 16), Dense(16, 10))
+        self.use_extra = False
+
+    def _active(self):
+        return [m for i, m in enumerate(self.layers) if i != 2 or self.use_extra]
+
+    def forward(self, x):
+        for m in self._active():
+            x = m(x)
+        return x
+
+    def backward(self, grad, input_grad=True):
+        for m in reversed(self._active()):
+            grad = m.backward(grad, input_grad=True)
+        return grad
+
+
+def case_conditional(out):
+    """A layer used on some ranks and steps only (pattern: per step, the ranks that use
+    it): every rank ends each step with the same gradients, the average of the ranks' own
+    (a missing gradient counting as zero), and nothing hangs."""
+    import copy
+
+    pattern = sys.argv[3].split(",")
+    rank, world = dist.rank(), dist.world_size()
+    fastnet.manual_seed(0)
+    model = Conditional().to(np.float64)
+    net = dist.DistributedDataParallel(model, bucket_cap_mb=1e-4)  # one bucket per parameter
+    x, y = data(np.float64)
+    x = x.reshape(len(x), -1)
+    loss = CrossEntropyLoss()
+    opt = SGD(model.parameters(), lr=0.1)
+    worst, same = 0.0, True
+    for step, users in enumerate(pattern):
+        idx = np.arange(step * 6, step * 6 + 6)[rank::world]
+        model.use_extra = str(rank) in users
+        opt.zero_grad()
+        twin = copy.deepcopy(model)  # this rank's own gradients, without the averaging
+        loss(twin(x[idx]), y[idx])
+        twin.backward(loss.backward())
+        loss(net(x[idx]), y[idx])
+        net.backward(loss.backward(), input_grad=False)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            own = np.zeros(p.shape) if q.grad is None else q.grad
+            mean = np.array(dist.all_sum(own.ravel())).reshape(p.shape) / world
+            anyone = dist.all_max(q.grad is not None)
+            if not anyone:
+                same &= p.grad is None
+                continue
+            worst = max(worst, float(np.abs(p.grad - mean).max()))
+            flat = p.grad.ravel().astype(np.float64)
+            same &= bool(np.array_equal(np.array(dist.all_sum(flat)) / world, flat))
+        opt.step()
+    # nested no_sync: the outer block still holds after the inner one
+    with net.no_sync():
+        with net.no_sync():
+            pass
+        held = not net._reducer.enabled
+    _write(out, {}, {"worst": worst, "same": bool(same), "nested_no_sync_held": held,
+                     "relaunched": net.comm_stats()["relaunched"]})
+
+
+def case_uneven_loaders(out):
+    """Each rank its own loader, of a different length: the Trainer refuses on every rank."""
+    from fastnet.train import Trainer
+
+    x, y = data(np.float32)
+    n = 24 + 6 * dist.rank()
+    fastnet.manual_seed(0)
+    model = MODELS["mlp"](in_shape=(1, 8, 8))
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None)
+    try:
+        trainer.fit(DataLoader(ArrayDataset(x[:n], y[:n]), 6), epochs=1)
+    except ValueError as e:
+        print(f"rank {dist.rank()} refused: {e}", flush=True)
+        sys.exit(0)
+
+
 def case_cuda(out):
     """A tiny model on CUDA (the simulator): host buffers, or CUDA buffers when
     FASTNET_MPI_CUDA_AWARE=1 (the simulator's device memory is host memory)."""
@@ -231,5 +322,9 @@ def _write(out, arrays, meta):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "early":  # a failure before anything joined MPI
+        if os.environ.get("PMI_RANK") == "1":
+            raise RuntimeError("deliberate early failure on rank 1")
+        dist.barrier()
     case, out = sys.argv[1], sys.argv[2]
     globals()[f"case_{case}"](out)

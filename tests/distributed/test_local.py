@@ -122,6 +122,23 @@ def test_distributed_shares(n, batch, world):
     assert [shares[p % world][p // world] for p in range(n)] == order
 
 
+@pytest.mark.parametrize("n,batch,world", [(23, 5, 2), (10, 2, 3), (24, 4, 3), (100, 7, 4)])
+def test_distributed_drop_last_is_one_process_with_the_global_batch(n, batch, world):
+    """drop_last cuts the order to a multiple of W (no padding, no repeat) and drops each
+    rank's incomplete last batch: the steps of one process with batch W * batch."""
+    loaders, shares = _shares(n, batch, world, drop_last=True)
+    steps = n // (world * batch)
+    assert all(len(loader) == steps for loader in loaders)
+    one = DataLoader(ArrayDataset(np.zeros((n, 1), np.float32), np.arange(n)), world * batch,
+                     shuffle=True, seed=7, drop_last=True)
+    assert len(one) == steps
+    list(one)  # (_shares took the loaders' first epoch: compare the second)
+    batches = [[list(y) for _, y in loader] for loader in loaders]
+    for k, (_, y) in enumerate(one):
+        mine = [i for r in range(world) for i in batches[r][k]]
+        assert sorted(mine) == sorted(y.tolist())
+
+
 def test_distributed_drop_last_and_state():
     loaders, shares = _shares(23, 5, 2, drop_last=True)
     assert all(len(s) == 10 for s in shares) and len(loaders[0]) == 2

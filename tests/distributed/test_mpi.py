@@ -133,8 +133,41 @@ def test_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
 
 
 def test_batchnorm_ranks_stay_identical(tmp_path):
+    """Parameters stay identical; evaluation syncs the running statistics first, so every
+    rank evaluates rank 0's model (what the checkpoint holds)."""
     _, meta = worker(3, "batchnorm", tmp_path)
     assert meta["same"]
+    assert meta["eval"]["acc"] == meta["eval_rank0_alone"]["acc"]
+    assert meta["eval"]["loss"] == pytest.approx(meta["eval_rank0_alone"]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("n,pattern", [(2, "-,0,0"), (2, "0,-,0"), (2, "01,1,-,0,01"),
+                                       (3, "2,-,01,012,1")])
+def test_layer_used_on_some_ranks_and_steps(tmp_path, n, pattern):
+    """A parameter reached on some ranks only, or not in the previous step: its bucket
+    may leave before its gradient is complete on some rank; every rank then reduces it
+    again, in the same order, and ends with the average of the ranks' own gradients."""
+    proc = launch(n, ["-m", "tests.distributed.mpi_worker", "conditional", str(tmp_path),
+                      pattern], 60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["same"] and meta["worst"] < 1e-14, meta
+    assert meta["nested_no_sync_held"]
+
+
+def test_unequal_loaders_refused_on_every_rank(tmp_path):
+    proc = launch(2, ["-m", "tests.distributed.mpi_worker", "uneven_loaders", str(tmp_path)], 60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("the ranks' train loaders give 4 to 5 batches per epoch") == 2
+
+
+def test_exception_before_joining_mpi_ends_the_job(tmp_path):
+    start = time.perf_counter()
+    proc = launch(2, ["-m", "tests.distributed.mpi_worker", "early", str(tmp_path)], 60)
+    assert proc.returncode != 0
+    assert "deliberate early failure on rank 1" in proc.stderr
+    assert "rank 1 of 2 failed" in proc.stderr
+    assert time.perf_counter() - start < 30
 
 
 def test_different_models_refused_on_every_rank(tmp_path):
