@@ -114,7 +114,8 @@ def _allreduce_worker(args):
 
 
 def allreduce_fit(ranks):
-    """(measured {bytes: s}, alpha s, beta bytes/s) of the model t = a + 2(N-1)/N S / b."""
+    """(measured {bytes: s}, alpha s, beta bytes/s) of the model
+    t = 2 ceil(log2 N) alpha + 2(N-1)/N S / beta (comm_time's)."""
     env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT)
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     proc = subprocess.run([mpiexec if os.path.exists(mpiexec) else shutil.which("mpiexec"),
@@ -124,8 +125,9 @@ def allreduce_fit(ranks):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     measured = {int(k): v for k, v in json.loads(line[len("RESULT "):]).items()}
     moved = np.array([2 * (ranks - 1) / ranks * s for s in measured])
+    steps = np.full_like(moved, 2 * int(np.ceil(np.log2(ranks))))
     t = np.array(list(measured.values()))
-    (a, inv_b), *_ = np.linalg.lstsq(np.stack([np.ones_like(moved), moved], 1), t, rcond=None)
+    (a, inv_b), *_ = np.linalg.lstsq(np.stack([steps, moved], 1), t, rcond=None)
     return measured, max(a, 0.0), 1 / inv_b
 
 
@@ -212,7 +214,7 @@ def main():
             measured, a, b = allreduce_fit(ranks)
             print(f"{ranks} ranks: alpha {1e6 * a:.1f} us, beta {b / 1e9:.2f} GB/s; measured vs "
                   "model: " + ", ".join(
-                      f"{s >> 10} KB {1e3 * t:.3f}/{1e3 * (a + 2 * (ranks - 1) / ranks * s / b):.3f} ms"
+                      f"{s >> 10} KB {1e3 * t:.3f}/{1e3 * comm_time([s], ranks, a, b):.3f} ms"
                       for s, t in measured.items()))
         return None
     if args.bucket_mb is None:

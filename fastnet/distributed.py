@@ -378,7 +378,6 @@ class _Reducer:
         self.pending = False            # launched, not yet finished
         self.enabled = True             # False inside no_sync()
         self.late_flags = np.zeros(len(self.buckets), dtype=np.int32)
-        self.late_request = None
         # statistics (seconds, counts) since reset_stats()
         self.reset_stats()
 
@@ -485,37 +484,37 @@ class _Reducer:
         cuda.synchronize()  # MPI reads the buffer outside any stream
 
     def end(self):
-        """After the module's backward: launch what is left, in bucket order, then the
-        late flags: which buckets a gradient reached after they left, on any rank."""
+        """After the module's backward: launch what is left, in bucket order; then agree
+        with the other ranks on the buckets a gradient reached after they left, and send
+        those again."""
         self.active = False
         for b in self.buckets:
             if not b.launched:
                 self._launch(b)
         # NOTE: a bucket can leave before a gradient it holds is complete (a parameter
         # reached more often than in the previous backward, e.g. a layer used this step
-        # only). Every rank must then reduce it again, in the same order: the flags are
-        # reduced (max) with the buckets, and finish() relaunches the union.
+        # only, or on this rank only). Every rank must then reduce it again, in the same
+        # order, here: the flags are reduced (max) in a small blocking allreduce, so that
+        # finish(), which may run on some ranks only (a .grad read), just waits.
         self.late_flags[:] = [b.late for b in self.buckets]
-        self.late_request = self.comm.Iallreduce(self.MPI.IN_PLACE, self.late_flags,
-                                                 op=self.MPI.MAX)
+        self.comm.Allreduce(self.MPI.IN_PLACE, self.late_flags, op=self.MPI.MAX)
+        late = [b for b, flag in zip(self.buckets, self.late_flags) if flag]
+        for b in late:  # again, from the gradients as backward left them (still this rank's)
+            b.request.Wait()
+            self._launch(b)
+        self.stats["relaunched"] += len(late)
         self.expected = dict(self.calls)  # what the next backward waits for
         self.pending = True
         self.stats["steps"] += 1
 
     def finish(self):
-        """Wait for every bucket, then write the averages into the parameters' ``.grad``."""
+        """Wait for every bucket, then write the averages into the parameters' ``.grad``
+        (no new communication: it may run on one rank alone)."""
         if not self.pending:
             return
         self.pending = False  # first: the writes below go through Parameter's setter paths
         t0 = time.perf_counter()
-        requests = [b.request for b in self.buckets if b.request is not None]
-        self.MPI.Request.Waitall(requests + [self.late_request])
-        late = [b for b, flag in zip(self.buckets, self.late_flags) if flag]
-        if late:  # again, from the gradients as backward left them (still this rank's own)
-            for b in late:
-                self._launch(b)
-            self.MPI.Request.Waitall([b.request for b in late])
-            self.stats["relaunched"] += len(late)
+        self.MPI.Request.Waitall([b.request for b in self.buckets if b.request is not None])
         t1 = time.perf_counter()
         self.stats["wait_s"] += t1 - t0
         for b in self.buckets:
@@ -712,9 +711,10 @@ class DistributedDataParallel(Module):
 
     def comm_stats(self, reset=False):
         """{"steps", "wait_s", "pack_s", "unpack_s", "bytes", "buckets",
-        "launched_in_backward"} since construction (or the last reset): where the
-        averaging's time went. ``wait_s`` is the time spent waiting for it after
-        backward: what the overlap did not hide."""
+        "launched_in_backward", "relaunched", "bucket_count"} since construction (or the
+        last reset): where the averaging's time went. ``wait_s`` is the time spent waiting
+        for it after backward: what the overlap did not hide; ``relaunched`` counts the
+        buckets sent again because a gradient grew after they left."""
         if self._reducer is None:
             return {}
         stats = dict(self._reducer.stats)

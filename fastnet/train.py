@@ -286,7 +286,9 @@ class Trainer:
     the trainer (model, optimizer, RNGs, history) back to it, and re-raises
     KeyboardInterrupt: the partial epoch is discarded, and a resumed run (or another
     ``fit`` call on this trainer) repeats it. Without checkpoint_dir nothing is saved or
-    rolled back.
+    rolled back. (Under MPI, end the job after it instead, as the CLI does with
+    ``fastnet.distributed.abort``: a rank blocked in MPI when the signal came may not
+    have seen it, and a new ``fit`` would wait for that rank.)
 
     A NaN or infinite training loss stops the run at once with ``NonFiniteLossError``,
     naming the epoch and step, before the optimizer takes that batch's step; so do
@@ -492,6 +494,8 @@ class Trainer:
                     model.backward(loss_fn.backward(), input_grad=False)
                     loss_sum, count = total.wait()
                     loss = loss_sum / count
+                    if not math.isfinite(loss):
+                        model.finish()  # (every rank: no reduction left open)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"Trainer: the training loss is {loss} at epoch {self.epoch + 1}, step "

@@ -153,7 +153,9 @@ class DataLoader:
                 seed = dist.broadcast_object(seed)
         self.generator = np.random.default_rng(int(seed))
         if len(self) == 0:
-            raise ValueError(f"DataLoader: {len(dataset)} samples give no batch of "
+            share = (f" ({self._share()} per rank of {self.world_size})"
+                     if self.distributed and self.world_size > 1 else "")
+            raise ValueError(f"DataLoader: {len(dataset)} samples{share} give no batch of "
                              f"{self.batch_size} with drop_last=True")
 
     def _placement(self, rank, world_size):

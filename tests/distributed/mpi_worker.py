@@ -264,6 +264,9 @@ def case_conditional(out):
         twin.backward(loss.backward())
         loss(net(x[idx]), y[idx])
         net.backward(loss.backward(), input_grad=False)
+        if rank == 0:  # a gradient read on one rank alone (only waits: no collective)
+            float(np.abs(model.layers[0].weight.grad).sum())
+        dist.all_sum([1.0])
         for (name, p), q in zip(model.named_parameters(), twin.parameters()):
             own = np.zeros(p.shape) if q.grad is None else q.grad
             mean = np.array(dist.all_sum(own.ravel())).reshape(p.shape) / world
