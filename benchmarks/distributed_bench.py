@@ -74,6 +74,8 @@ def _worker(args):
     stats = net.comm_stats()
     result = {"step_s": seconds / args.steps, "samples_per_s": args.batch * args.steps / seconds,
               "wait_s": stats.get("wait_s", 0.0) / args.steps,
+              "pack_s": stats.get("pack_s", 0.0) / args.steps,
+              "unpack_s": stats.get("unpack_s", 0.0) / args.steps,
               "buckets": stats.get("bucket_count", 0),
               "grad_bytes": sum(p.data.nbytes for p in model.parameters())}
     if world > 1 and net._reducer is not None:  # the allreduce alone, on the same buckets

@@ -497,7 +497,9 @@ class _Reducer:
         # order, here: the flags are reduced (max) in a small blocking allreduce, so that
         # finish(), which may run on some ranks only (a .grad read), just waits.
         self.late_flags[:] = [b.late for b in self.buckets]
+        t0 = time.perf_counter()
         self.comm.Allreduce(self.MPI.IN_PLACE, self.late_flags, op=self.MPI.MAX)
+        self.stats["wait_s"] += time.perf_counter() - t0  # (the ranks meet here)
         late = [b for b, flag in zip(self.buckets, self.late_flags) if flag]
         for b in late:  # again, from the gradients as backward left them (still this rank's)
             b.request.Wait()
@@ -534,15 +536,15 @@ class _Reducer:
             if flags[i] == 0:  # no rank had a gradient: it stays None, as on one process
                 continue
             size = int(np.prod(p.shape, dtype=np.int64))
-            avg = buf[off:off + size]
-            np.divide(avg, self.size, out=avg)
+            total = buf[off:off + size]
             g = p._grad
             if g is None:
                 g = p._grad = device_of(p.data).empty(p.shape, p.dtype)
             if isinstance(g, np.ndarray):
-                g.reshape(-1)[...] = avg
+                np.divide(total, self.size, out=g.reshape(-1))  # one pass: the average
             else:
-                g.copy_to_device(avg.reshape(p.shape))
+                np.divide(total, self.size, out=total)
+                g.copy_to_device(total.reshape(p.shape))
 
     def _unpack_device(self, b):
         from . import cuda
