@@ -328,7 +328,7 @@ class _Bucket:
     (the reduced flag says whether any rank had one)."""
 
     __slots__ = ("index", "params", "offsets", "total", "buffer", "device_buffer",
-                 "request", "ready", "launched", "late")
+                 "request", "ready", "launched", "late", "views", "late_parts", "reduced")
 
     def __init__(self, index, params, dtype):
         self.index, self.params = index, params
@@ -338,6 +338,12 @@ class _Bucket:
             total += int(np.prod(p.shape, dtype=np.int64))
         self.total = total
         self.buffer = np.zeros(total + len(params), dtype=dtype)
+        # each parameter's place in the buffer, in its shape: on the CPU, backward's
+        # kernels write the gradients there (no copy before the allreduce)
+        self.views = [self.buffer[off:off + int(np.prod(p.shape, dtype=np.int64))].reshape(p.shape)
+                      for p, off in zip(params, self.offsets)]
+        self.late_parts = {}  # parameter index -> contributions that came after the send
+        self.reduced = None   # the first send's sum, while the late parts are sent
         self.device_buffer = None
         self.request = None
         self.ready = 0
@@ -378,6 +384,9 @@ class _Reducer:
         self.pending = False            # launched, not yet finished
         self.enabled = True             # False inside no_sync()
         self.late_flags = np.zeros(len(self.buckets), dtype=np.int32)
+        # CPU: gradients written in the buckets, late contributions sent as a second sum;
+        # CUDA: gradients copied in, a late bucket sent again whole from the gradients
+        self.in_place = all(isinstance(p.data, np.ndarray) for p in params)
         # statistics (seconds, counts) since reset_stats()
         self.reset_stats()
 
@@ -396,6 +405,35 @@ class _Reducer:
             b.ready = (sum(1 for p in b.params if self.expected[id(p)] == 0)
                        if self.expected is not None else 0)
         self.active = True
+
+    # -- Parameter's hooks (grad_slot, grad_done, before grad_ready) ----------------------
+    def slot_for(self, p):
+        """Where a backward kernel should write ``p``'s first gradient of this backward:
+        its place in its bucket (CPU, bucket not sent yet), or None for a new array."""
+        if not (self.active and self.in_place):
+            return None
+        b, i = self.bucket_of[id(p)]
+        if b.launched or p.dtype != b.buffer.dtype or p.shape != b.views[i].shape:
+            return None
+        return b.views[i]
+
+    def intercept(self, p, slot):
+        """A contribution to a gradient whose bucket has left (CPU): kept aside, since MPI
+        is reducing the buffer in place, and sent after the bucket's first sum at the end
+        of backward. True when kept (Parameter.grad_done then does nothing more)."""
+        if not (self.active and self.in_place):
+            return False
+        b, i = self.bucket_of[id(p)]
+        if not b.launched:
+            return False
+        part = b.late_parts.get(i)
+        if part is None:
+            b.late_parts[i] = slot
+        else:
+            part += slot
+        b.late = True
+        self.grad_ready(p)
+        return True
 
     def grad_ready(self, p):
         """Parameter.grad_done's hook: ``p``'s gradient for this backward has grown."""
@@ -454,7 +492,9 @@ class _Reducer:
                     buf[off:off + size] = 0
                     flags[i] = 0
                 else:
-                    if isinstance(g, np.ndarray):
+                    if g is b.views[i]:
+                        pass  # backward wrote it in place
+                    elif isinstance(g, np.ndarray):
                         buf[off:off + size] = g.reshape(-1)
                     else:  # a CUDA array: through the host buffer
                         g.copy_to_host(buf[off:off + size].reshape(p.shape))
@@ -501,9 +541,18 @@ class _Reducer:
         self.comm.Allreduce(self.MPI.IN_PLACE, self.late_flags, op=self.MPI.MAX)
         self.stats["wait_s"] += time.perf_counter() - t0  # (the ranks meet here)
         late = [b for b, flag in zip(self.buckets, self.late_flags) if flag]
-        for b in late:  # again, from the gradients as backward left them (still this rank's)
+        for b in late:
             b.request.Wait()
-            self._launch(b)
+            if self.in_place:  # a second sum: of what came after the first (zero if nothing)
+                b.reduced = b.buffer.copy()
+                b.buffer[:] = 0
+                for i, part in b.late_parts.items():
+                    b.views[i][...] = part
+                    b.buffer[b.total + i] = 1
+                b.late_parts.clear()
+                b.request = self.comm.Iallreduce(self.MPI.IN_PLACE, b.buffer, op=self.MPI.SUM)
+            else:  # again, whole, from the gradients (separate arrays: still this rank's)
+                self._launch(b)
         self.stats["relaunched"] += len(late)
         self.expected = dict(self.calls)  # what the next backward waits for
         self.pending = True
@@ -531,6 +580,9 @@ class _Reducer:
             self._unpack_device(b)
             return
         buf = b.buffer
+        if b.reduced is not None:  # first sum + the late parts' sum
+            buf += b.reduced
+            b.reduced = None
         flags = buf[n:]
         for i, (p, off) in enumerate(zip(b.params, b.offsets)):
             if flags[i] == 0:  # no rank had a gradient: it stays None, as on one process
@@ -539,7 +591,8 @@ class _Reducer:
             total = buf[off:off + size]
             g = p._grad
             if g is None:
-                g = p._grad = device_of(p.data).empty(p.shape, p.dtype)
+                g = p._grad = (b.views[i] if self.in_place
+                               else device_of(p.data).empty(p.shape, p.dtype))
             if isinstance(g, np.ndarray):
                 np.divide(total, self.size, out=g.reshape(-1))  # one pass: the average
             else:
@@ -567,6 +620,8 @@ class _Reducer:
             if b.request is not None:
                 b.request.Wait()
                 b.request = None
+            b.late_parts.clear()
+            b.reduced = None
         self.pending = False
 
 
@@ -592,6 +647,9 @@ class DistributedDataParallel(Module):
       normalises each rank's batch share by its own statistics (no SyncBatchNorm).
     - Gradients of a CUDA model travel through host buffers, or as CUDA buffers when the
       MPI library is CUDA-aware (``cuda_aware()``).
+    - On the CPU, backward writes each gradient straight into its place in its bucket,
+      and ``.grad`` stays a view of it (as PyTorch's ``gradient_as_bucket_view``): the
+      next backward after ``zero_grad`` overwrites it in place; copy a gradient to keep it.
     - ``no_sync()``: a context in which backward accumulates local gradients without
       averaging (gradient accumulation); the first backward after it averages the sum.
 

@@ -84,11 +84,20 @@ class Parameter:
         return self._data.dtype
 
     def grad_slot(self, device):
-        """A new array for a backward kernel to overwrite with this parameter's gradient."""
+        """An array for a backward kernel to overwrite with this parameter's gradient: a
+        new one, or under a DistributedDataParallel on the CPU the gradient's place in its
+        allreduce bucket."""
+        reducer = self._reducer
+        if reducer is not None and self._grad is None:
+            place = reducer.slot_for(self)
+            if place is not None:
+                return place
         return device.empty(self._data.shape, self._data.dtype)
 
     def grad_done(self, slot, device):
         """Record the gradient a kernel wrote into ``slot`` (from ``grad_slot``)."""
+        if self._reducer is not None and self._reducer.intercept(self, slot):
+            return  # its bucket is on its way: the reducer adds this part at the end
         if self._grad is None:
             self._grad = slot
         else:
