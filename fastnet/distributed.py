@@ -351,6 +351,13 @@ class _Bucket:
         self.late = False
 
 
+def _on_host(b):
+    """Whether a bucket's parameters live on the CPU: their gradients are then written in
+    the bucket, and late contributions sent as a second sum (on CUDA: gradients copied
+    in, a late bucket sent again whole from the gradients)."""
+    return isinstance(b.params[0].data, np.ndarray)
+
+
 class _Reducer:
     """Averages the gradients of ``params`` over the ranks, bucket by bucket, while
     backward runs (see DistributedDataParallel)."""
@@ -384,9 +391,6 @@ class _Reducer:
         self.pending = False            # launched, not yet finished
         self.enabled = True             # False inside no_sync()
         self.late_flags = np.zeros(len(self.buckets), dtype=np.int32)
-        # CPU: gradients written in the buckets, late contributions sent as a second sum;
-        # CUDA: gradients copied in, a late bucket sent again whole from the gradients
-        self.in_place = all(isinstance(p.data, np.ndarray) for p in params)
         # statistics (seconds, counts) since reset_stats()
         self.reset_stats()
 
@@ -410,7 +414,7 @@ class _Reducer:
     def slot_for(self, p):
         """Where a backward kernel should write ``p``'s first gradient of this backward:
         its place in its bucket (CPU, bucket not sent yet), or None for a new array."""
-        if not (self.active and self.in_place):
+        if not self.active or not isinstance(p._data, np.ndarray):
             return None
         b, i = self.bucket_of[id(p)]
         if b.launched or p.dtype != b.buffer.dtype or p.shape != b.views[i].shape:
@@ -421,7 +425,7 @@ class _Reducer:
         """A contribution to a gradient whose bucket has left (CPU): kept aside, since MPI
         is reducing the buffer in place, and sent after the bucket's first sum at the end
         of backward. True when kept (Parameter.grad_done then does nothing more)."""
-        if not (self.active and self.in_place):
+        if not self.active or not isinstance(p._data, np.ndarray):
             return False
         b, i = self.bucket_of[id(p)]
         if not b.launched:
@@ -543,7 +547,7 @@ class _Reducer:
         late = [b for b, flag in zip(self.buckets, self.late_flags) if flag]
         for b in late:
             b.request.Wait()
-            if self.in_place:  # a second sum: of what came after the first (zero if nothing)
+            if _on_host(b):  # a second sum: of what came after the first (zero if nothing)
                 b.reduced = b.buffer.copy()
                 b.buffer[:] = 0
                 for i, part in b.late_parts.items():
@@ -591,7 +595,7 @@ class _Reducer:
             total = buf[off:off + size]
             g = p._grad
             if g is None:
-                g = p._grad = (b.views[i] if self.in_place
+                g = p._grad = (b.views[i] if isinstance(p.data, np.ndarray)
                                else device_of(p.data).empty(p.shape, p.dtype))
             if isinstance(g, np.ndarray):
                 np.divide(total, self.size, out=g.reshape(-1))  # one pass: the average
