@@ -84,6 +84,19 @@ def leaky_relu_backward(dout, x, negative_slope):
     return (_f64(dout) * slope).astype(dout.dtype)
 
 
+def hardsigmoid_forward(x):
+    """np.clip of the line (x + 3) / 6 to [0, 1] (NaN stays NaN)."""
+    return np.clip((_f64(x) + 3.0) / 6.0, 0.0, 1.0).astype(x.dtype)
+
+
+def hardsigmoid_backward(dout, x):
+    """1/6 on the open interval (-3, 3), 0 elsewhere and for NaN; as PyTorch, the factor is
+    float32's 1/6 in every dtype."""
+    x64 = _f64(x)
+    inside = (np.abs(x64) < 3.0) & ~np.isnan(x64)
+    return np.where(inside, _f64(dout) * float(np.float32(1) / np.float32(6)), 0.0).astype(dout.dtype)
+
+
 def sigmoid_forward(x):
     return _sigmoid64(_f64(x)).astype(x.dtype)
 
@@ -285,6 +298,43 @@ def avg_pool2d_forward(x, kernel_size, stride, padding):
         for j in range(kw):
             s += _window(xp, i, j, oh_, ow_, sh, sw)
     return (s / (kh * kw)).astype(x.dtype)
+
+
+def lp_pool2d_forward(x, norm_type, kernel_size, stride):
+    """(sum of x^p over each window)^(1/p), no padding; NaN where the sum is negative
+    (but p = 1), as PyTorch."""
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    n, c, h, w = x.shape
+    oh_, ow_ = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
+    xp = np.power(_f64(x), float(norm_type))
+    s = np.zeros((n, c, oh_, ow_))
+    for i in range(kh):
+        for j in range(kw):
+            s += _window(xp, i, j, oh_, ow_, sh, sw)
+    with np.errstate(invalid="ignore"):
+        out = s if norm_type == 1 else np.power(s, 1.0 / norm_type)
+    return out.astype(x.dtype)
+
+
+def lp_pool2d_backward(dout, x, norm_type, kernel_size, stride):
+    """d out / d x_i = S^(1/p - 1) * x_i^(p - 1), S the window's sum of x^p, summed over the
+    windows that hold x_i; a window with S = 0 passes nothing (PyTorch's relu select)."""
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    p = float(norm_type)
+    x64 = _f64(x)
+    _, _, oh_, ow_ = dout.shape
+    s = np.zeros(dout.shape)
+    for i in range(kh):
+        for j in range(kw):
+            s += _window(np.power(x64, p), i, j, oh_, ow_, sh, sw)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = np.where(s == 0, 0.0, _f64(dout) * np.power(s, 1.0 / p - 1.0))
+    acc = np.zeros(x64.shape)
+    for i in range(kh):
+        for j in range(kw):
+            _window(acc, i, j, oh_, ow_, sh, sw)[...] += coef
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (acc * np.power(x64, p - 1.0)).astype(dout.dtype)
 
 
 def avg_pool2d_backward(dout, x_shape, kernel_size, stride, padding):

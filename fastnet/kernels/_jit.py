@@ -106,6 +106,14 @@ def parallel_kernel_ordered(fn):
     return _parallel_kernel(fn, FASTMATH_ORDERED)
 
 
+def parallel_kernel_exact(fn):
+    """A parallel_kernel without fast-math: IEEE divisions, square roots and inf / NaN
+    rules, for kernels that reproduce PyTorch's arithmetic step by step (hardsigmoid's
+    division by 6, lp_pool2d's 1 / sqrt(0) = inf and its divisions by the window area;
+    "afn" and "arcp" turn these into reciprocal estimates and products)."""
+    return _parallel_kernel(fn, False)
+
+
 class KernelFamily:
     """Parallel kernels specialised on compile-time constants: ``family[key]`` is the
     kernel ``make(*key)`` returns (a closure over the constants), wrapped as

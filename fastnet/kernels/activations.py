@@ -10,11 +10,11 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._jit import FASTMATH, parallel_family, parallel_kernel, parallel_kernel_ordered
+from ._jit import FASTMATH, parallel_family, parallel_kernel, parallel_kernel_exact, parallel_kernel_ordered
 from ._simd import lanes
 from ._simd.math import fast_exp, fast_tanh, row_max
 from ._simd.softmax import row1_max_sum_exp, row1_softmax, row1_softmax_grad
-from .codes import ACTIVATIONS, RELU, SIGMOID, TANH  # noqa: F401  (ACTIVATIONS re-exported)
+from .codes import ACTIVATIONS, HARDSIGMOID_ONE_SIXTH, RELU, SIGMOID, TANH  # noqa: F401  (ACTIVATIONS re-exported)
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -102,6 +102,46 @@ def leaky_relu_backward(dx, dout, x, negative_slope):
     """dout (...), x (...) -> dx (...); takes the input, since a negative slope makes
     the output's sign ambiguous"""
     _leaky_relu_backward(dx.reshape(-1), dout.reshape(-1), x.reshape(-1), negative_slope)
+
+
+# NOTE: hardsigmoid follows PyTorch's CPU kernel exactly: min(max(x + 3, 0), 6) / 6 (a
+# division, not a product with 1/6), NaN propagating through both clamps; the gradient is
+# dout * one_sixth inside the open interval (-3, 3) and 0 outside (x = +-3 and NaN included),
+# one_sixth being PyTorch's float32 1.0f / 6.0f for every dtype
+# (codes.HARDSIGMOID_ONE_SIXTH). Backward takes the input: near x = 3 the output rounds to
+# 1, so the output cannot tell the open interval.
+
+
+@parallel_kernel_exact
+def _hardsigmoid_forward(out, x):
+    t = x.dtype.type
+    three, zero, six = t(3), t(0), t(6)
+    for i in prange(x.size):
+        v = x[i] + three
+        v = v if v != v or v > zero else zero  # max(v, 0), NaN kept
+        v = v if v != v or v < six else six    # min(v, 6), NaN kept
+        out[i] = v / six
+
+
+@parallel_kernel_exact
+def _hardsigmoid_backward(dx, dout, x, one_sixth):
+    t = x.dtype.type
+    three, zero, k = t(3), t(0), t(one_sixth)
+    for i in prange(x.size):
+        v = x[i]
+        # a NaN input fails both comparisons: gradient 0, as in PyTorch
+        dx[i] = dout[i] * k if v > -three and v < three else zero
+
+
+def hardsigmoid_forward(out, x):
+    """x (...) -> out (...) = min(max(x + 3, 0), 6) / 6; NaN stays NaN"""
+    _hardsigmoid_forward(out.reshape(-1), x.reshape(-1))
+
+
+def hardsigmoid_backward(dx, dout, x):
+    """dout (...), x (...) -> dx (...) = dout / 6 where -3 < x < 3, else 0; takes the
+    input (see the note above)"""
+    _hardsigmoid_backward(dx.reshape(-1), dout.reshape(-1), x.reshape(-1), HARDSIGMOID_ONE_SIXTH)
 
 
 def sigmoid_forward(out, x):

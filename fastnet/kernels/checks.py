@@ -474,6 +474,20 @@ def window(op, dims, values, source):
     source["OH"] = source["OW"] = "the window"
 
 
+def unpadded_window(op, dims, values, source):
+    """OH, OW of a sliding window without padding (lp_pool2d)."""
+    window(op, dims, {**values, "padding": (0, 0)}, source)
+
+
+def positive(name):
+    """A real argument that must be > 0 (its spec, Real(0), already refused < 0)."""
+    def rule(op, values, dims):
+        if float(values[name]) <= 0:
+            raise ValueError(f"{op}: argument {name!r} must be a finite real number > 0, got "
+                             f"{values[name]!r}")
+    return rule
+
+
 def pool_padding(op, values, dims):
     (kh, kw), (ph, pw) = values["kernel_size"], values["padding"]
     if 2 * ph > kh or 2 * pw > kw:
@@ -640,6 +654,8 @@ SPECS = {
     "leaky_relu_backward": Op(
         dx=Out("*S"), dout=In("*S"), x=In("*S"), negative_slope=Real(),
         inplace=[("dx", "dout")]),
+    "hardsigmoid_forward": _elementwise_forward(),
+    "hardsigmoid_backward": Op(dx=Out("*S"), dout=In("*S"), x=In("*S"), inplace=[("dx", "dout")]),
     "sigmoid_forward": _elementwise_forward(),
     "sigmoid_backward": _elementwise_backward(),
     "tanh_forward": _elementwise_forward(),
@@ -682,6 +698,13 @@ SPECS = {
         dx=Out("N C L", optional=True), dweight=Out("C", optional=True),
         dbias=Out("C", optional=True), dout=In("N C L"), x=In("N C L"), weight=_optional("C"),
         save_mean=In("C"), save_invstd=In("C"), rules=[together("dweight", "dbias")]),
+    "lp_pool2d_forward": Op(
+        out=Out("N C OH OW"), x=In("N C H W"), norm_type=Real(0), kernel_size=KERNEL_SIZE,
+        stride=STRIDE, derive=unpadded_window, rules=[positive("norm_type")]),
+    "lp_pool2d_backward": Op(
+        dx=Out("N C H W"), dout=In("N C OH OW"), x=In("N C H W"), norm_type=Real(0),
+        kernel_size=KERNEL_SIZE, stride=STRIDE, derive=unpadded_window,
+        rules=[positive("norm_type")]),
     "global_avg_pool2d_forward": Op(
         out=Out("N C", strided=True), x=In("N C H W", strided=True)),
     "global_avg_pool2d_backward": Op(

@@ -7,3 +7,8 @@ that branches on ``code == RELU`` compiles to the same code as one on a literal 
 # activations fused into epilogues (dense, conv, recurrent cells)
 IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
 ACTIVATIONS = {None: IDENTITY, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+
+# hardsigmoid's gradient factor: PyTorch's ``scalar_t one_sixth(1.0f / 6.0f)``, the float32
+# 1/6 for every dtype (a float64 gradient is 0.1666666716337204 * dout, as in PyTorch);
+# a plain Python float so that this module stays free of NumPy
+HARDSIGMOID_ONE_SIXTH = 0.1666666716337204

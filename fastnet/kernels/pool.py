@@ -4,7 +4,8 @@
 PyTorch's floor convention. Max pooling treats padding as -inf and records the argmax
 as the flat index ih*W + iw within the input plane (PyTorch's ``return_indices``);
 ties go to the first element in row-major window order; NaN propagates, as in PyTorch. Average pooling divides by
-KH*KW, padding included (PyTorch's default ``count_include_pad=True``).
+KH*KW, padding included (PyTorch's default ``count_include_pad=True``). Power-average
+(LP) pooling has no padding and computes what PyTorch's ``lp_pool2d`` does (see its note).
 Backward kernels overwrite their outputs.
 """
 import math
@@ -13,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _jit
-from ._jit import parallel_kernel
+from ._jit import parallel_kernel, parallel_kernel_exact
 from ._simd.pooling import max_pool2x2_row, max_unpool2x2_row, upsample2
 
 
@@ -315,3 +316,136 @@ def global_avg_pool2d_forward(out, x):
 def global_avg_pool2d_backward(dx, dout):
     """dout (N, C) -> dx (N, C, H, W)"""
     _global_avg_pool2d_backward(dx, dout)
+
+
+# ---- power-average (LP) pooling -------------------------------------------------------------
+# NOTE: PyTorch's lp_pool2d is a composite, and these kernels compute it step by step, in its
+# dtype, so that NaN, inf, zero windows and negative sums come out as there:
+#     a = avg_pool2d(x.pow(p))          the window's sum of x^p (row-major) / (KH*KW)
+#     t = (sign(a) * relu(abs(a))) * (KH*KW)     (a * K, not the sum: rounding as PyTorch)
+#     out = t.pow(1 / p)                NaN where t < 0 (odd p, negative inputs) but p = 1
+# and backward is its autograd chain: dt = dout * ((1/p) * t^(1/p - 1)) (inf at t = 0),
+# times K, times sign(a), 0 where |a| <= 0 (relu's select: a zero window's gradient is 0
+# even though dt is inf), times sign(a) again (sign(NaN) = 0, as torch.sign), / K to every
+# element of the window (output order), and the sum times p * x^(p - 1).
+# Exponents are passed in the array's dtype, each with its pow code: PyTorch's pow with a
+# scalar exponent computes 0, 1, 2, 3, 0.5, -0.5, -1 and -2 by fill, copy, products and
+# square roots (chosen on the double exponent), other exponents by pow.
+POW_SPECIAL = (0.0, 1.0, 2.0, 3.0, 0.5, -0.5, -1.0, -2.0)
+POW_GENERAL = len(POW_SPECIAL)
+
+
+def pow_code(e):
+    """The code of the double exponent ``e`` for lp_pow: its index in POW_SPECIAL, else
+    POW_GENERAL."""
+    return POW_SPECIAL.index(e) if e in POW_SPECIAL else POW_GENERAL
+
+
+def lp_exponents(norm_type, dtype):
+    """(p, p code, p - 1, its code, 1/p, its code, 1/p - 1, its code): the exponents of
+    lp_pool2d's forward and backward, each in ``dtype`` (computed in double first, as
+    PyTorch's Python-side 1.0 / norm_type and pow_backward's exponent - 1)."""
+    t = np.dtype(dtype).type
+    p = float(norm_type)
+    inv = 1.0 / p
+    return (t(p), pow_code(p), t(p - 1.0), pow_code(p - 1.0), t(inv), pow_code(inv),
+            t(inv - 1.0), pow_code(inv - 1.0))
+
+
+@njit(inline="always")
+def lp_pow(v, e, code):
+    """v ** e, e in v's dtype with its pow_code, as PyTorch's pow(tensor, scalar)."""
+    one = type(v)(1)
+    if code == 0:
+        return one
+    if code == 1:
+        return v
+    if code == 2:
+        return v * v
+    if code == 3:
+        return v * v * v
+    if code == 4:
+        return math.sqrt(v)
+    if code == 5:
+        return one / math.sqrt(v)
+    if code == 6:
+        return one / v
+    if code == 7:
+        return one / (v * v)
+    return v ** e
+
+
+@njit(inline="always")
+def lp_window_sum(x, n, c, i0, j0, kh, kw, p, pc):
+    """The sum of x^p over the window at (i0, j0) of plane (n, c), row-major."""
+    s = x.dtype.type(0)
+    for i in range(i0, i0 + kh):
+        for j in range(j0, j0 + kw):
+            s += lp_pow(x[n, c, i, j], p, pc)
+    return s
+
+
+@njit(inline="always")
+def lp_window_grad(g, s, area, inv_p, e1, e1c):
+    """The gradient that each element's x^p receives from an output with window sum ``s``
+    and output gradient ``g`` (PyTorch's autograd chain, see the note above)."""
+    zero = type(s)(0)
+    a = s / area
+    t = a * area
+    dt = g * (inv_p * lp_pow(t, e1, e1c))
+    sg = type(s)(1) if a > zero else (type(s)(-1) if a < zero else zero)  # sign(NaN) = 0
+    gr = (dt * area) * sg
+    gr = zero if abs(a) <= zero else gr  # relu's select on |a|: NaN passes
+    return (gr * sg) / area
+
+
+@parallel_kernel_exact
+def _lp_pool2d_forward(out, x, p, pc, inv_p, ic, kh, kw, sh, sw):
+    n_, c_, oh_, ow_ = out.shape
+    area = x.dtype.type(kh * kw)
+    for nc in prange(n_ * c_):
+        n = nc // c_
+        c = nc % c_
+        for oh in range(oh_):
+            for ow in range(ow_):
+                s = lp_window_sum(x, n, c, oh * sh, ow * sw, kh, kw, p, pc)
+                out[n, c, oh, ow] = lp_pow((s / area) * area, inv_p, ic)
+
+
+@parallel_kernel_exact
+def _lp_pool2d_backward(dx, dout, x, p, pc, pm1, pm1c, inv_p, ic, e1, e1c, kh, kw, sh, sw):
+    n_, c_, oh_, ow_ = dout.shape
+    h, w = dx.shape[2], dx.shape[3]
+    area = x.dtype.type(kh * kw)
+    zero = dx.dtype.type(0)
+    for nc in prange(n_ * c_):
+        n = nc // c_
+        c = nc % c_
+        for i in range(h):
+            for j in range(w):
+                dx[n, c, i, j] = zero
+        for oh in range(oh_):
+            for ow in range(ow_):
+                i0, j0 = oh * sh, ow * sw
+                s = lp_window_sum(x, n, c, i0, j0, kh, kw, p, pc)
+                gd = lp_window_grad(dout[n, c, oh, ow], s, area, inv_p, e1, e1c)
+                for i in range(i0, i0 + kh):
+                    for j in range(j0, j0 + kw):
+                        dx[n, c, i, j] += gd
+        for i in range(h):
+            for j in range(w):
+                dx[n, c, i, j] = dx[n, c, i, j] * (p * lp_pow(x[n, c, i, j], pm1, pm1c))
+
+
+def lp_pool2d_forward(out, x, norm_type, kernel_size, stride):
+    """x (N, C, H, W) -> out (N, C, OH, OW) = (sum over the window of x^p)^(1/p), p =
+    norm_type > 0, no padding (PyTorch's lp_pool2d, ceil_mode=False)"""
+    p, pc, _, _, inv_p, ic, _, _ = lp_exponents(norm_type, x.dtype)
+    _lp_pool2d_forward(out, x, p, pc, inv_p, ic, *map(int, kernel_size), *map(int, stride))
+
+
+def lp_pool2d_backward(dx, dout, x, norm_type, kernel_size, stride):
+    """dout (N, C, OH, OW), x (N, C, H, W) -> dx (N, C, H, W); takes the input (the window
+    sums are computed again)"""
+    _lp_pool2d_backward(dx, dout, x, *lp_exponents(norm_type, x.dtype),
+                        *map(int, kernel_size), *map(int, stride))

@@ -129,3 +129,28 @@ class LeakyReLU(Module):
         dx = self.device.empty(x.shape, x.dtype)
         _kernel("leaky_relu_backward", self.device)(dx, grad_out, x, self.negative_slope)
         return dx
+
+
+class Hardsigmoid(Module):
+    """min(max(x + 3, 0), 6) / 6 (PyTorch's Hardsigmoid); gradient 1/6 inside (-3, 3),
+    0 outside and at x = +-3, as PyTorch's."""
+
+    def forward(self, x):
+        x = _check_any(self, x)
+        out = self.device.empty(x.shape, x.dtype)
+        _kernel("hardsigmoid_forward", self.device)(out, x)
+        if self.training:
+            self._saved = x
+        return out
+
+    def _plan_step(self, shape, dtype, following):
+        return Step(_kernel("hardsigmoid_forward", CPU), shape, dtype), 0
+
+    def backward(self, grad_out, input_grad=True):
+        x = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, x.shape, x.dtype)
+        if not input_grad:
+            return None
+        dx = self.device.empty(x.shape, x.dtype)
+        _kernel("hardsigmoid_backward", self.device)(dx, grad_out, x)
+        return dx

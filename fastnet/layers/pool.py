@@ -2,7 +2,7 @@ import numpy as np
 
 from ..device import CPU
 from ..kernels import _kernel, _plan
-from ._args import check_spatial, pair
+from ._args import check_spatial, pair, real
 from .module import Module, check_grad, check_input
 from .plan import Step
 
@@ -118,4 +118,57 @@ class GlobalAvgPool2D(Module):
             return None
         dx = self.device.empty(x_shape, dtype)
         _kernel("global_avg_pool2d_backward", self.device)(dx, grad_out)
+        return dx
+
+
+class LPPool2D(Module):
+    """Power-average pooling over NCHW (PyTorch's LPPool2d): (sum over the window of
+    x^p)^(1/p), p = norm_type; stride defaults to the kernel size; no padding, and only
+    ceil_mode=False (PyTorch's default). As in PyTorch, a window whose sum is negative (odd p,
+    negative inputs) gives NaN, and a window of zeros passes a zero gradient."""
+
+    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False):
+        name = type(self).__name__
+        p = real(norm_type, "norm_type", name)  # TypeError, or ValueError for NaN / inf
+        if p <= 0:
+            raise ValueError(f"{name}: norm_type must be a finite number > 0, got {norm_type!r}")
+        self.norm_type = p
+        self.kernel_size = pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name, 1)
+        if ceil_mode is not False:
+            raise ValueError(f"{name}: only ceil_mode=False (PyTorch's default) is supported, "
+                             f"got ceil_mode={ceil_mode!r}")
+        self.ceil_mode = False
+
+    def config(self):
+        return {"norm_type": self.norm_type, "kernel_size": self.kernel_size,
+                "stride": self.stride, "ceil_mode": self.ceil_mode}
+
+    def forward(self, x):
+        x = check_input(self, x, (None, None, None, None))
+        oh, ow = check_spatial(self, x, self.kernel_size, self.stride, (0, 0))
+        out = self.device.empty(x.shape[:2] + (oh, ow), x.dtype)
+        _kernel("lp_pool2d_forward", self.device)(out, x, self.norm_type, self.kernel_size,
+                                                  self.stride)
+        if self.training:
+            self._saved = (x, out.shape)
+        return out
+
+    def _plan_step(self, shape, dtype, following):
+        k, args = _kernel("lp_pool2d_forward", CPU), (self.norm_type, self.kernel_size, self.stride)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        out_shape = (shape[0], shape[1], (shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1)
+
+        def run(out, x):
+            k(out, x, *args)
+        return Step(run, out_shape, dtype), 0
+
+    def backward(self, grad_out, input_grad=True):
+        x, out_shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, out_shape, x.dtype)
+        if not input_grad:
+            return None
+        dx = self.device.empty(x.shape, x.dtype)
+        _kernel("lp_pool2d_backward", self.device)(dx, grad_out, x, self.norm_type,
+                                                   self.kernel_size, self.stride)
         return dx

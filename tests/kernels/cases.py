@@ -38,6 +38,21 @@ POOL_CASES = {
     "stride-over-kernel": ((2, 2, 11, 10), (2, 2), (3, 4), (1, 0)),
     "large-batch9-c5": ((9, 5, 17, 15), (3, 2), (2, 1), (1, 1)),
 }
+# LP pooling: (x shape, kernel, stride, norm_type), no padding; a norm_type that is not a
+# whole number takes |x| in the tests (a negative base has no real power)
+LP_POOL_CASES = {
+    "p2-2x2-s2": ((2, 3, 8, 8), (2, 2), (2, 2), 2),
+    "p3-3x2-s2x3-odd": ((3, 2, 7, 9), (3, 2), (2, 3), 3),        # odd p: negative sums -> NaN
+    "p1-2x3-s1x2-batch1": ((1, 2, 5, 7), (2, 3), (1, 2), 1),
+    "p1.5-overlap-s1": ((2, 2, 5, 6), (3, 3), (1, 1), 1.5),
+    "p0.5-2x2-s1": ((2, 1, 4, 5), (2, 2), (1, 1), 0.5),
+    "p2-kernel-is-input": ((3, 2, 4, 5), (4, 5), (1, 1), 2),
+    "p4-stride-over-kernel": ((2, 2, 11, 10), (2, 2), (3, 4), 4),
+    "p2-1x1": ((2, 2, 3, 4), (1, 1), (1, 1), 2),
+    # several blocks of CUDA threads: 300 outputs, 1200 inputs
+    "p2-3x3-s2-blocks": ((2, 6, 10, 10), (3, 3), (2, 2), 2),
+    "p2-large-batch9-c5": ((9, 5, 17, 15), (3, 2), (2, 1), 2),
+}
 # global average pooling (N, C, H, W) -> (N, C)
 GLOBAL_POOL_SHAPES = {"small": (2, 3, 4, 5), "1x1": (1, 1, 1, 1), "column": (3, 2, 7, 1),
                       "blocks": (2, 3, 5, 7), "parallel": (9, 40, 11, 13)}
@@ -133,6 +148,7 @@ RECURRENT_SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20), (19, 3, 6, 13)]
 LARGE = {
     "POOL_CASES": {"2x2-s2-parallel", "large-batch9-c5"},
     "GLOBAL_POOL_SHAPES": {"parallel"},
+    "LP_POOL_CASES": {"p2-large-batch9-c5"},
     "CONV_CASES": {"large-batch9-c5", "batch11-s1-p1x2", "wide-o70-s1-p2x1", "wide-o70-s2-p1"},
     "ACTIVATION_SHAPES": {(2049, 13)},
     "SOFTMAX_SHAPES": {(130, 257)},

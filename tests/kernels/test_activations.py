@@ -1,5 +1,6 @@
 """Activation kernels. Elementwise: relu / sigmoid / tanh forward(out, x),
-backward(dx, dout, out); leaky_relu forward(out, x, slope), backward(dx, dout, x, slope).
+backward(dx, dout, out); leaky_relu forward(out, x, slope), backward(dx, dout, x, slope);
+hardsigmoid forward(out, x), backward(dx, dout, x).
 Row-wise over the last axis of (N, C): softmax / log_softmax forward(out, x),
 backward(dx, dout, out)."""
 import numpy as np
@@ -22,6 +23,9 @@ ELEMENTWISE = {
                    lambda dx, g, x, o: kernel("leaky_relu_backward")(dx, g, x, SLOPE),
                    lambda x: ref.leaky_relu_forward(x, SLOPE),
                    lambda g, x, o: ref.leaky_relu_backward(g, x, SLOPE)),
+    "hardsigmoid": (lambda o, x: kernel("hardsigmoid_forward")(o, x),
+                    lambda dx, g, x, o: kernel("hardsigmoid_backward")(dx, g, x),
+                    ref.hardsigmoid_forward, lambda g, x, o: ref.hardsigmoid_backward(g, x)),
     "sigmoid": (lambda o, x: kernel("sigmoid_forward")(o, x),
                 lambda dx, g, x, o: kernel("sigmoid_backward")(dx, g, o),
                 ref.sigmoid_forward, lambda g, x, o: ref.sigmoid_backward(g, o)),
@@ -256,3 +260,30 @@ def test_relu_propagates_nan_and_inf_as_pytorch(dtype):
     np.testing.assert_array_equal(dx, ref.relu_backward(g, out))
     assert dx[0] == 1 and dx[1] == 2 and dx[2] == 0
 
+
+
+# PyTorch 2.13's hardsigmoid, forward and backward (dout = 1) of HARDSIGMOID_X, float32 and
+# float64 alike but for the rounding of (x + 3) / 6: the boundaries +-3 get gradient 0,
+# NaN gives NaN and gradient 0, and the gradient factor is float32's 1/6 in both dtypes.
+HARDSIGMOID_X = [-np.inf, -4.0, -3.0, -2.9999, -1.5, -0.0, 0.0, 1.0, 2.9999, 3.0, 3.5, np.inf, np.nan]
+TORCH_HARDSIGMOID_GRAD = [0.0] * 3 + [0.1666666716337204] * 6 + [0.0] * 4
+
+
+def test_hardsigmoid_boundaries_and_nan_as_pytorch(dtype):
+    """Exactly PyTorch's values: clamps at +-3, gradient 1/6 only strictly inside (-3, 3)
+    (0 at x = +-3, as PyTorch's backward), NaN propagates forward with gradient 0."""
+    x = np.array(HARDSIGMOID_X, dtype)
+    out = _ew_forward("hardsigmoid", x)
+    t = dtype.type
+    want = np.array([min(max(v + t(3), t(0)), t(6)) / t(6) if v == v else v for v in x], dtype)
+    np.testing.assert_array_equal(out, want)
+    assert out[2] == 0 and out[9] == 1 and out[0] == 0 and out[11] == 1 and np.isnan(out[-1])
+    dx = np.full_like(x, 123.0)
+    kernel("hardsigmoid_backward")(dx, np.ones_like(x), x)
+    np.testing.assert_array_equal(dx, np.array(TORCH_HARDSIGMOID_GRAD, dtype))
+    # the output near 3 rounds to 1 in float32, yet the gradient there is still 1/6
+    if dtype == np.float32:
+        near = np.array([np.nextafter(np.float32(3), np.float32(0))], np.float32)
+        assert _ew_forward("hardsigmoid", near)[0] == 1
+        kernel("hardsigmoid_backward")(dx[:1], np.ones(1, np.float32), near)
+        assert dx[0] == np.float32(1) / np.float32(6)

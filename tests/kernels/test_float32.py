@@ -109,6 +109,9 @@ def _exercise_float32():
     call("avg_pool2d_forward", pooled2, xi, (2, 2), (2, 2), (0, 0))
     call("max_pool2d_backward", np.empty_like(xi), a(*pooled2.shape), argmax2, (2, 2), (2, 2), (0, 0))
     call("avg_pool2d_backward", np.empty_like(xi), a(*pooled2.shape), (2, 2), (2, 2), (0, 0))
+    lp = np.empty((2, 3, xi.shape[2] - 1, xi.shape[3] - 1), f)  # every pow code compiles in one kernel
+    call("lp_pool2d_forward", lp, xi, 1.5, (2, 2), (1, 1))
+    call("lp_pool2d_backward", np.empty_like(xi), a(*lp.shape), xi, 3, (2, 2), (1, 1))
 
     z, g = a(3, 7), a(3, 7)
     for name in ("relu", "sigmoid", "tanh", "softmax", "log_softmax"):
@@ -117,6 +120,8 @@ def _exercise_float32():
         call(f"{name}_backward", np.empty_like(z), g, o)
     call("leaky_relu_forward", np.empty_like(z), z, 0.1)
     call("leaky_relu_backward", np.empty_like(z), g, z, 0.1)
+    call("hardsigmoid_forward", np.empty_like(z), z)
+    call("hardsigmoid_backward", np.empty_like(z), g, z)
 
     labels = np.array([0, 6, 3])
     for grad in (np.empty_like(z), None):

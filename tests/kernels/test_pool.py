@@ -1,6 +1,7 @@
 """Pooling kernels, NCHW: max_pool2d_forward(out, argmax, x, ks, stride, padding),
 max_pool2d_backward(dx, dout, argmax, ks, stride, padding), avg_pool2d_forward(out, x, ks, stride, padding),
-avg_pool2d_backward(dx, dout, ks, stride, padding). PyTorch semantics."""
+avg_pool2d_backward(dx, dout, ks, stride, padding), lp_pool2d_forward(out, x, p, ks, stride),
+lp_pool2d_backward(dx, dout, x, p, ks, stride). PyTorch semantics."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -9,7 +10,7 @@ from fastnet.kernels import _kernel, kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-from .cases import GLOBAL_POOL_SHAPES, POOL_CASES
+from .cases import GLOBAL_POOL_SHAPES, LP_POOL_CASES, POOL_CASES
 
 CASES = POOL_CASES
 IDS = list(CASES)
@@ -295,3 +296,85 @@ def test_2x2_pooling_with_other_dtypes_takes_the_general_kernels(rng):
     outi, ami = np.empty((2, 3, 3, 4), np.int64), np.empty((2, 3, 3, 4), np.int32)
     _kernel("max_pool2d_forward")(outi, ami, xi, (2, 2), (2, 2), (0, 0))
     np.testing.assert_array_equal(outi, ref.max_pool2d_forward(xi, (2, 2), (2, 2), (0, 0))[0])
+
+
+# ---- LP (power-average) pooling ---------------------------------------------------------------
+
+def lp_input(rng, shape, p, dtype):
+    """Values in [-2, 2] with some exact zeros; |x| where p is not a whole number."""
+    x = rng.uniform(-2, 2, shape)
+    x.reshape(-1)[::7] = 0
+    return (x if float(p).is_integer() else np.abs(x)).astype(dtype)
+
+
+def lp_forward(x, p, ks, stride):
+    out = np.full(_out_shape(x.shape, ks, stride, (0, 0)), 123.0, x.dtype)
+    kernel("lp_pool2d_forward")(out, x, p, ks, stride)
+    return out
+
+
+def lp_backward(dout, x, p, ks, stride):
+    dx = np.full(x.shape, 123.0, x.dtype)
+    kernel("lp_pool2d_backward")(dx, dout, x, p, ks, stride)
+    return dx
+
+
+def _same_nan(got, want):
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    keep = ~np.isnan(want)
+    return got[keep], want[keep]
+
+
+@pytest.mark.parametrize("case", list(LP_POOL_CASES))
+def test_lp_matches_reference(rng, dtype, close, case):
+    """Forward and backward against the reference (NaN exactly where a window's sum of x^p
+    is negative, for odd p); garbage in out / dx is overwritten."""
+    x_shape, ks, stride, p = LP_POOL_CASES[case]
+    x = lp_input(rng, x_shape, p, dtype)
+    out = lp_forward(x, p, ks, stride)
+    close(*_same_nan(out, ref.lp_pool2d_forward(x, p, ks, stride)), scale=4)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = lp_backward(dout, x, p, ks, stride)
+    close(*_same_nan(dx, ref.lp_pool2d_backward(dout, x, p, ks, stride)), scale=4 * ks[0] * ks[1])
+
+
+@pytest.mark.parametrize("case", ["p2-2x2-s2", "p3-3x2-s2x3-odd", "p1.5-overlap-s1",
+                                  "p0.5-2x2-s1", "p4-stride-over-kernel"])
+def test_lp_backward_matches_finite_differences(rng, case):
+    """float64 central differences of lp_pool2d_forward (inputs away from 0, positive
+    where the windows' sums must stay positive)."""
+    x_shape, ks, stride, p = LP_POOL_CASES[case]
+    x = rng.uniform(0.3, 2, (1, 2) + x_shape[2:])
+    if p in (2, 4):
+        x *= rng.choice([-1.0, 1.0], x.shape)
+    check_backward(lambda x: lp_forward(x, p, ks, stride),
+                   lambda dout, x: (lp_backward(dout, x, p, ks, stride),), [x], rng)
+
+
+def test_lp_zero_windows_negative_sums_and_nonfinite(dtype):
+    """As PyTorch's lp_pool2d: a window of zeros gives 0 and a zero gradient (not NaN,
+    though the derivative of sqrt is inf there); a negative sum with odd p gives NaN
+    forward and backward, but p = 1 passes it; NaN propagates; an inf gives inf, and
+    gradient 0 to its window's finite elements, NaN to itself (0 * inf)."""
+    x = np.array([[0, 0, 1, -2, np.nan, 1, np.inf, 3],
+                  [0, 0, 0, 0, 2, 2, 1, 1]], dtype).reshape(1, 1, 2, 8)
+    g = np.ones((1, 1, 1, 4), dtype)
+    out = lp_forward(x, 2, (2, 2), (2, 2))
+    np.testing.assert_array_equal(out[0, 0, 0, [0, 3]], [0, np.inf])
+    assert np.isnan(out[0, 0, 0, 2])
+    dx = lp_backward(g, x, 2, (2, 2), (2, 2))
+    np.testing.assert_array_equal(dx[0, 0, :, :2], 0)
+    assert np.all(np.isnan(dx[0, 0, :, 4:6]))
+    np.testing.assert_array_equal(dx[0, 0, :, 6:], [[np.nan, 0], [0, 0]])
+    out3 = lp_forward(x, 3, (2, 2), (2, 2))
+    assert np.isnan(out3[0, 0, 0, 1]) and np.all(np.isnan(lp_backward(g, x, 3, (2, 2), (2, 2))[0, 0, :, 2:4]))
+    out1 = lp_forward(x, 1, (2, 2), (2, 2))
+    assert out1[0, 0, 0, 1] == -1
+    np.testing.assert_array_equal(lp_backward(g, x, 1, (2, 2), (2, 2))[0, 0, :, 2:4], 1)
+
+
+def test_lp_float32_stays_float32_and_exact_for_squares():
+    """float32 in, float32 out; sums of squares of small integers are exact: sqrt(1+4+4+16) = 5."""
+    x = np.array([1, 2, 2, 4], np.float32).reshape(1, 1, 2, 2)
+    out = lp_forward(x, 2, (2, 2), (2, 2))
+    assert out.dtype == np.float32 and out[0, 0, 0, 0] == 5

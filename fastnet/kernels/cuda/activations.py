@@ -13,7 +13,7 @@ import math
 from numba import cuda
 
 from . import _launch
-from ..codes import RELU, SIGMOID, TANH
+from ..codes import HARDSIGMOID_ONE_SIXTH, RELU, SIGMOID, TANH
 from ._device import through_activation, apply_activation, block_sum, row_max_sumexp, row_of_thread
 from ._launch import THREADS, launch_1d, launch_rows
 
@@ -80,6 +80,40 @@ def leaky_relu_backward(dx, dout, x, negative_slope):
     dx, dout, x = _launch.flat(dx), _launch.flat(dout), _launch.flat(x)
     grid, threads = launch_1d(x.size)
     _leaky_relu_backward_kernel[grid, threads](dx, dout, x, _launch.scalar(negative_slope, x.dtype))
+
+
+@cuda.jit
+def _hardsigmoid_forward_kernel(out, x, three, zero, six):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i] + three
+        v = v if v != v or v > zero else zero  # max(v, 0), NaN kept
+        v = v if v != v or v < six else six    # min(v, 6), NaN kept
+        out[i] = v / six
+
+
+@cuda.jit
+def _hardsigmoid_backward_kernel(dx, dout, x, three, zero, one_sixth):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        dx[i] = dout[i] * one_sixth if v > -three and v < three else zero
+
+
+def hardsigmoid_forward(out, x):
+    """x (...) -> out (...) = min(max(x + 3, 0), 6) / 6; NaN stays NaN"""
+    out, x = _launch.flat(out), _launch.flat(x)
+    grid, threads = launch_1d(x.size)
+    s = _launch.scalar
+    _hardsigmoid_forward_kernel[grid, threads](out, x, s(3, x.dtype), s(0, x.dtype), s(6, x.dtype))
+
+
+def hardsigmoid_backward(dx, dout, x):
+    """dout (...), x (...) -> dx (...) = dout / 6 where -3 < x < 3, else 0; takes the
+    input (the CPU kernel's note: PyTorch's float32 1/6 for every dtype)"""
+    dx, dout, x = _launch.flat(dx), _launch.flat(dout), _launch.flat(x)
+    grid, threads = launch_1d(x.size)
+    s = _launch.scalar
+    _hardsigmoid_backward_kernel[grid, threads](
+        dx, dout, x, s(3, x.dtype), s(0, x.dtype), s(HARDSIGMOID_ONE_SIXTH, x.dtype))
 
 
 def sigmoid_forward(out, x):

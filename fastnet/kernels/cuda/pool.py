@@ -4,16 +4,20 @@
 PyTorch's floor convention. Max pooling treats padding as -inf and records the argmax
 (int32) as the flat index ih*W + iw within the input plane; ties go to the first element
 in row-major window order, a NaN wins (the last NaN of a window), as on the CPU. Average
-pooling divides by KH*KW, padding included (``count_include_pad=True``).
+pooling divides by KH*KW, padding included (``count_include_pad=True``). LP pooling
+follows PyTorch's lp_pool2d step by step (the CPU kernels' note in kernels/pool.py).
 
 Forward kernels run one thread per output element. Backward kernels gather, one thread
 per input element, summing the output gradients that reach it in the CPU kernels' order
 (output row-major): no racy ``+=``, deterministic, and for max pooling bitwise equal to
 the CPU. Backward kernels overwrite their outputs.
 """
+import math
+
 from numba import cuda
 
 from . import _launch
+from ..pool import lp_exponents
 from ._launch import launch_1d
 
 
@@ -171,3 +175,98 @@ def global_avg_pool2d_backward(dx, dout):
     grid, threads = launch_1d(dx.size)
     _global_avg_pool2d_backward_kernel[grid, threads](
         _launch.flat(dx), _launch.flat(dout), hw, _inv_area((hw, 1), dx.dtype))
+
+
+# ---- power-average (LP) pooling: the CPU kernels' arithmetic (kernels/pool.py's note) -------
+# NOTE: numba-cuda compiles without fast math unless asked: IEEE divisions and square
+# roots, 1 / sqrt(0) = inf, as the CPU's exact build.
+
+@cuda.jit(device=True, inline=True)
+def _lp_pow(v, e, code):
+    one = type(v)(1)
+    if code == 0:
+        return one
+    if code == 1:
+        return v
+    if code == 2:
+        return v * v
+    if code == 3:
+        return v * v * v
+    if code == 4:
+        return math.sqrt(v)
+    if code == 5:
+        return one / math.sqrt(v)
+    if code == 6:
+        return one / v
+    if code == 7:
+        return one / (v * v)
+    return v ** e
+
+
+@cuda.jit(device=True, inline=True)
+def _lp_window_sum(x, xb, w, i0, j0, kh, kw, p, pc):
+    s = x.dtype.type(0)
+    for i in range(i0, i0 + kh):
+        for j in range(j0, j0 + kw):
+            s += _lp_pow(x[xb + i * w + j], p, pc)
+    return s
+
+
+@cuda.jit
+def _lp_pool2d_forward_kernel(out, x, h, w, oh_, ow_, kh, kw, sh, sw, p, pc, inv_p, ic):
+    area = x.dtype.type(kh * kw)
+    for o in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = o % ow_
+        oh = (o // ow_) % oh_
+        xb = (o // (ow_ * oh_)) * h * w
+        s = _lp_window_sum(x, xb, w, oh * sh, ow * sw, kh, kw, p, pc)
+        out[o] = _lp_pow((s / area) * area, inv_p, ic)
+
+
+def lp_pool2d_forward(out, x, norm_type, kernel_size, stride):
+    """x (N, C, H, W) -> out (N, C, OH, OW) = (sum over the window of x^p)^(1/p), p =
+    norm_type > 0, no padding (PyTorch's lp_pool2d, ceil_mode=False)"""
+    p, pc, _, _, inv_p, ic, _, _ = lp_exponents(norm_type, x.dtype)
+    grid, threads = launch_1d(out.size)
+    _lp_pool2d_forward_kernel[grid, threads](
+        _launch.flat(out), _launch.flat(x), x.shape[2], x.shape[3], out.shape[2], out.shape[3],
+        *map(int, kernel_size), *map(int, stride), p, pc, inv_p, ic)
+
+
+@cuda.jit
+def _lp_pool2d_backward_kernel(dx, dout, x, h, w, oh_, ow_, kh, kw, sh, sw, p, pc, pm1, pm1c,
+                               inv_p, e1, e1c):
+    # a gather, as avg_pool2d's: each input element sums, in output order, what the windows
+    # covering it pass down (each window's sum computed again: no scratch, no atomics)
+    area = x.dtype.type(kh * kw)
+    zero = x.dtype.type(0)
+    for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        iw = e % w
+        ih = (e // w) % h
+        xb = (e // (w * h)) * h * w
+        ob = (e // (w * h)) * oh_ * ow_
+        oh0, oh1 = _covering(ih, oh_, kh, sh, 0)
+        ow0, ow1 = _covering(iw, ow_, kw, sw, 0)
+        acc = zero
+        for oh in range(oh0, oh1):
+            for ow in range(ow0, ow1):
+                s = _lp_window_sum(x, xb, w, oh * sh, ow * sw, kh, kw, p, pc)
+                a = s / area
+                t = a * area
+                dt = dout[ob + oh * ow_ + ow] * (inv_p * _lp_pow(t, e1, e1c))
+                sg = x.dtype.type(1) if a > zero else (x.dtype.type(-1) if a < zero else zero)
+                gr = (dt * area) * sg
+                gr = zero if abs(a) <= zero else gr
+                acc += (gr * sg) / area
+        dx[e] = acc * (p * _lp_pow(x[e], pm1, pm1c))
+
+
+def lp_pool2d_backward(dx, dout, x, norm_type, kernel_size, stride):
+    """dout (N, C, OH, OW), x (N, C, H, W) -> dx (N, C, H, W); takes the input (the window
+    sums are computed again)"""
+    p, pc, pm1, pm1c, inv_p, _, e1, e1c = lp_exponents(norm_type, x.dtype)
+    grid, threads = launch_1d(dx.size)
+    _lp_pool2d_backward_kernel[grid, threads](
+        _launch.flat(dx), _launch.flat(dout), _launch.flat(x), dx.shape[2], dx.shape[3],
+        dout.shape[2], dout.shape[3], *map(int, kernel_size), *map(int, stride),
+        p, pc, pm1, pm1c, inv_p, e1, e1c)

@@ -59,6 +59,10 @@ def pool():
         (m._avg_pool2d_backward_kernel, (F1, F1) + geometry + (float32,)),
         (m._global_avg_pool2d_forward_kernel, (F1, F1, int64, float32)),
         (m._global_avg_pool2d_backward_kernel, (F1, F1, int64, float32)),
+        (m._lp_pool2d_forward_kernel,
+         (F1, F1) + geometry[:8] + (float32, int64, float32, int64)),  # p, its code, 1/p, its code
+        (m._lp_pool2d_backward_kernel,
+         (F1, F1, F1) + geometry[:8] + (float32, int64) * 2 + (float32, float32, int64)),
     ]
 
 
@@ -69,6 +73,8 @@ def activations():
         (m._activation_backward_kernel, (F1, F1, F1, int64, float32)),
         (m._leaky_relu_forward_kernel, (F1, F1, float32)),
         (m._leaky_relu_backward_kernel, (F1, F1, F1, float32)),
+        (m._hardsigmoid_forward_kernel, (F1, F1, float32, float32, float32)),
+        (m._hardsigmoid_backward_kernel, (F1, F1, F1, float32, float32, float32)),
         (m._softmax_forward_kernel, (F2, F2, int64)),
         (m._softmax_backward_kernel, (F2, F2, F2, int64)),
         (m._log_softmax_forward_kernel, (F2, F2, int64)),

@@ -1,6 +1,7 @@
 """CUDA activation kernels against the reference, finite differences and the CPU kernels.
 Elementwise: relu / sigmoid / tanh forward(out, x), backward(dx, dout, out);
-leaky_relu forward(out, x, slope), backward(dx, dout, x, slope). Row-wise over (N, C):
+leaky_relu forward(out, x, slope), backward(dx, dout, x, slope); hardsigmoid forward(out, x),
+backward(dx, dout, x). Row-wise over (N, C):
 softmax / log_softmax forward(out, x), backward(dx, dout, out)."""
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ ELEMENTWISE = {
                    lambda dev, dx, g, x, o: kernel("leaky_relu_backward", dev)(dx, g, x, SLOPE),
                    lambda x: ref.leaky_relu_forward(x, SLOPE),
                    lambda g, x, o: ref.leaky_relu_backward(g, x, SLOPE)),
+    "hardsigmoid": (lambda dev, o, x: kernel("hardsigmoid_forward", dev)(o, x),
+                    lambda dev, dx, g, x, o: kernel("hardsigmoid_backward", dev)(dx, g, x),
+                    ref.hardsigmoid_forward, lambda g, x, o: ref.hardsigmoid_backward(g, x)),
     "sigmoid": (lambda dev, o, x: kernel("sigmoid_forward", dev)(o, x),
                 lambda dev, dx, g, x, o: kernel("sigmoid_backward", dev)(dx, g, o),
                 ref.sigmoid_forward, lambda g, x, o: ref.sigmoid_backward(g, o)),
@@ -193,3 +197,19 @@ def test_rowwise_extreme_logits(dtype, close, dev, host, garbage, op):
     x[1, 2] = np.nan
     out, _ = _row(op, x, dev, host, garbage)
     assert np.all(np.isnan(out[1])) and np.all(np.isfinite(np.delete(out, 1, axis=0)))
+
+
+def test_hardsigmoid_boundaries_and_nan_as_pytorch(dtype, dev, host, garbage):
+    """The CPU test's values (PyTorch's): clamps at +-3, gradient float32's 1/6 strictly
+    inside (-3, 3) and 0 at the boundaries, NaN forward with gradient 0."""
+    from ..test_activations import HARDSIGMOID_X, TORCH_HARDSIGMOID_GRAD
+
+    x = np.array(HARDSIGMOID_X, dtype)
+    out = garbage(x.shape, dtype)
+    kernel("hardsigmoid_forward", "cuda")(out, dev(x))
+    cpu = np.empty_like(x)
+    kernel("hardsigmoid_forward", "cpu")(cpu, x)
+    np.testing.assert_array_equal(host(out), cpu)
+    dx = garbage(x.shape, dtype)
+    kernel("hardsigmoid_backward", "cuda")(dx, dev(np.ones_like(x)), dev(x))
+    np.testing.assert_array_equal(host(dx), np.array(TORCH_HARDSIGMOID_GRAD, dtype))

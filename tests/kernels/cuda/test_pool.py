@@ -1,7 +1,8 @@
 """CUDA pooling kernels, NCHW, against the reference, finite differences and the CPU
 kernels: max_pool2d_forward(out, argmax, x, ks, stride, padding),
 max_pool2d_backward(dx, dout, argmax, ks, stride, padding), avg_pool2d_forward(out, x, ks, stride, padding),
-avg_pool2d_backward(dx, dout, ks, stride, padding). PyTorch semantics."""
+avg_pool2d_backward(dx, dout, ks, stride, padding), lp_pool2d_forward(out, x, p, ks, stride),
+lp_pool2d_backward(dx, dout, x, p, ks, stride). PyTorch semantics."""
 import numpy as np
 import pytest
 
@@ -9,7 +10,8 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-from ..cases import GLOBAL_POOL_SHAPES, POOL_CASES, cases_for
+from ..cases import GLOBAL_POOL_SHAPES, LP_POOL_CASES, POOL_CASES, cases_for
+from ..test_pool import lp_input
 
 CASES = POOL_CASES
 IDS = cases_for(POOL_CASES, "cuda")
@@ -216,3 +218,48 @@ def test_global_avg_pool_matches_reference_and_cpu(rng, dtype, dev, host, garbag
     cpu_dx = np.empty(shape, dtype)
     kernel("global_avg_pool2d_backward", "cpu")(cpu_dx, dout)
     np.testing.assert_allclose(host(dx), cpu_dx, **tol)
+
+
+@pytest.mark.parametrize("case", cases_for(LP_POOL_CASES, "cuda"))
+def test_lp_pool_matches_reference_and_cpu(rng, dtype, close, dev, host, garbage, case):
+    """LP pooling forward and backward against the reference and the CPU kernels (NaN at
+    the same places: negative sums of odd powers)."""
+    x_shape, ks, stride, p = LP_POOL_CASES[case]
+    x = lp_input(rng, x_shape, p, dtype)
+    out = garbage(_out_shape(x_shape, ks, stride, (0, 0)), dtype)
+    kernel("lp_pool2d_forward", "cuda")(out, dev(x), p, ks, stride)
+    out = host(out)
+    cpu_out = np.empty_like(out)
+    kernel("lp_pool2d_forward", "cpu")(cpu_out, x, p, ks, stride)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(cpu_out))
+    keep = ~np.isnan(cpu_out)
+    close(out[keep], cpu_out[keep], scale=4, err_msg="forward vs cpu")
+    close(out[keep], ref.lp_pool2d_forward(x, p, ks, stride)[keep], scale=4,
+          err_msg="forward vs reference")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = garbage(x_shape, dtype)
+    kernel("lp_pool2d_backward", "cuda")(dx, dev(dout), dev(x), p, ks, stride)
+    dx = host(dx)
+    cpu_dx = np.empty_like(x)
+    kernel("lp_pool2d_backward", "cpu")(cpu_dx, dout, x, p, ks, stride)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(cpu_dx))
+    keep = ~np.isnan(cpu_dx)
+    close(dx[keep], cpu_dx[keep], scale=4 * ks[0] * ks[1], err_msg="backward vs cpu")
+
+
+def test_lp_pool_backward_matches_finite_differences(rng, dev, host, garbage):
+    """float64 central differences of the CUDA lp_pool2d_forward (p = 3, overlapping
+    windows, positive inputs)."""
+    ks, stride, p = (2, 2), (1, 1), 3
+
+    def forward(x):
+        out = garbage(_out_shape(x.shape, ks, stride, (0, 0)), x.dtype)
+        kernel("lp_pool2d_forward", "cuda")(out, dev(x), p, ks, stride)
+        return host(out)
+
+    def backward(dout, x):
+        dx = garbage(x.shape, x.dtype)
+        kernel("lp_pool2d_backward", "cuda")(dx, dev(dout), dev(x), p, ks, stride)
+        return (host(dx),)
+
+    check_backward(forward, backward, [rng.uniform(0.3, 2, (1, 1, 3, 3))], rng)
