@@ -329,6 +329,38 @@ def gap_case(shape, dt):
     return Case(name, ("global_avg_pool2d_forward", "global_avg_pool2d_backward"), fn)
 
 
+def lp_pool_case(x_shape, p, ks, stride, dt, special=None):
+    n, ch, h, w = x_shape
+    oh, ow = _out_size(h, ks[0], stride[0], 0), _out_size(w, ks[1], stride[1], 0)
+    name = (f"lp_pool/n{n}-c{ch}-{h}x{w}-p{p}-k{_geom(ks)}-s{_geom(stride)}-{_tag(dt)}"
+            f"{'-' + special if special else ''}")
+
+    def fn(c):
+        xh = c.randn(x_shape, dt)
+        if special == "nonfinite":  # zero windows, NaN, inf (negative sums come from odd p)
+            xh[:, :, :2, :2] = 0
+            xh.reshape(-1)[::13] = np.nan
+            xh.reshape(-1)[5::17] = np.inf
+        x = c.dev(xh)
+        out = c.out((n, ch, oh, ow), dt)
+        c.k("lp_pool2d_forward")(out, x, p, ks, stride)
+        dx = c.out(x_shape, dt)
+        c.k("lp_pool2d_backward")(dx, c.rand((n, ch, oh, ow), dt), x, p, ks, stride)
+        return {"lp_pool2d_forward.out": out, "lp_pool2d_backward.dx": dx}
+    return Case(name, ("lp_pool2d_forward", "lp_pool2d_backward"), fn)
+
+
+def lp_pool_cases():
+    return [lp_pool_case(shape, p, ks, stride, dt, special)
+            for dt in (F32, F64)
+            for shape, p, ks, stride, special in [
+                ((3, 4, 12, 16), 2, (2, 2), (2, 2), None),
+                ((2, 3, 13, 11), 3, (3, 2), (1, 2), None),
+                ((1, 2, 9, 10), 1.5, (3, 3), (2, 1), None),
+                ((17, 6, 28, 28), 2, (3, 3), (2, 2), None),
+                ((2, 3, 11, 10), 2, (2, 2), (1, 1), "nonfinite")]]
+
+
 # activations ----------------------------------------------------------------------------
 
 SLOPE = 0.01
@@ -361,6 +393,24 @@ def elementwise_case(shape, dt, special=None):
                 res[f"{a}_backward.dx_inplace"] = dout
         return res
     return Case(name, ops, fn)
+
+
+def hardsigmoid_case(shape, dt, special=None):
+    name = (f"hardsigmoid/{'x'.join(map(str, shape))}-{_tag(dt)}"
+            f"{'-' + special if special else ''}")
+
+    def fn(c):
+        xh = c.randn(shape, dt, 3.0)
+        if special == "nonfinite":  # NaN, +-inf and the boundaries +-3
+            f = xh.reshape(-1)
+            f[::5], f[1::7], f[2::9], f[3::4], f[4::6] = np.nan, np.inf, -np.inf, 3.0, -3.0
+        x = c.dev(xh)
+        out = c.out(shape, dt)
+        c.k("hardsigmoid_forward")(out, x)
+        dx = c.out(shape, dt)
+        c.k("hardsigmoid_backward")(dx, c.rand(shape, dt), x)
+        return {"hardsigmoid_forward.out": out, "hardsigmoid_backward.dx": dx}
+    return Case(name, ("hardsigmoid_forward", "hardsigmoid_backward"), fn)
 
 
 def elementwise_cases():
@@ -634,7 +684,10 @@ def cpu_cases():
     return (dense_cases() + im2col_cases() + conv_cases() + pool_cases()
             + [gap_case(s, dt) for dt in (F32, F64) for s in [(1, 1, 1, 1), (3, 5, 7, 9),
                                                              (17, 32, 4, 4)]]
-            + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases() + rnn_cases())
+            + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases() + rnn_cases()
+            + lp_pool_cases()
+            + [hardsigmoid_case(s, dt, sp) for dt in (F32, F64)
+               for s, sp in [((7,), None), ((128, 1000), None), ((5, 37), "nonfinite")]])
 
 
 def cuda_cases():
@@ -656,6 +709,9 @@ def cuda_cases():
         pool_case((1, 2, 6, 7), (2, 3), (1, 2), (1, 0), d),
         pool_case((1, 2, 4, 5), (2, 2), (2, 2), (0, 0), d, special="nonfinite"),
         gap_case((2, 3, 3, 4), d),
+        lp_pool_case((1, 2, 5, 6), 2, (2, 2), (2, 2), d),
+        lp_pool_case((1, 2, 6, 5), 3, (3, 2), (1, 2), d, special="nonfinite"),
+        hardsigmoid_case((3, 37), d), hardsigmoid_case((5, 37), d, "nonfinite"),
         elementwise_case((3, 37), d), elementwise_case((5, 37), d, "nonfinite"),
         rowwise_case(3, 10, d), rowwise_case(2, 33, d), rowwise_case(1, 1, d),
         rowwise_case(2, 100, d), rowwise_case(2, 10, d, "extreme"),

@@ -1,4 +1,4 @@
-"""MaxPool2D and AvgPool2D (2x2) on 128x32x32x32 and 128x6x28x28: forward and backward."""
+"""MaxPool2D, AvgPool2D and LPPool2D (p = 2) (2x2) on 128x32x32x32 and 128x6x28x28: forward and backward."""
 FAMILY = "pool"
 
 

@@ -16,11 +16,12 @@ into its own layers:
     ("dense", in, out, activation)   activation None or "relu" (fastnet fuses it)
     ("conv", in, out, k, stride, padding, activation[, bias])   bias True unless given
     ("maxpool", k) / ("avgpool", k)  window k, stride k, no padding
+    ("lppool", p, k)                 power-average pooling of norm p, window k, stride k
     ("global_avgpool",)              mean over H and W: (N, C, H, W) -> (N, C)
     ("batchnorm1d", c) / ("batchnorm2d", c)  PyTorch's eps and momentum (training mode
                                      in a training step, running statistics in eval mode)
     ("residual", block, shortcut)    block(x) + shortcut(x), both specs; shortcut None: + x
-    ("relu",) ("sigmoid",) ("tanh",) ("softmax",) ("flatten",)
+    ("relu",) ("sigmoid",) ("tanh",) ("hardsigmoid",) ("softmax",) ("flatten",)
 
 Parameters are a dict with PyTorch's state_dict keys ("weight", or "0.weight" for a
 model of several layers, "3.block.0.weight" / "3.shortcut.1.bias" inside a residual
@@ -218,6 +219,8 @@ def trace(spec, shape):
             macs, shape = n * cout * oh * ow * cin * k * k, (n, cout, oh, ow)
         elif kind in ("maxpool", "avgpool"):
             shape = shape[:2] + tuple(d // s[1] for d in shape[2:])
+        elif kind == "lppool":
+            shape = shape[:2] + tuple(d // s[2] for d in shape[2:])
         elif kind == "global_avgpool":
             shape = shape[:2]
         elif kind == "flatten":
@@ -499,7 +502,10 @@ def all_cases(quick: bool = False) -> list:
     for op, kind in (("max_pool2d", "maxpool"), ("avg_pool2d", "avgpool")):
         for shape in pools:
             cases += _layer_pair("pool", op, f"{_dims(shape)} k2", [(kind, 2)], shape, False)
-    for op in ("relu", "sigmoid", "tanh"):
+    for shape in pools:
+        cases += _layer_pair("pool", "lp_pool2d", f"{_dims(shape)} p2 k2", [("lppool", 2, 2)],
+                             shape, False)
+    for op in ("relu", "sigmoid", "tanh", "hardsigmoid"):
         cases += _layer_pair("activation", op, _dims(big), [(op,)], big, False)
     rows = [(n, 10), (4, 30)] if quick else [(BATCH, 10), (1024, 1000)]
     for shape in rows:

@@ -8,7 +8,7 @@ import numpy as np
 from fastnet.device import Device, to_numpy
 from fastnet.kernels import _kernel
 from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
-                            Flatten, GlobalAvgPool2D, MaxPool2D, Parameter, ReLU, Residual,
+                            Flatten, GlobalAvgPool2D, Hardsigmoid, LPPool2D, MaxPool2D, Parameter, ReLU, Residual,
                             Sequential, Sigmoid, Softmax, Tanh)
 from fastnet.layers import LSTM
 from fastnet.losses import CrossEntropyLoss
@@ -19,7 +19,7 @@ from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias
 _SIMPLE = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax,
            "flatten": Flatten, "maxpool": MaxPool2D, "avgpool": AvgPool2D,
            "global_avgpool": GlobalAvgPool2D, "batchnorm1d": BatchNorm1D,
-           "batchnorm2d": BatchNorm2D}
+           "batchnorm2d": BatchNorm2D, "hardsigmoid": Hardsigmoid, "lppool": LPPool2D}
 
 
 def _layer(s):

@@ -127,6 +127,29 @@ class AvgPool2D(_Pool):
         return np.broadcast_to(spread, (n, c, oh, k, ow, k)).reshape(self.x_shape)
 
 
+class LPPool2D(_Pool):
+    """(sum of x^p over the window)^(1/p); a window of zeros gets a zero gradient."""
+
+    def __init__(self, p, k):
+        super().__init__(k)
+        self.p = p
+
+    def forward(self, x):
+        self.x = x
+        self.y = (self._windows(x) ** self.p).sum(axis=(3, 5)) ** (1 / self.p)
+        return self.y
+
+    def backward(self, g, input_grad=True):
+        # d y / d x = (x / y)^(p - 1) within each window
+        k, p = self.k, self.p
+        n, c, oh, ow = g.shape
+        y = np.broadcast_to(self.y[:, :, :, None, :, None], (n, c, oh, k, ow, k))
+        gk = np.broadcast_to(g[:, :, :, None, :, None], (n, c, oh, k, ow, k))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(y > 0, gk * (self._windows(self.x) / y) ** (p - 1), 0)
+        return d.reshape(self.x_shape).astype(g.dtype, copy=False)
+
+
 class GlobalAvgPool2D(Layer):
     def forward(self, x):
         self.x_shape = x.shape
@@ -191,6 +214,15 @@ class Sigmoid(_Elementwise):
 
     def backward(self, g, input_grad=True):
         return g * self.y * (1 - self.y)
+
+
+class Hardsigmoid(Layer):
+    def forward(self, x):
+        self.x = x
+        return np.clip(x / 6 + 0.5, 0, 1)
+
+    def backward(self, g, input_grad=True):
+        return g * ((self.x > -3) & (self.x < 3)) / 6
 
 
 class Tanh(_Elementwise):
@@ -282,6 +314,7 @@ class Residual(_Container):
 _LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:7]),
            "maxpool": lambda s: MaxPool2D(s[1]), "avgpool": lambda s: AvgPool2D(s[1]),
            "global_avgpool": lambda s: GlobalAvgPool2D(),
+           "lppool": lambda s: LPPool2D(s[1], s[2]), "hardsigmoid": lambda s: Hardsigmoid(),
            "relu": lambda s: ReLU(), "sigmoid": lambda s: Sigmoid(), "tanh": lambda s: Tanh(),
            "softmax": lambda s: Softmax(), "flatten": lambda s: Flatten(),
            "batchnorm1d": lambda s: BatchNorm(), "batchnorm2d": lambda s: BatchNorm()}

@@ -71,6 +71,11 @@ class _Graph:
             elif kind in ("maxpool", "avgpool"):
                 op = "MaxPool" if kind == "maxpool" else "AveragePool"
                 x = self.node(op, [x], kernel_shape=[s[1]] * 2, strides=[s[1]] * 2)
+            elif kind == "lppool":
+                x = self.node("LpPool", [x], p=int(s[1]), kernel_shape=[s[2]] * 2,
+                              strides=[s[2]] * 2)
+            elif kind == "hardsigmoid":  # PyTorch's: alpha 1/6, beta 1/2
+                x = self.node("HardSigmoid", [x], alpha=1 / 6, beta=0.5)
             elif kind == "softmax":
                 x = self.node("Softmax", [x], axis=-1)
             elif kind in _SIMPLE:

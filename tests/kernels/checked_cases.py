@@ -215,6 +215,19 @@ def _pool(d, kind, backward):
     return dict(out=d.view(d.out(n, c, oh, ow)), x=d.view(d.a(n, c, h, w)), **geo)
 
 
+def _lp_pool(d, backward):
+    """No padding; C-contiguous arrays (the spec takes no strided ones); a whole or a
+    fractional norm_type (x drawn as for the other ops: NaN where a power has none)."""
+    ks = (d.int(1, 3), d.int(1, 3))
+    stride = (d.int(1, 3), d.int(1, 3))
+    n, c = d.int(1, 3), d.int(1, 3)
+    h, w, oh, ow = _plane(d, ks, stride, (0, 0))
+    geo = dict(norm_type=d.pick((1, 2, 3, d.real(0.25, 4))), kernel_size=ks, stride=stride)
+    if backward:
+        return dict(dx=d.out(n, c, h, w), dout=d.a(n, c, oh, ow), x=d.a(n, c, h, w), **geo)
+    return dict(out=d.out(n, c, oh, ow), x=d.a(n, c, h, w), **geo)
+
+
 def _elementwise(d, names, inplace=None, **scalars):
     """Arrays of one shape: names ``out:``-prefixed are outputs; ``inplace``: (out, in)
     that may be drawn as the same array."""
@@ -374,6 +387,8 @@ MAKERS = {
                                                  negative_slope=d.real(-2, 2)),
     "leaky_relu_backward": lambda d: _elementwise(d, ("out:dx", "in:dout", "in:x"), ("dx", "dout"),
                                                   negative_slope=d.real(-2, 2)),
+    "hardsigmoid_forward": lambda d: _elementwise(d, ("out:out", "in:x"), ("out", "x")),
+    "hardsigmoid_backward": lambda d: _elementwise(d, ("out:dx", "in:dout", "in:x"), ("dx", "dout")),
     "sigmoid_forward": lambda d: _elementwise(d, ("out:out", "in:x"), ("out", "x")),
     "sigmoid_backward": lambda d: _elementwise(d, ("out:dx", "in:dout", "in:out"), ("dx", "dout")),
     "tanh_forward": lambda d: _elementwise(d, ("out:out", "in:x"), ("out", "x")),
@@ -392,6 +407,8 @@ MAKERS = {
     "add": lambda d: _elementwise(d, ("out:out", "in:a", "in:b"), ("out", d.pick("ab"))),
     "batch_norm_forward": lambda d: _batch_norm(d, False),
     "batch_norm_backward": lambda d: _batch_norm(d, True),
+    "lp_pool2d_forward": lambda d: _lp_pool(d, False),
+    "lp_pool2d_backward": lambda d: _lp_pool(d, True),
     "global_avg_pool2d_forward": lambda d: _global_pool(d, False),
     "global_avg_pool2d_backward": lambda d: _global_pool(d, True),
     "rnn_forward": lambda d: _recurrent(d, "rnn", False),

@@ -24,6 +24,7 @@ CONSTRUCTORS = {
     "Conv2D": lambda a: L.Conv2D(a[0], a[1], a[2], stride=a[3], padding=a[4]),
     "MaxPool2D": lambda a: L.MaxPool2D(a[0], a[1], a[2]),
     "AvgPool2D": lambda a: L.AvgPool2D(a[0], a[1], a[2]),
+    "LPPool2D": lambda a: L.LPPool2D(a[0], a[1], a[2], a[3]),
     "BatchNorm1D": lambda a: L.BatchNorm1D(a[0], eps=a[1], momentum=a[2]),
     "BatchNorm2D": lambda a: L.BatchNorm2D(a[0], eps=a[1], momentum=a[2]),
     "Dropout": lambda a: L.Dropout(a[0]),
@@ -32,7 +33,8 @@ CONSTRUCTORS = {
     "LSTM": lambda a: L.LSTM(a[0], a[1]),
     "GRU": lambda a: L.GRU(a[0], a[1]),
 }
-SIMPLE = [L.ReLU, L.Sigmoid, L.Tanh, L.Softmax, L.LogSoftmax, L.Flatten, L.GlobalAvgPool2D]
+SIMPLE = [L.ReLU, L.Sigmoid, L.Tanh, L.Softmax, L.LogSoftmax, L.Flatten, L.GlobalAvgPool2D,
+          L.Hardsigmoid]
 MAX_ELEMENTS = 1 << 16  # no constructor argument may allocate more than this per tensor
 
 

@@ -391,7 +391,7 @@ def test_valid_files_of_every_layer_still_load(tmp_path):
     fastnet.manual_seed(1)
     models = [
         L.Sequential(L.Conv2D(1, 2, (3, 2), padding=1, bias=False), L.BatchNorm2D(2), L.ReLU(),
-                     L.MaxPool2D(2), L.AvgPool2D(1),
+                     L.MaxPool2D(2), L.AvgPool2D(1), L.LPPool2D(2, 1), L.Hardsigmoid(),
                      L.Residual(L.Sequential(L.Conv2D(2, 2, 3, padding=1), L.BatchNorm2D(2, affine=False)),
                                 L.Sequential(L.Conv2D(2, 2, 1))),
                      L.Residual(L.Tanh()), L.GlobalAvgPool2D(), L.Flatten(), L.Dense(2, 6),
