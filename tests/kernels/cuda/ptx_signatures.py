@@ -106,7 +106,7 @@ def optim():
 def elementwise():
     m = _module("elementwise")
     return [(m._accumulate_kernel, (F1, F1)), (m._add_kernel, (F1, F1, F1)),
-            (m._divide_kernel, (F1, F1, float32))]
+            (m._divide_kernel, (F1, F1, float32)), (m._swap_axes12_kernel, (F3, F3))]
 
 
 def norm():
