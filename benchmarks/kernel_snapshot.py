@@ -680,6 +680,26 @@ def rnn_cases():
     return cases
 
 
+def embedding_case(m, v, d, dt, padding_idx=None, index_dtype=np.int64):
+    name = (f"embedding/m{m}-v{v}-d{d}-pad{padding_idx}-{np.dtype(index_dtype).name}"
+            f"-{_tag(dt)}")
+
+    def fn(c):
+        idx = c.dev(c.rng.integers(0, v, m).astype(index_dtype))
+        out = c.out((m, d), dt)
+        c.k("embedding_forward")(out, idx, c.rand((v, d), dt))
+        dw = c.out((v, d), dt)
+        c.k("embedding_backward")(dw, c.rand((m, d), dt), idx, padding_idx)
+        return {"embedding_forward.out": out, "embedding_backward.dweight": dw}
+    return Case(name, ("embedding_forward", "embedding_backward"), fn)
+
+
+def embedding_cases():
+    return [embedding_case(m, v, d, dt, p, it) for dt in (F32, F64)
+            for m, v, d, p, it in [(1, 1, 1, None, np.int64), (40, 7, 5, 3, np.int32),
+                                   (9, 30, 3, 0, np.uint8), (5000, 101, 17, None, np.int64)]]
+
+
 def cpu_cases():
     return (dense_cases() + im2col_cases() + conv_cases() + pool_cases()
             + [gap_case(s, dt) for dt in (F32, F64) for s in [(1, 1, 1, 1), (3, 5, 7, 9),
@@ -687,7 +707,8 @@ def cpu_cases():
             + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases() + rnn_cases()
             + lp_pool_cases()
             + [hardsigmoid_case(s, dt, sp) for dt in (F32, F64)
-               for s, sp in [((7,), None), ((128, 1000), None), ((5, 37), "nonfinite")]])
+               for s, sp in [((7,), None), ((128, 1000), None), ((5, 37), "nonfinite")]]
+            + embedding_cases())
 
 
 def cuda_cases():
@@ -727,6 +748,7 @@ def cuda_cases():
         rnn_case("lstm", 2, 3, 4, 5, d), rnn_case("lstm", 1, 2, 3, 4, d, h0=False, bias=False),
         rnn_case("gru", 2, 3, 4, 5, d), rnn_case("gru", 1, 2, 3, 4, d, want_dx=False,
                                                 dout_given=False),
+        embedding_case(9, 4, 3, d, 2), embedding_case(33, 11, 2, d, None, np.int32),
     ]
 
 

@@ -2,7 +2,7 @@
 as on the CPU: conftest.py): a square
 FP32 GEMM (TF32 off), the cost of a kernel launch, and the cases of the CPU suite's
 families (dense, conv, pooling, activations and softmax, cross-entropy, batch norm,
-dropout, SGD / Adam steps, LSTM, whole training steps), the inputs on the GPU before
+dropout, SGD / Adam steps, LSTM, embedding, whole training steps), the inputs on the GPU before
 timing, every timed call ending with a device synchronisation.
 
 Skipped without a usable GPU (``fastnet.cuda.is_available()``), and in Numba's CUDA

@@ -93,6 +93,11 @@ class Device:
         (e.g. " labels"), named in the errors."""
         raise NotImplementedError
 
+    def swap_last_axes(self, x):
+        """A new C-contiguous array (A, C, B) of the C-contiguous (A, B, C) ``x``: a layout
+        change (CrossEntropyLoss's (N, C, T) logits to rows of classes, and back)."""
+        raise NotImplementedError
+
     # ---- the hot path of input validation (layers.module.check_input, check_grad) ----
     def ready(self, x, shape, dtype=None) -> bool:
         """``x`` is this device's C-contiguous, non-empty float array (of ``dtype`` unless
@@ -126,6 +131,9 @@ class CPUDevice(Device):
 
     def asarray(self, x, dtype=None):
         return np.ascontiguousarray(to_numpy(x), dtype=dtype)
+
+    def swap_last_axes(self, x):
+        return np.ascontiguousarray(x.transpose(0, 2, 1))
 
     def accept(self, x, owner, what=""):
         """A CUDA array given to the CPU is an error (copies to the host are never
@@ -187,6 +195,15 @@ class CUDADevice(Device):
                 return a
             x = a.copy_to_host()
         return cuda.to_device(np.asarray(x), dtype=dtype)
+
+    def swap_last_axes(self, x):
+        from . import cuda
+        from .kernels.cuda.elementwise import swap_axes12
+
+        a, b, c = x.shape
+        out = cuda.empty((a, c, b), x.dtype)
+        swap_axes12(out, x)
+        return out
 
     def accept(self, x, owner, what=""):
         """NumPy input is returned for the caller to validate, then copy with

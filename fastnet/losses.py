@@ -42,23 +42,31 @@ def _device(loss, pred):
 
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy of logits (N, C) against integer class labels (N,) in [0, C),
-    fused with its gradient (softmax(logits) - onehot(labels)) / N.
+    fused with its gradient (softmax(logits) - onehot(labels)) / N; or, as PyTorch, of
+    logits (N, C, d1, ...) (a sequence: (N, C, T)) against labels (N, d1, ...), the mean
+    over all N * d1 * ... positions, with the gradient in the logits' layout.
+
+    The (N, C, T) form is the (N, C) one on rows of classes: the logits are copied to
+    (N*T, C), the gradient copied back (``Device.swap_last_axes``).
 
     Labels already on the GPU are range-checked there: a label out of range raises
     ValueError when the loss is read."""
 
     def __call__(self, logits, labels):
         device = _device(self, logits)
-        logits = check_input(self, logits, (None, None), device=device)
+        ndim = getattr(logits, "ndim", 0)
+        logits = check_input(self, logits, (None,) * max(ndim, 2), device=device)
         labels = device.accept(labels, self, " labels")
         if not hasattr(labels, "dtype"):
             raise TypeError(f"{self!r}: labels must be an array of ints, got {type(labels).__name__}")
         if labels.dtype.kind not in "iu":  # (np.issubdtype(.., np.integer), 10x cheaper)
             raise TypeError(f"{self!r}: labels must be integer class indices, got dtype {labels.dtype}")
-        n, c = logits.shape
-        if labels.shape != (n,):
+        shape = tuple(logits.shape)
+        n, c = shape[0], shape[1]
+        want = (n,) + shape[2:]
+        if tuple(labels.shape) != want:
             raise ValueError(
-                f"{self!r}: expected labels of shape ({n},) for logits of shape {(n, c)}, "
+                f"{self!r}: expected labels of shape {want} for logits of shape {shape}, "
                 f"got {tuple(labels.shape)}"
             )
         if isinstance(labels, np.ndarray):
@@ -71,11 +79,18 @@ class CrossEntropyLoss(_Loss):
                     raise ValueError(f"{self!r}: label {bad} is out of range for {c} classes "
                                      f"[0, {c})")
             labels = device.asarray(labels, dtype=np.int64)
+        positions = None
+        if len(shape) > 2:  # rows of classes: (N, C, R) -> (N*R, C)
+            positions = labels.size // n
+            logits = device.swap_last_axes(logits.reshape(n, c, positions)).reshape(-1, c)
+            labels = labels.reshape(labels.size)
         grad = device.empty(logits.shape, logits.dtype)
         try:
             loss = _kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
         except ValueError as e:
             raise ValueError(f"{self!r}: {e}") from None
+        if positions is not None:
+            grad = device.swap_last_axes(grad.reshape(n, positions, c)).reshape(shape)
         self._grad = grad
         return loss
 

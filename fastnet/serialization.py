@@ -163,9 +163,19 @@ def _recurrent_state(cls):
     return state
 
 
+def _embedding_state(c, where):
+    n, d = _positive(c, "num_embeddings", where), _positive(c, "embedding_dim", where)
+    p = c["padding_idx"]
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int) or not -n <= p < n):
+        raise _Bad(f"{where}.padding_idx", f"expected None or an int in [{-n}, {n}), got "
+                                           f"{_short(p)}")
+    return {"weight": (n, d)}
+
+
 _STATE_SHAPES = {
     _layers.Dense: _dense_state, _layers.Conv2D: _conv_state,
     _layers.BatchNorm1D: _batch_norm_state, _layers.BatchNorm2D: _batch_norm_state,
+    _layers.Embedding: _embedding_state,
     **{cls: _recurrent_state(cls) for cls in (_layers.RNN, _layers.LSTM, _layers.GRU)},
 }
 

@@ -686,3 +686,23 @@ def gru_backward(dout, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh):
             dbi[k] += d_in[k].sum(0)
             dbh[k] += d_hid[k].sum(0)
     return _rec_grads(x, dx, dh, dwi, dwh, dbi, dbh, b_ih, b_hh, h0)
+
+
+def embedding_forward(indices, weight):
+    """-> weight[indices] (any index shape), through a one-hot matrix product in float64."""
+    w = _f64(weight)
+    flat = np.asarray(indices).reshape(-1).astype(np.int64)
+    onehot = (flat[:, None] == np.arange(w.shape[0])[None, :]).astype(np.float64)
+    return (onehot @ w).reshape(np.shape(indices) + (w.shape[1],))
+
+
+def embedding_backward(dout, indices, num_embeddings, padding_idx=None):
+    """-> dweight (V, D): the transposed one-hot matrix times dout, in float64; the
+    padding row 0."""
+    flat = np.asarray(indices).reshape(-1).astype(np.int64)
+    g = _f64(dout).reshape(flat.size, -1)
+    onehot = (flat[:, None] == np.arange(num_embeddings)[None, :]).astype(np.float64)
+    dw = onehot.T @ g
+    if padding_idx is not None:
+        dw[padding_idx] = 0.0
+    return dw

@@ -264,3 +264,19 @@ def test_download_is_verified_before_it_gets_its_name(tmp_path, monkeypatch):
         fastnet.data.load_mnist("train", data_dir=tmp_path / "cache")
     assert "train-images-idx3-ubyte.gz" not in os.listdir(folder)
     assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
+
+
+def test_int_features_keep_integer_x_and_refuse_others():
+    """int_features=True: integer x comes as int64 (token ids for an Embedding), never as
+    float; float or bool x is refused rather than cast; the default still casts."""
+    x = np.arange(12, dtype=np.int32).reshape(6, 2)
+    y = np.arange(6)
+    xb, yb = next(iter(DataLoader(ArrayDataset(x, y), batch_size=4, int_features=True)))
+    assert xb.dtype == np.int64 and xb.flags.c_contiguous and yb.dtype == np.int64
+    np.testing.assert_array_equal(xb, x[:4])
+    assert next(iter(DataLoader(ArrayDataset(x, y), batch_size=4)))[0].dtype == np.float32
+    for bad in (x.astype(np.float32), x > 3):
+        with pytest.raises(TypeError, match="int_features=True but the dataset gave x"):
+            next(iter(DataLoader(ArrayDataset(bad, y), batch_size=4, int_features=True)))
+    with pytest.raises(TypeError, match="int_features must be True or False"):
+        DataLoader(ArrayDataset(x, y), int_features=1)

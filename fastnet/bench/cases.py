@@ -478,6 +478,31 @@ def _dropout_pair(shape, p):
             for direction in ("forward", "backward")]
 
 
+def _embedding_inputs(label, v, d, n, t, backward):
+    """A table (V, D) drawn N(0, 1) as PyTorch initialises it, int64 token ids (N, T) (every
+    row used about N*T/V times: repeated indices) and, for backward, d out (N, T, D)."""
+    rng = _rng(label)
+    kw = dict(weight=_normal(rng, (v, d)), indices=rng.integers(0, v, (n, t)))
+    if backward:
+        kw["dout"] = _normal(rng, (n, t, d))
+    return kw
+
+
+def _embedding_pair(v, d, n, t):
+    """An Embedding lookup of (N, T) token ids, forward (a row gather) and backward (the
+    scatter-add of d out into the weight's gradient)."""
+    shape = f"{n}x{t} ids {v}x{d}"
+    m = n * t
+    # forward: reads M rows and the ids, writes M rows; backward: reads d out and the ids,
+    # writes the whole (V, D) gradient
+    work = {"forward": F32 * 2 * m * d + 8 * m, "backward": F32 * (m * d + v * d) + 8 * m}
+    return [Case("embedding", "embedding", shape, direction, "embedding_" + direction,
+                 partial(_embedding_inputs, f"embedding {shape}", v, d, n, t,
+                         direction == "backward"),
+                 nbytes=work[direction], samples=n, ort=direction == "forward")
+            for direction in ("forward", "backward")]
+
+
 def all_cases(quick: bool = False) -> list:
     """Every case, at the issue's sizes (batch 128, float32) or, with ``quick``, at tiny
     sizes of the same structure (for tests and a fast look)."""
@@ -534,6 +559,7 @@ def all_cases(quick: bool = False) -> list:
                           nbytes=F32 * streams * n_params))
 
     cases += _lstm_pair(*((2, 3, 5, 4) if quick else LSTM_SHAPE))
+    cases += _embedding_pair(*((20, 8, n, 5) if quick else (10000, 128, BATCH, 64)))
 
     image = (1, 8, 8) if quick else (1, 28, 28)  # the MLP's
     lenet_image = (1, 12, 12) if quick else (1, 28, 28)
@@ -559,7 +585,7 @@ def all_cases(quick: bool = False) -> list:
 
 # families of all_cases() that also run on CUDA (fastnet and PyTorch on the GPU)
 CUDA_FAMILIES = ("dense", "conv", "pool", "activation", "loss", "norm", "dropout", "optim",
-                 "recurrent", "train", "inference")
+                 "recurrent", "embedding", "train", "inference")
 # kernel launches per call of the launch-overhead case
 LAUNCHES = 100
 

@@ -10,7 +10,7 @@ from fastnet.kernels import _kernel
 from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
                             Flatten, GlobalAvgPool2D, Hardsigmoid, LPPool2D, MaxPool2D, Parameter, ReLU, Residual,
                             Sequential, Sigmoid, Softmax, Tanh)
-from fastnet.layers import LSTM
+from fastnet.layers import LSTM, Embedding
 from fastnet.losses import CrossEntropyLoss
 from fastnet.optim import SGD, Adam
 
@@ -172,6 +172,26 @@ def lstm_backward(params, x, dout, device="cpu"):
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
                  outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
+
+
+def _embedding(weight, device):
+    return Embedding(*weight.shape).load_state_dict({"weight": weight}).to(device)
+
+
+def embedding_forward(weight, indices, device="cpu"):
+    net, ids = _embedding(weight, device), _on(device, indices)
+    return Bench(run=lambda: net(ids), outputs=lambda y: {"y": _host(y)})
+
+
+def embedding_backward(weight, indices, dout, device="cpu"):
+    net, ids, dout = _embedding(weight, device), _on(device, indices), _on(device, dout)
+
+    def setup():
+        net.zero_grad()
+        net(ids)
+
+    return Bench(setup=setup, run=lambda: net.backward(dout),
+                 outputs=lambda _: _named(net, "grad"))
 
 
 # ---- GPU-only cases (cases.cuda_cases) --------------------------------------------------

@@ -529,6 +529,22 @@ class LSTM:
         return (da2 @ p["weight_ih_l0"]).reshape(n, t, f)
 
 
+def embedding_forward(weight, indices):
+    return Bench(run=lambda: weight[indices], outputs=lambda y: {"y": y})
+
+
+def embedding_backward(weight, indices, dout):
+    """np.add.at: NumPy's unbuffered scatter-add, as a NumPy user sums repeated rows."""
+    d = weight.shape[1]
+
+    def run():
+        dw = np.zeros_like(weight)
+        np.add.at(dw, indices.reshape(-1), dout.reshape(-1, d))
+        return dw
+
+    return Bench(run=run, outputs=lambda dw: {"grad.weight": dw})
+
+
 def lstm_forward(params, x):
     net = LSTM(params)
     return Bench(run=lambda: net.forward(x),

@@ -108,3 +108,21 @@ def inference(spec, params, x):
 
 
 layer_forward = inference  # a layer's forward, where eval mode computes the same (case.ort)
+
+
+def embedding_forward(weight, indices):
+    """A Gather of the table's rows by int64 ids (N, T) -> (N, T, D)."""
+    gather = helper.make_node("Gather", ["weight", "ids"], ["y"], axis=0)
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, list(indices.shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [*indices.shape, weight.shape[1]])
+    opsets = [helper.make_opsetid("", OPSET)]
+    proto = helper.make_model(
+        helper.make_graph([gather], "fastnet-bench", [ids], [y],
+                          [numpy_helper.from_array(weight, "weight")]),
+        opset_imports=opsets)
+    proto.ir_version = helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(proto, full_check=True)
+    session = ort.InferenceSession(proto.SerializeToString(), sess_options=session_options(),
+                                   providers=["CPUExecutionProvider"])
+    feeds = {"ids": indices}
+    return Bench(run=lambda: session.run(None, feeds)[0], outputs=lambda y: {"y": y})

@@ -213,6 +213,31 @@ def _lstm(params, device):
     return net
 
 
+def _embedding(weight, device):
+    net = nn.Embedding(*weight.shape).to(_device(device))
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(weight))
+    return net
+
+
+def embedding_forward(weight, indices, device="cpu"):
+    """Timed: a training forward (autograd records it)."""
+    net, ids = _embedding(weight, device), _on(device, indices)
+    return Bench(run=lambda: net(ids), outputs=lambda y: {"y": _np(y)})
+
+
+def embedding_backward(weight, indices, dout, device="cpu"):
+    net, ids, dt = _embedding(weight, device), _on(device, indices), _on(device, dout)
+    graph = {}
+
+    def setup():
+        net.weight.grad = None
+        graph["y"] = net(ids)
+
+    return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
+                 outputs=lambda _: {"grad.weight": _np(net.weight.grad)})
+
+
 def lstm_forward(params, x, device="cpu"):
     net = _lstm(params, device)
     xt = _on(device, x).requires_grad_()  # a training forward: autograd records it

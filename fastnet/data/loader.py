@@ -107,6 +107,11 @@ class DataLoader:
     """Batches of a dataset: ``for x, y in loader`` gives contiguous float32 features
     (``dtype``) and int64 labels (float targets keep ``dtype``).
 
+    ``int_features=True`` is for features that are integer indices (token ids for a model
+    whose first layer is an ``Embedding``): x is given as int64, never cast to float, and
+    a dataset whose x is not integer is refused (TypeError). Without it integer features
+    (uint8 images, say) are cast to ``dtype`` as before, and an ``Embedding`` refuses them.
+
     With ``shuffle``, each epoch (each ``iter(loader)``) takes a fresh permutation from
     the loader's own ``numpy.random.Generator``, seeded by ``seed`` (or, when seed is
     None, by a seed drawn from fastnet's generator, so ``fastnet.manual_seed`` fixes it).
@@ -125,7 +130,8 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size=32, shuffle=False, drop_last=False, seed=None,
-                 dtype=np.float32, distributed=False, rank=None, world_size=None):
+                 dtype=np.float32, distributed=False, rank=None, world_size=None,
+                 int_features=False):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"DataLoader: expected a dataset with __len__ and __getitem__, "
                             f"got {type(dataset).__name__}")
@@ -139,6 +145,10 @@ class DataLoader:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"DataLoader: dtype must be float32 or float64, got {self.dtype}")
+        if not isinstance(int_features, (bool, np.bool_)):
+            raise TypeError(f"DataLoader: int_features must be True or False, got "
+                            f"{int_features!r}")
+        self.int_features = bool(int_features)
         self.dataset = dataset
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         if not isinstance(distributed, (bool, np.bool_)):
@@ -221,7 +231,14 @@ class DataLoader:
                     raise TypeError(f"DataLoader: the dataset gave a batch whose {name} holds "
                                     f"{a.dtype}, expected real numbers (bool, int or float)")
             ydtype = np.int64 if np.issubdtype(y.dtype, np.integer) else self.dtype
-            yield np.ascontiguousarray(x, dtype=self.dtype), np.ascontiguousarray(y, dtype=ydtype)
+            if self.int_features:
+                if x.dtype.kind not in "iu":  # never a silent cast of float / bool to indices
+                    raise TypeError(f"DataLoader: int_features=True but the dataset gave x of "
+                                    f"dtype {x.dtype}, expected integers (indices)")
+                xdtype = np.int64
+            else:
+                xdtype = self.dtype
+            yield np.ascontiguousarray(x, dtype=xdtype), np.ascontiguousarray(y, dtype=ydtype)
 
     def state_dict(self):
         """The shuffling generator's state (JSON-serialisable)."""

@@ -13,7 +13,7 @@ fastnet/runtime.py).
 import importlib
 
 from .. import runtime
-from . import activations, checks, conv, dense, dropout, elementwise, losses, norm, optim, pool, recurrent
+from . import activations, checks, conv, dense, dropout, elementwise, embedding, losses, norm, optim, pool, recurrent
 
 
 class CudaKernel:
@@ -88,6 +88,8 @@ KERNELS = {
     "lstm_backward":                 {"cpu": recurrent.lstm_backward,           "cuda": CudaKernel("recurrent", "lstm_backward")},
     "gru_forward":                   {"cpu": recurrent.gru_forward,             "cuda": CudaKernel("recurrent", "gru_forward")},
     "gru_backward":                  {"cpu": recurrent.gru_backward,            "cuda": CudaKernel("recurrent", "gru_backward")},
+    "embedding_forward":             {"cpu": embedding.embedding_forward,       "cuda": CudaKernel("embedding", "embedding_forward")},
+    "embedding_backward":            {"cpu": embedding.embedding_backward,      "cuda": CudaKernel("embedding", "embedding_backward")},
 }
 
 

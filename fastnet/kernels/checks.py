@@ -141,13 +141,19 @@ class Real(Scalar):
 
 class Integer(Scalar):
     """An int (Python or NumPy, not a bool) >= ``lo`` (any when None), passed on as a
-    Python int."""
+    Python int; ``optional``: None is accepted too (and is the default)."""
 
-    def __init__(self, lo=None):
-        self.lo = lo
+    def __init__(self, lo=None, optional=False):
+        self.lo, self.optional = lo, optional
+        if optional:
+            self.default = None
 
     def check(self, op, name, value):
+        if value is None and self.optional:
+            return value
         want = "an int" if self.lo is None else f"an int >= {self.lo}"
+        if self.optional:
+            want += " or None"
         if not _is_int(value):
             raise TypeError(f"{op}: argument {name!r} must be {want}, got {value!r}")
         if self.lo is not None and value < self.lo:
@@ -533,6 +539,24 @@ def labels_in_range(op, values, dims):
                          f"classes [0, {c})")
 
 
+def indices_in_range(op, values, dims):
+    """Embedding indices in [0, V): the rows of the weight."""
+    indices = _to_host(values["indices"])
+    v = dims["V"]
+    bad = np.flatnonzero((indices < 0) | (indices >= v))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{op}: indices[{i}]: index {indices[i]} is out of range for {v} "
+                         f"embeddings [0, {v})")
+
+
+def padding_in_range(op, values, dims):
+    p, v = values["padding_idx"], dims["V"]
+    if p is not None and p >= v:
+        raise ValueError(f"{op}: argument 'padding_idx' must be None or an int in [0, {v}) "
+                         f"(the rows of 'dweight'), got {p!r}")
+
+
 def nonempty(name):
     def rule(op, values, dims):
         if _size(values[name]) == 0:
@@ -741,4 +765,10 @@ SPECS = {
         dout=_optional("N T H"), dh_n=_optional("N H"), x=In("N T F"), h0=_optional("N H"),
         w_ih=In("3*H F"), w_hh=In("3*H H"), out=In("N T H"), gates=In("N T 3*H"),
         hn=In("N T H")),
+    "embedding_forward": Op(
+        out=Out("M D"), indices=In("M", kind="int"), weight=In("V D"),
+        rules=[indices_in_range]),
+    "embedding_backward": Op(
+        dweight=Out("V D"), dout=In("M D"), indices=In("M", kind="int"),
+        padding_idx=Integer(0, optional=True), rules=[indices_in_range, padding_in_range]),
 }

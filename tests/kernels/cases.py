@@ -97,6 +97,17 @@ DENSE_SHAPES = [(7, 13, 5), (1, 3, 1), (20, 5, 35), (130, 257, 300)]
 # ---- dropout: odd 1-D, batch-1 4-D, several blocks, the CPU's parallel size
 DROPOUT_SHAPES = [(7,), (1, 3, 5, 2), (3, 101), (129, 65)]
 
+# ---- embedding: (M indices, V rows, D features): one index, one feature, more rows than
+# indices, many repeats of few rows, several CUDA blocks, the CPU's parallel size
+EMBEDDING_CASES = {
+    "m1-v1-d1": (1, 1, 1),
+    "m7-v3-d5": (7, 3, 5),
+    "m5-v20-d3": (5, 20, 3),
+    "m40-v2-d9": (40, 2, 9),
+    "blocks-m33-v11-d7": (33, 11, 7),
+    "parallel-m3000-v97-d33": (3000, 97, 33),
+}
+
 # ---- losses
 # cross entropy (N, C): one class, one row, several blocks of rows, the CPU's row paths
 CE_SHAPES = [(5, 3), (1, 7), (4, 1), (300, 4), (6, 40), (130, 10), (33, 16), (17, 17),
@@ -154,6 +165,7 @@ LARGE = {
     "SOFTMAX_SHAPES": {(130, 257)},
     "DENSE_SHAPES": {(130, 257, 300)},
     "DROPOUT_SHAPES": {(129, 65)},
+    "EMBEDDING_CASES": {"parallel-m3000-v97-d33"},
     "MSE_SHAPES": {(4097,), (3, 4099)},
     "NORM_SHAPES": {"parallel-n8-c33-l130"},
     "OPTIM_SHAPES": {(10007,)},

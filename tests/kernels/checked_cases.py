@@ -258,6 +258,15 @@ def _cross_entropy(d):
     return dict(grad=d.maybe(d.view(d.out(n, c))), logits=d.view(d.a(n, c)), labels=d.view(labels))
 
 
+def _embedding(d, backward):
+    m, v, dim = d.int(1, 6), d.int(1, 5), d.int(1, 4)
+    indices = d.rng.integers(0, v, m).astype(d.pick(LABEL_DTYPES + (np.uint64, np.int16)))
+    if not backward:
+        return dict(out=d.out(m, dim), indices=indices, weight=d.a(v, dim))
+    return dict(dweight=d.out(v, dim), dout=d.a(m, dim), indices=indices,
+                padding_idx=d.maybe(d.int(0, v - 1)))
+
+
 def _mse(d):
     shape = d.any_shape(nonempty=True)
     return dict(grad=d.maybe(d.out(*shape)), pred=d.a(*shape), target=d.a(*shape))
@@ -417,6 +426,8 @@ MAKERS = {
     "lstm_backward": lambda d: _recurrent(d, "lstm", True),
     "gru_forward": lambda d: _recurrent(d, "gru", False),
     "gru_backward": lambda d: _recurrent(d, "gru", True),
+    "embedding_forward": lambda d: _embedding(d, False),
+    "embedding_backward": lambda d: _embedding(d, True),
 }
 
 
@@ -473,7 +484,9 @@ def _bad_scalars(p):
             bad.append((p.hi if p.hi_open else p.hi + 0.5, ValueError))
         return bad
     if isinstance(p, Integer):
-        bad = [(1.5, TypeError), ("3", TypeError), (None, TypeError), (True, TypeError)]
+        bad = [(1.5, TypeError), ("3", TypeError), (True, TypeError)]
+        if not p.optional:
+            bad.append((None, TypeError))
         if p.lo is not None:
             bad.append((p.lo - 1, ValueError))
         return bad
@@ -520,6 +533,15 @@ def _bad_indices(op, args):
         if info.max >= 2**30:
             vals.append(2**30)
         return "labels", vals
+    if op in ("embedding_forward", "embedding_backward"):
+        v = args["weight" if op == "embedding_forward" else "dweight"].shape[0]
+        info = np.iinfo(args["indices"].dtype)
+        vals = [v] + ([info.max] if info.max > v else [])
+        if info.min < 0:
+            vals += [-1, info.min]
+        if info.max >= 2**30:
+            vals.append(2**30)
+        return "indices", vals
     return None, []
 
 
@@ -574,6 +596,8 @@ def mutations(op, args, device="cpu"):
     for name, p in spec.scalars.items():
         for value, exc in _bad_scalars(p):
             put(f"{name}={value!r}", exc, **{name: value})
+    if op == "embedding_backward":  # padding_idx past the rows
+        put("padding_idx=V", ValueError, padding_idx=args["dweight"].shape[0])
     name, values = _bad_indices(op, args)
     for v in values:
         a = args[name].copy()

@@ -180,6 +180,11 @@ def _exercise_float32():
         call("gru_forward", out, np.empty((n, h), f), gates, cells, xr, h0, *g[3])
         call("gru_backward", np.empty_like(xr), dh0, *dw[3], dout, a(n, h), xr, h0, g[3][0],
              g[3][1], out, gates, cells)
+    idx = np.array([2, 0, 2, 1], np.int64)
+    emb_out = np.empty((4, 3), f)
+    call("embedding_forward", emb_out, idx, a(3, 3))
+    for pad in (None, 1):
+        call("embedding_backward", np.empty((3, 3), f), a(4, 3), idx, pad)
     return run
 
 

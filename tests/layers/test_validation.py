@@ -111,7 +111,13 @@ def test_backward_before_forward_is_an_error():
     (np.zeros((3, 4), f32), np.array([0.0, 1.0, 2.0]), TypeError, r"integer class indices, got dtype float64"),
     (np.zeros((3, 4), f32), np.array([0, 1]), ValueError, r"expected labels of shape \(3,\).*got \(2,\)"),
     (np.zeros((3, 4), f32), [0, 1, 2], TypeError, r"CrossEntropyLoss\(\) labels: expected a numpy.ndarray, got list"),
-    (np.zeros((3, 4, 1), f32), np.array([0, 1, 2]), ValueError, r"CrossEntropyLoss.*\(N, \*\), got \(3, 4, 1\)"),
+    # (N, C, T) logits take (N, T) labels, as PyTorch
+    (np.zeros((3, 4, 1), f32), np.array([0, 1, 2]), ValueError,
+     r"expected labels of shape \(3, 1\) for logits of shape \(3, 4, 1\), got \(3,\)"),
+    (np.zeros((3, 4, 5), f32), np.zeros((3, 5), f32), TypeError, r"integer class indices"),
+    (np.zeros((2, 4, 3), f32), np.array([[0, 1, 4], [0, 0, 0]]), ValueError,
+     r"label 4 is out of range for 4 classes"),
+    (np.zeros(4, f32), np.array(1), ValueError, r"CrossEntropyLoss.*\(N, \*\), got \(4,\)"),
 ])
 def test_cross_entropy_rejects_bad_labels_and_logits(logits, labels, error, pattern, to_dev):
     """Labels from the host, logits on the test's device."""

@@ -89,6 +89,22 @@ def test_constructors_and_forward(name, args, x):
         assert grad.shape == np.shape(x)
 
 
+@SETTINGS
+@given(args=st.tuples(arg, arg, arg), x=arrays())
+def test_embedding_constructor_and_forward(args, x):
+    """Indices: a float32 / float64 output of shape x.shape + (D,) or a clear error (float,
+    bool, complex, negative indices, lists); backward returns None."""
+    layer = expect_result_or_clear_error(lambda: L.Embedding(*_bounded(args)))
+    if layer is None:
+        return
+    out = expect_result_or_clear_error(lambda: layer(x))
+    if out is None:
+        return
+    assert np.asarray(x).dtype.kind in "iu"
+    assert out.dtype == np.float32 and out.shape == np.shape(x) + (layer.embedding_dim,)
+    assert expect_result_or_clear_error(lambda: layer.backward(np.ones_like(out))) is None
+
+
 @pytest.mark.parametrize("layer", SIMPLE, ids=lambda c: c.__name__)
 @SETTINGS
 @given(x=arrays(), g=arrays())

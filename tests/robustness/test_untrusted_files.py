@@ -400,6 +400,7 @@ def test_valid_files_of_every_layer_still_load(tmp_path):
         L.Sequential(L.ImageRows(), L.RNN(4, 3, nonlinearity="relu"), L.LastHidden()),
         L.Sequential(L.LSTM(4, 3, bias=False), L.LastHidden(), L.Dense(3, 2, bias=False)),
         L.GRU(4, 3).to(np.float64),
+        L.Sequential(L.Embedding(9, 4, padding_idx=-1), L.LSTM(4, 3), L.LastHidden()),
     ]
     seen = set()
     for i, model in enumerate(models):

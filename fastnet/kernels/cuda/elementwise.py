@@ -1,6 +1,7 @@
 """Elementwise array arithmetic (CUDA), one thread per element over flat views, the CPU
 kernels' maths (``fastnet/kernels/elementwise.py``): ``add`` and ``accumulate``.
-All arrays of one call are C-contiguous device arrays with the same shape.
+All arrays of one call are C-contiguous device arrays with the same shape (but
+``swap_axes12``'s, a layout copy).
 """
 from numba import cuda
 
@@ -43,3 +44,21 @@ def divide_into(out, x, d):
     ranks in CUDA buffers (fastnet/distributed.py; not an op of the dispatch table)"""
     grid, threads = launch_1d(out.size)
     _divide_kernel[grid, threads](_launch.flat(out), _launch.flat(x), out.dtype.type(d))
+
+
+@cuda.jit
+def _swap_axes12_kernel(out, x):
+    _, b, c = x.shape
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        a = i // (c * b)
+        r = i - a * (c * b)
+        k = r // b
+        out[a, k, r - k * b] = x[a, r - k * b, k]
+
+
+def swap_axes12(out, x):
+    """x (A, B, C) -> out (A, C, B), a C-contiguous copy with the last two axes swapped:
+    the layout change of the (N, C, T) cross-entropy (Device.swap_last_axes; not an op of
+    the dispatch table). One thread per output element (coalesced writes)."""
+    grid, threads = launch_1d(out.size)
+    _swap_axes12_kernel[grid, threads](out, x)

@@ -112,7 +112,7 @@ def optim():
 def elementwise():
     m = _module("elementwise")
     return [(m._accumulate_kernel, (F1, F1)), (m._add_kernel, (F1, F1, F1)),
-            (m._divide_kernel, (F1, F1, float32))]
+            (m._divide_kernel, (F1, F1, float32)), (m._swap_axes12_kernel, (F3, F3))]
 
 
 def norm():
@@ -145,5 +145,15 @@ def recurrent():
     return out
 
 
+def embedding():
+    """Indices of int64 (what the layer passes) and int32; padding_idx int64."""
+    m = _module("embedding")
+    out = []
+    for idx in (I1, int32[::1]):
+        out.append((m._embedding_forward_kernel, (F2, idx, F2)))
+    out.append((m._embedding_backward_kernel, (F2, F2, I1, I1, int64)))
+    return out
+
+
 SIGNATURES = {f.__name__: f for f in (gemm, dense, conv, pool, activations, losses, dropout,
-                                      optim, elementwise, norm, recurrent)}
+                                      optim, elementwise, norm, recurrent, embedding)}

@@ -36,3 +36,15 @@ def test_add_matches_cpu(rng, dtype, dev, host, garbage, shape):
     np.testing.assert_array_equal(host(out), cpu)
     np.testing.assert_array_equal(host(d_a), a)
     np.testing.assert_array_equal(host(d_b), b)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (3, 7, 2), (1, 33, 4)], ids=str)
+def test_swap_axes12_is_the_transposed_copy(rng, dtype, dev, host, garbage, shape):
+    """(A, B, C) -> (A, C, B), every element written (the (N, C, T) cross-entropy's layout
+    change; not an op of the table)."""
+    from fastnet.kernels.cuda.elementwise import swap_axes12
+
+    x = rng.standard_normal(shape).astype(dtype)
+    out = garbage((shape[0], shape[2], shape[1]), dtype)
+    swap_axes12(out, dev(x))
+    np.testing.assert_array_equal(host(out), x.transpose(0, 2, 1))

@@ -1,0 +1,79 @@
+"""CrossEntropyLoss on (N, C) and, as PyTorch, (N, C, T) / (N, C, d1, d2) logits with
+(N, T) / (N, d1, d2) integer labels: loss and gradient against torch.nn.functional
+.cross_entropy (mean over every position) in float32 and float64, on every device;
+label range errors; NaN propagation as PyTorch."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastnet.device import device_of, to_numpy
+from fastnet.losses import CrossEntropyLoss
+
+
+def _torch(logits, labels):
+    x = torch.tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(x, torch.from_numpy(labels.astype(np.int64)))
+    loss.backward()
+    return loss.item(), x.grad.numpy()
+
+
+def _fastnet(logits, labels, to_dev):
+    fn = CrossEntropyLoss()
+    loss = float(fn(to_dev(logits), labels))
+    grad = fn.backward()
+    assert device_of(grad) == device_of(to_dev(logits[:1]))
+    return loss, to_numpy(grad)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 5, 4), (1, 7, 1), (2, 3, 1), (5, 2, 9),
+                                   (2, 4, 3, 2), (1, 1, 6)], ids=str)
+def test_matches_pytorch(rng, dtype, device, to_dev, shape):
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:]).astype(np.int32)
+    loss, grad = _fastnet(logits, labels, to_dev)
+    tloss, tgrad = _torch(logits, labels)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert loss == pytest.approx(tloss, rel=tol, abs=tol)
+    assert grad.shape == shape and grad.dtype == dtype
+    np.testing.assert_allclose(grad, tgrad, rtol=tol * 10, atol=tol)
+
+
+def test_sequence_is_the_flat_rows(rng, device, to_dev):
+    """(N, C, T) is bitwise the (N*T, C) loss on the transposed logits."""
+    logits = rng.standard_normal((3, 6, 5)).astype(np.float32)
+    labels = rng.integers(0, 6, (3, 5))
+    seq = CrossEntropyLoss()
+    loss = float(seq(to_dev(logits), labels))
+    flat = CrossEntropyLoss()
+    rows = np.ascontiguousarray(logits.transpose(0, 2, 1)).reshape(15, 6)
+    assert loss == float(flat(to_dev(rows), labels.reshape(-1)))
+    np.testing.assert_array_equal(
+        to_numpy(seq.backward()),
+        to_numpy(flat.backward()).reshape(3, 5, 6).transpose(0, 2, 1))
+
+
+def test_nan_propagates_as_pytorch(rng, device, to_dev):
+    """A NaN logit: the loss is NaN and its position's gradient is NaN, the other
+    positions' gradients finite, as in PyTorch."""
+    logits = rng.standard_normal((2, 4, 3))
+    logits[1, 2, 0] = np.nan
+    labels = np.array([[0, 1, 3], [2, 2, 1]])
+    loss, grad = _fastnet(logits, labels, to_dev)
+    tloss, tgrad = _torch(logits, labels)
+    assert np.isnan(loss) and np.isnan(tloss)
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(tgrad))
+    np.testing.assert_allclose(grad, tgrad, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+def test_sequence_labels_out_of_range(device, to_dev):
+    logits = np.zeros((2, 3, 4), np.float32)
+    labels = np.zeros((2, 4), np.int64)
+    labels[1, 2] = 3
+    with pytest.raises(ValueError, match="label 3 is out of range for 3 classes"):
+        float(CrossEntropyLoss()(to_dev(logits), labels))
+    labels[1, 2] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        float(CrossEntropyLoss()(to_dev(logits), to_dev(labels)))  # (on CUDA: when read)
+    with pytest.raises(ValueError, match=r"expected labels of shape \(2, 4\)"):
+        CrossEntropyLoss()(to_dev(logits), np.zeros((2, 3), np.int64))
