@@ -636,3 +636,15 @@ def gru_backward(dout, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh):
             dbi[k] += d_in[k].sum(0)
             dbh[k] += d_hid[k].sum(0)
     return _rec_grads(x, dx, dh, dwi, dwh, dbi, dbh, b_ih, b_hh, h0)
+
+
+def sequence_copy(out, x, out_col, x_col, width, reverse, out_time_first, x_time_first):
+    """-> a copy of out (left as it was outside the window) with x's window written in:
+    both brought to (N, T, C) by a transpose, time flipped with [::-1]"""
+    res = np.array(out, copy=True)
+    view = res.swapaxes(0, 1) if out_time_first else res
+    src = x.swapaxes(0, 1) if x_time_first else x
+    if reverse:
+        src = src[:, ::-1]
+    view[:, :, out_col:out_col + width] = src[:, :, x_col:x_col + width]
+    return res

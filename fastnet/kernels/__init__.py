@@ -84,6 +84,7 @@ KERNELS = {
     "lstm_backward":                 {"cpu": recurrent.lstm_backward,           "cuda": CudaKernel("recurrent", "lstm_backward")},
     "gru_forward":                   {"cpu": recurrent.gru_forward,             "cuda": CudaKernel("recurrent", "gru_forward")},
     "gru_backward":                  {"cpu": recurrent.gru_backward,            "cuda": CudaKernel("recurrent", "gru_backward")},
+    "sequence_copy":                 {"cpu": recurrent.sequence_copy,           "cuda": CudaKernel("recurrent", "sequence_copy")},
 }
 
 

@@ -175,6 +175,8 @@ def _exercise_float32():
         call("gru_forward", out, np.empty((n, h), f), gates, cells, xr, h0, *g[3])
         call("gru_backward", np.empty_like(xr), dh0, *dw[3], dout, a(n, h), xr, h0, g[3][0],
              g[3][1], out, gates, cells)
+    for reverse in (False, True):
+        call("sequence_copy", np.empty((t, n, 2 * h), f), out, h, 0, h, reverse, True, False)
     return run
 
 
