@@ -292,7 +292,7 @@ class _Recurrent(Module):
                     [None if g is None else g[i] for g in dfinal], xd, inits, out, saved)
                 dxs.append(dx_d)
             if not want_dx:
-                break
+                return None, dinit
             dx = dxs[0]
             if nd == 2:
                 back = _copy(dev, (n, t, f), dxs[1], True, False)

@@ -5,7 +5,7 @@ import pytest
 
 import fastnet
 from fastnet.device import device_of, to_numpy
-from fastnet.layers import GRU, LSTM, RNN, ImageRows, LastHidden, Sequential
+from fastnet.layers import GRU, LSTM, RNN, Dense, ImageRows, LastHidden, Sequential
 from fastnet.losses import CrossEntropyLoss
 from fastnet.models import MODELS
 from fastnet.optim import SGD
@@ -446,13 +446,18 @@ def test_dropout_state_resumes_the_mask_stream(rng):
     b.load_state_dict(a.state_dict())
     b.set_extra_state(state)
     np.testing.assert_array_equal(_run(a, x, None)[0], _run(b, x, None)[0])
-    assert GRU(2, 3, num_layers=2).get_extra_state() is None
+    plain = GRU(2, 3, num_layers=2)
+    assert plain.get_extra_state() is None and plain.seed is None
+    # the seed is one draw after the parameters' (which are as without dropout)
     fastnet.manual_seed(5)
-    GRU(2, 3, num_layers=2)
-    after_plain = fastnet.layers.Dense(2, 2).weight.data.copy()
+    with_dropout = GRU(2, 3, num_layers=2, dropout=0.3)
+    after = Dense(2, 2).weight.data.copy()
     fastnet.manual_seed(5)
-    GRU(2, 3, num_layers=2)
-    np.testing.assert_array_equal(fastnet.layers.Dense(2, 2).weight.data, after_plain)
+    without = GRU(2, 3, num_layers=2)
+    assert fastnet._rng.new_seed() == with_dropout.seed
+    np.testing.assert_array_equal(Dense(2, 2).weight.data, after)
+    for a, b in zip(with_dropout.parameters(), without.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm"])
@@ -477,6 +482,9 @@ def test_stacked_bad_states_and_gradients_are_rejected(name):
     layer(x)
     with pytest.raises(ValueError, match=r"expected a gradient of shape \(4, 2, 3\)"):
         layer.backward(None, np.zeros((1, 2, 3), f32))
+    layer(x)
+    assert layer.backward(np.ones((4, 2, 6), f32), input_grad=False) is None
+    assert all(p.grad is not None for p in layer.parameters())
 
 
 def test_last_hidden_validation_and_stacked_shapes(rng):
@@ -546,3 +554,36 @@ def test_load_refuses_absurd_layer_counts():
         expected_state({"model": desc}, "f.npz", "load")
     desc["config"].update(bidirectional=True)
     assert len(expected_state({"model": desc}, "f.npz", "load")) == 16
+
+
+def test_trainer_resume_continues_the_dropout_stream(tmp_path):
+    """A checkpoint keeps a stacked layer's dropout seed and call count: training 1 epoch,
+    then resuming in a "new process" (another seed) for a second, ends bitwise where two
+    uninterrupted epochs end."""
+    from fastnet.data import ArrayDataset, DataLoader
+    from fastnet.train import Trainer
+
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 1, 4, 3)).astype(f32)
+    y = (x[:, 0, 0, 0] > 0.5).astype(np.int64)
+    data = ArrayDataset(x, y)
+
+    def setup(seed, **kw):
+        fastnet.manual_seed(seed)
+        model = Sequential(ImageRows(), GRU(3, 4, num_layers=2, bidirectional=True,
+                                            dropout=0.5), LastHidden(), Dense(8, 2))
+        trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None,
+                          **kw)
+        return trainer, DataLoader(data, 8, shuffle=True, seed=seed)
+
+    whole, loader = setup(0)
+    whole.fit(loader, epochs=2)
+    first, loader = setup(0, checkpoint_dir=tmp_path)
+    first.fit(loader, epochs=1)
+    assert first.model[1].calls == 3
+    second, loader = setup(7)
+    second.fit(loader, epochs=2, resume=tmp_path / "checkpoint.npz")
+    assert second.model[1].calls == whole.model[1].calls == 6
+    assert second.model[1].seed == whole.model[1].seed
+    for (k, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
