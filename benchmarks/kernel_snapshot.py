@@ -666,8 +666,24 @@ def rnn_case(cell, n, t, f, h, dt, nonlin="tanh", h0=True, bias=True, want_dx=Tr
     return Case(name, (f"{cell}_forward", f"{cell}_backward"), fn)
 
 
+def sequence_copy_case(n, t, co, cx, out_col, x_col, width, reverse, out_tf, x_tf, dt):
+    name = (f"sequence_copy/n{n}-t{t}-co{co}-cx{cx}-at{out_col},{x_col}-w{width}"
+            f"-{'rev' if reverse else 'fwd'}-{'tn' if out_tf else 'nt'}{'tn' if x_tf else 'nt'}"
+            f"-{_tag(dt)}")
+
+    def fn(c):
+        x = c.rand((t, n, cx) if x_tf else (n, t, cx), dt)
+        out = c.out((t, n, co) if out_tf else (n, t, co), dt)
+        c.k("sequence_copy")(out, x, out_col, x_col, width, reverse, out_tf, x_tf)
+        return {"sequence_copy.out": out}
+    return Case(name, ("sequence_copy",), fn)
+
+
 def rnn_cases():
-    cases = []
+    cases = [sequence_copy_case(3, 4, 5, 5, 0, 0, 5, True, False, False, F32),
+             sequence_copy_case(2, 5, 6, 3, 3, 0, 3, False, True, False, F64),
+             sequence_copy_case(4, 3, 2, 7, 0, 4, 2, True, False, True, F32),
+             sequence_copy_case(70, 40, 64, 128, 0, 64, 64, True, True, True, F32)]
     for cell in CELLS:
         for dt in (F32, F64):
             cases += [rnn_case(cell, 3, 4, 5, 7, dt),
@@ -749,6 +765,7 @@ def cuda_cases():
         rnn_case("gru", 2, 3, 4, 5, d), rnn_case("gru", 1, 2, 3, 4, d, want_dx=False,
                                                 dout_given=False),
         embedding_case(9, 4, 3, d, 2), embedding_case(33, 11, 2, d, None, np.int32),
+        sequence_copy_case(2, 3, 6, 3, 3, 0, 3, True, True, False, d),
     ]
 
 

@@ -152,13 +152,33 @@ def _batch_norm_state(c, where):
     return state
 
 
+# NOTE: num_layers sizes no array, yet it counts them: the shapes a file's description
+# implies are listed before any array is compared, so a file may stack at most this many
+# layers (a few bytes of JSON must not list millions of entries).
+MAX_RECURRENT_LAYERS = 256
+
+
 def _recurrent_state(cls):
     def state(c, where):
         h = _positive(c, "hidden_size", where)
+        layers = _positive(c, "num_layers", where)
+        if layers > MAX_RECURRENT_LAYERS:
+            raise _Bad(f"{where}.num_layers", f"{layers} layers; a fastnet file stacks at most "
+                                              f"{MAX_RECURRENT_LAYERS}")
+        if not isinstance(c["bidirectional"], bool):
+            raise _Bad(f"{where}.bidirectional",
+                       f"expected true or false, got {_short(c['bidirectional'])}")
+        dirs = ("", "_reverse") if c["bidirectional"] else ("",)
         g = cls.num_gates * h
-        shapes = {"weight_ih_l0": (g, _positive(c, "input_size", where)), "weight_hh_l0": (g, h)}
-        if c["bias"]:
-            shapes.update(bias_ih_l0=(g,), bias_hh_l0=(g,))
+        shapes = {}
+        for k in range(layers):
+            f = _positive(c, "input_size", where) if k == 0 else len(dirs) * h
+            for sfx in dirs:
+                shapes[f"weight_ih_l{k}{sfx}"] = (g, f)
+                shapes[f"weight_hh_l{k}{sfx}"] = (g, h)
+                if c["bias"]:
+                    shapes[f"bias_ih_l{k}{sfx}"] = (g,)
+                    shapes[f"bias_hh_l{k}{sfx}"] = (g,)
         return shapes
     return state
 

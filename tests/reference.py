@@ -706,3 +706,15 @@ def embedding_backward(dout, indices, num_embeddings, padding_idx=None):
     if padding_idx is not None:
         dw[padding_idx] = 0.0
     return dw
+
+
+def sequence_copy(out, x, out_col, x_col, width, reverse, out_time_first, x_time_first):
+    """-> a copy of out (left as it was outside the window) with x's window written in:
+    both brought to (N, T, C) by a transpose, time flipped with [::-1]"""
+    res = np.array(out, copy=True)
+    view = res.swapaxes(0, 1) if out_time_first else res
+    src = x.swapaxes(0, 1) if x_time_first else x
+    if reverse:
+        src = src[:, ::-1]
+    view[:, :, out_col:out_col + width] = src[:, :, x_col:x_col + width]
+    return res

@@ -90,6 +90,7 @@ KERNELS = {
     "gru_backward":                  {"cpu": recurrent.gru_backward,            "cuda": CudaKernel("recurrent", "gru_backward")},
     "embedding_forward":             {"cpu": embedding.embedding_forward,       "cuda": CudaKernel("embedding", "embedding_forward")},
     "embedding_backward":            {"cpu": embedding.embedding_backward,      "cuda": CudaKernel("embedding", "embedding_backward")},
+    "sequence_copy":                 {"cpu": recurrent.sequence_copy,           "cuda": CudaKernel("recurrent", "sequence_copy")},
 }
 
 

@@ -583,6 +583,20 @@ def output_with_activation(name):
     return rule
 
 
+def sequence_window(op, values, dims):
+    """sequence_copy: x holds out's (N, T) in its own layout, and both feature windows fit."""
+    same = values["out_time_first"] == values["x_time_first"]
+    want = (dims["A"], dims["B"]) if same else (dims["B"], dims["A"])
+    if (dims["C"], dims["D"]) != want:
+        raise ValueError(f"{op}: argument 'x' must have the first two axes {want} (those of "
+                         f"'out', {'the same' if same else 'swapped'} layout), got "
+                         f"{(dims['C'], dims['D'])}")
+    for col, size, name in (("out_col", "CO", "out"), ("x_col", "CX", "x")):
+        if values[col] + values["width"] > dims[size]:
+            raise ValueError(f"{op}: {col} + width = {values[col]} + {values['width']} is past "
+                             f"the {dims[size]} features of {name!r}")
+
+
 def velocity_with_momentum(op, values, dims):
     if values["velocity"] is None and values["momentum"] != 0:
         raise ValueError(f"{op}: argument 'velocity' is required when momentum is not 0 "
@@ -771,4 +785,8 @@ SPECS = {
     "embedding_backward": Op(
         dweight=Out("V D"), dout=In("M D"), indices=In("M", kind="int"),
         padding_idx=Integer(0, optional=True), rules=[indices_in_range, padding_in_range]),
+    "sequence_copy": Op(
+        out=Out("A B CO"), x=In("C D CX"), out_col=Integer(0), x_col=Integer(0),
+        width=Integer(1), reverse=Flag(), out_time_first=Flag(), x_time_first=Flag(),
+        rules=[sequence_window]),
 }

@@ -25,6 +25,10 @@ Backward kernels overwrite their outputs; pass ``None`` for an output that is no
 needed (dx, dh0 / dc0 without an initial state, db_* without bias). ``h0`` / ``c0`` /
 ``dout`` / ``dh_n`` / ``dc_n`` may be None, meaning zeros (``dout`` None: only the final
 state is used downstream).
+
+``sequence_copy`` moves a window of features between (N, T, C) / (T, N, C) arrays, in or
+against time order: what stacked and bidirectional layers need around these kernels
+(layouts, time-reversed copies, concatenated directions).
 """
 import numpy as np
 from numba import njit, prange
@@ -557,3 +561,39 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     if dh0 is not None:
         np.add(dh, dhz, out=dh0)
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, _shifted(out, h0), w_ih)
+
+
+# ---- sequence copies (stacked / bidirectional layers) -------------------------------------
+
+def copy_geometry(out, x, out_col, x_col, reverse, out_time_first, x_time_first):
+    """(n, t, out row stride per n, per t, out start, x per n, per t, x start) in elements
+    of the flat arrays, for sequence_copy; a reversed copy walks x's time axis backwards."""
+    t0, t1 = (1, 0) if out_time_first else (0, 1)
+    n, t, co = out.shape[t0], out.shape[t1], out.shape[2]
+    cx = x.shape[2]
+    os_n, os_t = (co, n * co) if out_time_first else (t * co, co)
+    xs_n, xs_t = (cx, n * cx) if x_time_first else (t * cx, cx)
+    x0 = x_col
+    if reverse:
+        x0 += (t - 1) * xs_t
+        xs_t = -xs_t
+    return n, t, os_n, os_t, out_col, xs_n, xs_t, x0
+
+
+@parallel_kernel
+def _sequence_copy(out, x, n, t, os_n, os_t, o0, xs_n, xs_t, x0, width):
+    for r in prange(n * t):
+        i = r // t
+        k = r - i * t
+        o = o0 + i * os_n + k * os_t
+        s = x0 + i * xs_n + k * xs_t
+        for j in range(width):
+            out[o + j] = x[s + j]
+
+
+def sequence_copy(out, x, out_col, x_col, width, reverse, out_time_first, x_time_first):
+    """x (N, T, CX), or (T, N, CX) with x_time_first -> out (N, T, CO), or (T, N, CO) with
+    out_time_first: out[n, t, out_col:out_col+width] = x[n, T-1-t if reverse else t,
+    x_col:x_col+width]; the rest of out is left as it was"""
+    geo = copy_geometry(out, x, out_col, x_col, reverse, out_time_first, x_time_first)
+    _sequence_copy(out.reshape(-1), x.reshape(-1), *geo, width)

@@ -153,6 +153,15 @@ CELLS = {"rnn_tanh": ("rnn", 1, "tanh"), "rnn_relu": ("rnn", 1, "relu"),
 # more than two blocks of batch rows for the LSTM's row-block recurrence (the last one
 # partial) and gate / hidden columns that are not a whole number of its tiles
 RECURRENT_SHAPES = [(3, 4, 3, 5), (1, 1, 3, 5), (5, 3, 7, 20), (19, 3, 6, 13)]
+# sequence_copy: (N, T, CO, CX, out_col, x_col, width, reverse, out_time_first, x_time_first):
+# a whole reversed copy, a concatenation's half, a split's half out of time-first, a
+# transpose, batch 1 / one step, and one large enough for the parallel build
+SEQUENCE_COPY_CASES = [(3, 4, 5, 5, 0, 0, 5, True, False, False),
+                       (2, 5, 6, 3, 3, 0, 3, False, False, False),
+                       (4, 3, 2, 7, 0, 4, 2, True, False, True),
+                       (3, 2, 4, 4, 0, 0, 4, False, True, False),
+                       (1, 1, 3, 2, 1, 0, 2, True, True, True),
+                       (70, 40, 64, 128, 0, 64, 64, True, True, False)]
 
 # sized for the CPU's parallel / vector paths: GPU only among the CUDA tests, per case list
 # (an id may stand in two lists: "large-batch9-c5" is both a pool and a conv case)
@@ -170,6 +179,7 @@ LARGE = {
     "NORM_SHAPES": {"parallel-n8-c33-l130"},
     "OPTIM_SHAPES": {(10007,)},
     "ELEMENTWISE_SHAPES": {(10007,)},
+    "SEQUENCE_COPY_CASES": {(70, 40, 64, 128, 0, 64, 64, True, True, False)},
 }
 _LARGE_BY_LIST = {id(globals()[name]): ids for name, ids in LARGE.items()}
 for _name, _ids in LARGE.items():  # a renamed case must not silently run everywhere

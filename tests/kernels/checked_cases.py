@@ -373,6 +373,18 @@ def _recurrent(d, cell, backward):
                 gates=1 / (1 + np.exp(-d.a(n, t, g))), hn=d.a(n, t, h))
 
 
+def _sequence_copy(d):
+    n, t = d.int(1, 3), d.int(1, 4)
+    width = d.int(1, 3)
+    out_col, x_col = d.int(0, 2), d.int(0, 2)
+    out_tf, x_tf = d.flag(), d.flag()
+    co, cx = out_col + width + d.int(0, 1), x_col + width + d.int(0, 1)
+    out = d.out(*((t, n) if out_tf else (n, t)), co)
+    x = d.a(*((t, n) if x_tf else (n, t)), cx)
+    return dict(out=out, x=x, out_col=out_col, x_col=x_col, width=width, reverse=d.flag(),
+                out_time_first=out_tf, x_time_first=x_tf)
+
+
 def _order(op, args):
     """The argument dict in the kernel's parameter order (the recurrent backward makers
     build theirs in two parts)."""
@@ -428,6 +440,7 @@ MAKERS = {
     "gru_backward": lambda d: _recurrent(d, "gru", True),
     "embedding_forward": lambda d: _embedding(d, False),
     "embedding_backward": lambda d: _embedding(d, True),
+    "sequence_copy": _sequence_copy,
 }
 
 

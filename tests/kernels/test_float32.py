@@ -185,6 +185,8 @@ def _exercise_float32():
     call("embedding_forward", emb_out, idx, a(3, 3))
     for pad in (None, 1):
         call("embedding_backward", np.empty((3, 3), f), a(4, 3), idx, pad)
+    for reverse in (False, True):
+        call("sequence_copy", np.empty((t, n, 2 * h), f), out, h, 0, h, reverse, True, False)
     return run
 
 

@@ -1,5 +1,6 @@
 """Recurrent kernels: {rnn,lstm,gru}_forward and {rnn,lstm,gru}_backward against the
-per-timestep NumPy reference and float64 finite differences of their own forward."""
+per-timestep NumPy reference and float64 finite differences of their own forward;
+sequence_copy against the reference's transposes and flips."""
 import numpy as np
 import pytest
 
@@ -7,7 +8,7 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-from .cases import CELLS, RECURRENT_SHAPES
+from .cases import CELLS, RECURRENT_SHAPES, SEQUENCE_COPY_CASES
 
 SHAPES = RECURRENT_SHAPES
 # (bias, initial state)
@@ -254,3 +255,23 @@ def test_float32_in_float32_out(rng, cell):
     assert all(o.dtype == np.float32 for o in outs)
     grads = _backward(cell, a, _douts(rng, cell, a, np.float32))
     assert all(g.dtype == np.float32 for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("case", SEQUENCE_COPY_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_sequence_copy_matches_reference(rng, dtype, case):
+    """The window lands where the reference puts it, in either layout and time order; the
+    rest of out is untouched (a copy: bitwise)."""
+    n, t, co, cx, out_col, x_col, width, reverse, out_tf, x_tf = case
+    x = rng.standard_normal((t, n, cx) if x_tf else (n, t, cx)).astype(dtype)
+    out = rng.standard_normal((t, n, co) if out_tf else (n, t, co)).astype(dtype)
+    want = ref.sequence_copy(out, x, out_col, x_col, width, reverse, out_tf, x_tf)
+    kernel("sequence_copy")(out, x, out_col, x_col, width, reverse, out_tf, x_tf)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_sequence_copy_refuses_a_window_past_the_features():
+    out, x = np.zeros((2, 3, 4)), np.zeros((3, 2, 4))
+    with pytest.raises(ValueError, match="out_col \\+ width"):
+        kernel("sequence_copy")(out, x, 1, 0, 4, False, False, True)
+    with pytest.raises(ValueError, match="first two axes"):
+        kernel("sequence_copy")(out, x, 0, 0, 4, False, False, False)

@@ -5,7 +5,7 @@ import pytest
 
 import fastnet
 from fastnet.device import device_of, to_numpy
-from fastnet.layers import GRU, LSTM, RNN, ImageRows, LastHidden, Sequential
+from fastnet.layers import GRU, LSTM, RNN, Dense, ImageRows, LastHidden, Sequential
 from fastnet.losses import CrossEntropyLoss
 from fastnet.models import MODELS
 from fastnet.optim import SGD
@@ -175,8 +175,8 @@ def test_bad_initial_state_is_rejected(name):
     def state(h):
         return (h, good) if name == "lstm" else h
 
-    with pytest.raises(ValueError,
-                       match=r"h0 of shape \(1, N, hidden_size\) = \(1, 2, 5\), got \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"h0 of shape \(num_layers\*num_directions, N, "
+                                         r"hidden_size\) = \(1, 2, 5\), got \(2, 5\)"):
         layer(x, state(np.zeros((2, 5), f32)))
     with pytest.raises(ValueError, match=r"got \(1, 3, 5\)"):
         layer(x, state(np.zeros((1, 3, 5), f32)))
@@ -207,9 +207,12 @@ def test_bad_gradients_are_rejected(name):
 
 
 @pytest.mark.parametrize("make, pattern", [
-    (lambda: LSTM(3, 5, num_layers=2), r"LSTM: only num_layers=1 is implemented, got 2"),
-    (lambda: GRU(3, 5, bidirectional=True), r"GRU: only unidirectional"),
-    (lambda: RNN(3, 5, batch_first=False), r"RNN: only batch_first=True is implemented"),
+    (lambda: LSTM(3, 5, num_layers=0), r"LSTM: num_layers must be a positive int, got 0"),
+    (lambda: LSTM(3, 5, num_layers=True), r"LSTM: num_layers must be a positive int"),
+    (lambda: GRU(3, 5, bidirectional=1), r"GRU: bidirectional must be True or False"),
+    (lambda: RNN(3, 5, batch_first=None), r"RNN: batch_first must be True or False"),
+    (lambda: GRU(3, 5, num_layers=2, dropout=1.5), r"GRU: dropout must be in \[0.0, 1.0\]"),
+    (lambda: LSTM(3, 5, dropout="0.1"), r"LSTM: dropout must be a number"),
     (lambda: RNN(3, 5, nonlinearity="sigmoid"), r"nonlinearity must be 'tanh' or 'relu'"),
     (lambda: LSTM(0, 5), r"LSTM: input_size must be a positive int, got 0"),
     (lambda: GRU(3, 2.5), r"GRU: hidden_size must be a positive int"),
@@ -285,3 +288,302 @@ def test_loads_pytorch_state_dict_layout():
     sd = {k: np.arange(v.size, dtype=f64).reshape(v.shape) for k, v in layer.state_dict().items()}
     layer.load_state_dict(sd)
     np.testing.assert_array_equal(layer.weight_hh_l0.data, sd["weight_hh_l0"].astype(f32))
+
+
+# ---- stacked, bidirectional, time-first layers, dropout between layers ----------------------
+# (PyTorch's numbers for every feature: tests/test_torch_recurrent.py)
+
+def _stack(name, **k):
+    """A small stacked layer of kind ``name`` (LAYERS' names): input 2, hidden 3."""
+    if name.startswith("rnn"):
+        return RNN(2, 3, "relu" if name == "rnn_relu" else "tanh", **k)
+    return (LSTM if name == "lstm" else GRU)(2, 3, **k)
+
+
+def _run(layer, x, states, grads=None):
+    """forward (and backward with grads = (dout, dh_n[, dc_n])) -> host arrays."""
+    lstm = isinstance(layer, LSTM)
+    if lstm:
+        out, (h_n, c_n) = layer(x, None if states is None else tuple(states))
+        res = [out, h_n, c_n]
+    else:
+        out, h_n = layer(x, None if states is None else states[0])
+        res = [out, h_n]
+    if grads is not None:
+        res.append(layer.backward(*grads))
+        res += [layer.grad_h0] + ([layer.grad_c0] if lstm else [])
+        res += [p.grad for p in layer.parameters()]
+    return [None if r is None else np.array(to_numpy(r)) for r in res]  # copies: grads grow
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_stacked_bidirectional_parameters_in_pytorch_order(name):
+    layer = _stack(name, num_layers=2, bidirectional=True)
+    g = GATES[name]
+    keys = [f"{w}_l{k}{s}" for k in range(2) for s in ("", "_reverse")
+            for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    sd = layer.state_dict()
+    assert list(sd) == keys
+    assert sd["weight_ih_l0_reverse"].shape == (g * 3, 2)
+    assert sd["weight_ih_l1"].shape == sd["weight_ih_l1_reverse"].shape == (g * 3, 6)
+    assert sd["weight_hh_l1_reverse"].shape == (g * 3, 3)
+    nobias = _stack(name, num_layers=3, bias=False)
+    assert list(nobias.state_dict()) == [f"weight_{a}_l{k}" for k in range(3) for a in ("ih", "hh")]
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_one_layer_path_calls_the_kernels_unchanged(name, rng):
+    """num_layers=1, unidirectional, batch first: bitwise the kernels' own results (no copy
+    on the way), and h_n is output[:, -1]."""
+    layer = _stack(name)
+    x = rng.standard_normal((3, 4, 2)).astype(f32)
+    h0 = rng.standard_normal((1, 3, 3)).astype(f32)
+    dout = rng.standard_normal((3, 4, 3)).astype(f32)
+    dh = rng.standard_normal((1, 3, 3)).astype(f32)
+    lstm = name == "lstm"
+    got = _run(layer, x, [h0, h0] if lstm else [h0], (dout, dh, dh) if lstm else (dout, dh))
+    w = [p.data for p in layer.parameters()]
+    k = fastnet.kernels.kernel
+    out, h_n, c_n = np.empty((3, 4, 3), f32), np.empty((3, 3), f32), np.empty((3, 3), f32)
+    dx, dh0, dc0 = np.empty_like(x), np.empty((3, 3), f32), np.empty((3, 3), f32)
+    dw = [np.empty_like(a) for a in w]
+    if name == "rnn":
+        k("rnn_forward")(out, h_n, x, h0[0], *w, "tanh")
+        k("rnn_backward")(dx, dh0, *dw, dout, dh[0], x, h0[0], w[0], w[1], out, "tanh")
+        want = [out, h_n, dx, dh0]
+    elif lstm:
+        saved = np.empty((3, 4, 12), f32), np.empty((3, 4, 3), f32)
+        k("lstm_forward")(out, h_n, c_n, *saved, x, h0[0], h0[0], *w)
+        k("lstm_backward")(dx, dh0, dc0, *dw, dout, dh[0], dh[0], x, h0[0], h0[0], w[0], w[1],
+                           out, *saved)
+        want = [out, h_n, c_n, dx, dh0, dc0]
+    else:
+        saved = np.empty((3, 4, 9), f32), np.empty((3, 4, 3), f32)
+        k("gru_forward")(out, h_n, *saved, x, h0[0], *w)
+        k("gru_backward")(dx, dh0, *dw, dout, dh[0], x, h0[0], w[0], w[1], out, *saved)
+        want = [out, h_n, dx, dh0]
+    want = [a.reshape(1, 3, 3) if a.shape == (3, 3) else a for a in want] + dw
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got[0][:, -1], got[1][0])
+
+
+@pytest.mark.parametrize("name", ["rnn_relu", "lstm", "gru"])
+def test_stacked_bidirectional_matches_finite_differences(name, rng):
+    """float64 central differences of sum(output*R) + sum(h_n*S) (+ sum(c_n*U)) with
+    respect to x, the initial states and one parameter of each kind, through two time-first
+    bidirectional layers with dropout between them (the mask held fixed)."""
+    from tests.gradcheck import numerical_grad
+
+    fastnet.manual_seed(3)
+    layer = _stack(name, num_layers=2, bidirectional=True, batch_first=False, dropout=0.4,
+                   dtype=f64)
+    lstm = name == "lstm"
+    x = rng.standard_normal((3, 2, 2))  # (T, N, F)
+    states = [rng.standard_normal((4, 2, 3)) for _ in range(2 if lstm else 1)]
+    r = rng.standard_normal((3, 2, 6))
+    s = [rng.standard_normal((4, 2, 3)) for _ in states]
+
+    def loss(*_):
+        layer.calls = 0  # the same dropout masks every time
+        res = _run(layer, x, states)
+        return np.sum(res[0] * r) + sum(np.sum(a * b) for a, b in zip(res[1:], s))
+
+    layer.calls = 0
+    got = _run(layer, x, states, (r, *s))
+    n_out = 1 + len(states)
+    dx, dinit = got[n_out], got[n_out + 1:n_out + 1 + len(states)]
+    grads = dict(zip([n for n, _ in layer.named_parameters()], got[n_out + 1 + len(states):]))
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
+    for a, g in zip(states, dinit):
+        np.testing.assert_allclose(g, numerical_grad(loss, a), rtol=1e-6, atol=1e-8)
+    for pname in ("weight_ih_l1_reverse", "weight_hh_l0", "bias_hh_l1"):
+        p = getattr(layer, pname).data
+        np.testing.assert_allclose(grads[pname], numerical_grad(loss, p), rtol=1e-6, atol=1e-8,
+                                   err_msg=pname)
+    assert np.any(np.abs(got[0]) > 0)
+
+
+def test_dropout_between_layers_is_seeded_and_only_in_training(rng):
+    x = rng.standard_normal((4, 5, 2)).astype(f32)
+
+    def make():
+        fastnet.manual_seed(11)
+        return LSTM(2, 3, num_layers=3, dropout=0.5)
+
+    a, b = make(), make()
+    plain = LSTM(2, 3, num_layers=3)
+    plain.load_state_dict(a.state_dict())
+    first = _run(a, x, None)
+    assert a.calls == 1
+    np.testing.assert_array_equal(first[0], _run(b, x, None)[0])  # same seed, same masks
+    second = _run(a, x, None)
+    assert not np.array_equal(first[0], second[0])  # a new mask per call
+    assert not np.array_equal(first[0], _run(plain, x, None)[0])
+    a.eval()
+    evaluated = _run(a, x, None)
+    assert a.calls == 2  # eval mode draws no mask
+    for got, want in zip(evaluated, _run(plain.eval(), x, None)):
+        np.testing.assert_array_equal(got, want)
+    # one layer: nothing between layers to drop (as PyTorch)
+    one = LSTM(2, 3, dropout=0.5)
+    ref_one = LSTM(2, 3)
+    ref_one.load_state_dict(one.state_dict())
+    np.testing.assert_array_equal(_run(one, x, None)[0], _run(ref_one, x, None)[0])
+
+
+def test_dropout_state_resumes_the_mask_stream(rng):
+    """get_extra_state / set_extra_state (what a checkpoint keeps): a copy restored from
+    the state draws the masks the original draws next; without dropout there is no
+    state, and building the layer leaves fastnet's random stream where it was."""
+    x = rng.standard_normal((2, 3, 2)).astype(f32)
+    fastnet.manual_seed(5)
+    a = GRU(2, 3, num_layers=2, bidirectional=True, dropout=0.3)
+    _run(a, x, None)
+    state = a.get_extra_state()
+    assert state == {"seed": a.seed, "calls": 1}
+    b = GRU(2, 3, num_layers=2, bidirectional=True, dropout=0.3)
+    b.load_state_dict(a.state_dict())
+    b.set_extra_state(state)
+    np.testing.assert_array_equal(_run(a, x, None)[0], _run(b, x, None)[0])
+    plain = GRU(2, 3, num_layers=2)
+    assert plain.get_extra_state() is None and plain.seed is None
+    # the seed is one draw after the parameters' (which are as without dropout)
+    fastnet.manual_seed(5)
+    with_dropout = GRU(2, 3, num_layers=2, dropout=0.3)
+    after = Dense(2, 2).weight.data.copy()
+    fastnet.manual_seed(5)
+    without = GRU(2, 3, num_layers=2)
+    assert fastnet._rng.new_seed() == with_dropout.seed
+    np.testing.assert_array_equal(Dense(2, 2).weight.data, after)
+    for a, b in zip(with_dropout.parameters(), without.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm"])
+def test_stacked_bad_states_and_gradients_are_rejected(name):
+    layer = _stack(name, num_layers=2, bidirectional=True, batch_first=False)
+    x = np.zeros((4, 2, 2), f32)  # (T, N, F)
+    good = np.zeros((4, 2, 3), f32)
+
+    def state(h):
+        return (h, good) if name == "lstm" else h
+
+    with pytest.raises(ValueError, match=r"h0 of shape \(num_layers\*num_directions, N, "
+                                         r"hidden_size\) = \(4, 2, 3\), got \(2, 2, 3\)"):
+        layer(x, state(np.zeros((2, 2, 3), f32)))
+    with pytest.raises(ValueError, match=r"= \(4, 2, 3\), got \(4, 4, 3\)"):
+        layer(x, state(np.zeros((4, 4, 3), f32)))  # N read from axis 1 when time first
+    with pytest.raises(ValueError, match=r"expected input of shape"):
+        layer(np.zeros((4, 2, 3), f32))
+    layer(x)
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(4, 2, 6\)"):
+        layer.backward(np.zeros((2, 4, 6), f32))
+    layer(x)
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(4, 2, 3\)"):
+        layer.backward(None, np.zeros((1, 2, 3), f32))
+    layer(x)
+    assert layer.backward(np.ones((4, 2, 6), f32), input_grad=False) is None
+    assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_last_hidden_validation_and_stacked_shapes(rng):
+    last = LastHidden()
+    x = rng.standard_normal((2, 4, 2)).astype(f32)
+    out, h_n = GRU(2, 3, num_layers=3)(x)
+    np.testing.assert_array_equal(last((out, h_n)), h_n[2])
+    g = last.backward(np.ones((2, 3), f32))[1]
+    assert g.shape == (3, 2, 3) and np.all(g[2] == 1) and np.all(g[:2] == 0)
+    with pytest.raises(ValueError, match=r"not 1 or 2 directions"):
+        last((np.zeros((2, 4, 9), f32), h_n))
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_stacked_on_device_matches_cpu(name, rng, device):
+    """Two time-first bidirectional layers with dropout, forward and backward, and
+    LastHidden: the device gives the CPU's results (tiny shapes for the simulator)."""
+    lstm = name == "lstm"
+    x = rng.standard_normal((3, 2, 2))
+    states = [rng.standard_normal((4, 2, 3)) for _ in range(2 if lstm else 1)]
+    grads = (rng.standard_normal((3, 2, 6)),) + tuple(rng.standard_normal((4, 2, 3))
+                                                      for _ in states)
+    g_last = rng.standard_normal((2, 6))
+    results = []
+    for dev in ("cpu", device):
+        fastnet.manual_seed(2)
+        layer = _stack(name, num_layers=2, bidirectional=True, batch_first=False, dropout=0.5,
+                       dtype=f64).to(dev)
+        res = _run(layer, x, states, grads)
+        last = LastHidden().to(dev)
+        ret = layer(x)
+        res.append(to_numpy(last(ret)))
+        layer.backward(last.backward(g_last))
+        res += [to_numpy(p.grad) for p in layer.parameters()]
+        results.append(res)
+    for a, b in zip(*results):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_save_load_keeps_the_structure(tmp_path, name, rng):
+    layer = _stack(name, num_layers=2, bidirectional=True, batch_first=False, dropout=0.25)
+    model = Sequential(layer, LastHidden())
+    path = tmp_path / "m.npz"
+    fastnet.save(model, path)
+    loaded = fastnet.load(path)
+    assert loaded[0].config() == layer.config()
+    assert (loaded[0].num_layers, loaded[0].bidirectional, loaded[0].batch_first,
+            loaded[0].dropout) == (2, True, False, 0.25)
+    x = rng.standard_normal((4, 2, 2)).astype(f32)
+    np.testing.assert_array_equal(loaded.eval()(x), model.eval()(x))
+
+
+def test_load_refuses_absurd_layer_counts():
+    from fastnet.errors import FileFormatError
+    from fastnet.serialization import expected_state
+
+    desc = {"type": "LSTM", "config": {"input_size": 2, "hidden_size": 3,
+                                       "num_layers": 10**9}}
+    with pytest.raises(FileFormatError, match=r"num_layers.*stacks at most 256"):
+        expected_state({"model": desc}, "f.npz", "load")
+    desc["config"].update(num_layers=2, bidirectional="yes")
+    with pytest.raises(FileFormatError, match=r"bidirectional"):
+        expected_state({"model": desc}, "f.npz", "load")
+    desc["config"].update(bidirectional=True)
+    assert len(expected_state({"model": desc}, "f.npz", "load")) == 16
+
+
+def test_trainer_resume_continues_the_dropout_stream(tmp_path):
+    """A checkpoint keeps a stacked layer's dropout seed and call count: training 1 epoch,
+    then resuming in a "new process" (another seed) for a second, ends bitwise where two
+    uninterrupted epochs end."""
+    from fastnet.data import ArrayDataset, DataLoader
+    from fastnet.train import Trainer
+
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 1, 4, 3)).astype(f32)
+    y = (x[:, 0, 0, 0] > 0.5).astype(np.int64)
+    data = ArrayDataset(x, y)
+
+    def setup(seed, **kw):
+        fastnet.manual_seed(seed)
+        model = Sequential(ImageRows(), GRU(3, 4, num_layers=2, bidirectional=True,
+                                            dropout=0.5), LastHidden(), Dense(8, 2))
+        trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None,
+                          **kw)
+        return trainer, DataLoader(data, 8, shuffle=True, seed=seed)
+
+    whole, loader = setup(0)
+    whole.fit(loader, epochs=2)
+    first, loader = setup(0, checkpoint_dir=tmp_path)
+    first.fit(loader, epochs=1)
+    assert first.model[1].calls == 3
+    second, loader = setup(7)
+    second.fit(loader, epochs=2, resume=tmp_path / "checkpoint.npz")
+    assert second.model[1].calls == whole.model[1].calls == 6
+    assert second.model[1].seed == whole.model[1].seed
+    for (k, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)

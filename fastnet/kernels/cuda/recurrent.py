@@ -12,10 +12,12 @@ t-1. After the loop dw_ih, dw_hh and dx are one GEMM each over all timesteps; bi
 gradients are column sums, one thread per column adding rows in order (deterministic,
 no atomics). Every element is written by exactly one thread: no racy ``+=``.
 Backward kernels overwrite their outputs; None as on the CPU.
+``sequence_copy``: one thread per copied element, the CPU's geometry.
 """
 from numba import cuda
 
 from ..codes import ACTIVATIONS, SIGMOID, TANH
+from ..recurrent import copy_geometry
 from ._device import through_activation, apply_activation
 from ._launch import empty, flat, launch_1d, scalar
 from .gemm import gemm
@@ -388,3 +390,24 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     if dh0 is not None:
         _state(dh0, dh, dhz)
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, out, h0, w_ih)
+
+
+# ---- sequence copies (stacked / bidirectional layers) -------------------------------------
+
+@cuda.jit
+def _sequence_copy_kernel(out, x, n, t, os_n, os_t, o0, xs_n, xs_t, x0, width):
+    for e in range(cuda.grid(1), n * t * width, cuda.gridsize(1)):
+        r = e // width
+        j = e - r * width
+        i = r // t
+        k = r - i * t
+        out[o0 + i * os_n + k * os_t + j] = x[x0 + i * xs_n + k * xs_t + j]
+
+
+def sequence_copy(out, x, out_col, x_col, width, reverse, out_time_first, x_time_first):
+    """x (N, T, CX), or (T, N, CX) with x_time_first -> out (N, T, CO), or (T, N, CO) with
+    out_time_first: out[n, t, out_col:out_col+width] = x[n, T-1-t if reverse else t,
+    x_col:x_col+width]; the rest of out is left as it was"""
+    n, t, *geo = copy_geometry(out, x, out_col, x_col, reverse, out_time_first, x_time_first)
+    grid, threads = launch_1d(n * t * width)
+    _sequence_copy_kernel[grid, threads](flat(out), flat(x), n, t, *geo, width)

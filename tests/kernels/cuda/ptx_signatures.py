@@ -142,6 +142,7 @@ def recurrent():
         out.append((m._lstm_step_backward_kernel, (F3, F2, F2, F2, dout, F3, F3, h0, i, float32)))
         out.append((m._gru_step_backward_kernel, (F3, F3, F2, F2, F2, dout, F3, F3, F3, h0, i,
                                                   float32)))
+    out.append((m._sequence_copy_kernel, (F1, F1) + (i,) * 9))
     return out
 
 

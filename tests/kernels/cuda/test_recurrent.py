@@ -14,7 +14,7 @@ from fastnet.models import MODELS
 from fastnet.optim import SGD
 from tests import reference as ref
 
-from ..cases import CELLS, RECURRENT_SHAPES, cases_for
+from ..cases import CELLS, RECURRENT_SHAPES, SEQUENCE_COPY_CASES, cases_for
 
 
 
@@ -160,3 +160,16 @@ def test_layer_on_cuda_returns_device_arrays_and_state_grads(rng):
     np.testing.assert_allclose(to_numpy(layer.grad_c0), cpu.grad_c0, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"LSTM.*expected input of shape \(N, \*, 3\)"):
         layer(np.zeros((2, 2, 4)))
+
+
+@pytest.mark.parametrize("case", cases_for(SEQUENCE_COPY_CASES, "cuda"),
+                         ids=lambda c: "-".join(map(str, c)))
+def test_sequence_copy_matches_reference_and_cpu(rng, dtype, dev, host, case):
+    """sequence_copy on the device: bitwise the reference's (and so the CPU's) copy."""
+    n, t, co, cx, out_col, x_col, width, reverse, out_tf, x_tf = case
+    x = rng.standard_normal((t, n, cx) if x_tf else (n, t, cx)).astype(dtype)
+    out = rng.standard_normal((t, n, co) if out_tf else (n, t, co)).astype(dtype)
+    want = ref.sequence_copy(out, x, out_col, x_col, width, reverse, out_tf, x_tf)
+    d_out = dev(out)
+    kernel("sequence_copy", "cuda")(d_out, dev(x), out_col, x_col, width, reverse, out_tf, x_tf)
+    np.testing.assert_array_equal(host(d_out), want)
