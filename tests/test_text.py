@@ -16,7 +16,7 @@ from fastnet.errors import FileFormatError
 from fastnet.losses import CrossEntropyLoss
 from fastnet.models import MODELS, TEXT_MODELS, CharLSTM
 from fastnet.optim import Adam
-from fastnet.serialization import _describe, expected_state
+from fastnet.serialization import _describe, check_state_shapes, expected_state
 from fastnet.train import Trainer, bits, load_model
 
 SMALL_TEXT = load_text()[:12000]
@@ -89,7 +89,8 @@ def test_loader_batches_are_int64_and_deterministic_for_a_seed():
                for (x1, y1), (x2, y2) in zip(a, b))
     assert not np.array_equal(a[0][0], c[0][0])
     every = np.sort(np.concatenate([x[:, 0] for x, _ in a]))  # each window once per epoch
-    np.testing.assert_array_equal(every, np.sort(data["train"][np.arange(len(data["train"]))][0][:, 0]))
+    starts = data["train"][np.arange(len(data["train"]))][0][:, 0]
+    np.testing.assert_array_equal(every, np.sort(starts))
 
 
 # ---- the model -------------------------------------------------------------------------------
@@ -162,16 +163,14 @@ def test_save_load_keeps_the_vocabulary_and_refuses_bad_files(tmp_path):
     x = np.array([[0, 1, 2, 3, 4, 5]])
     np.testing.assert_array_equal(back.eval()(x), model.eval()(x))
     described = json.loads(json.dumps({"model": _describe(model)}))
-    assert expected_state(described, "m", "t") == {k: v.shape for k, v in model.state_dict().items()}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert expected_state(described, "m", "t") == shapes
     # a description whose vocabulary does not fit the arrays, or repeats a character
     for vocab in ("xyz\n éq", "xxz\n é", ""):
         bad = json.loads(json.dumps(described))
         bad["model"]["config"]["vocab"] = vocab
         with pytest.raises(FileFormatError):
-            from fastnet.serialization import check_state_shapes
-
-            check_state_shapes(expected_state(bad, "m", "t"),
-                               {k: v.shape for k, v in model.state_dict().items()}, "m", "t")
+            check_state_shapes(expected_state(bad, "m", "t"), shapes, "m", "t")
 
 
 def test_checkpoint_resume_is_the_uninterrupted_run(tmp_path):
