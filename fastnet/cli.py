@@ -12,8 +12,16 @@ import sys
 import numpy as np
 
 
-DATA_SETS = ("digits", "mnist", "fashion-mnist")
+DATA_SETS = ("digits", "mnist", "fashion-mnist", "text")
 DEFAULT_LR = {"sgd": 0.05, "adam": 5e-3}
+# train's defaults, for the image models and for the character models (--data text)
+IMAGE_DEFAULTS = {"epochs": 30, "batch_size": 32, "optimizer": "sgd", "weight_decay": 5e-4,
+                  "val_fraction": 0.1}
+# NOTE: sized for a 2-core CPU: 66 steps of 64 windows of 100 characters per epoch (every
+# training character once), ~0.26 s a step on an idle 2-core machine
+TEXT_DEFAULTS = {"epochs": 12, "batch_size": 64, "optimizer": "adam", "weight_decay": 0.0,
+                 "val_fraction": 0.05}
+TEXT_TEST_FRACTION = 0.05  # the text's last 5% tests
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
@@ -91,6 +99,21 @@ def train(args) -> int:
                         plot_history)
 
     fail = functools.partial(_fail, "train")
+    from .models import TEXT_MODELS
+
+    text = args.data == "text"
+    if text != (args.model in TEXT_MODELS):
+        if text:
+            return fail(f"--data text needs a character model (--model "
+                        f"{' / '.join(TEXT_MODELS)}), not {args.model}")
+        return fail(f"--model {args.model} reads text: use --data text")
+    for key, value in (TEXT_DEFAULTS if text else IMAGE_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not text and args.seq_len is not None:
+        return fail("--seq-len is for --data text")
+    if text and args.seq_len is None:
+        args.seq_len = 100
     if (code := _device("train", args.device)) is not None:
         return code
     if args.save and (message := _save_target_problem(args.save)):
@@ -122,6 +145,8 @@ def train(args) -> int:
         args.lr = MODEL_LR.get(args.model, DEFAULT_LR)[args.optimizer]
 
     fastnet.manual_seed(args.seed)
+    if text:
+        return _train_text(args, out, resume)
     world = dist.world_size()
     if world > 1 and not dist.is_main():
         dist.barrier()  # rank 0 downloads what is missing first: one download, no race
@@ -224,7 +249,137 @@ def train(args) -> int:
     return 0
 
 
-DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+                "text": "Python's documentation (pydoc_data)"}
+
+
+def _load_text(seq_len, val_fraction):
+    from .data import load_char_data
+
+    return load_char_data(seq_len, val_fraction, TEXT_TEST_FRACTION)
+
+
+def _train_text(args, out, resume) -> int:
+    """train for a character model on --data text: windows of --seq-len characters, the
+    losses also in bits per character."""
+    import fastnet
+    from .data import DataLoader
+    from .models import TEXT_MODELS
+    from .optim import SGD, Adam
+    from . import distributed as dist
+    from .train import CosineLR, NonFiniteLossError, StepLR, Trainer, bits, plot_history
+
+    fail = functools.partial(_fail, "train")
+    world = dist.world_size()
+    try:
+        data = _load_text(args.seq_len, args.val_fraction)
+    except (ImportError, ValueError) as e:
+        return fail(f"cannot build the text data set: {e}")
+    vocab, train_set, val_set, test_set = data["vocab"], data["train"], data["val"], data["test"]
+    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed,
+                              distributed=world > 1, int_features=True)
+    val_loader = (DataLoader(val_set, args.batch_size, int_features=True)
+                  if val_set is not None else None)
+    model = TEXT_MODELS[args.model](vocab.chars)
+    if args.optimizer == "sgd":
+        opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        opt = Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = {"cosine": CosineLR(args.epochs), "step": StepLR(max(1, args.epochs // 3), 0.1),
+                "constant": None}[args.schedule]
+    config = {k: getattr(args, k) for k in (
+        "model", "data", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
+        "val_fraction", "patience", "monitor", "seed", "device", "seq_len")}
+    test_metrics = None
+
+    def write_metrics(trainer, record=None):
+        if out is not None and dist.is_main():
+            _write_json(os.path.join(out, "metrics.json"), {
+                "config": config, "history": trainer.history, "best": trainer.best,
+                "stop_reason": trainer.stop_reason, "test": test_metrics})
+
+    trainer = Trainer(model, opt, schedule=schedule, device=args.device, progress=args.progress,
+                      checkpoint_dir=out, patience=args.patience, monitor=args.monitor,
+                      on_epoch_end=write_metrics, config=config, bits_per_char=True)
+    if resume is not None:
+        try:
+            trainer.resume(resume)
+        except (ValueError, OSError) as e:
+            return fail(f"{e} (nothing was written; resume with the options of the run that "
+                        "wrote the checkpoint)")
+    n_params = sum(p.data.size for p in model.parameters())
+    chars = data["chars"]
+    batch = (f"batch {args.batch_size}" if world == 1 else
+             f"batch {args.batch_size} per rank x {world} ranks = {args.batch_size * world}")
+    print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
+          f"{DESCRIPTIONS['text']}, {len(vocab)} characters in the vocabulary, "
+          f"{chars[0]} train / {chars[1]} validation / {chars[2]} test characters, windows of "
+          f"{args.seq_len} ({len(train_set)} per epoch), {args.optimizer} lr={args.lr} "
+          f"({args.schedule} schedule), {batch}, {args.epochs} epochs, on {args.device}",
+          flush=True)
+    if resume is not None:
+        print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            trainer.fit(train_loader, val_loader, epochs=args.epochs)
+    except KeyboardInterrupt:
+        write_metrics(trainer)
+        where = f"; continue with --resume {out}" if out is not None else ""
+        if dist.is_main():
+            print(f"fastnet train: interrupted{where}", file=sys.stderr)
+        return INTERRUPTED
+    except NonFiniteLossError as e:
+        write_metrics(trainer)
+        if dist.is_main():
+            print(f"fastnet train: {e}", file=sys.stderr)
+        return 1
+    test_metrics = trainer.evaluate(DataLoader(test_set, args.batch_size, int_features=True))
+    test_metrics["bpc"] = bits(test_metrics["loss"])
+    print(f"test: {test_metrics['bpc']:.3f} bits/char (loss {test_metrics['loss']:.4f}), "
+          f"next-character accuracy {100 * test_metrics['acc']:.2f}% ({len(test_set)} held-out "
+          f"windows of {args.seq_len} characters)")
+    if not dist.is_main():
+        return 0
+    if out is not None:
+        write_metrics(trainer)
+        written = ["checkpoint.npz", "best.npz", "metrics.json"]
+        try:
+            plot_history(trainer.history, os.path.join(out, "curves.png"))
+            written.append("curves.png")
+        except ImportError:
+            print('note: matplotlib is not installed, so no curves.png '
+                  '(pip install "fastnet[plot]")')
+        print(f"wrote {', '.join(f for f in written if os.path.exists(os.path.join(out, f)))} "
+              f"to {out}")
+    if args.save:
+        fastnet.save(model, args.save)
+        print(f"saved model to {args.save}")
+    return 0
+
+
+def generate(args) -> int:
+    """Sample text from a character model (a checkpoint or a fastnet.save file)."""
+    from .models import CharLSTM
+
+    opened = _open_model("generate", args.checkpoint, "cpu")
+    if isinstance(opened, int):
+        return opened
+    model, _ = opened
+    if not isinstance(model, CharLSTM):
+        return _fail("generate", f"{args.checkpoint}: not a character model (it holds a "
+                                 f"{type(model).__name__}); train one with --model char-lstm "
+                                 "--data text")
+    prompt = args.prompt
+    if not prompt:
+        return _fail("generate", "--prompt must hold at least one character")
+    unknown = sorted(set(prompt) - set(model.vocab))
+    if unknown:
+        return _fail("generate", f"--prompt has {len(unknown)} character(s) the model does not "
+                                 f"know: {', '.join(repr(c) for c in unknown)} (its vocabulary: "
+                                 f"{model.vocab!r})")
+    text = model.generate(prompt, args.length, args.temperature, args.seed)
+    sys.stdout.write(prompt + text + "\n")
+    return 0
 
 
 def _open_model(command, path, device):
@@ -265,6 +420,10 @@ def evaluate(args) -> int:
         return opened
     model, info = opened
     config = info.get("config") or {}
+    from .models import CharLSTM
+
+    if isinstance(model, CharLSTM) or args.data == "text":
+        return _evaluate_text(args, model, config)
     data = args.data or config.get("data", "digits")
     seed = args.seed if args.seed is not None else config.get("seed", 0)
     try:
@@ -280,6 +439,35 @@ def evaluate(args) -> int:
                                  f"{tuple(x.shape[1:])}: {e}")
     print(f"{args.checkpoint}: {data} test split, {len(x)} images: test loss "
           f"{metrics['loss']:.4f}  test accuracy: {100 * metrics['acc']:.2f}%")
+    return 0
+
+
+def _evaluate_text(args, model, config) -> int:
+    """evaluate for a character model: the loss in bits/char on the text's test part."""
+    from .data import DataLoader
+    from .models import CharLSTM
+    from .train import bits, evaluate as run_evaluation
+
+    if not isinstance(model, CharLSTM):
+        return _fail("evaluate", f"{args.checkpoint}: --data text needs a character model, "
+                                 f"this file holds a {type(model).__name__}")
+    if args.data not in (None, "text"):
+        return _fail("evaluate", f"{args.checkpoint} holds a character model: it reads --data "
+                                 f"text, not {args.data}")
+    seq_len = config.get("seq_len", 100)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= 1 << 20:
+        return _fail("evaluate", f"{args.checkpoint}: the checkpoint's seq_len is malformed: "
+                                 f"{seq_len!r:.40}")
+    data = _load_text(seq_len, TEXT_DEFAULTS["val_fraction"])
+    if data["vocab"].chars != model.vocab:
+        return _fail("evaluate", f"{args.checkpoint}: the model's vocabulary "
+                                 f"({len(model.vocab)} characters) is not this Python's "
+                                 f"documentation text's ({len(data['vocab'])}): it was trained "
+                                 "on another version's text")
+    metrics = run_evaluation(model, DataLoader(data["test"], args.batch_size, int_features=True))
+    print(f"{args.checkpoint}: text test split, {data['chars'][2]} characters: "
+          f"{bits(metrics['loss']):.3f} bits/char (test loss {metrics['loss']:.4f})  "
+          f"next-character accuracy: {100 * metrics['acc']:.2f}%")
     return 0
 
 
@@ -364,6 +552,11 @@ def predict(args) -> int:
     if isinstance(opened, int):
         return opened
     model, info = opened
+    from .models import CharLSTM
+
+    if isinstance(model, CharLSTM):
+        return _fail("predict", f"{args.checkpoint} holds a character model: sample from it "
+                                "with python -m fastnet generate")
     config = info.get("config") or {}
     names = CLASS_NAMES.get(config.get("data"))
     in_shape = info.get("input_shape") or config.get("in_shape")
@@ -435,7 +628,8 @@ def _fraction(s):
 def _data_options(parser, default):
     parser.add_argument("--data", choices=DATA_SETS, default=default,
                         help="digits: the embedded 8x8 digits; mnist / fashion-mnist: read "
-                             "from --data-dir, downloaded when missing (default: "
+                             "from --data-dir, downloaded when missing; text: Python's own "
+                             "documentation, for --model char-lstm (default: "
                              + (default or "the checkpoint's") + ")")
     parser.add_argument("--data-dir", metavar="DIR", default=None,
                         help="where the MNIST / Fashion-MNIST files are kept (default: "
@@ -457,23 +651,29 @@ def build_parser():
                        "the last completed epoch; --resume DIR continues from it.")
     t.add_argument("--model", choices=list(MODELS), default="lenet", help="default: %(default)s")
     _data_options(t, default="digits")
-    t.add_argument("--epochs", type=_int_at_least(1), default=30,
-                   help="total epochs, counting those of a resumed run (default: %(default)s)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="default: %(default)s")
+    t.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help="total epochs, counting those of a resumed run (default: "
+                        f"{IMAGE_DEFAULTS['epochs']}; --data text: {TEXT_DEFAULTS['epochs']})")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help=f"default: {IMAGE_DEFAULTS['batch_size']}; --data text: "
+                        f"{TEXT_DEFAULTS['batch_size']}")
     t.add_argument("--lr", type=_float(positive=True), default=None,
                    help="initial learning rate (default: "
                         f"{DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam; "
-                        "lstm: 0.5 and 0.01)")
-    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                   help="sgd (momentum 0.9) or adam (default: %(default)s)")
+                        "lstm: 0.5 and 0.01; char-lstm: 1.0 and 0.003)")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help="sgd (momentum 0.9) or adam (default: sgd; --data text: adam)")
     t.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine",
                    help="learning rate per epoch: cosine decay to 0 over --epochs, step (x0.1 "
                         "every third of the epochs) or constant (default: %(default)s)")
-    t.add_argument("--weight-decay", type=_float(positive=False), default=5e-4,
-                   help="L2 weight decay (default: %(default)s)")
-    t.add_argument("--val-fraction", type=_fraction, default=0.1,
+    t.add_argument("--weight-decay", type=_float(positive=False), default=None,
+                   help="L2 weight decay (default: 0.0005; --data text: 0)")
+    t.add_argument("--val-fraction", type=_fraction, default=None,
                    help="share of the training images held out for validation each epoch, "
-                        "0 for none (default: %(default)s)")
+                        "0 for none (default: 0.1; --data text: the 5%% of the text before "
+                        "the last 5%%, which tests)")
+    t.add_argument("--seq-len", type=_int_at_least(1), default=None,
+                   help="--data text: characters per training window (default: 100)")
     t.add_argument("--patience", type=_int_at_least(1), default=None,
                    help="stop early after this many epochs without a better --monitor value")
     t.add_argument("--monitor", choices=["val_loss", "val_acc"], default="val_loss",
@@ -507,6 +707,20 @@ def build_parser():
     p.add_argument("files", nargs="+", metavar="FILE", help=".npy or image files")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
     p.set_defaults(func=predict)
+    g = sub.add_parser("generate", help="sample text from a character model (--model char-lstm)",
+                       description="Print the prompt followed by --length characters sampled "
+                       "one at a time from a character model trained with --data text.")
+    g.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint.npz / best.npz (or a --out directory, or a fastnet.save file)")
+    g.add_argument("--prompt", default="The ", help="the text to continue (default: %(default)r)")
+    g.add_argument("--length", type=_int_at_least(0), default=200,
+                   help="characters to generate (default: %(default)s)")
+    g.add_argument("--temperature", type=_float(positive=True), default=0.8,
+                   help="softmax temperature, > 0: lower is more conservative (default: "
+                        "%(default)s)")
+    g.add_argument("--seed", type=_int_at_least(0), default=None,
+                   help="the sampling seed: the same text for the same seed (default: random)")
+    g.set_defaults(func=generate)
     b = sub.add_parser("bench", help="time fastnet against the same maths in NumPy and PyTorch")
     b.add_argument("--filter", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     b.add_argument("--repeat", type=_int_at_least(1), default=10,

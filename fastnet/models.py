@@ -1,6 +1,12 @@
 """Ready-made models for the training job."""
-from .layers import (LSTM, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, ImageRows,
-                     LastHidden, MaxPool2D, ReLU, Residual, Sequential)
+import numbers
+
+import numpy as np
+
+from .device import to_numpy
+from .layers import (LSTM, BatchNorm2D, Conv2D, Dense, Embedding, Flatten, GlobalAvgPool2D,
+                     ImageRows, LastHidden, MaxPool2D, ReLU, Residual, Sequential)
+from .layers.module import Module, check_grad
 
 
 def mlp(in_shape=(1, 8, 8), num_classes=10, hidden=(128, 64)):
@@ -114,3 +120,124 @@ def lstm(in_shape=(1, 8, 8), num_classes=10, hidden=64):
 MODELS["lstm"] = lstm
 # Models whose default learning rates differ from the CLI's: name -> {optimizer: lr}.
 MODEL_LR = {"lstm": {"sgd": 0.5, "adam": 0.01}}
+
+
+class CharLSTM(Module):
+    """A character-level language model: Embedding(len(vocab), embedding_dim) -> LSTM
+    (num_layers, batch_first, dropout between the layers) -> Dense(hidden_size,
+    len(vocab)) at every position.
+
+    ``vocab`` is the string of the characters it reads and writes (id i is ``vocab[i]``):
+    part of the model's description, so ``fastnet.save``, checkpoints and ``generate`` keep
+    the mapping the model was trained with. ``model(x)`` takes ids x (N, T) (any integer
+    dtype) and returns the logits of the next character in CrossEntropyLoss's sequence
+    layout, (N, len(vocab), T), so that ``Trainer`` (its loss, and its accuracy: argmax
+    over axis 1) takes it as it is. state_dict keys: ``embedding.weight``, ``lstm.*``
+    (PyTorch's names), ``head.weight``, ``head.bias``."""
+
+    def __init__(self, vocab, embedding_dim=64, hidden_size=256, num_layers=2, dropout=0.0,
+                 dtype="float32"):
+        if not isinstance(vocab, str) or not vocab:
+            raise TypeError(f"CharLSTM: vocab must be a non-empty string of characters, got "
+                            f"{vocab!r:.60}")
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("CharLSTM: the characters of vocab must be distinct")
+        self.vocab = vocab
+        self.embedding = Embedding(len(vocab), embedding_dim, dtype=dtype)
+        self.lstm = LSTM(embedding_dim, hidden_size, num_layers=num_layers, dropout=dropout,
+                         batch_first=True, dtype=dtype)
+        self.head = Dense(hidden_size, len(vocab), dtype=dtype)
+
+    def config(self):
+        return {"vocab": self.vocab, "embedding_dim": self.embedding.embedding_dim,
+                "hidden_size": self.lstm.hidden_size, "num_layers": self.lstm.num_layers,
+                "dropout": self.lstm.dropout}
+
+    def __repr__(self):
+        return (f"CharLSTM({len(self.vocab)} characters, embedding_dim="
+                f"{self.embedding.embedding_dim}, hidden_size={self.lstm.hidden_size}, "
+                f"num_layers={self.lstm.num_layers}, dropout={self.lstm.dropout})")
+
+    def _ids(self, x):
+        if getattr(x, "ndim", None) != 2 or 0 in x.shape:
+            raise ValueError(f"{self!r}: expected character ids of shape (N, T), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        return x
+
+    def _logits(self, out):
+        """(N, T, H) LSTM outputs -> (N, T, V) logits."""
+        n, t, h = out.shape
+        return self.head(out.reshape(n * t, h)).reshape(n, t, len(self.vocab))
+
+    def forward(self, x, hx=None):
+        x = self._ids(x)
+        out, _ = self.lstm(self.embedding(x), hx)
+        logits = self._logits(out)
+        if self.training:
+            self._saved = (out.shape, logits.dtype)
+        return self.device.swap_last_axes(logits)  # (N, V, T), CrossEntropyLoss's layout
+
+    def backward(self, grad_out, input_grad=True):
+        (n, t, h), dtype = self._saved_for_backward()
+        v = len(self.vocab)
+        grad_out = check_grad(self, grad_out, (n, v, t), dtype)
+        g = self.device.swap_last_axes(grad_out).reshape(n * t, v)
+        dh = self.head.backward(g)
+        de = self.lstm.backward(dh.reshape(n, t, h))
+        self.embedding.backward(de)
+        return None  # ids have no gradient
+
+    def step(self, x, hx=None):
+        """Eval-mode forward that also returns the LSTM's state: (logits (N, T, V), (h_n,
+        c_n)) for ids x (N, T) continuing from the state ``hx`` (None: zeros)."""
+        out, state = self.lstm(self.embedding(self._ids(x)), hx)
+        return self._logits(out), state
+
+    def generate(self, prompt, length, temperature=1.0, seed=None):
+        """``length`` characters sampled after ``prompt`` (a non-empty string of the
+        vocabulary's characters), one at a time from softmax(logits / temperature), with
+        ``numpy.random.default_rng(seed)``: the same text for the same seed. Runs in eval
+        mode (the model's mode is restored)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("CharLSTM.generate: the prompt must be a non-empty string")
+        unknown = sorted(set(prompt) - set(self.vocab))
+        if unknown:
+            raise ValueError(f"CharLSTM.generate: the prompt has characters the model does "
+                             f"not know: {', '.join(repr(c) for c in unknown)}")
+        if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 0:
+            raise ValueError(f"CharLSTM.generate: length must be an int >= 0, got {length!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+                or not (0 < temperature < float("inf")):
+            raise ValueError(f"CharLSTM.generate: temperature must be a positive finite "
+                             f"number, got {temperature!r}")
+        rng = np.random.default_rng(seed)
+        index = {c: i for i, c in enumerate(self.vocab)}
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            x = np.array([[index[c] for c in prompt]], dtype=np.int64)
+            state = None
+            for _ in range(int(length)):
+                logits, state = self.step(x, state)
+                z = to_numpy(logits[0, -1]).astype(np.float64) / float(temperature)
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                k = int(rng.choice(len(p), p=p))
+                out.append(self.vocab[k])
+                x = np.array([[k]], dtype=np.int64)
+        finally:
+            self.train(was_training)
+        return "".join(out)
+
+
+def char_lstm(vocab, embedding_dim=64, hidden_size=256, num_layers=2, dropout=0.0):
+    """``CharLSTM``: the character-level language model of ``--model char-lstm``."""
+    return CharLSTM(vocab, embedding_dim, hidden_size, num_layers, dropout)
+
+
+# Models that read text (``--data text``): name -> f(vocab); the CLI builds them from the
+# data's vocabulary instead of an image shape.
+TEXT_MODELS = {"char-lstm": char_lstm}
+MODELS["char-lstm"] = char_lstm
+MODEL_LR["char-lstm"] = {"sgd": 1.0, "adam": 3e-3}

@@ -27,6 +27,7 @@ from ._npz import NpzReader, file_mode
 from .errors import FileFormatError
 from . import layers as _layers
 from .layers.module import Module
+from .models import CharLSTM
 
 FORMAT = "fastnet-model"
 VERSION = 1
@@ -35,6 +36,8 @@ CHECKPOINT_VERSION = 1
 _META = "__fastnet__"
 _REGISTRY = {name: getattr(_layers, name) for name in _layers.__all__
              if name not in ("Module", "Parameter", "Buffer")}
+# models that are modules of their own (not Sequentials of layers), rebuilt from their config
+_REGISTRY["CharLSTM"] = CharLSTM
 
 
 def _describe(module: Module, check: bool = True) -> dict:
@@ -192,11 +195,26 @@ def _embedding_state(c, where):
     return {"weight": (n, d)}
 
 
+def _char_lstm_state(c, where):
+    vocab = c["vocab"]
+    if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
+        raise _Bad(f"{where}.vocab", f"expected a non-empty string of distinct characters, got "
+                                     f"{_short(vocab)}")
+    v, e = len(vocab), _positive(c, "embedding_dim", where)
+    h = _positive(c, "hidden_size", where)
+    lstm = _recurrent_state(_layers.LSTM)(
+        {"input_size": e, "hidden_size": h, "num_layers": c["num_layers"],
+         "bidirectional": False, "bias": True}, where)
+    return {"embedding.weight": (v, e), **{f"lstm.{k}": s for k, s in lstm.items()},
+            "head.weight": (v, h), "head.bias": (v,)}
+
+
 _STATE_SHAPES = {
     _layers.Dense: _dense_state, _layers.Conv2D: _conv_state,
     _layers.BatchNorm1D: _batch_norm_state, _layers.BatchNorm2D: _batch_norm_state,
     _layers.Embedding: _embedding_state,
     **{cls: _recurrent_state(cls) for cls in (_layers.RNN, _layers.LSTM, _layers.GRU)},
+    CharLSTM: _char_lstm_state,
 }
 
 

@@ -34,7 +34,7 @@ from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _desc
                             input_shape_ok, load_with_meta, read_npz, same_layout, write_npz)
 
 __all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
-           "plot_history", "progress_bar"]
+           "plot_history", "progress_bar", "bits"]
 
 # Printed (through the Trainer's log) when kernels compile: on a first run, Numba compiles
 # every kernel the model uses for this machine's CPU and caches it on disk.
@@ -211,6 +211,12 @@ def _correct(logits, labels):
     return int((to_numpy(logits).argmax(axis=1) == np.asarray(labels)).sum())
 
 
+def _positions(labels):
+    """The labelled positions of a batch: N for labels (N,), N * T for a sequence's (N, T)
+    (the loss is their mean, and the accuracy counts each of them)."""
+    return int(labels.size) if hasattr(labels, "size") else len(labels)
+
+
 def _rank_batches(loader, rank, world):
     """This rank's part of an evaluation over all of ``loader``: a fastnet DataLoader's
     batches by index modulo ``world`` (whole set, unpadded, generator untouched), any
@@ -246,9 +252,10 @@ def evaluate(model, loader, loss_fn=None, distributed=None):
     try:
         for xb, yb in batches:
             logits = model(xb)
-            total_loss += float(loss_fn(logits, yb)) * len(yb)
+            count = _positions(yb)
+            total_loss += float(loss_fn(logits, yb)) * count
             correct += _correct(logits, yb)
-            seen += len(yb)
+            seen += count
     finally:
         model.train(was_training)
     if world > 1:
@@ -256,6 +263,11 @@ def evaluate(model, loader, loss_fn=None, distributed=None):
     if seen == 0:
         raise ValueError("evaluate: the loader gave no samples")
     return {"loss": total_loss / seen, "acc": correct / seen}
+
+
+def bits(loss):
+    """A cross-entropy in nats as bits (per character, for a character model): loss / ln 2."""
+    return None if loss is None else loss / math.log(2)
 
 
 class Trainer:
@@ -272,6 +284,12 @@ class Trainer:
     log            called with one line per epoch (default print; None for silence)
     on_epoch_end   called as on_epoch_end(trainer, record) after each epoch
     config         a JSON-serialisable dict stored in checkpoints (e.g. the CLI's options)
+    bits_per_char  also report the losses in bits (loss / ln 2; per character for a
+                   character model): ``train_bpc`` / ``val_bpc`` in the history and the
+                   epoch line
+
+    Labels may be (N,) or, for a sequence model whose logits are (N, C, T), (N, T): the
+    loss and accuracy are then over all N * T positions (samples/s counts sequences).
 
     Under MPI with several ranks (fastnet.distributed), the model is wrapped in a
     ``DistributedDataParallel`` (unless it is one already): gradients are averaged over
@@ -300,7 +318,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, *, schedule=None, device="cpu",
                  progress=True, checkpoint_dir=None, patience=None, monitor="val_loss",
-                 log=functools.partial(print, flush=True), on_epoch_end=None, config=None):
+                 log=functools.partial(print, flush=True), on_epoch_end=None, config=None,
+                 bits_per_char=False):
         if monitor not in ("val_loss", "val_acc"):
             raise ValueError(f"Trainer: monitor must be 'val_loss' or 'val_acc', got {monitor!r}")
         if patience is not None and (isinstance(patience, bool)
@@ -342,6 +361,7 @@ class Trainer:
         self.log = log or (lambda line: None)
         self.on_epoch_end = on_epoch_end
         self.config = config
+        self.bits_per_char = bool(bits_per_char)
         self.base_lr = float(optimizer.lr)  # what the schedule scales
         self.epoch = 0                      # completed epochs
         self.history = []                   # one dict per completed epoch
@@ -477,7 +497,7 @@ class Trainer:
         model.train()
         self._bar = bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}",
                                        self.progress)
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, seen, samples = 0.0, 0, 0, 0
         watch = Stopwatch()
         jit_seen, unpause = 0.0, getattr(bar, "unpause", lambda: None)
         try:
@@ -505,15 +525,17 @@ class Trainer:
                 if world == 1:
                     model.backward(loss_fn.backward(), input_grad=False)
                 opt.step()
-                total_loss += local_loss * len(yb)  # (summed over the ranks at the end)
+                count = _positions(yb)  # N, or N * T for a sequence's labels
+                total_loss += local_loss * count  # (summed over the ranks at the end)
                 correct += _correct(logits, yb)
-                seen += len(yb)
+                seen += count
+                samples += len(yb)
                 if (jit := watch.jit()) != jit_seen:
                     # the step compiled or loaded kernels: the bar's clock leaves that out too
                     # (tqdm's unpause drops the time since its last redraw)
                     jit_seen = jit
                     unpause()
-                rate = world * seen / watch.working()
+                rate = world * samples / watch.working()
                 bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} samples/s", refresh=False)
                 bar.update()  # draws the postfix at most every mininterval
         finally:
@@ -521,14 +543,17 @@ class Trainer:
             self._bar = None
         train_seconds = watch.working()  # without the JIT's seconds
         if world > 1:  # over all ranks; the slowest rank's time
-            total_loss, correct, seen = dist.all_sum([total_loss, correct, seen])
+            total_loss, correct, seen, samples = dist.all_sum([total_loss, correct, seen,
+                                                               samples])
             train_seconds = dist.all_max(train_seconds)
         val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
         self._epoch_jit = watch.jit()
         record = {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
                   "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
-                  "lr": self.optimizer.lr, "samples_per_s": seen / train_seconds,
+                  "lr": self.optimizer.lr, "samples_per_s": samples / train_seconds,
                   "seconds": watch.elapsed()}
+        if self.bits_per_char:
+            record["train_bpc"], record["val_bpc"] = bits(record["train_loss"]), bits(val["loss"])
         if world > 1:
             record["ranks"] = world
             batch = getattr(train_loader, "batch_size", None)
@@ -588,10 +613,14 @@ class Trainer:
 
     @staticmethod
     def _line(r, epochs):
+        bpc = "train_bpc" in r  # a character model's run: the losses in bits/char too
         line = (f"epoch {r['epoch']:3d}/{epochs}  loss {r['train_loss']:.4f}  "
-                f"train acc {100 * r['train_acc']:6.2f}%  ")
+                + (f"({r['train_bpc']:.3f} bits/char)  " if bpc else "")
+                + f"train acc {100 * r['train_acc']:6.2f}%  ")
         if r["val_loss"] is not None:
-            line += f"val loss {r['val_loss']:.4f}  val acc {100 * r['val_acc']:6.2f}%  "
+            line += (f"val loss {r['val_loss']:.4f}  "
+                     + (f"({r['val_bpc']:.3f} bits/char)  " if bpc else "")
+                     + f"val acc {100 * r['val_acc']:6.2f}%  ")
         line += f"lr {r['lr']:.3g}  {r['samples_per_s']:8.0f} samples/s"
         if "ranks" in r:
             batch = f"batch {r['global_batch']} over " if "global_batch" in r else ""

@@ -3,7 +3,8 @@
 The embedded data set is the UCI handwritten digits (1797 real 8x8 images, 10 classes)
 that scikit-learn ships inside its wheel: no network is ever needed. Install it with
 ``pip install "fastnet[train]"``. MNIST and Fashion-MNIST come from their IDX files
-(fastnet/data/mnist.py); ``DataLoader`` batches any vectorised dataset (loader.py).
+(fastnet/data/mnist.py); character-level text from Python's own documentation
+(fastnet/data/text.py); ``DataLoader`` batches any vectorised dataset (loader.py).
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import numpy as np
 from .idx import read_idx, write_idx
 from .loader import ArrayDataset, DataLoader, Dataset, Subset, train_val_split
 from .mnist import DataUnavailableError, load_fashion_mnist, load_mnist
+from .text import CharVocab, TextWindows, load_char_data, load_text, split_text
 
 __all__ = ["load_digits", "load_mnist", "load_fashion_mnist", "train_test_split",
            "train_val_split", "batches", "Dataset", "ArrayDataset", "Subset", "DataLoader",
-           "read_idx", "write_idx", "DataUnavailableError"]
+           "read_idx", "write_idx", "DataUnavailableError", "load_text", "CharVocab",
+           "split_text", "TextWindows", "load_char_data"]
 
 
 def _digits_file():

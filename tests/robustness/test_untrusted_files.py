@@ -28,6 +28,7 @@ from fastnet._npz import _host
 from fastnet.cli import main
 from fastnet.data import read_idx, write_idx
 from fastnet.optim import SGD
+from fastnet.models import CharLSTM
 from fastnet.serialization import _REGISTRY, _describe, expected_state
 from fastnet.train import Trainer, load_model
 
@@ -401,6 +402,7 @@ def test_valid_files_of_every_layer_still_load(tmp_path):
         L.Sequential(L.LSTM(4, 3, bias=False), L.LastHidden(), L.Dense(3, 2, bias=False)),
         L.GRU(4, 3).to(np.float64),
         L.Sequential(L.Embedding(9, 4, padding_idx=-1), L.LSTM(4, 3), L.LastHidden()),
+        CharLSTM("ab\n", embedding_dim=3, hidden_size=4, num_layers=3, dropout=0.1),
     ]
     seen = set()
     for i, model in enumerate(models):
