@@ -89,14 +89,36 @@ def _save_target_problem(path):
     return None
 
 
+def _write_outputs(trainer, model, out, save, write_metrics) -> int:
+    """After a training run, on rank 0: metrics.json and curves.png in ``out`` (next to the
+    checkpoints the Trainer wrote), and the model file ``save``."""
+    import fastnet
+    from .train import plot_history
+
+    if out is not None:
+        write_metrics(trainer)
+        written = ["checkpoint.npz", "best.npz", "metrics.json"]
+        try:
+            plot_history(trainer.history, os.path.join(out, "curves.png"))
+            written.append("curves.png")
+        except ImportError:
+            print('note: matplotlib is not installed, so no curves.png '
+                  '(pip install "fastnet[plot]")')
+        print(f"wrote {', '.join(f for f in written if os.path.exists(os.path.join(out, f)))} "
+              f"to {out}")
+    if save:
+        fastnet.save(model, save)
+        print(f"saved model to {save}")
+    return 0
+
+
 def train(args) -> int:
     import fastnet
     from .data import ArrayDataset, DataLoader, train_val_split
     from .models import MODELS
     from .optim import SGD, Adam
     from . import distributed as dist
-    from .train import (CosineLR, NonFiniteLossError, StepLR, Trainer, _checkpoint_path,
-                        plot_history)
+    from .train import CosineLR, NonFiniteLossError, StepLR, Trainer, _checkpoint_path
 
     fail = functools.partial(_fail, "train")
     from .models import TEXT_MODELS
@@ -232,21 +254,7 @@ def train(args) -> int:
           f"test loss {test_metrics['loss']:.4f}")
     if not dist.is_main():  # rank 0 writes the files
         return 0
-    if out is not None:
-        write_metrics(trainer)
-        written = ["checkpoint.npz", "best.npz", "metrics.json"]
-        try:
-            plot_history(trainer.history, os.path.join(out, "curves.png"))
-            written.append("curves.png")
-        except ImportError:
-            print('note: matplotlib is not installed, so no curves.png '
-                  '(pip install "fastnet[plot]")')
-        print(f"wrote {', '.join(f for f in written if os.path.exists(os.path.join(out, f)))} "
-              f"to {out}")
-    if args.save:
-        fastnet.save(model, args.save)
-        print(f"saved model to {args.save}")
-    return 0
+    return _write_outputs(trainer, model, out, args.save, write_metrics)
 
 
 DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
@@ -267,7 +275,7 @@ def _train_text(args, out, resume) -> int:
     from .models import TEXT_MODELS
     from .optim import SGD, Adam
     from . import distributed as dist
-    from .train import CosineLR, NonFiniteLossError, StepLR, Trainer, bits, plot_history
+    from .train import CosineLR, NonFiniteLossError, StepLR, Trainer, bits
 
     fail = functools.partial(_fail, "train")
     world = dist.world_size()
@@ -340,21 +348,7 @@ def _train_text(args, out, resume) -> int:
           f"windows of {args.seq_len} characters)")
     if not dist.is_main():
         return 0
-    if out is not None:
-        write_metrics(trainer)
-        written = ["checkpoint.npz", "best.npz", "metrics.json"]
-        try:
-            plot_history(trainer.history, os.path.join(out, "curves.png"))
-            written.append("curves.png")
-        except ImportError:
-            print('note: matplotlib is not installed, so no curves.png '
-                  '(pip install "fastnet[plot]")')
-        print(f"wrote {', '.join(f for f in written if os.path.exists(os.path.join(out, f)))} "
-              f"to {out}")
-    if args.save:
-        fastnet.save(model, args.save)
-        print(f"saved model to {args.save}")
-    return 0
+    return _write_outputs(trainer, model, out, args.save, write_metrics)
 
 
 def generate(args) -> int:
