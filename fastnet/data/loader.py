@@ -206,9 +206,10 @@ class DataLoader:
         if self.distributed:
             w = self.world_size
             share = self._share()
-            # pad with the order's start (cyclically when n < W), or cut (drop_last)
-            order = np.resize(order, share * w)
-            order = order[self.rank::w]
+            # this rank's positions of the order padded with its start (cyclically when
+            # n < W) or cut (drop_last), without building the padded order: a world_size
+            # far above n costs this rank's share only
+            order = order[np.arange(self.rank, share * w, w, dtype=np.int64) % n]
             n = share
         return self._batches(order, n - n % bs if self.drop_last else n)
 

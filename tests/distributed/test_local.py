@@ -174,3 +174,20 @@ def test_eval_batches_cover_the_set_once():
     seen = [int(v) for r in range(3) for _, y in loader._eval_batches(r, 3) for v in y]
     assert sorted(seen) == list(range(11))
     assert str(loader.state_dict()) == before  # the generator is untouched
+
+
+def test_a_huge_world_size_costs_only_the_share():
+    """The padded order is never built: world_size 10**12 over 5 samples allocates this
+    rank's one position, not 10**12 (the padding still repeats the order cyclically)."""
+    import tracemalloc
+
+    ds = ArrayDataset(np.zeros((5, 1), np.float32), np.arange(5))
+    tracemalloc.start()
+    try:
+        loader = DataLoader(ds, 2, shuffle=False, distributed=True, rank=7, world_size=10**12)
+        batches = [list(y) for _, y in loader]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(loader) == 1 and batches == [[7 % 5]]
+    assert peak < 10**6
