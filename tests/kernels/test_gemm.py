@@ -99,3 +99,50 @@ def test_empty_sums_give_the_bias_or_zero(m):
     assert not out.any()
     gemm.matmul_tn(out, np.ones((0, m), np.float32), np.ones((0, 4), np.float32))
     assert not out.any()
+
+
+# matmul_tn's own kernel (gemm_tn: a read in place, b packed in blocks): a is the larger
+# operand (M >= 8N), or K is long; M = NC (one panel), a partial last panel (shifted to end
+# at M), a partial last block of b's columns
+TN_SHAPES = [(NC32, 5, 3), (2 * NC32 + 4, 3, 9), (97, gemm.TN_MIN_K + 3, 120),
+             (NC32 + 1, gemm.TN_MIN_K, MR * 2 + 1)]
+
+
+@pytest.mark.parametrize("shape", TN_SHAPES, ids=["x".join(map(str, s)) for s in TN_SHAPES])
+def test_matmul_tn_on_its_own_kernel(rng, dtype, close, shape):
+    m, k, n = shape
+    a, b = _operands(rng, dtype, k, m), _operands(rng, dtype, k, n)
+    out = np.full((m, n), 123.0, dtype)
+    gemm.matmul_tn(out, a, b)
+    want = np.einsum("km,kn->mn", a.astype(np.float64), b.astype(np.float64))
+    close(out, want, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("group,panels,kc", [(1, 1, 1), (2, 1, 7), (3, 2, 64), (16, 4, 1000)])
+def test_gemm_tn_tasks_and_chunks_give_the_same_sums(rng, group, panels, kc):
+    """However gemm_tn splits the work into tasks and K into chunks, every sum runs over K
+    in order: the results are bitwise those of one task over one chunk."""
+    m, k, n = 2 * NC32 + 7, 150, 3 * MR + 2
+    a, b = _operands(rng, np.float32, k, m), _operands(rng, np.float32, k, n)
+    bp = np.empty((-(-n // MR), k, MR), np.float32)
+    gemm.pack_blocks(bp, b)
+    want = np.empty((m, n), np.float32)
+    gemm.gemm_tn(want, a, bp, 1 << 20, 1 << 20, 1 << 20)
+    np.testing.assert_allclose(want, a.T.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    out = np.full((m, n), np.nan, np.float32)
+    gemm.gemm_tn(out, a, bp, group, panels, kc)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_matmul_tn_non_finite_values_reach_only_their_outputs(rng):
+    """A NaN in column i of a and an inf in column j of b, on gemm_tn's path."""
+    m, k, n = NC32 + 5, 40, 4
+    a, b = _operands(rng, np.float32, k, m), _operands(rng, np.float32, k, n)
+    a[3, m - 2] = np.nan
+    b[7, 1] = np.inf
+    out = np.empty((m, n), np.float32)
+    gemm.matmul_tn(out, a, b)
+    assert np.isnan(out[m - 2]).all()
+    assert not np.isfinite(out[:, 1]).any()
+    rest = np.delete(np.delete(out, m - 2, axis=0), 1, axis=1)
+    assert np.isfinite(rest).all()

@@ -23,6 +23,9 @@ across calls. Two addressing schemes:
   and a_i = ``a[abase + s*astep + i]`` (packed weights, row s).
 * ``shift`` (conv dw): step s reads b from ``b[bbase + s*bstep + v*W ...]`` (a
   channels-last gradient row) and a_i = ``a[abase + aofs[i] + s]`` (input tap i's run).
+* ``strided`` (kernels/gemm.py's a.T @ b): step s reads b from ``b[bbase + s*bstep +
+  v*W ...]`` and a_i = ``a[abase + s*astep + i]`` (a packed block of A: MR values per
+  step).
 
 A third kind, ``dot`` (conv dw of layers with few output channels), runs its vectors over
 positions instead and leaves per-lane sums for the caller to add up.
@@ -91,6 +94,8 @@ def _emit(context, builder, sig, args, mr, nv, mode, half=False):
         tab_a = context.make_array(sig.args[3])(context, builder, args[3])
         abase, astep, bbase = args[4], args[5], args[6]
         steps = builder.extract_value(tab_a.shape, 0)
+    elif mode == "strided":
+        abase, astep, bbase, bstep, steps = args[3:8]
     else:
         aofs_a = context.make_array(sig.args[3])(context, builder, args[3])
         abase, bbase, bstep, steps = args[4], args[5], args[6], args[7]
@@ -103,6 +108,10 @@ def _emit(context, builder, sig, args, mr, nv, mode, half=False):
         if mode == "table":
             off = builder.load(builder.gep(tab_a.data, [s]))
             bp = builder.gep(b_a.data, [builder.add(bbase, off)])
+            ap = builder.gep(a_a.data, [builder.add(abase, builder.mul(s, astep))])
+            a_ptrs = [builder.gep(ap, [const(i)]) for i in range(mr)]
+        elif mode == "strided":
+            bp = builder.gep(b_a.data, [builder.add(bbase, builder.mul(s, bstep))])
             ap = builder.gep(a_a.data, [builder.add(abase, builder.mul(s, astep))])
             a_ptrs = [builder.gep(ap, [const(i)]) for i in range(mr)]
         else:
@@ -141,6 +150,18 @@ def make_shift_tile(mr, nv, half=False):
         sig = types.void(tile, a, b, aofs, types.intp, types.intp, types.intp, types.intp)
         return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "shift", half)
     return shift_tile
+
+
+def make_strided_tile(mr, nv):
+    """tile (mr*nv*W,) += the ``strided`` product (see the module docstring); arguments
+    (tile, a, b, abase, astep, bbase, bstep, steps)."""
+    @intrinsic
+    def strided_tile(typingctx, tile, a, b, abase, astep, bbase, bstep, steps):
+        check_arrays("a micro-kernel tile", (tile, a, b))
+        sig = types.void(tile, a, b, types.intp, types.intp, types.intp, types.intp,
+                         types.intp)
+        return sig, lambda c, bld, s, args: _emit(c, bld, s, args, mr, nv, "strided")
+    return strided_tile
 
 
 # ---- the tiles of the convolutions and the recurrent layers --------------------------
@@ -210,6 +231,8 @@ DOT_TILES = {mo: make_dot_tile(mo, DOT_MT[mo]) for mo in DOT_MOS}
 ROWS_NC_VECTORS = 3 if VEC_BYTES == 64 else 2
 ROWS_MR = ACCUMULATORS // ROWS_NC_VECTORS
 rows_tile = make_shift_tile(ROWS_MR, ROWS_NC_VECTORS)
+# the same shape over a packed block of A (kernels/gemm.py's a.T @ b)
+packed_rows_tile = make_strided_tile(ROWS_MR, ROWS_NC_VECTORS)
 
 
 # ---- choosing a tile by a compile-time constant ----------------------------------------
