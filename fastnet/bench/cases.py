@@ -446,6 +446,74 @@ def _lstm_pair(n, t, f, h):
             for direction, k in (("forward", 1), ("backward", 2))]
 
 
+# a bidirectional GRU layer (batch first) forward / backward, at the LSTM's shape
+GRU_SHAPE = LSTM_SHAPE
+
+
+def _recurrent_params(rng, gates, f, h, suffixes=("",), layers=1, prefix=""):
+    """PyTorch's parameters of a recurrent layer (keys, layouts, U(-1/sqrt(H), 1/sqrt(H)))."""
+    bound = np.float32(1 / math.sqrt(h))
+    params = {}
+    for k in range(layers):
+        fk = f if k == 0 else h * len(suffixes)
+        for sfx in suffixes:
+            for name, shape in (("weight_ih", (gates * h, fk)), ("weight_hh", (gates * h, h)),
+                                ("bias_ih", (gates * h,)), ("bias_hh", (gates * h,))):
+                params[f"{prefix}{name}_l{k}{sfx}"] = \
+                    rng.uniform(-1, 1, shape).astype(np.float32) * bound
+    return params
+
+
+def _gru_inputs(label, n, t, f, h, backward):
+    """A bidirectional GRU's parameters, x (N, T, F) and, for backward, d out (N, T, 2H)."""
+    rng = _rng(label)
+    kw = dict(params=_recurrent_params(rng, 3, f, h, ("", "_reverse")),
+              x=_normal(rng, (n, t, f)))
+    if backward:
+        kw["dout"] = _normal(rng, (n, t, 2 * h))
+    return kw
+
+
+def _gru_pair(n, t, f, h):
+    """A bidirectional GRU layer (batch first), forward and backward (through time in both
+    directions, into the input and the eight parameters)."""
+    shape = f"{n}x{t}x{f}->2x{h} bidirectional"
+    macs = 2 * n * t * 3 * h * (f + h)  # both directions: projection + recurrent GEMMs
+    return [Case("recurrent", "gru", shape, direction, "gru_" + direction,
+                 partial(_gru_inputs, f"gru {shape}", n, t, f, h, direction == "backward"),
+                 flops=2 * macs * k, samples=n)
+            for direction, k in (("forward", 1), ("backward", 2))]
+
+
+# the character model's training step (``fastnet train --model char-lstm``): batch 64
+# windows of 100 characters, a vocabulary of 96, embeddings of 64, an LSTM of 2 layers of
+# 256 units, the head at every position, cross-entropy over (N, V, T), Adam
+CHAR_LSTM_SHAPE = (64, 100, 96, 64, 256, 2)  # N, T, V, E, H, layers
+CHAR_LR = 3e-3
+
+
+def _char_lstm_inputs(label, n, t, v, e, h, layers):
+    """A CharLSTM's state dict (PyTorch's initialisation), ids x and next ids (N, T)."""
+    rng = _rng(label)
+    params = {"embedding.weight": _normal(rng, (v, e)),
+              **_recurrent_params(rng, 4, e, h, layers=layers, prefix="lstm.")}
+    bound = np.float32(1 / math.sqrt(h))
+    params["head.weight"] = rng.uniform(-1, 1, (v, h)).astype(np.float32) * bound
+    params["head.bias"] = rng.uniform(-1, 1, v).astype(np.float32) * bound
+    return dict(params=params, x=rng.integers(0, v, (n, t)), labels=rng.integers(0, v, (n, t)),
+                lr=CHAR_LR)
+
+
+def _char_lstm_case(n, t, v, e, h, layers):
+    shape = f"{n}x{t} chars {v}-{e}-{layers}x{h}-{v}"
+    macs = n * t * (sum(4 * h * ((e if k == 0 else h) + h) for k in range(layers)) + h * v)
+    # forward, then backward: the weight gradients and the input gradients of every GEMM
+    # (the first layer's too: they reach the embedding)
+    return Case("train", "train char-lstm", shape, "step", "char_lstm_step",
+                partial(_char_lstm_inputs, f"char-lstm {shape}", n, t, v, e, h, layers),
+                flops=2 * macs * 3, samples=n, tolerance=STEP_TOLERANCE)
+
+
 DROPOUT_P = 0.5
 
 
@@ -559,6 +627,7 @@ def all_cases(quick: bool = False) -> list:
                           nbytes=F32 * streams * n_params))
 
     cases += _lstm_pair(*((2, 3, 5, 4) if quick else LSTM_SHAPE))
+    cases += _gru_pair(*((2, 3, 5, 4) if quick else GRU_SHAPE))
     cases += _embedding_pair(*((20, 8, n, 5) if quick else (10000, 128, BATCH, 64)))
 
     image = (1, 8, 8) if quick else (1, 28, 28)  # the MLP's
@@ -571,7 +640,8 @@ def all_cases(quick: bool = False) -> list:
     cases += [_train_case("train mlp", f"{_dims((n, *image))} {mlp_shape}", mlp, (n, *image)),
               _train_case("train lenet5", _dims((n, *lenet_image)), lenet, (n, *lenet_image)),
               _train_case("train vgg-small", _dims(vgg_x), vgg, vgg_x),
-              _train_case("train resnet-small", _dims(resnet_x), resnet, resnet_x)]
+              _train_case("train resnet-small", _dims(resnet_x), resnet, resnet_x),
+              _char_lstm_case(*((2, 5, 7, 4, 6, 2) if quick else CHAR_LSTM_SHAPE))]
 
     # inference: one image (a request served at a time) and a batch of 64 (3 when quick)
     for batch in (1, 3 if quick else 64):

@@ -10,7 +10,8 @@ from fastnet.kernels import _kernel
 from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
                             Flatten, GlobalAvgPool2D, Hardsigmoid, LPPool2D, MaxPool2D, Parameter, ReLU, Residual,
                             Sequential, Sigmoid, Softmax, Tanh)
-from fastnet.layers import LSTM, Embedding
+from fastnet.layers import GRU, LSTM, Embedding
+from fastnet.models import CharLSTM
 from fastnet.losses import CrossEntropyLoss
 from fastnet.optim import SGD, Adam
 
@@ -172,6 +173,52 @@ def lstm_backward(params, x, dout, device="cpu"):
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
                  outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
+
+
+def _gru(params, device):
+    h, f = params["weight_ih_l0"].shape
+    return GRU(f, h // 3, bidirectional=True).load_state_dict(params).to(device)
+
+
+def gru_forward(params, x, device="cpu"):
+    net, x = _gru(params, device), _on(device, x)
+    return Bench(run=lambda: net(x), outputs=lambda r: {"y": _host(r[0]), "h_n": _host(r[1])})
+
+
+def gru_backward(params, x, dout, device="cpu"):
+    net, x, dout = _gru(params, device), _on(device, x), _on(device, dout)
+
+    def setup():
+        net.zero_grad()
+        net(x)
+
+    return Bench(setup=setup, run=lambda: net.backward(dout),
+                 outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
+
+
+def char_vocab(v):
+    """v distinct characters for a CharLSTM of v classes (the benchmark's ids are random)."""
+    return "".join(chr(0x100 + i) for i in range(v))
+
+
+def char_lstm_step(params, x, labels, lr, device="cpu"):
+    v, e = params["embedding.weight"].shape
+    h = params["lstm.weight_hh_l0"].shape[1]
+    layers = sum(k.startswith("lstm.weight_hh_l") for k in params)
+    model = CharLSTM(char_vocab(v), embedding_dim=e, hidden_size=h, num_layers=layers)
+    model.load_state_dict(params).to(device)
+    x, labels = _on(device, x), _on(device, labels)
+    opt, loss_fn = Adam(model.parameters(), lr=lr), CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+        return loss
+
+    return Bench(run=step, outputs=lambda loss: {"loss": _host(loss), **_named(model, "grad"),
+                                                 **_named(model, "data")})
 
 
 def _embedding(weight, device):

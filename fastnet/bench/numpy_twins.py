@@ -559,3 +559,133 @@ def lstm_backward(params, x, dout):
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
                  outputs=lambda dx: {"dx": dx, **{"grad." + k: v for k, v in net.grads.items()}})
+
+
+# ---- GRU ------------------------------------------------------------------------------
+
+def _sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+class _GRUDirection:
+    """One direction of a GRU layer over x (N, T, F) in time order, gates r, z, n: the
+    input projection of all timesteps as one matmul, then a loop over time; backward
+    through time with the weight gradients as matmuls over all timesteps."""
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh):
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh = w_ih, w_hh, b_ih, b_hh
+
+    def forward(self, x):
+        n, t, f = x.shape
+        h = self.w_hh.shape[1]
+        gx = (x.reshape(n * t, f) @ self.w_ih.T + self.b_ih).reshape(n, t, 3 * h)
+        hs = np.zeros((n, t + 1, h), x.dtype)  # hs[:, 0] = h0 = 0
+        r, z, nn_, ghn = (np.empty((n, t, h), x.dtype) for _ in range(4))
+        for s in range(t):
+            gh = hs[:, s] @ self.w_hh.T + self.b_hh
+            r[:, s] = _sigmoid(gx[:, s, :h] + gh[:, :h])
+            z[:, s] = _sigmoid(gx[:, s, h:2 * h] + gh[:, h:2 * h])
+            ghn[:, s] = gh[:, 2 * h:]
+            nn_[:, s] = np.tanh(gx[:, s, 2 * h:] + r[:, s] * ghn[:, s])
+            hs[:, s + 1] = (1 - z[:, s]) * nn_[:, s] + z[:, s] * hs[:, s]
+        self.x, self.hs, self.saved = x, hs, (r, z, nn_, ghn)
+        return hs[:, 1:], hs[:, -1]
+
+    def backward(self, dout):
+        x, hs, (r, z, nn_, ghn) = self.x, self.hs, self.saved
+        n, t, f = x.shape
+        h = hs.shape[2]
+        dgx = np.empty((n, t, 3 * h), x.dtype)
+        dgh = np.empty((n, t, 3 * h), x.dtype)
+        dh = np.zeros((n, h), x.dtype)
+        for s in range(t - 1, -1, -1):
+            dh = dh + dout[:, s]
+            rs, zs, ns = r[:, s], z[:, s], nn_[:, s]
+            dan = dh * (1 - zs) * (1 - ns * ns)
+            dar = dan * ghn[:, s] * rs * (1 - rs)
+            daz = dh * (hs[:, s] - ns) * zs * (1 - zs)
+            dgx[:, s] = np.concatenate([dar, daz, dan], axis=1)
+            dgh[:, s] = np.concatenate([dar, daz, dan * rs], axis=1)
+            dh = dh * zs + dgh[:, s] @ self.w_hh
+        gx2, gh2 = dgx.reshape(n * t, 3 * h), dgh.reshape(n * t, 3 * h)
+        self.grads = {"weight_ih": gx2.T @ x.reshape(n * t, f),
+                      "weight_hh": gh2.T @ hs[:, :-1].reshape(n * t, h),
+                      "bias_ih": gx2.sum(axis=0), "bias_hh": gh2.sum(axis=0)}
+        return (gx2 @ self.w_ih).reshape(n, t, f)
+
+
+class BidirectionalGRU:
+    """A bidirectional GRU layer, batch first: the reverse direction runs on the
+    time-reversed input, its outputs reversed back after the forward direction's."""
+
+    def __init__(self, params):
+        self.dirs = [_GRUDirection(*(params[f"{k}_l0{sfx}"]
+                                     for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+                     for sfx in ("", "_reverse")]
+
+    def forward(self, x):
+        yf, hf = self.dirs[0].forward(x)
+        yr, hr = self.dirs[1].forward(x[:, ::-1])
+        return np.concatenate([yf, yr[:, ::-1]], axis=2), np.stack([hf, hr])
+
+    def backward(self, dout):
+        h = dout.shape[2] // 2
+        dx = self.dirs[0].backward(dout[..., :h])
+        dx += self.dirs[1].backward(dout[:, ::-1, h:])[:, ::-1]
+        self.grads = {f"{k}_l0{sfx}": g for d, sfx in zip(self.dirs, ("", "_reverse"))
+                      for k, g in d.grads.items()}
+        return dx
+
+
+def gru_forward(params, x):
+    net = BidirectionalGRU(params)
+    return Bench(run=lambda: net.forward(x), outputs=lambda r: {"y": r[0], "h_n": r[1]})
+
+
+def gru_backward(params, x, dout):
+    net = BidirectionalGRU(params)
+
+    def setup():
+        net.forward(x)
+
+    return Bench(setup=setup, run=lambda: net.backward(dout),
+                 outputs=lambda dx: {"dx": dx, **{"grad." + k: v for k, v in net.grads.items()}})
+
+
+# ---- the character model's training step ----------------------------------------------
+
+def char_lstm_step(params, x, labels, lr):
+    """Embedding rows, the LSTM twin per layer, the head at every position, cross-entropy
+    averaged over all positions, np.add.at into the embedding's gradient, Adam."""
+    params = {k: v.copy() for k, v in params.items()}
+    layers = sum(k.startswith("lstm.weight_hh_l") for k in params)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    nets = [LSTM({f"{nm}_l0": params[f"lstm.{nm}_l{k}"] for nm in names}) for k in range(layers)]
+    opt = Adam(lr)
+    n, t = x.shape
+    table, w, b = params["embedding.weight"], params["head.weight"], params["head.bias"]
+    grads = {}
+
+    def step():
+        hidden = table[x]
+        for net in nets:
+            hidden = net.forward(hidden)[0]
+        h = hidden.shape[2]
+        rows = hidden.reshape(n * t, h)
+        loss, dlogits = cross_entropy_loss(rows @ w.T + b, labels.reshape(-1))
+        grads["head.weight"] = dlogits.T @ rows
+        grads["head.bias"] = dlogits.sum(axis=0)
+        d = (dlogits @ w).reshape(n, t, h)
+        for k in range(layers - 1, -1, -1):
+            d = nets[k].backward(d)
+            for nm in names:
+                grads[f"lstm.{nm}_l{k}"] = nets[k].grads[f"{nm}_l0"]
+        g = np.zeros_like(table)
+        np.add.at(g, x.reshape(-1), d.reshape(n * t, -1))
+        grads["embedding.weight"] = g
+        opt.step(params, grads)
+        return loss
+
+    return Bench(run=step, outputs=lambda loss: {
+        "loss": loss, **{"grad." + k: v for k, v in grads.items()},
+        **{"data." + k: params[k] for k in grads}})

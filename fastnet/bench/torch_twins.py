@@ -264,6 +264,74 @@ def lstm_backward(params, x, dout, device="cpu"):
                                     **{"grad." + k: _np(p.grad) for k, p in net.named_parameters()}})
 
 
+def _gru(params, device):
+    h, f = params["weight_ih_l0"].shape
+    net = nn.GRU(f, h // 3, batch_first=True, bidirectional=True).to(_device(device))
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(torch.from_numpy(params[k]))
+    return net
+
+
+def gru_forward(params, x, device="cpu"):
+    net = _gru(params, device)
+    xt = _on(device, x).requires_grad_()  # a training forward: autograd records it
+    return Bench(run=lambda: net(xt), outputs=lambda r: {"y": _np(r[0]), "h_n": _np(r[1])})
+
+
+def gru_backward(params, x, dout, device="cpu"):
+    net = _gru(params, device)
+    xt, dt = _on(device, x).requires_grad_(), _on(device, dout)
+    graph = {}
+
+    def setup():
+        for t in [xt, *net.parameters()]:
+            t.grad = None
+        graph["y"] = net(xt)[0]
+
+    return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
+                 outputs=lambda _: {"dx": _np(xt.grad),
+                                    **{"grad." + k: _np(p.grad) for k, p in net.named_parameters()}})
+
+
+class CharLSTM(nn.Module):
+    """fastnet.models.CharLSTM's twin: Embedding -> LSTM (batch first) -> Linear at every
+    position, the logits as (N, V, T)."""
+
+    def __init__(self, v, e, h, layers):
+        super().__init__()
+        self.embedding = nn.Embedding(v, e)
+        self.lstm = nn.LSTM(e, h, layers, batch_first=True)
+        self.head = nn.Linear(h, v)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.embedding(x))
+        return self.head(out).transpose(1, 2)
+
+
+def char_lstm_step(params, x, labels, lr, device="cpu"):
+    v, e = params["embedding.weight"].shape
+    h = params["lstm.weight_hh_l0"].shape[1]
+    layers = sum(k.startswith("lstm.weight_hh_l") for k in params)
+    model = CharLSTM(v, e, h, layers).to(_device(device))
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(torch.from_numpy(params[k]))
+    named = dict(model.named_parameters())
+    xt, yt = _on(device, x), _on(device, labels)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return Bench(run=step, outputs=lambda loss: {
+        "loss": loss.item(), **_grads(named), **{"data." + k: _np(p) for k, p in named.items()}})
+
+
 # ---- GPU-only cases (cases.cuda_cases) --------------------------------------------------
 
 def sgemm(a, b, device="cpu"):
