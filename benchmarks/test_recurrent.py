@@ -1,5 +1,5 @@
-"""LSTM (one layer, batch first), batch 64, 32 timesteps, 128 inputs -> 128 hidden: forward
-and backward through time."""
+"""LSTM (one layer, batch first) and bidirectional GRU, batch 64, 32 timesteps, 128 inputs
+-> 128 hidden (per direction): forward and backward through time."""
 FAMILY = "recurrent"
 
 
