@@ -98,6 +98,17 @@ class Device:
         change (CrossEntropyLoss's (N, C, T) logits to rows of classes, and back)."""
         raise NotImplementedError
 
+    def last_axes_view(self, x):
+        """(A, C, B) of the C-contiguous (A, B, C) ``x``: a view where the device's arrays
+        have them (no copy), else ``swap_last_axes``."""
+        return self.swap_last_axes(x)
+
+    def unswapped(self, x):
+        """The C-contiguous (A, B, C) array that the (A, C, B) ``x`` views with its last two
+        axes swapped (what ``last_axes_view`` returns), or None: its rows of classes as
+        they are, without the copy of ``swap_last_axes``."""
+        return None
+
     # ---- the hot path of input validation (layers.module.check_input, check_grad) ----
     def ready(self, x, shape, dtype=None) -> bool:
         """``x`` is this device's C-contiguous, non-empty float array (of ``dtype`` unless
@@ -134,6 +145,16 @@ class CPUDevice(Device):
 
     def swap_last_axes(self, x):
         return np.ascontiguousarray(x.transpose(0, 2, 1))
+
+    def last_axes_view(self, x):
+        return x.transpose(0, 2, 1)
+
+    def unswapped(self, x):
+        if x.__class__ is np.ndarray and x.ndim == 3 and not x.flags.c_contiguous:
+            base = x.transpose(0, 2, 1)
+            if base.flags.c_contiguous:
+                return base
+        return None
 
     def accept(self, x, owner, what=""):
         """A CUDA array given to the CPU is an error (copies to the host are never

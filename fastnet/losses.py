@@ -47,7 +47,10 @@ class CrossEntropyLoss(_Loss):
     over all N * d1 * ... positions, with the gradient in the logits' layout.
 
     The (N, C, T) form is the (N, C) one on rows of classes: the logits are copied to
-    (N*T, C), the gradient copied back (``Device.swap_last_axes``).
+    (N*T, C), the gradient copied back (``Device.swap_last_axes``); (N, C, T) logits that
+    are a view of C-contiguous (N, T, C) rows (``x.transpose(0, 2, 1)``, what
+    ``CharLSTM`` returns on the CPU) are taken as they are, and the gradient is the same
+    kind of view.
 
     Labels already on the GPU are range-checked there: a label out of range raises
     ValueError when the loss is read."""
@@ -55,7 +58,14 @@ class CrossEntropyLoss(_Loss):
     def __call__(self, logits, labels):
         device = _device(self, logits)
         ndim = getattr(logits, "ndim", 0)
-        logits = check_input(self, logits, (None,) * max(ndim, 2), device=device)
+        # (N, C, T) logits that view C-contiguous (N, T, C) rows (CharLSTM's on the CPU):
+        # the rows as they are, and the gradient as the same kind of view
+        rows = device.unswapped(logits) if ndim == 3 else None
+        if rows is not None:
+            rows = check_input(self, rows, (None, None, None), device=device)
+            logits = rows.transpose(0, 2, 1)
+        else:
+            logits = check_input(self, logits, (None,) * max(ndim, 2), device=device)
         labels = device.accept(labels, self, " labels")
         if not hasattr(labels, "dtype"):
             raise TypeError(f"{self!r}: labels must be an array of ints, got {type(labels).__name__}")
@@ -82,14 +92,19 @@ class CrossEntropyLoss(_Loss):
         positions = None
         if len(shape) > 2:  # rows of classes: (N, C, R) -> (N*R, C)
             positions = labels.size // n
-            logits = device.swap_last_axes(logits.reshape(n, c, positions)).reshape(-1, c)
+            if rows is not None:
+                logits = rows.reshape(-1, c)
+            else:
+                logits = device.swap_last_axes(logits.reshape(n, c, positions)).reshape(-1, c)
             labels = labels.reshape(labels.size)
         grad = device.empty(logits.shape, logits.dtype)
         try:
             loss = _kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
         except ValueError as e:
             raise ValueError(f"{self!r}: {e}") from None
-        if positions is not None:
+        if rows is not None:
+            grad = grad.reshape(n, positions, c).transpose(0, 2, 1)
+        elif positions is not None:
             grad = device.swap_last_axes(grad.reshape(n, positions, c)).reshape(shape)
         self._grad = grad
         return loss

@@ -175,13 +175,20 @@ class CharLSTM(Module):
         logits = self._logits(out)
         if self.training:
             self._saved = (out.shape, logits.dtype)
-        return self.device.swap_last_axes(logits)  # (N, V, T), CrossEntropyLoss's layout
+        # (N, V, T), CrossEntropyLoss's layout: on the CPU a view of the (N, T, V) rows
+        # (no copy; CrossEntropyLoss takes the rows as they are, and its gradient comes back
+        # as the same kind of view)
+        return self.device.last_axes_view(logits)
 
     def backward(self, grad_out, input_grad=True):
         (n, t, h), dtype = self._saved_for_backward()
         v = len(self.vocab)
-        grad_out = check_grad(self, grad_out, (n, v, t), dtype)
-        g = self.device.swap_last_axes(grad_out).reshape(n * t, v)
+        rows = self.device.unswapped(grad_out)
+        if rows is not None and rows.shape == (n, t, v) and rows.dtype == dtype:
+            g = rows.reshape(n * t, v)  # a view of (N, T, V) rows: CrossEntropyLoss's
+        else:
+            grad_out = check_grad(self, grad_out, (n, v, t), dtype)
+            g = self.device.swap_last_axes(grad_out).reshape(n * t, v)
         dh = self.head.backward(g)
         de = self.lstm.backward(dh.reshape(n, t, h))
         self.embedding.backward(de)

@@ -124,10 +124,40 @@ def test_forward_backward_shapes_and_gradients():
         p.data[index] = old
         assert abs((values[0] - values[1]) / 2e-6 - grads[name][index]) < 1e-6, name
     assert math.isfinite(loss)
+    # the logits view (N, T, V) rows without a copy; a C-contiguous gradient of the same
+    # values gives the same gradients as CrossEntropyLoss's view
+    assert logits.transpose(0, 2, 1).flags.c_contiguous
+    for p in model.parameters():
+        p.grad = None
+    loss_fn(model(x), y)  # (the parameters as they were for grads)
+    model.backward(np.ascontiguousarray(loss_fn.backward()))
+    for k, p in model.named_parameters():
+        np.testing.assert_array_equal(p.grad, grads[k])
     with pytest.raises(ValueError, match=r"\(N, T\)"):
         model(x[0])
     with pytest.raises(ValueError, match="out of range"):
         model(x + 8)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_the_cpu():
+    """The model on CUDA (the logits a C-contiguous device array, swapped on the device)
+    gives the CPU's loss and gradients."""
+    from fastnet.device import to_numpy
+
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 8, (2, 5)), rng.integers(0, 8, (2, 5))
+    got = []
+    for device in ("cpu", "cuda"):
+        model = small_model().to(device)
+        loss_fn = CrossEntropyLoss()
+        loss = float(loss_fn(model(x), y))
+        model.backward(loss_fn.backward())
+        got.append((loss, {k: to_numpy(p.grad) for k, p in model.named_parameters()}))
+    (lc, gc), (lg, gg) = got
+    assert lg == pytest.approx(lc, rel=1e-5)
+    for k in gc:
+        np.testing.assert_allclose(gg[k], gc[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 def test_registered_as_char_lstm_with_the_defaults():

@@ -77,3 +77,24 @@ def test_sequence_labels_out_of_range(device, to_dev):
         float(CrossEntropyLoss()(to_dev(logits), to_dev(labels)))  # (on CUDA: when read)
     with pytest.raises(ValueError, match=r"expected labels of shape \(2, 4\)"):
         CrossEntropyLoss()(to_dev(logits), np.zeros((2, 3), np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_logits_viewing_rows_are_taken_as_they_are(rng, dtype):
+    """(N, C, T) logits that view C-contiguous (N, T, C) rows (CharLSTM's output on the
+    CPU) give the loss and gradient of their contiguous copy, bitwise; the gradient is the
+    same kind of view, and the rows are not written."""
+    rows = rng.standard_normal((3, 5, 4)).astype(dtype)
+    keep = rows.copy()
+    labels = rng.integers(0, 4, (3, 5))
+    view, copy = rows.transpose(0, 2, 1), np.ascontiguousarray(rows.transpose(0, 2, 1))
+    a, b = CrossEntropyLoss(), CrossEntropyLoss()
+    assert a(view, labels) == b(copy, labels)
+    ga, gb = a.backward(), b.backward()
+    np.testing.assert_array_equal(ga, gb)
+    assert ga.shape == (3, 4, 5) and ga.dtype == dtype and ga.transpose(0, 2, 1).flags.c_contiguous
+    np.testing.assert_array_equal(rows, keep)
+    with pytest.raises(ValueError, match="labels of shape"):
+        a(view, labels[:, :4])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        a(rows.astype(np.float16).transpose(0, 2, 1), labels)
