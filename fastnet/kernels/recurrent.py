@@ -36,7 +36,8 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, compute_kernel, parallel_kernel
 from ._simd import VEC_BYTES, lanes
-from ._simd.tiles import ROWS_MR, ROWS_NC_VECTORS, rows_tile
+from ._simd.tiles import (ROWS_MR, ROWS_NC_VECTORS, WIDE_MR, WIDE_NC_VECTORS, rows_tile,
+                          wide_rows_tile)
 from .activations import ACTIVATIONS, through_activation, apply_activation
 from .dense import sum_rows
 from .gemm import matmul_nn, matmul_nt, matmul_tn
@@ -130,67 +131,97 @@ def _shifted(out, h0):
 # machine); chunks of 128 rows of w_hh measured best (64: 21.4, 256: 22.3 ms).
 SEQUENCE_KC = 128
 
-def _packed(w, dtype):
+def _wide(n, c, itemsize):
+    """Whether the sequence kernel over n batch rows and c output columns (4H for the
+    LSTM's forward, H for its backward) takes the wide tile (WIDE_MR rows x WIDE_NC_VECTORS
+    vectors) rather than ROWS_MR x ROWS_NC_VECTORS: the one that computes fewer padded
+    rows and columns (the narrow one on a tie).
+
+    NOTE: with the narrow tile only (48 float32 columns with AVX-512), a hidden size of 256
+    padded the backward's H columns to 288 and one of 64 to 96; the wide tile (64 columns,
+    6 rows) fits both exactly, at 66 rows for a batch of 64."""
+    w = VEC_BYTES // itemsize
+
+    def work(mr, nv):
+        return -(-n // mr) * mr * (-(-c // (nv * w)) * nv * w)
+
+    return work(WIDE_MR, WIDE_NC_VECTORS) < work(ROWS_MR, ROWS_NC_VECTORS)
+
+
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _rows(wide):
+    # the rows of a block: the tile's
+    return WIDE_MR if wide else ROWS_MR
+
+
+def _packed(w, dtype, wide):
     """w (K, C) -> flat (K, Cpad) copy, C rounded up to a whole number of _group_times
-    tiles, zeros in the extra columns."""
+    tiles (of the wide or narrow tile), zeros in the extra columns."""
     k, c = w.shape
-    mult = rows_columns(np.dtype(dtype).itemsize)
+    lanes_ = VEC_BYTES // np.dtype(dtype).itemsize
+    mult = (WIDE_NC_VECTORS if wide else ROWS_NC_VECTORS) * lanes_
     p = np.zeros((k, -(-c // mult) * mult), dtype)
     p[:, :c] = w
     return p.ravel()
 
 
-def _groups(n):
+def _groups(n, wide):
     """Tasks of a sequence kernel over n batch rows: one per thread, each a run of whole
-    blocks of ROWS_MR rows (see the section's note)."""
-    return max(1, min(-(-n // ROWS_MR), numba.get_num_threads()))
+    blocks of rows (see the section's note)."""
+    mr = WIDE_MR if wide else ROWS_MR
+    return max(1, min(-(-n // mr), numba.get_num_threads()))
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _group(g, groups, n):
-    # task g of ``groups``: (its first block, its number of blocks, scratch for the offsets
-    # of their rows)
-    nblk = (n + ROWS_MR - 1) // ROWS_MR
+def _group(g, groups, n, mr):
+    # task g of ``groups`` over blocks of mr rows: (its first block, its number of blocks,
+    # scratch for the offsets of their rows)
+    nblk = (n + mr - 1) // mr
     b0 = g * nblk // groups
     nb = (g + 1) * nblk // groups - b0
     return b0, nb, np.empty((nb, ROWS_MR), np.intp)
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _block_rows(b0, bi, n):
+def _block_rows(b0, bi, n, mr):
     # (first row, rows) of block b0 + bi
-    r0 = (b0 + bi) * ROWS_MR
-    return r0, min(ROWS_MR, n - r0)
+    r0 = (b0 + bi) * mr
+    return r0, min(mr, n - r0)
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _group_offsets(aofs, b0, n, stride, base):
+def _group_offsets(aofs, b0, n, stride, base, mr):
     # flat offset of each row of the task's blocks (row r at r*stride + base); the tile's
     # rows past a block repeat its last row (computed, never stored)
     for bi in range(aofs.shape[0]):
-        r0, rows = _block_rows(b0, bi, n)
-        for i in range(ROWS_MR):
+        r0, rows = _block_rows(b0, bi, n, mr)
+        for i in range(aofs.shape[1]):
             aofs[bi, i] = (r0 + min(i, rows - 1)) * stride + base
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _group_times(res, a, aofs, wf, k, cpad):
-    # res (blocks, ROWS_MR, cpad): for each block bi, the rows a[aofs[bi, i]:... + k] @ W,
-    # W (k, cpad) packed in wf (cpad a multiple of the tile's columns), on the shift
-    # micro-kernel. Per panel of columns, K in chunks of SEQUENCE_KC, each chunk through
-    # every block while it is in L1; every sum still runs over K in order, whatever the
-    # blocking
-    ncol = ROWS_NC_VECTORS * (VEC_BYTES // res.itemsize)
+def _group_times(res, a, aofs, wf, k, cpad, wide):
+    # res (blocks, >= rows of the tile, cpad): for each block bi, the rows
+    # a[aofs[bi, i]:... + k] @ W, W (k, cpad) packed in wf (cpad a multiple of the tile's
+    # columns), on the shift micro-kernel (the wide or the narrow tile). Per panel of
+    # columns, K in chunks of SEQUENCE_KC, each chunk through every block while it is in
+    # L1; every sum still runs over K in order, whatever the blocking or the tile
+    mr = _rows(wide)
+    ncol = (WIDE_NC_VECTORS if wide else ROWS_NC_VECTORS) * (VEC_BYTES // res.itemsize)
     nb = aofs.shape[0]
-    tile = np.empty((nb, ROWS_MR * ncol), res.dtype)
+    tile = np.empty((nb, mr * ncol), res.dtype)
     for q0 in range(0, cpad, ncol):
         tile[:] = 0
         for k0 in range(0, k, SEQUENCE_KC):
             for bi in range(nb):
-                rows_tile(tile[bi], a, wf, aofs[bi], k0, q0 + k0 * cpad, cpad,
-                          min(SEQUENCE_KC, k - k0))
+                if wide:
+                    wide_rows_tile(tile[bi], a, wf, aofs[bi], k0, q0 + k0 * cpad, cpad,
+                                   min(SEQUENCE_KC, k - k0))
+                else:
+                    rows_tile(tile[bi], a, wf, aofs[bi], k0, q0 + k0 * cpad, cpad,
+                              min(SEQUENCE_KC, k - k0))
         for bi in range(nb):
-            for i in range(ROWS_MR):
+            for i in range(mr):
                 src = tile[bi, i * ncol:(i + 1) * ncol]
                 dst = res[bi, i, q0:q0 + ncol]
                 for j in range(ncol):
@@ -198,10 +229,10 @@ def _group_times(res, a, aofs, wf, k, cpad):
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def _copy_group(dst, res, b0, n):
+def _copy_group(dst, res, b0, n, mr):
     # dst[r0 + i] = the first dst.shape[1] columns of res[bi, i], for the task's rows
     for bi in range(res.shape[0]):
-        r0, rows = _block_rows(b0, bi, n)
+        r0, rows = _block_rows(b0, bi, n, mr)
         for i in range(rows):
             d = dst[r0 + i]
             src = res[bi, i]
@@ -246,42 +277,44 @@ def _rnn_row_backward(dg, dh, dout, out, i, t, code):
 
 
 @compute_kernel
-def _rnn_sequence(out, h, wf, b_ih, b_hh, code, groups):
+def _rnn_sequence(out, h, wf, b_ih, b_hh, code, groups, wide):
     # the whole recurrence, block of rows by block (see _lstm_sequence)
+    mr = _rows(wide)
     n, hs = h.shape
     cpad = wf.size // hs
     hf = h.ravel()
     for g in prange(groups):
-        b0, nb, aofs = _group(g, groups, n)
-        _group_offsets(aofs, b0, n, hs, 0)
+        b0, nb, aofs = _group(g, groups, n, mr)
+        _group_offsets(aofs, b0, n, hs, 0, mr)
         gh = np.empty((nb, ROWS_MR, cpad), h.dtype)
         for t in range(out.shape[1]):
-            _group_times(gh, hf, aofs, wf, hs, cpad)
+            _group_times(gh, hf, aofs, wf, hs, cpad, wide)
             for bi in range(nb):
-                r0, rows = _block_rows(b0, bi, n)
+                r0, rows = _block_rows(b0, bi, n, mr)
                 for i in range(rows):
                     _rnn_row(out, h, gh[bi, i], b_ih, b_hh, r0 + i, t, code)
 
 
 @compute_kernel
-def _rnn_sequence_backward(dg, dh, dout, out, wf, last, code, groups):
+def _rnn_sequence_backward(dg, dh, dout, out, wf, last, code, groups, wide):
     # backward through time, block of rows by block (see _lstm_sequence_backward)
+    mr = _rows(wide)
     n, hs = dh.shape
     t_ = dg.shape[1]
     hpad = wf.size // hs
     dgf = dg.ravel()
     for g in prange(groups):
-        b0, nb, aofs = _group(g, groups, n)
+        b0, nb, aofs = _group(g, groups, n, mr)
         res = np.empty((nb, ROWS_MR, hpad), dh.dtype)
         for s in range(t_ - 1, -1, -1):
             for bi in range(nb):
-                r0, rows = _block_rows(b0, bi, n)
+                r0, rows = _block_rows(b0, bi, n, mr)
                 for i in range(rows):
                     _rnn_row_backward(dg, dh, dout, out, r0 + i, s, code)
             if s >= last:
-                _group_offsets(aofs, b0, n, t_ * hs, s * hs)
-                _group_times(res, dgf, aofs, wf, hs, hpad)
-                _copy_group(dh, res, b0, n)
+                _group_offsets(aofs, b0, n, t_ * hs, s * hs, mr)
+                _group_times(res, dgf, aofs, wf, hs, hpad, wide)
+                _copy_group(dh, res, b0, n, mr)
 
 
 def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
@@ -291,8 +324,9 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     hs = h_n.shape[1]
     matmul_nt(out.reshape(n * t, hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
-    _rnn_sequence(out, h, _packed(w_hh.T, out.dtype), b_ih, b_hh, ACTIVATIONS[nonlinearity],
-                  _groups(n))
+    wide = _wide(n, hs, out.itemsize)
+    _rnn_sequence(out, h, _packed(w_hh.T, out.dtype, wide), b_ih, b_hh,
+                  ACTIVATIONS[nonlinearity], _groups(n, wide), wide)
     _finish_state(h_n, h)
 
 
@@ -304,8 +338,10 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     hs = out.shape[2]
     dg = np.empty(out.shape, out.dtype)  # C order: the micro-kernel reads flat rows
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
-    _rnn_sequence_backward(dg, dh, dout, out, _packed(w_hh, out.dtype),
-                           0 if dh0 is not None else 1, ACTIVATIONS[nonlinearity], _groups(n))
+    wide = _wide(n, hs, out.itemsize)
+    _rnn_sequence_backward(dg, dh, dout, out, _packed(w_hh, out.dtype, wide),
+                           0 if dh0 is not None else 1, ACTIVATIONS[nonlinearity],
+                           _groups(n, wide), wide)
     if dh0 is not None:
         dh0[:] = dh
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dg, dg, x, _shifted(out, h0), w_ih)
@@ -387,45 +423,47 @@ def _lstm_row_backward(dg, dh, dc, dout, gates, cells, c0, i, t):
 
 
 @compute_kernel
-def _lstm_sequence(out, h, c, cells, gates, wf, b_ih, b_hh, groups):
+def _lstm_sequence(out, h, c, cells, gates, wf, b_ih, b_hh, groups, wide):
     # the whole recurrence, block of rows by block: per step the block's h @ w_hh.T
     # (w_hh.T packed (H, Cpad) in wf), then its rows' gates, c_t and h_t
+    mr = _rows(wide)
     n, hs = h.shape
     cpad = wf.size // hs
     hf = h.ravel()
     for g in prange(groups):
-        b0, nb, aofs = _group(g, groups, n)
-        _group_offsets(aofs, b0, n, hs, 0)
+        b0, nb, aofs = _group(g, groups, n, mr)
+        _group_offsets(aofs, b0, n, hs, 0, mr)
         gh = np.empty((nb, ROWS_MR, cpad), h.dtype)
         for t in range(gates.shape[1]):
-            _group_times(gh, hf, aofs, wf, hs, cpad)
+            _group_times(gh, hf, aofs, wf, hs, cpad, wide)
             for bi in range(nb):
-                r0, rows = _block_rows(b0, bi, n)
+                r0, rows = _block_rows(b0, bi, n, mr)
                 for i in range(rows):
                     _lstm_row(out, h, c, cells, gates, gh[bi, i], b_ih, b_hh, r0 + i, t)
 
 
 @compute_kernel
-def _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0, wf, last, groups):
+def _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0, wf, last, groups, wide):
     # backward through time, block of rows by block: per step the rows' gate gradients,
     # then dh = dg[:, t] @ w_hh (packed (4H, Hpad) in wf), down to step ``last`` (0: dh
     # then holds dh0; 1: the last GEMM is not needed)
+    mr = _rows(wide)
     n, hs = dh.shape
     t_, g4 = dg.shape[1], dg.shape[2]
     hpad = wf.size // g4
     dgf = dg.ravel()
     for g in prange(groups):
-        b0, nb, aofs = _group(g, groups, n)
+        b0, nb, aofs = _group(g, groups, n, mr)
         res = np.empty((nb, ROWS_MR, hpad), dh.dtype)
         for s in range(t_ - 1, -1, -1):
             for bi in range(nb):
-                r0, rows = _block_rows(b0, bi, n)
+                r0, rows = _block_rows(b0, bi, n, mr)
                 for i in range(rows):
                     _lstm_row_backward(dg, dh, dc, dout, gates, cells, c0, r0 + i, s)
             if s >= last:
-                _group_offsets(aofs, b0, n, t_ * g4, s * g4)
-                _group_times(res, dgf, aofs, wf, g4, hpad)
-                _copy_group(dh, res, b0, n)
+                _group_offsets(aofs, b0, n, t_ * g4, s * g4, mr)
+                _group_times(res, dgf, aofs, wf, g4, hpad, wide)
+                _copy_group(dh, res, b0, n, mr)
 
 
 def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
@@ -437,8 +475,9 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     matmul_nt(gates.reshape(n * t, 4 * hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
     _state(c_n, c0)
-    _lstm_sequence(out, h, c_n, cells, gates, _packed(w_hh.T, out.dtype), b_ih, b_hh,
-                   _groups(n))
+    wide = _wide(n, 4 * hs, out.itemsize)
+    _lstm_sequence(out, h, c_n, cells, gates, _packed(w_hh.T, out.dtype, wide), b_ih, b_hh,
+                   _groups(n, wide), wide)
     _finish_state(h_n, h)
 
 
@@ -452,8 +491,10 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((n, hs), out.dtype) if dc_n is None else dc_n.copy()
     c0 = _zeros_like_state(c0, n, hs, out.dtype)
-    _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0, _packed(w_hh, out.dtype),
-                            0 if dh0 is not None else 1, _groups(n))
+    wide = _wide(n, hs, out.itemsize)
+    _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0,
+                            _packed(w_hh, out.dtype, wide), 0 if dh0 is not None else 1,
+                            _groups(n, wide), wide)
     if dh0 is not None:
         dh0[:] = dh
     if dc0 is not None:
@@ -542,43 +583,45 @@ def _gru_row_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, i, t):
 
 
 @compute_kernel
-def _gru_sequence(out, h, gates, hn, wf, b_ih, b_hh, groups):
+def _gru_sequence(out, h, gates, hn, wf, b_ih, b_hh, groups, wide):
     # the whole recurrence, block of rows by block (see _lstm_sequence)
+    mr = _rows(wide)
     n, hs = h.shape
     cpad = wf.size // hs
     hf = h.ravel()
     for g in prange(groups):
-        b0, nb, aofs = _group(g, groups, n)
-        _group_offsets(aofs, b0, n, hs, 0)
+        b0, nb, aofs = _group(g, groups, n, mr)
+        _group_offsets(aofs, b0, n, hs, 0, mr)
         gh = np.empty((nb, ROWS_MR, cpad), h.dtype)
         for t in range(gates.shape[1]):
-            _group_times(gh, hf, aofs, wf, hs, cpad)
+            _group_times(gh, hf, aofs, wf, hs, cpad, wide)
             for bi in range(nb):
-                r0, rows = _block_rows(b0, bi, n)
+                r0, rows = _block_rows(b0, bi, n, mr)
                 for i in range(rows):
                     _gru_row(out, h, gates, hn, gh[bi, i], b_ih, b_hh, r0 + i, t)
 
 
 @compute_kernel
-def _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, wf, last, groups):
+def _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, wf, last, groups, wide):
     # backward through time, block of rows by block (see _lstm_sequence_backward):
     # dh = dgh[:, t] @ w_hh (packed (3H, Hpad) in wf)
+    mr = _rows(wide)
     n, hs = dh.shape
     t_, g3 = dgh.shape[1], dgh.shape[2]
     hpad = wf.size // g3
     dghf = dgh.ravel()
     for g in prange(groups):
-        b0, nb, aofs = _group(g, groups, n)
+        b0, nb, aofs = _group(g, groups, n, mr)
         res = np.empty((nb, ROWS_MR, hpad), dh.dtype)
         for s in range(t_ - 1, -1, -1):
             for bi in range(nb):
-                r0, rows = _block_rows(b0, bi, n)
+                r0, rows = _block_rows(b0, bi, n, mr)
                 for i in range(rows):
                     _gru_row_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0, r0 + i, s)
             if s >= last:
-                _group_offsets(aofs, b0, n, t_ * g3, s * g3)
-                _group_times(res, dghf, aofs, wf, g3, hpad)
-                _copy_group(dh, res, b0, n)
+                _group_offsets(aofs, b0, n, t_ * g3, s * g3, mr)
+                _group_times(res, dghf, aofs, wf, g3, hpad, wide)
+                _copy_group(dh, res, b0, n, mr)
 
 
 def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
@@ -589,7 +632,9 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
     hs = h_n.shape[1]
     matmul_nt(gates.reshape(n * t, 3 * hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
-    _gru_sequence(out, h, gates, hn, _packed(w_hh.T, out.dtype), b_ih, b_hh, _groups(n))
+    wide = _wide(n, 3 * hs, out.itemsize)
+    _gru_sequence(out, h, gates, hn, _packed(w_hh.T, out.dtype, wide), b_ih, b_hh,
+                  _groups(n, wide), wide)
     _finish_state(h_n, h)
 
 
@@ -604,8 +649,10 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     dhz = np.zeros((n, hs), out.dtype)
     h0z = _zeros_like_state(h0, n, hs, out.dtype)
+    wide = _wide(n, hs, out.itemsize)
     _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0z,
-                           _packed(w_hh, out.dtype), 0 if dh0 is not None else 1, _groups(n))
+                           _packed(w_hh, out.dtype, wide), 0 if dh0 is not None else 1,
+                           _groups(n, wide), wide)
     if dh0 is not None:
         np.add(dh, dhz, out=dh0)
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, _shifted(out, h0), w_ih)

@@ -250,16 +250,19 @@ def test_does_not_depend_on_thread_count(rng, cell):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_does_not_depend_on_the_tasks(rng, cell, monkeypatch):
     """The sequence kernels split the batch into tasks of whole row blocks (one per thread,
-    kernels/recurrent.py's _groups): 1, 2, 3 or 5 tasks over 37 rows (5 blocks of 8 with
-    AVX-512), tasks of one block and of several, give bitwise the same results."""
+    kernels/recurrent.py's _groups) and take one of two tiles (_wide): 1, 2, 3 or 5 tasks
+    over 37 rows (5 blocks of 8, or 7 of 6, with AVX-512), tasks of one block and of
+    several, either tile, give bitwise the same results."""
     from fastnet.kernels import recurrent
 
     a = _make(rng, np.float32, cell, (37, 4, 6, 24))
     douts = _douts(rng, cell, a, np.float32)
     got = []
-    for groups in (1, 2, 3, 5):
-        monkeypatch.setattr(recurrent, "_groups", lambda n, g=groups: g)
-        got.append((_forward(cell, a)[0], _backward(cell, a, douts)))
+    for wide in (False, True):
+        for groups in (1, 2, 3, 5):
+            monkeypatch.setattr(recurrent, "_wide", lambda n, c, itemsize, w=wide: w)
+            monkeypatch.setattr(recurrent, "_groups", lambda n, wide, g=groups: g)
+            got.append((_forward(cell, a)[0], _backward(cell, a, douts)))
     (o1, g1) = got[0]
     for o2, g2 in got[1:]:
         for x, y in zip(list(o1) + list(g1), list(o2) + list(g2)):

@@ -233,6 +233,12 @@ ROWS_MR = ACCUMULATORS // ROWS_NC_VECTORS
 rows_tile = make_shift_tile(ROWS_MR, ROWS_NC_VECTORS)
 # the same shape over a packed block of A (kernels/gemm.py's a.T @ b)
 packed_rows_tile = make_strided_tile(ROWS_MR, ROWS_NC_VECTORS)
+# the recurrent layers' other row-block tile: one vector of columns more, fewer rows (64
+# float32 columns with AVX-512: a hidden size or gate width that is a multiple of 64 fits
+# it without padding)
+WIDE_NC_VECTORS = ROWS_NC_VECTORS + 1
+WIDE_MR = ACCUMULATORS // WIDE_NC_VECTORS
+wide_rows_tile = make_shift_tile(WIDE_MR, WIDE_NC_VECTORS)
 
 
 # ---- choosing a tile by a compile-time constant ----------------------------------------
