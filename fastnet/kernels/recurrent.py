@@ -119,17 +119,18 @@ def _shifted(out, h0):
 
 
 # ---- the recurrence, block of batch rows by block ------------------------------------------
-# Rows are independent across time, so each task (one per thread) takes a run of whole
-# blocks of ROWS_MR batch rows through all T steps on its own: one parallel region per
+# Rows are independent across time, so each task takes a run of whole blocks of batch rows
+# through all T steps on its own: one parallel region per
 # sequence instead of two per step (a GEMM through OpenBLAS and a step kernel, each
 # waking its thread pool), and the recurrent GEMM of its blocks, their rows times the
 # packed w_hh, on the shift micro-kernel.
 # NOTE: one task per block read all of w_hh (1 MB for 4 x 256 x 256 float32) from L2 per
-# block and step; a task per thread runs each chunk of a panel of w_hh through all of
-# its blocks while the chunk is in L1 (_group_times). The LSTM's forward recurrence at
+# block and step; with weights that large a task per thread runs each chunk of a panel
+# of w_hh through all of its blocks while the chunk is in L1 (_group_times, _groups). The LSTM's forward recurrence at
 # batch 64, 100 steps, hidden 256, went from 24.1 to 21.2 ms (2-core development
 # machine); chunks of 128 rows of w_hh measured best (64: 21.4, 256: 22.3 ms).
 SEQUENCE_KC = 128
+GROUP_MIN_BYTES = 1 << 19
 
 def _wide(n, c, itemsize):
     """Whether the sequence kernel over n batch rows and c output columns (4H for the
@@ -165,11 +166,16 @@ def _packed(w, dtype, wide):
     return p.ravel()
 
 
-def _groups(n, wide):
-    """Tasks of a sequence kernel over n batch rows: one per thread, each a run of whole
-    blocks of rows (see the section's note)."""
-    mr = WIDE_MR if wide else ROWS_MR
-    return max(1, min(-(-n // mr), numba.get_num_threads()))
+def _groups(n, wide, wf):
+    """Tasks of a sequence kernel over n batch rows with the packed weights wf: each a run
+    of whole blocks of rows, one per thread where wf is larger than GROUP_MIN_BYTES (see
+    the section's note), else one per block (in L2 either way: more tasks balance the
+    threads better; a GRU of hidden size 128, whose w_hh is 196 KB, ran its forward
+    recurrence 4% faster so)."""
+    nblk = -(-n // (WIDE_MR if wide else ROWS_MR))
+    if wf.nbytes <= GROUP_MIN_BYTES:
+        return nblk
+    return max(1, min(nblk, numba.get_num_threads()))
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")
@@ -325,8 +331,9 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     matmul_nt(out.reshape(n * t, hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
     wide = _wide(n, hs, out.itemsize)
-    _rnn_sequence(out, h, _packed(w_hh.T, out.dtype, wide), b_ih, b_hh,
-                  ACTIVATIONS[nonlinearity], _groups(n, wide), wide)
+    wf = _packed(w_hh.T, out.dtype, wide)
+    _rnn_sequence(out, h, wf, b_ih, b_hh, ACTIVATIONS[nonlinearity], _groups(n, wide, wf),
+                  wide)
     _finish_state(h_n, h)
 
 
@@ -339,9 +346,9 @@ def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dg = np.empty(out.shape, out.dtype)  # C order: the micro-kernel reads flat rows
     dh = np.zeros((n, hs), out.dtype) if dh_n is None else dh_n.copy()
     wide = _wide(n, hs, out.itemsize)
-    _rnn_sequence_backward(dg, dh, dout, out, _packed(w_hh, out.dtype, wide),
-                           0 if dh0 is not None else 1, ACTIVATIONS[nonlinearity],
-                           _groups(n, wide), wide)
+    wf = _packed(w_hh, out.dtype, wide)
+    _rnn_sequence_backward(dg, dh, dout, out, wf, 0 if dh0 is not None else 1,
+                           ACTIVATIONS[nonlinearity], _groups(n, wide, wf), wide)
     if dh0 is not None:
         dh0[:] = dh
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dg, dg, x, _shifted(out, h0), w_ih)
@@ -476,8 +483,8 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     h = _running_state(h_n, h0)
     _state(c_n, c0)
     wide = _wide(n, 4 * hs, out.itemsize)
-    _lstm_sequence(out, h, c_n, cells, gates, _packed(w_hh.T, out.dtype, wide), b_ih, b_hh,
-                   _groups(n, wide), wide)
+    wf = _packed(w_hh.T, out.dtype, wide)
+    _lstm_sequence(out, h, c_n, cells, gates, wf, b_ih, b_hh, _groups(n, wide, wf), wide)
     _finish_state(h_n, h)
 
 
@@ -492,9 +499,9 @@ def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x,
     dc = np.zeros((n, hs), out.dtype) if dc_n is None else dc_n.copy()
     c0 = _zeros_like_state(c0, n, hs, out.dtype)
     wide = _wide(n, hs, out.itemsize)
-    _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0,
-                            _packed(w_hh, out.dtype, wide), 0 if dh0 is not None else 1,
-                            _groups(n, wide), wide)
+    wf = _packed(w_hh, out.dtype, wide)
+    _lstm_sequence_backward(dg, dh, dc, dout, gates, cells, c0, wf,
+                            0 if dh0 is not None else 1, _groups(n, wide, wf), wide)
     if dh0 is not None:
         dh0[:] = dh
     if dc0 is not None:
@@ -633,8 +640,8 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
     matmul_nt(gates.reshape(n * t, 3 * hs), x.reshape(n * t, f), w_ih)
     h = _running_state(h_n, h0)
     wide = _wide(n, 3 * hs, out.itemsize)
-    _gru_sequence(out, h, gates, hn, _packed(w_hh.T, out.dtype, wide), b_ih, b_hh,
-                  _groups(n, wide), wide)
+    wf = _packed(w_hh.T, out.dtype, wide)
+    _gru_sequence(out, h, gates, hn, wf, b_ih, b_hh, _groups(n, wide, wf), wide)
     _finish_state(h_n, h)
 
 
@@ -650,9 +657,9 @@ def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w
     dhz = np.zeros((n, hs), out.dtype)
     h0z = _zeros_like_state(h0, n, hs, out.dtype)
     wide = _wide(n, hs, out.itemsize)
-    _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0z,
-                           _packed(w_hh, out.dtype, wide), 0 if dh0 is not None else 1,
-                           _groups(n, wide), wide)
+    wf = _packed(w_hh, out.dtype, wide)
+    _gru_sequence_backward(dgx, dgh, dh, dhz, dout, gates, hn, out, h0z, wf,
+                           0 if dh0 is not None else 1, _groups(n, wide, wf), wide)
     if dh0 is not None:
         np.add(dh, dhz, out=dh0)
     _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, _shifted(out, h0), w_ih)

@@ -261,7 +261,7 @@ def test_does_not_depend_on_the_tasks(rng, cell, monkeypatch):
     for wide in (False, True):
         for groups in (1, 2, 3, 5):
             monkeypatch.setattr(recurrent, "_wide", lambda n, c, itemsize, w=wide: w)
-            monkeypatch.setattr(recurrent, "_groups", lambda n, wide, g=groups: g)
+            monkeypatch.setattr(recurrent, "_groups", lambda n, wide, wf, g=groups: g)
             got.append((_forward(cell, a)[0], _backward(cell, a, douts)))
     (o1, g1) = got[0]
     for o2, g2 in got[1:]:
