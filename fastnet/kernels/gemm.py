@@ -242,6 +242,8 @@ def gemm_tn(out, a, bp, group, panels, kc):
     k, m = a.shape
     n = out.shape[1]
     nc = _nc(out)
+    if m < nc:  # the last panel would start before a (matmul_tn pads such an a)
+        raise ValueError("gemm_tn: a needs at least one panel of columns")
     nblk = bp.shape[0]
     npan = (m + nc - 1) // nc
     ngrp = (nblk + group - 1) // group

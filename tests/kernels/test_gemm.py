@@ -146,3 +146,12 @@ def test_matmul_tn_non_finite_values_reach_only_their_outputs(rng):
     assert not np.isfinite(out[:, 1]).any()
     rest = np.delete(np.delete(out, m - 2, axis=0), 1, axis=1)
     assert np.isfinite(rest).all()
+
+
+def test_gemm_tn_refuses_fewer_columns_than_a_panel():
+    """Its last panel ends at column M: with M < NC it would start before a."""
+    a, b = np.ones((4, NC32 - 1), np.float32), np.ones((4, 3), np.float32)
+    bp = np.empty((1, 4, MR), np.float32)
+    gemm.pack_blocks(bp, b)
+    with pytest.raises(ValueError, match="panel"):
+        gemm.gemm_tn(np.empty((NC32 - 1, 3), np.float32), a, bp, 1, 1, 64)
