@@ -88,6 +88,13 @@ def _exercise_float32():
                 call("dense_forward", y, x, w, bias, act)
                 for dx, db in ((np.empty_like(x), np.empty_like(b)), (None, None)):
                     call("dense_backward", dx, np.empty_like(w), db, a(rows, 5), x, w, y, act)
+    # 48 outputs from 2 inputs: the weight gradient a.T @ b with a the larger operand takes
+    # kernels/gemm.py's gemm_tn (and pack_blocks)
+    w2, x2 = a(48, 2), a(3, 2)
+    y2 = np.empty((3, 48), f)
+    call("dense_forward", y2, x2, w2, None, None)
+    call("dense_backward", np.empty_like(x2), np.empty_like(w2), np.empty(48, f), a(3, 48), x2,
+         w2, y2, None)
 
     xi, wc = a(2, 3, 6, 5), a(4, 3, 3, 2)
     ks, st, pd = (3, 2), (2, 1), (1, 1)
