@@ -91,22 +91,12 @@ def run_fastnet(args, init_path):
 def run_torch(args, init_path):
     import torch
     import torch.nn.functional as F
-    from torch import nn
+
+    from fastnet.bench.torch_twins import CharLSTM
 
     torch.set_num_threads(args.threads)
     data = _data(args.seq_len)
     init = np.load(init_path)
-
-    class CharLSTM(nn.Module):
-        def __init__(self, v, e, h, layers):
-            super().__init__()
-            self.embedding = nn.Embedding(v, e)
-            self.lstm = nn.LSTM(e, h, layers, batch_first=True)
-            self.head = nn.Linear(h, v)
-
-        def forward(self, x):
-            out, _ = self.lstm(self.embedding(x))
-            return self.head(out).transpose(1, 2)  # (N, V, T)
 
     v, e = init["embedding.weight"].shape
     h = init["lstm.weight_hh_l0"].shape[1]

@@ -164,8 +164,9 @@ def lstm_forward(params, x, device="cpu"):
     return Bench(run=lambda: net(x), outputs=outputs)
 
 
-def lstm_backward(params, x, dout, device="cpu"):
-    net, x, dout = _lstm(params, device), _on(device, x), _on(device, dout)
+def _sequence_backward(net, x, dout, device):
+    """A recurrent layer's backward through time (its forward untimed, in setup)."""
+    x, dout = _on(device, x), _on(device, dout)
 
     def setup():
         net.zero_grad()
@@ -173,6 +174,10 @@ def lstm_backward(params, x, dout, device="cpu"):
 
     return Bench(setup=setup, run=lambda: net.backward(dout),
                  outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
+
+
+def lstm_backward(params, x, dout, device="cpu"):
+    return _sequence_backward(_lstm(params, device), x, dout, device)
 
 
 def _gru(params, device):
@@ -186,14 +191,7 @@ def gru_forward(params, x, device="cpu"):
 
 
 def gru_backward(params, x, dout, device="cpu"):
-    net, x, dout = _gru(params, device), _on(device, x), _on(device, dout)
-
-    def setup():
-        net.zero_grad()
-        net(x)
-
-    return Bench(setup=setup, run=lambda: net.backward(dout),
-                 outputs=lambda dx: {"dx": _host(dx), **_named(net, "grad")})
+    return _sequence_backward(_gru(params, device), x, dout, device)
 
 
 def char_vocab(v):

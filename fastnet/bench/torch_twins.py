@@ -204,13 +204,34 @@ def inference(spec, params, x, device="cpu"):
     return Bench(run=run, outputs=lambda y: {"y": _np(y)})
 
 
-def _lstm(params, device):
-    h, f = params["weight_ih_l0"].shape
-    net = nn.LSTM(f, h // 4, batch_first=True).to(_device(device))
+def _holding(net, params, device):
+    """``net`` on ``device`` with its parameters set to ``params`` (state_dict keys)."""
+    net = net.to(_device(device))
     with torch.no_grad():
         for k, p in net.named_parameters():
             p.copy_(torch.from_numpy(params[k]))
     return net
+
+
+def _lstm(params, device):
+    h, f = params["weight_ih_l0"].shape
+    return _holding(nn.LSTM(f, h // 4, batch_first=True), params, device)
+
+
+def _sequence_backward(net, x, dout, device):
+    """A recurrent layer's backward through time: its output sequence's gradient into the
+    input and the parameters (the forward, recorded by autograd, untimed)."""
+    xt, dt = _on(device, x).requires_grad_(), _on(device, dout)
+    graph = {}
+
+    def setup():
+        for t in [xt, *net.parameters()]:
+            t.grad = None
+        graph["y"] = net(xt)[0]
+
+    return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
+                 outputs=lambda _: {"dx": _np(xt.grad),
+                                    **{"grad." + k: _np(p.grad) for k, p in net.named_parameters()}})
 
 
 def _embedding(weight, device):
@@ -250,27 +271,12 @@ def lstm_forward(params, x, device="cpu"):
 
 
 def lstm_backward(params, x, dout, device="cpu"):
-    net = _lstm(params, device)
-    xt, dt = _on(device, x).requires_grad_(), _on(device, dout)
-    graph = {}
-
-    def setup():
-        for t in [xt, *net.parameters()]:
-            t.grad = None
-        graph["y"] = net(xt)[0]
-
-    return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
-                 outputs=lambda _: {"dx": _np(xt.grad),
-                                    **{"grad." + k: _np(p.grad) for k, p in net.named_parameters()}})
+    return _sequence_backward(_lstm(params, device), x, dout, device)
 
 
 def _gru(params, device):
     h, f = params["weight_ih_l0"].shape
-    net = nn.GRU(f, h // 3, batch_first=True, bidirectional=True).to(_device(device))
-    with torch.no_grad():
-        for k, p in net.named_parameters():
-            p.copy_(torch.from_numpy(params[k]))
-    return net
+    return _holding(nn.GRU(f, h // 3, batch_first=True, bidirectional=True), params, device)
 
 
 def gru_forward(params, x, device="cpu"):
@@ -280,18 +286,7 @@ def gru_forward(params, x, device="cpu"):
 
 
 def gru_backward(params, x, dout, device="cpu"):
-    net = _gru(params, device)
-    xt, dt = _on(device, x).requires_grad_(), _on(device, dout)
-    graph = {}
-
-    def setup():
-        for t in [xt, *net.parameters()]:
-            t.grad = None
-        graph["y"] = net(xt)[0]
-
-    return Bench(setup=setup, run=lambda: graph["y"].backward(dt),
-                 outputs=lambda _: {"dx": _np(xt.grad),
-                                    **{"grad." + k: _np(p.grad) for k, p in net.named_parameters()}})
+    return _sequence_backward(_gru(params, device), x, dout, device)
 
 
 class CharLSTM(nn.Module):
@@ -313,10 +308,7 @@ def char_lstm_step(params, x, labels, lr, device="cpu"):
     v, e = params["embedding.weight"].shape
     h = params["lstm.weight_hh_l0"].shape[1]
     layers = sum(k.startswith("lstm.weight_hh_l") for k in params)
-    model = CharLSTM(v, e, h, layers).to(_device(device))
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            p.copy_(torch.from_numpy(params[k]))
+    model = _holding(CharLSTM(v, e, h, layers), params, device)
     named = dict(model.named_parameters())
     xt, yt = _on(device, x), _on(device, labels)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
