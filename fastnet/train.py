@@ -759,9 +759,11 @@ class Trainer:
                                  "does not have")
         _rng.generator_from_state(meta["rng"], who)  # validates
         loaders = meta["loaders"]
+        from .data.loader import DataLoader
+
         for state in loaders.values():
             if state is not None:
-                _rng.generator_from_state(state["generator"], who)
+                DataLoader.check_state(state, who)  # the generator, the seed and epoch
         schedule = getattr(self.schedule, "state_dict", lambda: None)()
         if meta["schedule"] != schedule:
             self.log(f"note: {path} was trained with the schedule {meta['schedule']}; "

@@ -4,7 +4,8 @@ The embedded data set is the UCI handwritten digits (1797 real 8x8 images, 10 cl
 that scikit-learn ships inside its wheel: no network is ever needed. Install it with
 ``pip install "fastnet[train]"``. MNIST and Fashion-MNIST come from their IDX files
 (fastnet/data/mnist.py); character-level text from Python's own documentation
-(fastnet/data/text.py); ``DataLoader`` batches any vectorised dataset (loader.py).
+(fastnet/data/text.py); ``DataLoader`` batches any vectorised dataset (loader.py), with
+seeded batch transforms (transforms.py) and background threads.
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from .idx import read_idx, write_idx
 from .loader import ArrayDataset, DataLoader, Dataset, Subset, train_val_split
 from .mnist import DataUnavailableError, load_fashion_mnist, load_mnist
 from .text import CharVocab, TextWindows, load_char_data, load_text, split_text
+from . import transforms
+from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
 __all__ = ["load_digits", "load_mnist", "load_fashion_mnist", "train_test_split",
            "train_val_split", "batches", "Dataset", "ArrayDataset", "Subset", "DataLoader",
            "read_idx", "write_idx", "DataUnavailableError", "load_text", "CharVocab",
-           "split_text", "TextWindows", "load_char_data"]
+           "split_text", "TextWindows", "load_char_data", "transforms", "Compose",
+           "RandomCrop", "RandomHorizontalFlip", "Normalize"]
 
 
 def _digits_file():
