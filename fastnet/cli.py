@@ -34,11 +34,31 @@ def _fail(command, message) -> int:
     return 2
 
 
+def _user_data(path):
+    """A user's data (fastnet.data.files.load_files), read once per process and file
+    version: train asks for both splits."""
+    from .data.files import load_files
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if _USER_DATA.get("key") != key:
+        _USER_DATA.clear()
+        _USER_DATA.update(key=key, data=load_files(path))
+    return _USER_DATA["data"]
+
+
+_USER_DATA = {}
+
+
 def _load_data(name, data_dir, seed, split):
-    """(x, y) of ``split`` ("train" or "test") of a data set. The digits have no official
-    test set: it is the stratified 20% held out by ``seed``, as it always was."""
+    """(x, y) of ``split`` ("train" or "test") of a data set, or of the user's data at
+    the path ``name``. The digits have no official test set: it is the stratified 20% held
+    out by ``seed``, as it always was."""
     from .data import load_digits, mnist, train_test_split
 
+    if name not in DATA_SETS:
+        data = _user_data(name)
+        return data[f"x_{split}"], data[f"y_{split}"]
     if name == "digits":
         x, y = load_digits()
         x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction=0.2, seed=seed)
@@ -138,6 +158,10 @@ def train(args) -> int:
         args.seq_len = 100
     if (code := _device("train", args.device)) is not None:
         return code
+    if (message := _user_data_problem(args)) is not None:
+        return fail(message)
+    if text and args.augment != "none":
+        return fail("--augment is for images, not --data text")
     if args.save and (message := _save_target_problem(args.save)):
         return fail(f"cannot save to {args.save}: {message}")
     resume = None
@@ -190,13 +214,15 @@ def train(args) -> int:
             return fail(f"--val-fraction {args.val_fraction}: {e}")
     # under MPI: each rank takes its share of every epoch, batch_size samples a step
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed,
-                              distributed=world > 1)
+                              distributed=world > 1, num_workers=args.workers,
+                              transform=_augmentation(args.augment, x_train.shape[1:]))
     # NOTE: validation and test take the training batch size (they took 256): then they run
     # the builds training compiled; 256 digits crossed the size from which the convolutions
     # run their parallel build, which a first run compiled for evaluation alone (3.3 s of 14).
     val_loader = DataLoader(val_set, args.batch_size) if val_set is not None else None
     in_shape = tuple(int(d) for d in x_train.shape[1:])
-    model = MODELS[args.model](in_shape=in_shape, num_classes=10)
+    num_classes = 10 if args.data in DATA_SETS else int(y_train.max()) + 1
+    model = MODELS[args.model](in_shape=in_shape, num_classes=num_classes)
     if args.optimizer == "sgd":
         opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
@@ -205,7 +231,7 @@ def train(args) -> int:
                 "constant": None}[args.schedule]
     config = {k: getattr(args, k) for k in (
         "model", "data", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
-        "val_fraction", "patience", "monitor", "seed", "device")}
+        "val_fraction", "patience", "monitor", "seed", "device", "augment", "workers")}
     config["in_shape"] = list(in_shape)
     test_metrics = None
 
@@ -229,7 +255,7 @@ def train(args) -> int:
              f"batch {args.batch_size} per rank x {world} ranks = {args.batch_size * world}")
     sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set is not None else "")
     print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
-          f"{DESCRIPTIONS[args.data]}, {sizes}{len(x_test)} test images, {args.optimizer} "
+          f"{_description(args.data, num_classes)}, {sizes}{len(x_test)} test images, {args.optimizer} "
           f"lr={args.lr} ({args.schedule} schedule), {batch}, {args.epochs} "
           f"epochs, on {args.device}", flush=True)
     if resume is not None:
@@ -261,6 +287,42 @@ DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "
                 "text": "Python's documentation (pydoc_data)"}
 
 
+def _description(data, num_classes):
+    if data in DESCRIPTIONS:
+        return DESCRIPTIONS[data]
+    return f"{data} ({_user_data(data)['kind']}, {num_classes} classes)"
+
+
+def _user_data_problem(args):
+    """Why --data PATH cannot go with the other options, or None. A path becomes absolute
+    (the checkpoint's config records it for evaluate)."""
+    if args.data in DATA_SETS:
+        return None
+    if args.data_dir is not None:
+        return (f"--data-dir is where mnist / fashion-mnist are kept; --data {args.data} "
+                "names the data itself")
+    args.data = os.path.abspath(args.data)
+    return None
+
+
+# --augment: the transforms of the training batches (fastnet.data.transforms)
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+def _augmentation(name, in_shape):
+    """--augment's transform for images of ``in_shape`` (C, H, W), or None: a random crop
+    of the image's own size from the image padded by 2 pixels (1 for images under 16
+    pixels, the 8x8 digits), and with crop-flip a horizontal flip of half the images (not
+    for digits: a mirrored digit is another shape)."""
+    from .data import Compose, RandomCrop, RandomHorizontalFlip
+
+    if name == "none":
+        return None
+    _, h, w = in_shape
+    crop = RandomCrop((h, w), padding=2 if min(h, w) >= 16 else 1)
+    return crop if name == "crop" else Compose([crop, RandomHorizontalFlip(0.5)])
+
+
 def _load_text(seq_len, val_fraction):
     from .data import load_char_data
 
@@ -285,7 +347,8 @@ def _train_text(args, out, resume) -> int:
         return fail(f"cannot build the text data set: {e}")
     vocab, train_set, val_set, test_set = data["vocab"], data["train"], data["val"], data["test"]
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed,
-                              distributed=world > 1, int_features=True)
+                              distributed=world > 1, int_features=True,
+                              num_workers=args.workers)
     val_loader = (DataLoader(val_set, args.batch_size, int_features=True)
                   if val_set is not None else None)
     model = TEXT_MODELS[args.model](vocab.chars)
@@ -619,11 +682,25 @@ def _fraction(s):
     return v
 
 
+def _data_arg(s):
+    if s in DATA_SETS or os.path.exists(s):
+        return s
+    raise argparse.ArgumentTypeError(
+        f"expected one of {', '.join(DATA_SETS)}, or the path of a directory of IDX files or "
+        f"of an .npz file; {s!r} is neither (no such file or directory)")
+
+
 def _data_options(parser, default):
-    parser.add_argument("--data", choices=DATA_SETS, default=default,
+    parser.add_argument("--data", type=_data_arg, default=default,
+                        metavar="{" + ",".join(DATA_SETS) + "} or PATH",
                         help="digits: the embedded 8x8 digits; mnist / fashion-mnist: read "
                              "from --data-dir, downloaded when missing; text: Python's own "
-                             "documentation, for --model char-lstm (default: "
+                             "documentation, for --model char-lstm; PATH: your own images, a "
+                             "directory holding the four IDX files of MNIST's layout "
+                             "(train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                             "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz) "
+                             "or an .npz file with x_train, y_train, x_test, y_test; only "
+                             "read, never checksummed or changed (default: "
                              + (default or "the checkpoint's") + ")")
     parser.add_argument("--data-dir", metavar="DIR", default=None,
                         help="where the MNIST / Fashion-MNIST files are kept (default: "
@@ -673,6 +750,16 @@ def build_parser():
     t.add_argument("--monitor", choices=["val_loss", "val_acc"], default="val_loss",
                    help="validation metric for early stopping and best.npz (default: %(default)s)")
     t.add_argument("--seed", type=_int_at_least(0), default=0, help="default: %(default)s")
+    t.add_argument("--augment", choices=AUGMENTATIONS, default="none",
+                   help="random transforms of the training images, seeded by --seed: crop (a "
+                        "random crop of the image's size from it padded by 2 pixels, 1 for "
+                        "images under 16 pixels such as the digits), crop-flip (also a "
+                        "horizontal flip of half the images: not for digits) (default: "
+                        "%(default)s)")
+    t.add_argument("--workers", type=_int_at_least(0), default=1,
+                   help="background threads preparing the next training batches (gather, "
+                        "augmentation) while a step runs; 0 prepares them between steps "
+                        "(default: %(default)s)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
     t.add_argument("--out", metavar="DIR", help="write checkpoints, metrics.json and curves.png here")
     t.add_argument("--resume", metavar="PATH",
