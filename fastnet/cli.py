@@ -528,13 +528,19 @@ def _evaluate_text(args, model, config) -> int:
     return 0
 
 
-IMAGE_NOTE = "images are read as grayscale, resized to the model's input and scaled to [0, 1]"
+IMAGE_NOTE = ("a grayscale image is prepared as MNIST's digits were: inverted when its "
+              "background is light, cropped to the ink, scaled so that its longer side "
+              "takes 20/28 of the model's input (the whole 8x8 for the digits) and centred "
+              "by its centre of mass (--no-preprocess: resized whole); RGB images are "
+              "resized to the model's input; pixels are scaled to [0, 1]; .npy arrays are "
+              "taken as they are")
 
 
-def _read_input(path, in_shape, dtype=np.float32):
+def _read_input(path, in_shape, dtype=np.float32, box=None):
     """(N, *in_shape) samples of ``dtype`` (the model's) from a .npy file or an image, or
-    raise ValueError."""
-    a = _read_samples(path, in_shape)
+    raise ValueError. ``box``: prepare a grayscale image as MNIST's digits (the digit's
+    share of the canvas, fastnet.data.preprocess.mnist_style); None resizes it whole."""
+    a = _read_samples(path, in_shape, box)
     with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
         x = np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(x).all():  # after the cast: 1e300 is finite, float32(1e300) is not
@@ -543,7 +549,7 @@ def _read_input(path, in_shape, dtype=np.float32):
     return x
 
 
-def _read_samples(path, in_shape):
+def _read_samples(path, in_shape, box=None):
     """(N, *in_shape) samples from a .npy file or an image, or raise ValueError."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
@@ -582,14 +588,24 @@ def _read_samples(path, in_shape):
     c, h, w = in_shape
     if c not in (1, 3):
         raise ValueError(f"{path}: the model takes {c} channels; images give 1 or 3")
+    prepare = box is not None and c == 1
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.LANCZOS)
+            img = img.convert("L" if c == 1 else "RGB")
+            if not prepare:
+                img = img.resize((w, h), Image.LANCZOS)
             a = np.asarray(img, dtype=np.float32) / 255.0
     except Image.DecompressionBombError as e:  # Pillow's pixel limit (MAX_IMAGE_PIXELS)
         raise ValueError(f"{path}: the image is too large to read safely: {e}") from None
     except OSError as e:
         raise ValueError(f"{path}: not a readable image: {e}") from None
+    if prepare:  # MNIST's steps: crop to the ink, scale into the box, centre by mass
+        from .data.preprocess import mnist_style
+
+        try:
+            return mnist_style(a, (h, w), box)[None, None]
+        except ValueError as e:
+            raise ValueError(f"{path}: {str(e).removeprefix('mnist_style: ')}") from None
     if c == 1:
         # NOTE: the training digits are light strokes on a dark ground; a scan or drawing
         # is usually dark on light, so a mostly light image is inverted.
@@ -618,8 +634,13 @@ def predict(args) -> int:
     names = CLASS_NAMES.get(config.get("data"))
     in_shape = info.get("input_shape") or config.get("in_shape")
     dtype = next((p.dtype for p in model.parameters()), np.dtype(np.float32))
+    box = None
+    if args.preprocess:  # the 8x8 digits fill their box; MNIST's take 20 of 28 pixels
+        from .data.preprocess import MNIST_BOX
+
+        box = 1.0 if config.get("data") == "digits" else MNIST_BOX
     try:  # every input is read and checked before any prediction is printed
-        inputs = [(path, _read_input(path, in_shape, dtype)) for path in args.files]
+        inputs = [(path, _read_input(path, in_shape, dtype, box)) for path in args.files]
     except ValueError as e:
         return _fail("predict", str(e))
     for path, x in inputs:
@@ -782,10 +803,13 @@ def build_parser():
     p = sub.add_parser("predict", help="classify images (PNG, JPEG, ...) or .npy arrays",
                        description="Print the class and its probability for each input: an "
                        f".npy array (one sample or a batch) or an image file; {IMAGE_NOTE} "
-                       "(a mostly light image is inverted; reading images needs Pillow).")
+                       "(reading images needs Pillow).")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="checkpoint.npz / best.npz written by fastnet train")
     p.add_argument("files", nargs="+", metavar="FILE", help=".npy or image files")
+    p.add_argument("--no-preprocess", dest="preprocess", action="store_false",
+                   help="resize a grayscale image whole to the model's input (a mostly light "
+                        "image inverted) instead of MNIST's crop, scale and centring")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
     p.set_defaults(func=predict)
     g = sub.add_parser("generate", help="sample text from a character model (--model char-lstm)",

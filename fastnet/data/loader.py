@@ -187,7 +187,7 @@ class DataLoader:
                 seed = dist.broadcast_object(seed)
         self.seed = int(seed)
         self.generator = np.random.default_rng(self.seed)
-        self.epoch = 0  # iterations started: the transforms' generators depend on it
+        self._epoch = 0  # iterations started: the transforms' generators depend on it
         self.transform = (None if transform is None
                           else _transforms.check_transform(transform, "DataLoader"))
         if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) \
@@ -236,7 +236,7 @@ class DataLoader:
         # The permutation is drawn when iteration starts, not lazily per batch, so the
         # generator state between epochs is exactly what a checkpoint records.
         order = self.generator.permutation(n) if self.shuffle else np.arange(n)
-        epoch, self.epoch = self.epoch, self.epoch + 1
+        epoch, self._epoch = self._epoch, self._epoch + 1
         if self.distributed:
             w = self.world_size
             share = self._share()
@@ -293,7 +293,7 @@ class DataLoader:
         """The shuffling generator's state, the seed and the number of epochs started
         (JSON-serialisable)."""
         return {"generator": self.generator.bit_generator.state, "seed": self.seed,
-                "epoch": self.epoch}
+                "epoch": self._epoch}
 
     @staticmethod
     def check_state(state, owner="DataLoader"):
@@ -312,7 +312,7 @@ class DataLoader:
         self.check_state(state)
         self.generator = _rng.generator_from_state(state["generator"], "DataLoader")
         self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state.get("epoch", self.epoch))
+        self._epoch = int(state.get("epoch", self._epoch))
 
     def __repr__(self):
         extra = (f", distributed=True, rank={self.rank}, world_size={self.world_size}"

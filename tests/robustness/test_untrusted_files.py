@@ -245,6 +245,39 @@ def test_idx_header_promising_more_than_the_file_can_hold(tmp_path):
     assert mem["peak"] < BUDGET
 
 
+def test_user_data_files_promising_huge_arrays_cost_nothing(tmp_path):
+    """train --data PATH (fastnet.data.files): an .npz zip bomb, a header-only .npz and a
+    gzip IDX header promising 63 GB are refused from their sizes, the files untouched."""
+    from fastnet.data.files import load_files
+
+    small = {"y_train": npy(np.zeros(4, np.uint8)), "x_test": npy(np.zeros((4, 2, 2), np.uint8)),
+             "y_test": npy(np.zeros(4, np.uint8))}
+    bomb = write_zip(tmp_path / "bomb.npz", {
+        "x_train": [npy_header((4096, 64, 256), "|u1"), *zeros(64 * MB)], **small},
+        deflated={"x_train"})
+    header_only = write_zip(tmp_path / "header.npz",
+                            {"x_train": npy_header((60000, 1024, 1024), "|u1"), **small})
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name, shape in (("train-images-idx3-ubyte.gz", (60000, 1024, 1024)),
+                        ("train-labels-idx1-ubyte.gz", (60000,)),
+                        ("t10k-images-idx3-ubyte.gz", (4, 2, 2)),
+                        ("t10k-labels-idx1-ubyte.gz", (4,))):
+        (folder / name).write_bytes(gzip.compress(idx_header(shape)))
+    cases = [(bomb, "refusing to expand it more than 64-fold"),
+             (header_only, r"entry 'x_train.npy' declares \d+ bytes, but its header"),
+             (folder, "more than a gzip file of")]
+    for path, match in cases:
+        before = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                        for p in tmp_path.rglob("*"))
+        target = folder / "train-images-idx3-ubyte.gz" if path == folder else path
+        with peak_allocation() as mem, refused(target, match):
+            load_files(path)
+        assert mem["peak"] < BUDGET
+        assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                      for p in tmp_path.rglob("*")) == before
+
+
 def test_idx_readers_still_read_what_they_wrote(tmp_path):
     for name in ("a", "a.gz"):
         x = np.arange(2 * 3 * 5, dtype=np.int32).reshape(2, 3, 5) - 7
