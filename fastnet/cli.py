@@ -591,6 +591,10 @@ def _read_samples(path, in_shape, box=None):
     prepare = box is not None and c == 1
     try:
         with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                # a drawing on a transparent canvas: on white paper, as it is shown
+                img = Image.alpha_composite(Image.new("RGBA", img.size, "white"),
+                                            img.convert("RGBA"))
             img = img.convert("L" if c == 1 else "RGB")
             if not prepare:
                 img = img.resize((w, h), Image.LANCZOS)

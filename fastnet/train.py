@@ -500,8 +500,9 @@ class Trainer:
         total_loss, correct, seen, samples = 0.0, 0, 0, 0
         watch = Stopwatch()
         jit_seen, unpause = 0.0, getattr(bar, "unpause", lambda: None)
+        batches = iter(train_loader)
         try:
-            for step, (xb, yb) in enumerate(train_loader, 1):
+            for step, (xb, yb) in enumerate(batches, 1):
                 if self.input_shape is None:
                     self.input_shape = [int(d) for d in np.shape(xb)[1:]]
                 opt.zero_grad()
@@ -541,6 +542,9 @@ class Trainer:
         finally:
             bar.close()
             self._bar = None
+            # a loader's background threads stop now, also on an error or Ctrl-C (not when
+            # the traceback that holds this frame is freed)
+            getattr(batches, "close", lambda: None)()
         train_seconds = watch.working()  # without the JIT's seconds
         if world > 1:  # over all ranks; the slowest rank's time
             total_loss, correct, seen, samples = dist.all_sum([total_loss, correct, seen,

@@ -108,11 +108,17 @@ def test_predict_prepares_a_large_off_centre_drawing_like_the_training_digits(tm
         canvas[top:top + 96, left:left + 96] = np.round(255 * (1 - big))
         image.fromarray(canvas).save(tmp_path / f"d{n}.png")
         files += [str(tmp_path / f"d{n}.npy"), str(tmp_path / f"d{n}.png")]
+    # black ink on a transparent canvas (as drawing programs save it): on white paper
+    rgba = np.zeros((120, 150, 4), np.uint8)
+    rgba[10:106, 40:136, 3] = np.round(255 * np.kron(orig_te[picks[4], 0], np.ones((12, 12))))
+    image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    files += [str(tmp_path / "d4.npy"), str(tmp_path / "alpha.png")]
     assert main(["predict", "--checkpoint", str(out), *files]) == 0
     lines = capsys.readouterr().out.splitlines()
     classes = [int(re.search(r": class (\d+),", line).group(1)) for line in lines]
     assert classes[0::2] == classes[1::2], lines
     assert sum(c == k for c, k in zip(classes[0::2], range(10))) >= 8  # and mostly right
+    files = files[:-2]
     # without the preparation the whole canvas shrinks to 28x28: not the same digits
     assert main(["predict", "--checkpoint", str(out), "--no-preprocess", *files[1::2]]) == 0
     plain = [int(re.search(r": class (\d+),", line).group(1))

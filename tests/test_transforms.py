@@ -207,6 +207,26 @@ def test_background_threads_stop_on_break_on_errors_and_at_the_end():
     assert loader_threads() == []
 
 
+def test_trainer_stops_the_threads_when_a_step_fails():
+    from fastnet.models import mlp
+    from fastnet.optim import SGD
+    from fastnet.train import NonFiniteLossError, Trainer
+
+    x = np.ones((16, 1, 4, 4), np.float32)
+    x[9] = np.nan  # the third batch's loss is NaN
+    model = mlp((1, 4, 4), 3, hidden=(4,))
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, log=None)
+    loader = DataLoader(ArrayDataset(x, np.zeros(16, np.int64)), 4, num_workers=2,
+                        prefetch_factor=1)
+    try:
+        trainer.fit(loader, epochs=1)
+    except NonFiniteLossError as e:
+        assert e.step == 3
+        assert loader_threads() == []  # already, while the traceback still holds the loop
+    else:
+        raise AssertionError("no NonFiniteLossError")
+
+
 def test_ctrl_c_while_waiting_for_a_batch_stops_the_threads():
     import _thread
     import time
