@@ -1,5 +1,6 @@
 """fastnet.data.transforms and the DataLoader's transform and background threads: exact
 semantics on tiny arrays, seeded determinism, resume equality, clean shutdown."""
+import pathlib
 import threading
 
 import numpy as np
@@ -29,6 +30,9 @@ def test_random_crop_is_a_window_of_the_zero_padded_image_per_sample():
     assert len({(t, l) for t, l in zip(top, left)}) > 1  # offsets differ between samples
     # no padding and the full size: the identity; a smaller size: a window of the image
     np.testing.assert_array_equal(RandomCrop((3, 4))(x, rng), x)
+    # padding (left and right, top and bottom), as torchvision's: here 2 columns each side
+    wide = RandomCrop((3, 8), padding=(2, 0))(x, rng)
+    np.testing.assert_array_equal(wide, np.pad(x, ((0, 0), (0, 0), (0, 0), (2, 2))))
     small = RandomCrop(2)(x, np.random.default_rng(1))
     assert small.shape == (5, 2, 2, 2)
     assert all(any((small[i] == x[i][:, a:a + 2, b:b + 2]).all() for a in range(2)
@@ -59,6 +63,41 @@ def test_normalize_per_channel_in_the_batch_dtype(dtype):
     nan = x.copy()
     nan[0, 0, 0, 0] = np.nan
     assert np.isnan(Normalize(0, 1)(nan, None)[0, 0, 0, 0])  # NaN propagates
+
+
+TORCH = np.load(pathlib.Path(__file__).parent / "data" / "torch_transforms.npz")
+TORCH_CROPS = [((5, 6), (1, 2)), ((4, 4), (0, 0)), ((7, 9), (2, 1))]  # as the generator's
+
+
+class Replay:
+    """A generator stand-in that gives stored draws: integers() the given arrays in turn
+    (each checked to lie in the range asked for), random() the given uniforms."""
+
+    def __init__(self, *ints, u=None):
+        self.ints, self.u = list(ints), u
+
+    def integers(self, lo, hi, size):
+        values = self.ints.pop(0)
+        assert len(values) == size and lo <= values.min() and values.max() < hi
+        return values
+
+    def random(self, size):
+        assert len(self.u) == size
+        return self.u
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_transforms_match_torchvisions_operations(dtype):
+    """Stored PyTorch results (tests/data/make_torch_transforms.py), NaN and inf included."""
+    x = TORCH[f"{dtype}/x"]
+    got = Normalize([0.1307, -0.5, 2.0], [0.3081, 1.5, 0.25])(x, None)
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(got, TORCH[f"{dtype}/normalize"])
+    for k, (size, padding) in enumerate(TORCH_CROPS):
+        rng = Replay(TORCH[f"{dtype}/crop{k}/top"], TORCH[f"{dtype}/crop{k}/left"])
+        np.testing.assert_array_equal(RandomCrop(size, padding)(x, rng), TORCH[f"{dtype}/crop{k}"])
+    flipped = RandomHorizontalFlip(0.5)(x, Replay(u=TORCH[f"{dtype}/flip/u"]))
+    np.testing.assert_array_equal(flipped, TORCH[f"{dtype}/flip"])
 
 
 @pytest.mark.parametrize("make, error, message", [

@@ -112,8 +112,9 @@ class RandomCrop(_Transform):
     offset drawn per sample, uniformly over every position that fits (as torchvision's
     ``RandomCrop(size, padding)`` with ``fill=0``, ``padding_mode="constant"``).
 
-    ``size``: an int (square) or (height, width); ``padding``: an int (all sides) or
-    (vertical, horizontal). The crop must fit the padded image (ValueError when it does not).
+    ``size``: an int (square) or (height, width); ``padding``: an int (all sides) or, as
+    torchvision's, (left and right, top and bottom). The crop must fit the padded image
+    (ValueError when it does not).
     """
 
     def __init__(self, size, padding=0):
@@ -123,7 +124,7 @@ class RandomCrop(_Transform):
     def __call__(self, x, rng):
         _check_batch(x, "RandomCrop")
         n, c, h, w = x.shape
-        (th, tw), (ph, pw) = self.size, self.padding
+        (th, tw), (pw, ph) = self.size, self.padding
         hp, wp = h + 2 * ph, w + 2 * pw
         if th > hp or tw > wp:
             raise ValueError(f"RandomCrop: crop size {(th, tw)} is larger than the padded "
