@@ -10,7 +10,7 @@ depend on the thread count.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import parallel_family_ordered, parallel_kernel
+from ._jit import parallel_family, parallel_family_ordered, parallel_kernel
 from .activations import max_sum_exp, softmax_row
 
 _BLOCK = 4096
@@ -95,3 +95,325 @@ def mse_forward(grad, pred, target):
     g = None if grad is None else grad.reshape(-1)
     _mse(g, partial, pred.reshape(-1), target.reshape(-1))
     return float(partial.sum() / pred.size)
+
+
+# ---- losses with PyTorch's arguments: reduction "mean" | "sum" | "none" -----------------------
+#
+# ``*_forward(out, grad, ..., reduction)`` writes the per-element (per-sample) losses into
+# ``out`` unless it is None (reduction "none" needs it) and returns the reduced loss as a
+# Python float ("mean" / "sum"; None for "none"); unless ``grad`` is None (it must be for
+# "none") it overwrites grad with d loss / d input in the same pass. ``*_backward(grad,
+# dout, ...)`` is the "none" reduction's backward: grad <- dout * d out / d input.
+
+REDUCTIONS = ("mean", "sum", "none")
+# the elementwise losses of pointwise_loss_*, one family member per code
+POINTWISE = {"l1": 0, "mse": 1, "smooth_l1": 2, "huber": 3}
+_L1, _MSE, _SMOOTH_L1, _HUBER = 0, 1, 2, 3
+
+
+@njit(inline="always")
+def _first_bad_target(labels, c, ignore_index):
+    """The index of the first label outside [0, c) that is not ignore_index, or -1."""
+    for i in range(labels.size):
+        y = labels[i]
+        if y != ignore_index and (y < 0 or y >= c):
+            return i
+    return -1
+
+
+@njit(inline="always")
+def _class_weight(weight, y, one):
+    if weight is None:
+        return one
+    return weight[y]
+
+
+@njit(inline="always")
+def _label_weight_sum(labels, weight, ignore_index, zero):
+    """Sum of the weights of the labels that are not ignore_index (mean's divisor), in
+    label order."""
+    s = zero
+    for i in range(labels.size):
+        y = labels[i]
+        if y != ignore_index:
+            s += _class_weight(weight, y, zero + 1)
+    return s
+
+
+# NOTE: a family keyed on (log_probs, with_grad, with_out): NLLLoss's rows are the log-
+# probabilities themselves, CrossEntropyLoss's a stable log_softmax ((x - m) - log s, as
+# the fast path). With label smoothing eps and class weights w (PyTorch's formula):
+#   out_i = (1 - eps) w[y] (-logp[y]) + eps / C * sum_c w[c] (-logp[c]),
+#   d out_i / d x_ij = p_j ((1 - eps) w[y] + eps / C * sum_c w[c]) - (1 - eps) w[y] [j = y]
+#                      - eps / C * w[j];
+# an ignored row gives 0 and a gradient of 0 (written, not multiplied: mean over all-ignored
+# rows is 0 / 0 = NaN, its gradient 0, as PyTorch).
+@parallel_family_ordered
+def _cross_entropy(log_probs, with_grad, with_out):
+    def kernel(out, grad, partial, logits, labels, weight, ignore_index, eps, scale, dout):
+        n, c = logits.shape
+        zero = logits.dtype.type(0)
+        one = logits.dtype.type(1)
+        keep = one - eps
+        smooth = eps / logits.dtype.type(c)
+        wall = zero
+        if weight is None:
+            wall = logits.dtype.type(c)
+        else:
+            for j in range(c):
+                wall += weight[j]
+        for blk in prange(partial.size):
+            t = zero
+            for i in range(blk * _ROWS, min((blk + 1) * _ROWS, n)):
+                y = labels[i]
+                x = logits[i]
+                li = zero
+                if y == ignore_index:
+                    if with_grad:
+                        for j in range(c):
+                            grad[i, j] = zero
+                else:
+                    wy = _class_weight(weight, y, one)
+                    g = scale
+                    if dout is not None:
+                        g = dout[i]
+                    if log_probs:
+                        li = -wy * x[y]
+                        if with_grad:
+                            for j in range(c):
+                                grad[i, j] = zero
+                            grad[i, y] = -wy * g
+                    else:
+                        m, s = max_sum_exp(x)
+                        logs = np.log(s)
+                        li = -keep * wy * ((x[y] - m) - logs)
+                        if eps > zero:
+                            sm = zero
+                            for j in range(c):
+                                sm -= _class_weight(weight, j, one) * ((x[j] - m) - logs)
+                            li += smooth * sm
+                        if with_grad:
+                            a = g * (keep * wy + smooth * wall)
+                            for j in range(c):
+                                p = np.exp((x[j] - m) - logs)
+                                grad[i, j] = p * a - g * smooth * _class_weight(weight, j, one)
+                            grad[i, y] -= g * keep * wy
+                if with_out:
+                    out[i] = li
+                t += li
+            partial[blk] = t
+        total = zero
+        for blk in range(partial.size):
+            total += partial[blk]
+        return total
+    return kernel
+
+
+def _bad_label(labels, c, ignore_index):
+    bad = _first_bad_label_or_ignored(labels, c, ignore_index)
+    if bad >= 0:
+        raise ValueError(f"label {labels[bad]} is out of range for {c} classes [0, {c}) "
+                         f"(and is not ignore_index={ignore_index})")
+
+
+@njit(cache=True, nogil=True)
+def _first_bad_label_or_ignored(labels, c, ignore_index):
+    return _first_bad_target(labels, c, ignore_index)
+
+
+@njit(cache=True, nogil=True)
+def _weight_sum(labels, weight, ignore_index, zero):
+    return _label_weight_sum(labels, weight, ignore_index, zero)
+
+
+def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label_smoothing,
+                          log_probs, reduction):
+    """logits (N, C) (log-probabilities when log_probs: NLLLoss), labels (N,) int in [0, C)
+    or ignore_index, weight (C,) | None -> out (N,) | None <- per-row losses; returns the
+    loss ("mean": sum(out) / sum of the non-ignored rows' weights, "sum") or None ("none");
+    grad (N, C) | None <- d loss / d logits. A label outside [0, C) (not ignore_index)
+    raises ValueError before anything is written."""
+    n, c = logits.shape
+    _bad_label(labels, c, ignore_index)
+    dtype = logits.dtype.type
+    scale = dtype(1)
+    if reduction == "mean":
+        wsum = _weight_sum(labels, weight, ignore_index, dtype(0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = dtype(1) / wsum
+    partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
+    total = _cross_entropy[bool(log_probs), grad is not None, out is not None](
+        out, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
+        scale, None)
+    if reduction == "none":
+        return None
+    if reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(total / wsum)
+    return float(total)
+
+
+def cross_entropy_backward(grad, dout, logits, labels, weight, ignore_index, label_smoothing,
+                           log_probs):
+    """dout (N,), logits (N, C), labels (N,), weight (C,) | None -> grad (N, C) <- dout[i] *
+    d out[i] / d logits[i] (the backward of reduction "none")."""
+    n, c = logits.shape
+    _bad_label(labels, c, ignore_index)
+    partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
+    dtype = logits.dtype.type
+    _cross_entropy[bool(log_probs), True, False](
+        None, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
+        dtype(1), dout)
+
+
+# NOTE: PyTorch's stable forms: loss = (1 - y) x - lw * log_sigmoid(x) with
+# lw = 1 + (pos_weight - 1) y and log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)) (without
+# pos_weight: max(x, 0) - x y + log1p(exp(-|x|))), exact at x = +-1e4; the gradient
+# lw sigmoid(x) - pos_weight y, sigmoid(x) from exp(-|x|) on either side.
+@parallel_family
+def _bce_with_logits(with_grad, with_out):
+    def kernel(out, grad, partial, x, target, weight, pos_weight, scale, dout):
+        m, c = x.shape
+        zero = x.dtype.type(0)
+        one = x.dtype.type(1)
+        for blk in prange(partial.size):
+            t = zero
+            for i in range(blk * _ROWS, min((blk + 1) * _ROWS, m)):
+                for j in range(c):
+                    v = x[i, j]
+                    y = target[i, j]
+                    e = np.exp(-np.abs(v))
+                    lw = one
+                    pw = one
+                    if pos_weight is not None:
+                        pw = pos_weight[j]
+                        lw = one + (pw - one) * y
+                    logsig = min(v, zero) - np.log1p(e)
+                    if v != v:
+                        logsig = v
+                    li = (one - y) * v - lw * logsig
+                    w = one
+                    if weight is not None:
+                        w = weight[i, j]
+                    li *= w
+                    if with_out:
+                        out[i, j] = li
+                    t += li
+                    if with_grad:
+                        sig = one / (one + e) if v >= zero else e / (one + e)
+                        if v != v:
+                            sig = v
+                        g = scale
+                        if dout is not None:
+                            g = dout[i, j]
+                        grad[i, j] = (lw * sig - pw * y) * (w * g)
+            partial[blk] = t
+        total = zero
+        for blk in range(partial.size):
+            total += partial[blk]
+        return total
+    return kernel
+
+
+def bce_with_logits_forward(out, grad, x, target, weight, pos_weight, reduction):
+    """x (M, C) logits, target (M, C) in [0, 1], weight (M, C) | None, pos_weight (C,) | None
+    -> out (M, C) | None <- per-element losses; returns the loss ("mean" over M*C, "sum")
+    or None ("none"); grad (M, C) | None <- d loss / d x"""
+    dtype = x.dtype.type
+    scale = dtype(1) / dtype(x.size) if reduction == "mean" else dtype(1)
+    partial = np.empty((x.shape[0] + _ROWS - 1) // _ROWS, dtype=x.dtype)
+    total = _bce_with_logits[grad is not None, out is not None](
+        out, grad, partial, x, target, weight, pos_weight, scale, None)
+    if reduction == "none":
+        return None
+    return float(total / dtype(x.size)) if reduction == "mean" else float(total)
+
+
+def bce_with_logits_backward(grad, dout, x, target, weight, pos_weight):
+    """dout (M, C), x (M, C), target (M, C), weight (M, C) | None, pos_weight (C,) | None ->
+    grad (M, C) <- dout * d out / d x (the backward of reduction "none")"""
+    partial = np.empty((x.shape[0] + _ROWS - 1) // _ROWS, dtype=x.dtype)
+    _bce_with_logits[True, False](None, grad, partial, x, target, weight, pos_weight,
+                                  x.dtype.type(1), dout)
+
+
+# NOTE: PyTorch's values and gradients at the kinks: L1's gradient sign(d) with sign(0) = 0
+# (and 0 at NaN: PyTorch's sign(NaN) = 0 here; the loss is NaN); SmoothL1 (beta > 0; beta = 0 is L1, the layer's choice as PyTorch's)
+# 0.5 d^2 / beta below beta, |d| - beta / 2 above, gradient clamp(d / beta, -1, 1) with d
+# exactly +-beta on the quadratic side; Huber 0.5 d^2 below delta, delta (|d| - delta / 2)
+# above, gradient clamp(d, -delta, delta).
+@parallel_family
+def _pointwise(code, with_grad, with_out):
+    def kernel(out, grad, partial, pred, target, beta, scale, dout):
+        size = pred.size
+        zero = pred.dtype.type(0)
+        one = pred.dtype.type(1)
+        half = pred.dtype.type(0.5)
+        two = pred.dtype.type(2)
+        for blk in prange(partial.size):
+            s = zero
+            i0, i1 = blk * _BLOCK, min((blk + 1) * _BLOCK, size)
+            for i in range(i0, i1):
+                d = pred[i] - target[i]
+                z = np.abs(d)
+                if code == _L1:
+                    li = z
+                elif code == _MSE:
+                    li = d * d
+                elif code == _SMOOTH_L1:
+                    li = half * z * z / beta if z < beta else z - half * beta
+                else:
+                    li = half * z * z if z < beta else beta * (z - half * beta)
+                if with_out:
+                    out[i] = li
+                s += li
+                if with_grad:
+                    g = scale
+                    if dout is not None:
+                        g = dout[i]
+                    if code == _L1:
+                        r = one if d > zero else (-one if d < zero else zero)
+                    elif code == _MSE:
+                        r = two * d
+                    elif code == _SMOOTH_L1:
+                        r = -one if d < -beta else (one if d > beta else d / beta)
+                    else:
+                        r = -beta if d < -beta else (beta if d > beta else d)
+                    grad[i] = r * g
+            partial[blk] = s
+        total = zero
+        for blk in range(partial.size):
+            total += partial[blk]
+        return total
+    return kernel
+
+
+def _flat(a):
+    return None if a is None else a.reshape(-1)
+
+
+def pointwise_loss_forward(out, grad, pred, target, loss, beta, reduction):
+    """pred (...), target (...) -> out (...) | None <- loss(pred - target) elementwise
+    (loss: "l1", "mse", "smooth_l1" with beta > 0, "huber" with delta = beta > 0); returns
+    the loss ("mean" over the elements, "sum") or None ("none"); grad (...) | None <-
+    d loss / d pred"""
+    dtype = pred.dtype.type
+    size = pred.size
+    scale = dtype(1) / dtype(size) if reduction == "mean" else dtype(1)
+    partial = np.empty((size + _BLOCK - 1) // _BLOCK, dtype=pred.dtype)
+    total = _pointwise[POINTWISE[loss], grad is not None, out is not None](
+        _flat(out), _flat(grad), partial, pred.reshape(-1), target.reshape(-1), dtype(beta),
+        scale, None)
+    if reduction == "none":
+        return None
+    return float(total / dtype(size)) if reduction == "mean" else float(total)
+
+
+def pointwise_loss_backward(grad, dout, pred, target, loss, beta):
+    """dout (...), pred (...), target (...) -> grad (...) <- dout * d out / d pred (the
+    backward of reduction "none")"""
+    size = pred.size
+    partial = np.empty((size + _BLOCK - 1) // _BLOCK, dtype=pred.dtype)
+    _pointwise[POINTWISE[loss], True, False](
+        None, grad.reshape(-1), partial, pred.reshape(-1), target.reshape(-1),
+        pred.dtype.type(beta), pred.dtype.type(1), dout.reshape(-1))
