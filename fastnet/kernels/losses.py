@@ -238,9 +238,9 @@ def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label
     dtype = logits.dtype.type
     scale = dtype(1)
     if reduction == "mean":
-        wsum = _weight_sum(labels, weight, ignore_index, dtype(0))
+        wsum = dtype(_weight_sum(labels, weight, ignore_index, dtype(0)))
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = dtype(1) / wsum
+            scale = dtype(1) / wsum  # all ignored: inf (the gradient is 0 there)
     partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
     total = _cross_entropy[bool(log_probs), grad is not None, out is not None](
         out, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
@@ -249,7 +249,7 @@ def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label
         return None
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
-            return float(total / wsum)
+            return float(dtype(total) / wsum)  # all ignored: 0 / 0 = NaN, as PyTorch
     return float(total)
 
 
