@@ -104,14 +104,19 @@ def mse_forward(grad, pred, target):
 # Python float ("mean" / "sum"; None for "none"); unless ``grad`` is None (it must be for
 # "none") it overwrites grad with d loss / d input in the same pass. ``*_backward(grad,
 # dout, ...)`` is the "none" reduction's backward: grad <- dout * d out / d input.
+#
+# NOTE: compile cost. Each loss is one family keyed on (with_grad, with_out) (NLLLoss's
+# log_probs a runtime flag): the forward of "mean" / "sum" and the backward are the same
+# member, the upstream gradient an array read with a step (0: the reduction's one scale,
+# 1: "none"'s dout), and a missing weight is an array of ones, so that a loss compiles two
+# members per dtype, not one per combination of None arguments. The four elementwise losses
+# share one kernel, switched on a runtime code (a few instructions each).
 
 REDUCTIONS = ("mean", "sum", "none")
-# the elementwise losses of pointwise_loss_*, one family member per code
 POINTWISE = {"l1": 0, "mse": 1, "smooth_l1": 2, "huber": 3}
-_L1, _MSE, _SMOOTH_L1, _HUBER = 0, 1, 2, 3
 
 
-@njit(inline="always")
+@njit(cache=True, nogil=True)
 def _first_bad_target(labels, c, ignore_index):
     """The index of the first label outside [0, c) that is not ignore_index, or -1."""
     for i in range(labels.size):
@@ -121,47 +126,37 @@ def _first_bad_target(labels, c, ignore_index):
     return -1
 
 
-@njit(inline="always")
-def _class_weight(weight, y, one):
-    if weight is None:
-        return one
-    return weight[y]
-
-
-@njit(inline="always")
-def _label_weight_sum(labels, weight, ignore_index, zero):
-    """Sum of the weights of the labels that are not ignore_index (mean's divisor), in
-    label order."""
-    s = zero
+@njit(cache=True, nogil=True)
+def _label_weight_sum(labels, weight, ignore_index):
+    """(sum of the weights of the labels that are not ignore_index (mean's divisor), in
+    label order; sum of all class weights)."""
+    s = weight.dtype.type(0)
     for i in range(labels.size):
         y = labels[i]
         if y != ignore_index:
-            s += _class_weight(weight, y, zero + 1)
-    return s
+            s += weight[y]
+    wall = weight.dtype.type(0)
+    for j in range(weight.size):
+        wall += weight[j]
+    return s, wall
 
 
-# NOTE: a family keyed on (log_probs, with_grad, with_out): NLLLoss's rows are the log-
-# probabilities themselves, CrossEntropyLoss's a stable log_softmax ((x - m) - log s, as
-# the fast path). With label smoothing eps and class weights w (PyTorch's formula):
+# NOTE: NLLLoss's rows (log_probs) are the log-probabilities themselves, CrossEntropyLoss's
+# a stable log_softmax ((x - m) - log s, as the fast path). With label smoothing eps and
+# class weights w (PyTorch's formula):
 #   out_i = (1 - eps) w[y] (-logp[y]) + eps / C * sum_c w[c] (-logp[c]),
 #   d out_i / d x_ij = p_j ((1 - eps) w[y] + eps / C * sum_c w[c]) - (1 - eps) w[y] [j = y]
 #                      - eps / C * w[j];
-# an ignored row gives 0 and a gradient of 0 (written, not multiplied: mean over all-ignored
-# rows is 0 / 0 = NaN, its gradient 0, as PyTorch).
+# an ignored row gives 0 and a gradient of 0 (written, not multiplied: "mean" over
+# all-ignored rows is 0 / 0 = NaN, its gradient 0, as PyTorch).
 @parallel_family_ordered
-def _cross_entropy(log_probs, with_grad, with_out):
-    def kernel(out, grad, partial, logits, labels, weight, ignore_index, eps, scale, dout):
+def _cross_entropy(with_grad, with_out):
+    def kernel(out, grad, partial, logits, labels, weight, ignore_index, eps, wall, dout,
+               dstep, log_probs):
         n, c = logits.shape
         zero = logits.dtype.type(0)
-        one = logits.dtype.type(1)
-        keep = one - eps
+        keep = logits.dtype.type(1) - eps
         smooth = eps / logits.dtype.type(c)
-        wall = zero
-        if weight is None:
-            wall = logits.dtype.type(c)
-        else:
-            for j in range(c):
-                wall += weight[j]
         for blk in prange(partial.size):
             t = zero
             for i in range(blk * _ROWS, min((blk + 1) * _ROWS, n)):
@@ -173,10 +168,8 @@ def _cross_entropy(log_probs, with_grad, with_out):
                         for j in range(c):
                             grad[i, j] = zero
                 else:
-                    wy = _class_weight(weight, y, one)
-                    g = scale
-                    if dout is not None:
-                        g = dout[i]
+                    wy = weight[y]
+                    g = dout[i * dstep]
                     if log_probs:
                         li = -wy * x[y]
                         if with_grad:
@@ -190,13 +183,13 @@ def _cross_entropy(log_probs, with_grad, with_out):
                         if eps > zero:
                             sm = zero
                             for j in range(c):
-                                sm -= _class_weight(weight, j, one) * ((x[j] - m) - logs)
+                                sm -= weight[j] * ((x[j] - m) - logs)
                             li += smooth * sm
                         if with_grad:
                             a = g * (keep * wy + smooth * wall)
+                            b = g * smooth
                             for j in range(c):
-                                p = np.exp((x[j] - m) - logs)
-                                grad[i, j] = p * a - g * smooth * _class_weight(weight, j, one)
+                                grad[i, j] = np.exp((x[j] - m) - logs) * a - b * weight[j]
                             grad[i, y] -= g * keep * wy
                 if with_out:
                     out[i] = li
@@ -209,21 +202,15 @@ def _cross_entropy(log_probs, with_grad, with_out):
     return kernel
 
 
-def _bad_label(labels, c, ignore_index):
-    bad = _first_bad_label_or_ignored(labels, c, ignore_index)
+def _ones(n, dtype):
+    return np.ones(n, dtype=dtype)
+
+
+def _check_labels(labels, c, ignore_index):
+    bad = _first_bad_target(labels, c, ignore_index)
     if bad >= 0:
         raise ValueError(f"label {labels[bad]} is out of range for {c} classes [0, {c}) "
                          f"(and is not ignore_index={ignore_index})")
-
-
-@njit(cache=True, nogil=True)
-def _first_bad_label_or_ignored(labels, c, ignore_index):
-    return _first_bad_target(labels, c, ignore_index)
-
-
-@njit(cache=True, nogil=True)
-def _weight_sum(labels, weight, ignore_index, zero):
-    return _label_weight_sum(labels, weight, ignore_index, zero)
 
 
 def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label_smoothing,
@@ -234,23 +221,24 @@ def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label
     grad (N, C) | None <- d loss / d logits. A label outside [0, C) (not ignore_index)
     raises ValueError before anything is written."""
     n, c = logits.shape
-    _bad_label(labels, c, ignore_index)
+    _check_labels(labels, c, ignore_index)
     dtype = logits.dtype.type
-    scale = dtype(1)
-    if reduction == "mean":
-        wsum = dtype(_weight_sum(labels, weight, ignore_index, dtype(0)))
-        with np.errstate(divide="ignore", invalid="ignore"):
+    if weight is None:
+        weight = _ones(c, logits.dtype)
+    wsum, wall = _label_weight_sum(labels, weight, ignore_index)
+    wsum, scale = dtype(wsum), dtype(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if reduction == "mean":
             scale = dtype(1) / wsum  # all ignored: inf (the gradient is 0 there)
-    partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
-    total = _cross_entropy[bool(log_probs), grad is not None, out is not None](
-        out, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
-        scale, None)
-    if reduction == "none":
-        return None
-    if reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
+        partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
+        total = _cross_entropy[grad is not None, out is not None](
+            out, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
+            dtype(wall), np.full(1, scale, logits.dtype), 0, bool(log_probs))
+        if reduction == "none":
+            return None
+        if reduction == "mean":
             return float(dtype(total) / wsum)  # all ignored: 0 / 0 = NaN, as PyTorch
-    return float(total)
+        return float(total)
 
 
 def cross_entropy_backward(grad, dout, logits, labels, weight, ignore_index, label_smoothing,
@@ -258,21 +246,25 @@ def cross_entropy_backward(grad, dout, logits, labels, weight, ignore_index, lab
     """dout (N,), logits (N, C), labels (N,), weight (C,) | None -> grad (N, C) <- dout[i] *
     d out[i] / d logits[i] (the backward of reduction "none")."""
     n, c = logits.shape
-    _bad_label(labels, c, ignore_index)
-    partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
+    _check_labels(labels, c, ignore_index)
     dtype = logits.dtype.type
-    _cross_entropy[bool(log_probs), True, False](
+    if weight is None:
+        weight = _ones(c, logits.dtype)
+    _, wall = _label_weight_sum(labels[:0], weight, ignore_index)
+    partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
+    _cross_entropy[True, False](
         None, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
-        dtype(1), dout)
+        dtype(wall), dout, 1, bool(log_probs))
 
 
 # NOTE: PyTorch's stable forms: loss = (1 - y) x - lw * log_sigmoid(x) with
 # lw = 1 + (pos_weight - 1) y and log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)) (without
-# pos_weight: max(x, 0) - x y + log1p(exp(-|x|))), exact at x = +-1e4; the gradient
-# lw sigmoid(x) - pos_weight y, sigmoid(x) from exp(-|x|) on either side.
+# pos_weight, lw = 1: max(x, 0) - x y + log1p(exp(-|x|))), exact at x = +-1e4; the
+# gradient lw sigmoid(x) - pos_weight y, sigmoid(x) from exp(-|x|) on either side. A
+# missing weight / pos_weight is a one-element array of ones read with step 0.
 @parallel_family
 def _bce_with_logits(with_grad, with_out):
-    def kernel(out, grad, partial, x, target, weight, pos_weight, scale, dout):
+    def kernel(out, grad, partial, x, target, weight, wstep, pos_weight, pstep, dout, dstep):
         m, c = x.shape
         zero = x.dtype.type(0)
         one = x.dtype.type(1)
@@ -283,19 +275,13 @@ def _bce_with_logits(with_grad, with_out):
                     v = x[i, j]
                     y = target[i, j]
                     e = np.exp(-np.abs(v))
-                    lw = one
-                    pw = one
-                    if pos_weight is not None:
-                        pw = pos_weight[j]
-                        lw = one + (pw - one) * y
+                    pw = pos_weight[j * pstep]
+                    lw = one + (pw - one) * y
                     logsig = min(v, zero) - np.log1p(e)
                     if v != v:
                         logsig = v
-                    li = (one - y) * v - lw * logsig
-                    w = one
-                    if weight is not None:
-                        w = weight[i, j]
-                    li *= w
+                    w = weight[(i * c + j) * wstep]
+                    li = ((one - y) * v - lw * logsig) * w
                     if with_out:
                         out[i, j] = li
                     t += li
@@ -303,10 +289,7 @@ def _bce_with_logits(with_grad, with_out):
                         sig = one / (one + e) if v >= zero else e / (one + e)
                         if v != v:
                             sig = v
-                        g = scale
-                        if dout is not None:
-                            g = dout[i, j]
-                        grad[i, j] = (lw * sig - pw * y) * (w * g)
+                        grad[i, j] = (lw * sig - pw * y) * (w * dout[(i * c + j) * dstep])
             partial[blk] = t
         total = zero
         for blk in range(partial.size):
@@ -315,36 +298,41 @@ def _bce_with_logits(with_grad, with_out):
     return kernel
 
 
+def _bce(out, grad, x, target, weight, pos_weight, dout, dstep):
+    one = np.ones(1, dtype=x.dtype)
+    partial = np.empty((x.shape[0] + _ROWS - 1) // _ROWS, dtype=x.dtype)
+    return _bce_with_logits[grad is not None, out is not None](
+        out, grad, partial, x, target, one if weight is None else weight.reshape(-1),
+        0 if weight is None else 1, one if pos_weight is None else pos_weight,
+        0 if pos_weight is None else 1, dout, dstep)
+
+
 def bce_with_logits_forward(out, grad, x, target, weight, pos_weight, reduction):
     """x (M, C) logits, target (M, C) in [0, 1], weight (M, C) | None, pos_weight (C,) | None
     -> out (M, C) | None <- per-element losses; returns the loss ("mean" over M*C, "sum")
     or None ("none"); grad (M, C) | None <- d loss / d x"""
     dtype = x.dtype.type
     scale = dtype(1) / dtype(x.size) if reduction == "mean" else dtype(1)
-    partial = np.empty((x.shape[0] + _ROWS - 1) // _ROWS, dtype=x.dtype)
-    total = _bce_with_logits[grad is not None, out is not None](
-        out, grad, partial, x, target, weight, pos_weight, scale, None)
+    total = _bce(out, grad, x, target, weight, pos_weight, np.full(1, scale, x.dtype), 0)
     if reduction == "none":
         return None
-    return float(total / dtype(x.size)) if reduction == "mean" else float(total)
+    return float(dtype(total) / dtype(x.size)) if reduction == "mean" else float(total)
 
 
 def bce_with_logits_backward(grad, dout, x, target, weight, pos_weight):
     """dout (M, C), x (M, C), target (M, C), weight (M, C) | None, pos_weight (C,) | None ->
     grad (M, C) <- dout * d out / d x (the backward of reduction "none")"""
-    partial = np.empty((x.shape[0] + _ROWS - 1) // _ROWS, dtype=x.dtype)
-    _bce_with_logits[True, False](None, grad, partial, x, target, weight, pos_weight,
-                                  x.dtype.type(1), dout)
+    _bce(None, grad, x, target, weight, pos_weight, dout.reshape(-1), 1)
 
 
-# NOTE: PyTorch's values and gradients at the kinks: L1's gradient sign(d) with sign(0) = 0
-# (and 0 at NaN: PyTorch's sign(NaN) = 0 here; the loss is NaN); SmoothL1 (beta > 0; beta = 0 is L1, the layer's choice as PyTorch's)
-# 0.5 d^2 / beta below beta, |d| - beta / 2 above, gradient clamp(d / beta, -1, 1) with d
-# exactly +-beta on the quadratic side; Huber 0.5 d^2 below delta, delta (|d| - delta / 2)
-# above, gradient clamp(d, -delta, delta).
+# NOTE: PyTorch's values and gradients at the kinks: L1's gradient sign(d), 0 at d = 0 (and
+# at NaN: PyTorch's sgn gives 0 there; the loss is NaN); SmoothL1 (beta > 0; beta = 0 is
+# L1, the layer's choice, as PyTorch's) 0.5 d^2 / beta below beta, |d| - beta / 2 from
+# beta on, gradient clamp(d / beta, -1, 1); Huber 0.5 d^2 below delta, delta (|d| - delta
+# / 2) from delta on, gradient clamp(d, -delta, delta).
 @parallel_family
-def _pointwise(code, with_grad, with_out):
-    def kernel(out, grad, partial, pred, target, beta, scale, dout):
+def _pointwise(with_grad, with_out):
+    def kernel(out, grad, partial, pred, target, code, beta, dout, dstep):
         size = pred.size
         zero = pred.dtype.type(0)
         one = pred.dtype.type(1)
@@ -352,34 +340,30 @@ def _pointwise(code, with_grad, with_out):
         two = pred.dtype.type(2)
         for blk in prange(partial.size):
             s = zero
-            i0, i1 = blk * _BLOCK, min((blk + 1) * _BLOCK, size)
-            for i in range(i0, i1):
+            for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, size)):
                 d = pred[i] - target[i]
                 z = np.abs(d)
-                if code == _L1:
+                if code == 0:  # l1
                     li = z
-                elif code == _MSE:
+                elif code == 1:  # mse
                     li = d * d
-                elif code == _SMOOTH_L1:
+                elif code == 2:  # smooth_l1
                     li = half * z * z / beta if z < beta else z - half * beta
-                else:
+                else:  # huber
                     li = half * z * z if z < beta else beta * (z - half * beta)
                 if with_out:
                     out[i] = li
                 s += li
                 if with_grad:
-                    g = scale
-                    if dout is not None:
-                        g = dout[i]
-                    if code == _L1:
+                    if code == 0:
                         r = one if d > zero else (-one if d < zero else zero)
-                    elif code == _MSE:
+                    elif code == 1:
                         r = two * d
-                    elif code == _SMOOTH_L1:
+                    elif code == 2:
                         r = -one if d < -beta else (one if d > beta else d / beta)
                     else:
                         r = -beta if d < -beta else (beta if d > beta else d)
-                    grad[i] = r * g
+                    grad[i] = r * dout[i * dstep]
             partial[blk] = s
         total = zero
         for blk in range(partial.size):
@@ -401,19 +385,18 @@ def pointwise_loss_forward(out, grad, pred, target, loss, beta, reduction):
     size = pred.size
     scale = dtype(1) / dtype(size) if reduction == "mean" else dtype(1)
     partial = np.empty((size + _BLOCK - 1) // _BLOCK, dtype=pred.dtype)
-    total = _pointwise[POINTWISE[loss], grad is not None, out is not None](
-        _flat(out), _flat(grad), partial, pred.reshape(-1), target.reshape(-1), dtype(beta),
-        scale, None)
+    total = _pointwise[grad is not None, out is not None](
+        _flat(out), _flat(grad), partial, pred.reshape(-1), target.reshape(-1),
+        POINTWISE[loss], dtype(beta), np.full(1, scale, pred.dtype), 0)
     if reduction == "none":
         return None
-    return float(total / dtype(size)) if reduction == "mean" else float(total)
+    return float(dtype(total) / dtype(size)) if reduction == "mean" else float(total)
 
 
 def pointwise_loss_backward(grad, dout, pred, target, loss, beta):
     """dout (...), pred (...), target (...) -> grad (...) <- dout * d out / d pred (the
     backward of reduction "none")"""
-    size = pred.size
-    partial = np.empty((size + _BLOCK - 1) // _BLOCK, dtype=pred.dtype)
-    _pointwise[POINTWISE[loss], True, False](
-        None, grad.reshape(-1), partial, pred.reshape(-1), target.reshape(-1),
-        pred.dtype.type(beta), pred.dtype.type(1), dout.reshape(-1))
+    partial = np.empty((pred.size + _BLOCK - 1) // _BLOCK, dtype=pred.dtype)
+    _pointwise[True, False](
+        None, grad.reshape(-1), partial, pred.reshape(-1), target.reshape(-1), POINTWISE[loss],
+        pred.dtype.type(beta), dout.reshape(-1), 1)

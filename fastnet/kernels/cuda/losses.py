@@ -234,7 +234,7 @@ def _cross_entropy_kernel(out, grad, row_loss, logits, labels, weight, ignore_in
             g = one
             if dout is not None:
                 g = dout[row]
-            elif mean:
+            elif mean and ok:
                 g = one / buf[1]
             wall = buf[3]
             for j in range(lane, c, t):
