@@ -117,28 +117,22 @@ POINTWISE = {"l1": 0, "mse": 1, "smooth_l1": 2, "huber": 3}
 
 
 @njit(cache=True, nogil=True)
-def _first_bad_target(labels, c, ignore_index):
-    """The index of the first label outside [0, c) that is not ignore_index, or -1."""
-    for i in range(labels.size):
-        y = labels[i]
-        if y != ignore_index and (y < 0 or y >= c):
-            return i
-    return -1
-
-
-@njit(cache=True, nogil=True)
-def _label_weight_sum(labels, weight, ignore_index):
-    """(sum of the weights of the labels that are not ignore_index (mean's divisor), in
-    label order; sum of all class weights)."""
+def _labels_and_weights(labels, weight, ignore_index):
+    """(the index of the first label outside [0, C) that is not ignore_index, or -1; the sum
+    of the weights of the labels that are not ignore_index (mean's divisor), in label order;
+    the sum of all class weights)."""
+    c = weight.size
     s = weight.dtype.type(0)
     for i in range(labels.size):
         y = labels[i]
         if y != ignore_index:
+            if y < 0 or y >= c:
+                return i, s, s
             s += weight[y]
     wall = weight.dtype.type(0)
-    for j in range(weight.size):
+    for j in range(c):
         wall += weight[j]
-    return s, wall
+    return -1, s, wall
 
 
 # NOTE: NLLLoss's rows (log_probs) are the log-probabilities themselves, CrossEntropyLoss's
@@ -202,15 +196,16 @@ def _cross_entropy(with_grad, with_out):
     return kernel
 
 
-def _ones(n, dtype):
-    return np.ones(n, dtype=dtype)
-
-
-def _check_labels(labels, c, ignore_index):
-    bad = _first_bad_target(labels, c, ignore_index)
+def _weights(labels, weight, ignore_index, c, dtype):
+    """(weight or ones, mean's divisor, the sum of the class weights); a label out of range
+    raises ValueError."""
+    if weight is None:
+        weight = np.ones(c, dtype=dtype)
+    bad, wsum, wall = _labels_and_weights(labels, weight, ignore_index)
     if bad >= 0:
         raise ValueError(f"label {labels[bad]} is out of range for {c} classes [0, {c}) "
                          f"(and is not ignore_index={ignore_index})")
+    return weight, dtype.type(wsum), dtype.type(wall)
 
 
 def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label_smoothing,
@@ -221,12 +216,9 @@ def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label
     grad (N, C) | None <- d loss / d logits. A label outside [0, C) (not ignore_index)
     raises ValueError before anything is written."""
     n, c = logits.shape
-    _check_labels(labels, c, ignore_index)
     dtype = logits.dtype.type
-    if weight is None:
-        weight = _ones(c, logits.dtype)
-    wsum, wall = _label_weight_sum(labels, weight, ignore_index)
-    wsum, scale = dtype(wsum), dtype(1)
+    weight, wsum, wall = _weights(labels, weight, ignore_index, c, logits.dtype)
+    scale = dtype(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         if reduction == "mean":
             scale = dtype(1) / wsum  # all ignored: inf (the gradient is 0 there)
@@ -246,11 +238,8 @@ def cross_entropy_backward(grad, dout, logits, labels, weight, ignore_index, lab
     """dout (N,), logits (N, C), labels (N,), weight (C,) | None -> grad (N, C) <- dout[i] *
     d out[i] / d logits[i] (the backward of reduction "none")."""
     n, c = logits.shape
-    _check_labels(labels, c, ignore_index)
     dtype = logits.dtype.type
-    if weight is None:
-        weight = _ones(c, logits.dtype)
-    _, wall = _label_weight_sum(labels[:0], weight, ignore_index)
+    weight, _, wall = _weights(labels, weight, ignore_index, c, logits.dtype)
     partial = np.empty((n + _ROWS - 1) // _ROWS, dtype=logits.dtype)
     _cross_entropy[True, False](
         None, grad, partial, logits, labels, weight, ignore_index, dtype(label_smoothing),
