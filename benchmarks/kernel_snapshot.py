@@ -530,7 +530,7 @@ def loss_case(kind, n, c, dt, reduction, options=True):
                    c_.rand((n, c), dt), kind, 0.5)
     ops = {"ce": "cross_entropy", "nll": "cross_entropy", "bce": "bce_with_logits"}.get(
         kind, "pointwise_loss")
-    return Case(name, (ops + "_forward", ops + "_backward"), fn)
+    return Case(name, (ops + "_forward",) + ((ops + "_backward",) if none else ()), fn)
 
 
 def dropout_case(shape, p, seed, dt):
