@@ -799,6 +799,7 @@ def cuda_cases():
         mse_case((5, 7), d),
         loss_case("ce", 3, 5, d, "mean"), loss_case("nll", 3, 4, d, "none"),
         loss_case("bce", 2, 3, d, "none"), loss_case("huber", 2, 3, d, "sum"),
+        loss_case("l1", 2, 3, d, "none"),
         dropout_case((4, 33), 0.5, 7, d), dropout_case((9,), 0.0, 1, d),
         dropout_case((3, 5), 1.0, 2, d),
         sgd_case((37,), d, 0.9, 1e-4, True), sgd_case((5, 3), d, 0.0, 0.0, False),
