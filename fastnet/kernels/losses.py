@@ -1,9 +1,12 @@
-"""Loss kernels (CPU), mean reduction, each fused with its backward.
+"""Loss kernels (CPU), each forward fused with its gradient.
 
 ``*_forward(grad, ...)`` returns the loss as a Python float and, unless ``grad`` is
 None, overwrites ``grad`` with d loss / d input in the same pass: the gradient of a
 loss is what training needs next, and computing it from values already in registers
-is nearly free. There is no separate ``*_backward`` kernel for that reason.
+is nearly free. ``softmax_cross_entropy_forward`` and ``mse_forward`` are the mean
+reduction's fast paths; ``cross_entropy``, ``bce_with_logits`` and ``pointwise_loss`` take
+PyTorch's options and reductions, and their ``*_backward`` is the gradient of reduction
+"none" given the upstream gradient (see below).
 Sums are taken over fixed blocks, then the blocks in order, so the loss does not
 depend on the thread count.
 """

@@ -1,4 +1,5 @@
-"""Loss kernels (CUDA), mean reduction, each fused with its backward.
+"""Loss kernels (CUDA), each forward fused with its gradient (the CPU module's ops; the
+``*_backward`` of reduction "none" given the upstream gradient).
 
 ``*_forward(grad, ...)`` returns the loss as a ``DeviceScalar``: it stays on the device
 (a training step makes no host round trip) until it is read (``float(loss)``), which
