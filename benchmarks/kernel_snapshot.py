@@ -493,6 +493,46 @@ def mse_case(shape, dt):
     return Case(name, ("mse_forward",), fn)
 
 
+def loss_case(kind, n, c, dt, reduction, options=True):
+    """cross_entropy (kind "ce" / "nll"), bce_with_logits or pointwise_loss ("l1", "mse",
+    "smooth_l1", "huber") on (n, c), forward and, for "none", backward."""
+    name = f"loss/{kind}-{n}x{c}-{reduction}-{'opts' if options else 'plain'}-{_tag(dt)}"
+    none = reduction == "none"
+
+    def run(c_, op, shape, out_shape, *args):
+        out = c_.out(out_shape, dt) if none else None
+        grad = None if none else c_.out(shape, dt)
+        loss = c_.k(op + "_forward")(out, grad, *args, reduction)
+        res = {f"{op}_forward.out": out} if none else {f"{op}_forward.loss": loss,
+                                                         f"{op}_forward.grad": grad}
+        if none:
+            g = c_.out(shape, dt)
+            c_.k(op + "_backward")(g, c_.rand(out_shape, dt), *args)
+            res[f"{op}_backward.grad"] = g
+        return res
+
+    def fn(c_):
+        if kind in ("ce", "nll"):
+            labels = c_.rng.integers(0, c, n)
+            labels[0] = -100 if options else labels[0]
+            w = c_.rand((c,), dt, 0.5, 1.0) if options else None
+            eps = 0.1 if options and kind == "ce" else 0.0
+            return run(c_, "cross_entropy", (n, c), (n,), c_.rand((n, c), dt, 2.0),
+                       c_.dev(labels), w, -100, eps, kind == "nll")
+        if kind == "bce":
+            x = c_.randn((n, c), dt, 3.0)
+            x[0, 0] = 1e4
+            w = c_.rand((n, c), dt) if options else None
+            pw = c_.rand((c,), dt, 1.0, 1.5) if options else None
+            return run(c_, "bce_with_logits", (n, c), (n, c), c_.dev(x),
+                       c_.dev(c_.rng.random((n, c)).astype(dt)), w, pw)
+        return run(c_, "pointwise_loss", (n, c), (n, c), c_.rand((n, c), dt),
+                   c_.rand((n, c), dt), kind, 0.5)
+    ops = {"ce": "cross_entropy", "nll": "cross_entropy", "bce": "bce_with_logits"}.get(
+        kind, "pointwise_loss")
+    return Case(name, (ops + "_forward",) + ((ops + "_backward",) if none else ()), fn)
+
+
 def dropout_case(shape, p, seed, dt):
     name = f"dropout/{'x'.join(map(str, shape))}-p{p}-seed{seed}-{_tag(dt)}"
 
@@ -552,6 +592,10 @@ def add_case(shape, dt):
 def misc_cases():
     big = (1 << 18) + 5  # past PARALLEL_MIN_WORK's default: vector loops with a tail
     cases = [mse_case(s, dt) for dt in (F32, F64) for s in [(1,), (7, 3), (5000,), (64, 10)]]
+    cases += [loss_case(kind, n, c, dt, red, opts) for dt in (F32, F64)
+              for kind in ("ce", "nll", "bce", "l1", "mse", "smooth_l1", "huber")
+              for n, c in [(3, 5), (300, 7)] for red in ("mean", "sum", "none")
+              for opts in (False, True) if opts or kind in ("ce", "nll", "bce")]
     cases += [dropout_case(s, p, seed, dt) for dt in (F32, F64)
               for s, p, seed in [((1,), 0.5, 0), ((7, 13), 0.1, 1), ((128, 257), 0.5, 42),
                                  ((3, 5, 7), 0.0, 3), ((9, 11), 1.0, 4),
@@ -753,6 +797,9 @@ def cuda_cases():
         rowwise_case(3, 10, d), rowwise_case(2, 33, d), rowwise_case(1, 1, d),
         rowwise_case(2, 100, d), rowwise_case(2, 10, d, "extreme"),
         mse_case((5, 7), d),
+        loss_case("ce", 3, 5, d, "mean"), loss_case("nll", 3, 4, d, "none"),
+        loss_case("bce", 2, 3, d, "none"), loss_case("huber", 2, 3, d, "sum"),
+        loss_case("l1", 2, 3, d, "none"),
         dropout_case((4, 33), 0.5, 7, d), dropout_case((9,), 0.0, 1, d),
         dropout_case((3, 5), 1.0, 2, d),
         sgd_case((37,), d, 0.9, 1e-4, True), sgd_case((5, 3), d, 0.0, 0.0, False),

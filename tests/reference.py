@@ -370,6 +370,73 @@ def mse(pred, target):
     return float(np.mean(d * d)), (2.0 * d / d.size).astype(pred.dtype)
 
 
+def cross_entropy(logits, labels, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  log_probs=False, reduction="mean"):
+    """PyTorch's weighted, smoothed cross entropy / NLL as a target distribution:
+    a_i = w * ((1 - eps) onehot(y_i) + eps / C) (0 for an ignored row), out_i =
+    -sum_c a_ic logp_ic, d out_i / d z_i = sum(a_i) softmax(z_i) - a_i (NLL: -a_i).
+    -> (loss: a float ("mean": sum(out) / sum of w[y_i]; "sum") or out (N,) ("none"),
+    d loss / d logits (for "none": of sum(out)))"""
+    z = _f64(logits)
+    n, c = z.shape
+    labels = np.asarray(labels, dtype=np.int64)
+    w = np.ones(c) if weight is None else _f64(weight)
+    keep = labels != ignore_index
+    y = np.where(keep, labels, 0)
+    onehot = np.eye(c)[y]
+    a = w[None, :] * ((1 - label_smoothing) * onehot + label_smoothing / c) * keep[:, None]
+    logp = z if log_probs else _log_softmax64(z)
+    out = -(a * np.where(a != 0, logp, 0)).sum(axis=1)
+    grad = -a if log_probs else a.sum(axis=1, keepdims=True) * np.exp(logp) - a
+    if reduction == "none":
+        return out.astype(logits.dtype), grad.astype(logits.dtype)
+    if reduction == "mean":
+        total = (w[y] * keep).sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grad = np.where(keep[:, None], grad / total, 0.0)  # all ignored: 0, not NaN
+            return float(out.sum() / total), grad.astype(logits.dtype)
+    return float(out.sum()), grad.astype(logits.dtype)
+
+
+def bce_with_logits(x, target, weight=None, pos_weight=None, reduction="mean"):
+    """loss = w ((1 - y) x + lw log(1 + exp(-x))) with lw = 1 + (pos_weight - 1) y, via
+    logaddexp; d / dx = w ((1 - y) - lw / (1 + exp(x)))."""
+    x, y = _f64(x), _f64(target)
+    w = 1.0 if weight is None else _f64(weight)
+    lw = 1.0 if pos_weight is None else 1 + (_f64(pos_weight) - 1) * y
+    out = w * ((1 - y) * x + lw * np.logaddexp(0, -x))
+    with np.errstate(over="ignore"):
+        grad = w * ((1 - y) - lw / (1 + np.exp(x)))
+    return _reduced(out, grad, reduction, x.size, target.dtype)
+
+
+def pointwise_loss(pred, target, loss, beta=1.0, reduction="mean"):
+    """l1 / mse / smooth_l1 (beta) / huber (delta = beta) of d = pred - target, with
+    PyTorch's gradients at the kinks (sign(0) = 0; d = +-beta on the quadratic side)."""
+    d = _f64(pred) - _f64(target)
+    z = np.abs(d)
+    quad = z < beta
+    if loss == "l1":
+        out, grad = z, np.sign(d)
+    elif loss == "mse":
+        out, grad = d * d, 2 * d
+    elif loss == "smooth_l1":
+        out = np.where(quad, 0.5 * d * d / beta, z - 0.5 * beta)
+        grad = np.clip(d / beta, -1, 1)
+    else:
+        out = np.where(quad, 0.5 * d * d, beta * (z - 0.5 * beta))
+        grad = np.clip(d, -beta, beta)
+    return _reduced(out, grad, reduction, d.size, pred.dtype)
+
+
+def _reduced(out, grad, reduction, size, dtype):
+    if reduction == "none":
+        return out.astype(dtype), grad.astype(dtype)
+    if reduction == "mean":
+        return float(out.sum() / size), (grad / size).astype(dtype)
+    return float(out.sum()), grad.astype(dtype)
+
+
 # --------------------------------------------------------------------------------------
 # dropout (inverted)
 

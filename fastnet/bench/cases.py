@@ -411,6 +411,21 @@ def _ce_inputs(label, rows, classes):
     return dict(logits=_normal(rng, (rows, classes)), labels=rng.integers(0, classes, rows))
 
 
+def _ce_options_inputs(label, rows, classes):
+    rng = _rng(label)
+    labels = rng.integers(0, classes, rows)
+    labels[::7] = -100  # ignored
+    return dict(logits=_normal(rng, (rows, classes)), labels=labels,
+                weight=(rng.random(classes) + 0.5).astype(np.float32), label_smoothing=0.1)
+
+
+def _bce_inputs(label, rows, classes):
+    rng = _rng(label)
+    return dict(logits=_normal(rng, (rows, classes)),
+                target=rng.random((rows, classes)).astype(np.float32),
+                pos_weight=(rng.random(classes) * 2).astype(np.float32))
+
+
 def _optim_inputs(label, spec, lr):
     rng = _rng(label)
     params = init_params(spec, rng)
@@ -607,6 +622,16 @@ def all_cases(quick: bool = False) -> list:
         cases.append(Case("loss", "cross_entropy", f"{r}x{c}", "fwd+bwd", "cross_entropy",
                           partial(_ce_inputs, f"cross_entropy {r}x{c}", r, c),
                           nbytes=F32 * 2 * r * c + 8 * r, samples=r))
+    # the general kernels: class weights, label smoothing and ignored targets; the fused
+    # binary cross-entropy with pos_weight
+    r, c = rows[-1]
+    cases.append(Case("loss", "cross_entropy_weighted_smoothed", f"{r}x{c}", "fwd+bwd",
+                      "cross_entropy_options",
+                      partial(_ce_options_inputs, f"cross_entropy_options {r}x{c}", r, c),
+                      nbytes=F32 * 2 * r * c + 8 * r, samples=r))
+    cases.append(Case("loss", "bce_with_logits", f"{r}x{c}", "fwd+bwd", "bce_with_logits",
+                      partial(_bce_inputs, f"bce_with_logits {r}x{c}", r, c),
+                      nbytes=F32 * 3 * r * c, samples=r))
 
     # batch norm in training mode: an image batch and a (N, C) batch of features
     bn = [(n, 3, 4, 4), (16, 8)] if quick else [(n, 32, 16, 16), (n, 256)]

@@ -12,7 +12,7 @@ from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, 
                             Sequential, Sigmoid, Softmax, Tanh)
 from fastnet.layers import GRU, LSTM, Embedding
 from fastnet.models import CharLSTM
-from fastnet.losses import CrossEntropyLoss
+from fastnet.losses import BCEWithLogitsLoss, CrossEntropyLoss
 from fastnet.optim import SGD, Adam
 
 from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias
@@ -107,6 +107,26 @@ def cross_entropy(logits, labels, device="cpu"):
 
     def run():
         return loss_fn(logits, labels), loss_fn.backward()
+
+    return Bench(run=run, outputs=lambda r: {"loss": _host(r[0]), "dlogits": _host(r[1])})
+
+
+def cross_entropy_options(logits, labels, weight, label_smoothing, device="cpu"):
+    loss_fn = CrossEntropyLoss(weight, label_smoothing=label_smoothing)
+    logits, labels = _on(device, logits), _on(device, labels)
+
+    def run():
+        return loss_fn(logits, labels), loss_fn.backward()
+
+    return Bench(run=run, outputs=lambda r: {"loss": _host(r[0]), "dlogits": _host(r[1])})
+
+
+def bce_with_logits(logits, target, pos_weight, device="cpu"):
+    loss_fn = BCEWithLogitsLoss(pos_weight=pos_weight)
+    logits, target = _on(device, logits), _on(device, target)
+
+    def run():
+        return loss_fn(logits, target), loss_fn.backward()
 
     return Bench(run=run, outputs=lambda r: {"loss": _host(r[0]), "dlogits": _host(r[1])})
 

@@ -350,6 +350,31 @@ def cross_entropy_loss(logits, labels):
     return -logp[rows, labels].mean(), grad
 
 
+def cross_entropy_options_loss(logits, labels, weight, label_smoothing):
+    """PyTorch's weighted, smoothed cross-entropy (ignore_index -100), mean over the
+    non-ignored targets' weights, and its gradient."""
+    n, c = logits.shape
+    keep = labels != -100
+    y = np.where(keep, labels, 0)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    target = np.full((n, c), label_smoothing / c, logits.dtype)
+    target[np.arange(n), y] += 1 - label_smoothing
+    a = target * weight * keep[:, None]
+    total = weight[y][keep].sum()
+    grad = (a.sum(axis=1, keepdims=True) * np.exp(logp) - a) / total
+    return -(a * logp).sum() / total, grad
+
+
+def bce_with_logits_loss(logits, target, pos_weight):
+    """Mean binary cross-entropy of logits with pos_weight, stable, and its gradient."""
+    lw = 1 + (pos_weight - 1) * target
+    e = np.exp(-np.abs(logits))
+    loss = (1 - target) * logits + lw * (np.log1p(e) + np.maximum(-logits, 0))
+    sig = np.where(logits >= 0, 1 / (1 + e), e / (1 + e))
+    return loss.mean(), (lw * sig - pos_weight * target) / logits.size
+
+
 class SGD:
     """PyTorch's SGD with momentum: v = momentum * v + g; p -= lr * v."""
 
@@ -433,6 +458,16 @@ def dropout_backward(x, p, seed, mask, dout):
 
 def cross_entropy(logits, labels):
     return Bench(run=lambda: cross_entropy_loss(logits, labels),
+                 outputs=lambda r: {"loss": r[0], "dlogits": r[1]})
+
+
+def cross_entropy_options(logits, labels, weight, label_smoothing):
+    return Bench(run=lambda: cross_entropy_options_loss(logits, labels, weight, label_smoothing),
+                 outputs=lambda r: {"loss": r[0], "dlogits": r[1]})
+
+
+def bce_with_logits(logits, target, pos_weight):
+    return Bench(run=lambda: bce_with_logits_loss(logits, target, pos_weight),
                  outputs=lambda r: {"loss": r[0], "dlogits": r[1]})
 
 

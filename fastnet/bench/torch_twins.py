@@ -159,6 +159,38 @@ def cross_entropy(logits, labels, device="cpu"):
                  outputs=lambda loss: {"loss": loss.item(), "dlogits": _np(lt.grad)})
 
 
+def cross_entropy_options(logits, labels, weight, label_smoothing, device="cpu"):
+    lt, yt = _on(device, logits).requires_grad_(), _on(device, labels)
+    wt = _on(device, weight)
+
+    def setup():
+        lt.grad = None
+
+    def run():
+        loss = F.cross_entropy(lt, yt, weight=wt, label_smoothing=label_smoothing)
+        loss.backward()
+        return loss
+
+    return Bench(setup=setup, run=run,
+                 outputs=lambda loss: {"loss": loss.item(), "dlogits": _np(lt.grad)})
+
+
+def bce_with_logits(logits, target, pos_weight, device="cpu"):
+    lt, tt = _on(device, logits).requires_grad_(), _on(device, target)
+    pt = _on(device, pos_weight)
+
+    def setup():
+        lt.grad = None
+
+    def run():
+        loss = F.binary_cross_entropy_with_logits(lt, tt, pos_weight=pt)
+        loss.backward()
+        return loss
+
+    return Bench(setup=setup, run=run,
+                 outputs=lambda loss: {"loss": loss.item(), "dlogits": _np(lt.grad)})
+
+
 def _optimizer_step(make, params, grads, lr, device):
     ps = {k: _on(device, v.copy()).requires_grad_() for k, v in params.items()}
     for k, p in ps.items():

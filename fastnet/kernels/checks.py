@@ -539,6 +539,30 @@ def labels_in_range(op, values, dims):
                          f"classes [0, {c})")
 
 
+def labels_in_range_or_ignored(op, values, dims):
+    labels = _to_host(values["labels"])
+    c, ignore = dims["C"], values["ignore_index"]
+    bad = np.flatnonzero(((labels < 0) | (labels >= c)) & (labels != ignore))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{op}: labels[{i}]: label {labels[i]} is out of range for {c} "
+                         f"classes [0, {c}) and is not ignore_index ({ignore})")
+
+
+def reduction_outputs(op, values, dims):
+    """Reduction "none" writes the per-element losses (out) and no gradient (that is the
+    backward op's, given the upstream gradient)."""
+    if values["reduction"] == "none" and (values["out"] is None or values["grad"] is not None):
+        raise ValueError(f"{op}: reduction 'none' needs out and no grad (its gradient is the "
+                         "backward op's)")
+
+
+def no_smoothing_with_log_probs(op, values, dims):
+    if values["log_probs"] and values["label_smoothing"] != 0:
+        raise ValueError(f"{op}: label_smoothing must be 0 with log_probs (NLLLoss has none), "
+                         f"got {values['label_smoothing']!r}")
+
+
 def indices_in_range(op, values, dims):
     """Embedding indices in [0, V): the rows of the weight."""
     indices = _to_host(values["indices"])
@@ -623,6 +647,8 @@ def batch_norm_state(op, values, dims):
 # ---- the specs, one per op of the table ---------------------------------------------------
 
 ACTIVATION = Choice(ACTIVATIONS)
+REDUCTION = Choice(("mean", "sum", "none"))
+POINTWISE_LOSSES = ("l1", "mse", "smooth_l1", "huber")
 KERNEL_SIZE = Pair(1, binds="KH KW")
 STRIDE = Pair(1)
 PADDING = Pair(0)
@@ -708,6 +734,32 @@ SPECS = {
     "mse_forward": Op(
         grad=Out("*S", optional=True), pred=In("*S"), target=In("*S"),
         rules=[nonempty("pred")]),
+    "cross_entropy_forward": Op(
+        out=Out("N", optional=True), grad=Out("N C", optional=True),
+        logits=In("N C", strided=True), labels=In("N", kind="int", strided=True),
+        weight=_optional("C"), ignore_index=Integer(), label_smoothing=Real(0, 1),
+        log_probs=Flag(), reduction=REDUCTION,
+        rules=[labels_in_range_or_ignored, reduction_outputs, no_smoothing_with_log_probs]),
+    "cross_entropy_backward": Op(
+        grad=Out("N C"), dout=In("N"), logits=In("N C", strided=True),
+        labels=In("N", kind="int", strided=True), weight=_optional("C"),
+        ignore_index=Integer(), label_smoothing=Real(0, 1), log_probs=Flag(),
+        rules=[labels_in_range_or_ignored, no_smoothing_with_log_probs]),
+    "bce_with_logits_forward": Op(
+        out=Out("M C", optional=True), grad=Out("M C", optional=True), x=In("M C"),
+        target=In("M C"), weight=_optional("M C"), pos_weight=_optional("C"),
+        reduction=REDUCTION, rules=[reduction_outputs]),
+    "bce_with_logits_backward": Op(
+        grad=Out("M C"), dout=In("M C"), x=In("M C"), target=In("M C"),
+        weight=_optional("M C"), pos_weight=_optional("C"), inplace=[("grad", "dout")]),
+    "pointwise_loss_forward": Op(
+        out=Out("*S", optional=True), grad=Out("*S", optional=True), pred=In("*S"),
+        target=In("*S"), loss=Choice(POINTWISE_LOSSES), beta=Real(0), reduction=REDUCTION,
+        rules=[nonempty("pred"), reduction_outputs, positive("beta")]),
+    "pointwise_loss_backward": Op(
+        grad=Out("*S"), dout=In("*S"), pred=In("*S"), target=In("*S"),
+        loss=Choice(POINTWISE_LOSSES), beta=Real(0), inplace=[("grad", "dout")],
+        rules=[nonempty("pred"), positive("beta")]),
     "dropout_forward": Op(
         out=Out("*S"), mask=Out("*S", kind="uint8"), x=In("*S"), p=Real(0, 1),
         seed=Integer(), inplace=[("out", "x")]),

@@ -115,6 +115,11 @@ CE_SHAPES = [(5, 3), (1, 7), (4, 1), (300, 4), (6, 40), (130, 10), (33, 16), (17
 # mse: one element, odd sizes, several CUDA blocks (several partial sums), the CPU's
 # vector tails
 MSE_SHAPES = [(1,), (7,), (3, 4, 5), (2, 301), (4097,), (3, 4099)]
+# the losses with PyTorch's arguments: one row, several row blocks (16 rows each); for the
+# elementwise ones one element and several 4096-element blocks
+CE_GENERAL_SHAPES = [(1, 4), (5, 3), (40, 7)]
+BCE_SHAPES = [(1, 1), (5, 3), (40, 2)]
+POINTWISE_SHAPES = [(1,), (3, 5), (2, 4099)]
 
 # ---- norm: batch norm over (N, C, L)
 NORM_SHAPES = {

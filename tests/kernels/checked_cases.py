@@ -258,6 +258,57 @@ def _cross_entropy(d):
     return dict(grad=d.maybe(d.view(d.out(n, c))), logits=d.view(d.a(n, c)), labels=d.view(labels))
 
 
+def _class_loss(d, backward):
+    """cross_entropy_forward / _backward: weights or none, ignore_index a class or not,
+    NLL (log_probs) or a smoothed softmax, every reduction."""
+    n, c = d.int(1, 5), d.int(1, 7)
+    labels = d.rng.integers(0, c, n).astype(d.pick(LABEL_DTYPES))
+    log_probs = d.flag()
+    args = dict(logits=d.view(d.a(n, c)), labels=d.view(labels), weight=d.maybe(d.a(c)),
+                ignore_index=d.pick((-100, 0)),
+                label_smoothing=0.0 if log_probs else d.pick((0.0, 0.25)), log_probs=log_probs)
+    if backward:
+        return dict(grad=d.out(n, c), dout=d.a(n), **args)
+    reduction = d.pick(("mean", "sum", "none"))
+    if reduction == "none":
+        return dict(out=d.out(n), grad=None, **args, reduction=reduction)
+    return dict(out=d.maybe(d.out(n)), grad=d.maybe(d.out(n, c)), **args, reduction=reduction)
+
+
+def _bce_with_logits(d, backward):
+    m, c = d.int(1, 5), d.int(1, 4)
+    args = dict(x=d.a(m, c), target=d.rng.random((m, c)).astype(d.dt),
+                weight=d.maybe(d.a(m, c)), pos_weight=d.maybe(d.a(c)))
+    if backward:
+        out = dict(grad=d.out(m, c), dout=d.a(m, c), **args)
+        if d.flag():
+            out["grad"] = out["dout"]
+        return out
+    reduction = d.pick(("mean", "sum", "none"))
+    if reduction == "none":
+        return dict(out=d.out(m, c), grad=None, **args, reduction=reduction)
+    return dict(out=d.maybe(d.out(m, c)), grad=d.maybe(d.out(m, c)), **args,
+                reduction=reduction)
+
+
+def _pointwise_loss(d, backward):
+    shape = d.any_shape(nonempty=True)
+    scalars = dict(loss=d.pick(("l1", "mse", "smooth_l1", "huber")), beta=d.real(0.125, 2))
+    if backward:
+        out = dict(grad=d.out(*shape), dout=d.a(*shape), pred=d.a(*shape), target=d.a(*shape),
+                   **scalars)
+        if d.flag():
+            out["grad"] = out["dout"]
+        return out
+    reduction = d.pick(("mean", "sum", "none"))
+    if reduction == "none":
+        out, grad = d.out(*shape), None
+    else:
+        out, grad = d.maybe(d.out(*shape)), d.maybe(d.out(*shape))
+    return dict(out=out, grad=grad, pred=d.a(*shape), target=d.a(*shape), **scalars,
+                reduction=reduction)
+
+
 def _embedding(d, backward):
     m, v, dim = d.int(1, 6), d.int(1, 5), d.int(1, 4)
     indices = d.rng.integers(0, v, m).astype(d.pick(LABEL_DTYPES + (np.uint64, np.int16)))
@@ -420,6 +471,12 @@ MAKERS = {
     "log_softmax_backward": lambda d: _rows(d, True),
     "softmax_cross_entropy_forward": _cross_entropy,
     "mse_forward": _mse,
+    "cross_entropy_forward": lambda d: _class_loss(d, False),
+    "cross_entropy_backward": lambda d: _class_loss(d, True),
+    "bce_with_logits_forward": lambda d: _bce_with_logits(d, False),
+    "bce_with_logits_backward": lambda d: _bce_with_logits(d, True),
+    "pointwise_loss_forward": lambda d: _pointwise_loss(d, False),
+    "pointwise_loss_backward": lambda d: _pointwise_loss(d, True),
     "dropout_forward": lambda d: _dropout(d, False),
     "dropout_backward": lambda d: _dropout(d, True),
     "sgd_step": _sgd,
@@ -537,7 +594,8 @@ def _bad_indices(op, args):
     if op == "max_pool2d_backward":
         h, w = args["dx"].shape[2:]
         return "argmax", [2**30, -1, h * w, -2**31]
-    if op == "softmax_cross_entropy_forward":
+    if op in ("softmax_cross_entropy_forward", "cross_entropy_forward",
+              "cross_entropy_backward"):
         c = args["logits"].shape[1]
         info = np.iinfo(args["labels"].dtype)
         vals = [c, info.max]

@@ -134,6 +134,16 @@ def _exercise_float32():
     for grad in (np.empty_like(z), None):
         call("softmax_cross_entropy_forward", grad, z, labels)
         call("mse_forward", grad, z, g)
+    w3 = a(7)
+    for red in ("mean", "none"):
+        out, grad = (np.empty(3, f), None) if red == "none" else (None, np.empty_like(z))
+        call("cross_entropy_forward", out, grad, z, labels, w3, -100, 0.1, False, red)
+        out, grad = (np.empty_like(z), None) if red == "none" else (None, np.empty_like(z))
+        call("bce_with_logits_forward", out, grad, z, g, z, w3, red)
+        call("pointwise_loss_forward", out, grad, z, g, "huber", 0.5, red)
+    call("cross_entropy_backward", np.empty_like(z), a(3), z, labels, None, -100, 0.0, True)
+    call("bce_with_logits_backward", np.empty_like(z), g, z, g, None, None)
+    call("pointwise_loss_backward", np.empty_like(z), g, z, g, "smooth_l1", 0.5)
 
     mask = np.empty(z.shape, np.uint8)
     call("dropout_forward", np.empty_like(z), mask, z, 0.5, 3)

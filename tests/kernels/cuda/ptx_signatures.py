@@ -90,7 +90,19 @@ def losses():
             + [(m._cross_entropy_mean_kernel, (F1, F1, labels, int64)) for labels in label_types]
             + [(m._mse_kernel, (F1, F1, F1, F1, float32)),
                (m._mse_kernel, (NONE, F1, F1, F1, float32)),
-               (m._mean_kernel, (F1, F1, float32))])
+               (m._mean_kernel, (F1, F1, float32))]
+            # the losses with PyTorch's arguments, twice each (PTX builds cost ~1 s per
+            # signature and architecture): the backward (grad from dout) with weights, and
+            # the "none" forward (out) without
+            + [(m._cross_entropy_setup_kernel, (F1, I1, F1, int64, int64))]
+            + [(m._cross_entropy_kernel, (out, grad, F1, F2, I1, w, int64, float32, boolean,
+                                          boolean, F1, dout, int64))
+               for out, grad, dout, w in ((NONE, F2, F1, F1), (F1, NONE, NONE, NONE))]
+            + [(m._cross_entropy_total_kernel, (F1, F1, boolean))]
+            + [(m._bce_with_logits_kernel, (out, grad, F1, F1, F1, w, w, float32, dout))
+               for out, grad, dout, w in ((NONE, F1, F1, F1), (F1, NONE, NONE, NONE))]
+            + [(m._pointwise_kernel, (out, grad, F1, F1, F1, int64, float32, float32, dout))
+               for out, grad, dout in ((NONE, F1, F1), (F1, NONE, NONE))])
 
 
 def dropout():

@@ -148,3 +148,93 @@ def test_losses_are_deterministic(rng, ce, mse):
     loss, _ = mse(pred, target)
     assert (float(ce(logits, labels)[0]), float(loss)) == a
     assert loss == a[1] and f"{loss:.3f}" == f"{a[1]:.3f}" and loss + 1 == a[1] + 1
+
+
+# ---- the losses with PyTorch's arguments: against the reference and the CPU kernels -------
+
+from .. import test_losses as cpu  # noqa: E402
+
+CE_OPTIONS = list(cpu.CE_OPTIONS)
+
+
+def _on_cuda(op, dev, host, garbage, x, reduction, *args):
+    """(loss or out, gradient; for "none" the backward's of ones) of a CUDA forward op, its
+    array arguments copied to the device."""
+    args = [dev(a) if isinstance(a, np.ndarray) else a for a in args]
+    none = reduction == "none"
+    out_shape = x.shape[:1] if op == "cross_entropy" else x.shape
+    out = garbage(out_shape, x.dtype) if none else None
+    grad = None if none else garbage(x.shape, x.dtype)
+    loss = kernel(op + "_forward", "cuda")(out, grad, dev(x), *args, reduction)
+    if none:
+        assert loss is None
+        grad = garbage(x.shape, x.dtype)
+        kernel(op + "_backward", "cuda")(grad, dev(np.ones(out_shape, x.dtype)), dev(x), *args)
+        return host(out), host(grad)
+    assert isinstance(loss, DeviceScalar)
+    return float(loss), host(grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("opt", CE_OPTIONS)
+def test_cross_entropy_general_matches_reference_and_cpu(rng, dtype, close, dev, host, garbage, opt,
+                                                         reduction):
+    logits, labels, weight, ignore, eps, log_probs = cpu._ce_inputs(rng, (5, 3), dtype, opt)
+    args = (labels, weight, ignore, eps, log_probs)
+    loss, grad = _on_cuda("cross_entropy", dev, host, garbage, logits, reduction, *args)
+    rloss, rgrad = ref.cross_entropy(logits, *args, reduction)
+    np.testing.assert_allclose(loss, rloss, rtol=2e-5, atol=2e-5)
+    close(grad, rgrad)
+    closs, cgrad = cpu._ce_general(logits, *args, reduction)
+    np.testing.assert_allclose(loss, closs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, cgrad, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy_general_label_out_of_range(rng, dev, host, garbage):
+    """A label outside [0, C) that is not ignore_index: never an index, NaN rows, and
+    reading the loss raises (the raw launcher; kernel() refuses it before the launch)."""
+    logits = rng.standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, 3, -100, 1])
+    grad = garbage(logits.shape, logits.dtype)
+    loss = _kernel("cross_entropy_forward", "cuda")(None, grad, dev(logits), dev(labels), None,
+                                                    -100, 0.0, False, "mean")
+    with pytest.raises(ValueError, match="1 label.*out of range for 3 classes"):
+        float(loss)
+    g = host(grad)
+    assert np.all(np.isnan(g[1])) and np.all(g[2] == 0) and np.all(np.isfinite(g[[0, 3]]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weights", [False, True])
+def test_bce_with_logits_matches_reference_and_cpu(rng, dtype, close, dev, host, garbage, weights,
+                                                   reduction):
+    x, target, weight, pos_weight = cpu._bce_inputs(rng, (5, 3), dtype)
+    if not weights:
+        weight = pos_weight = None
+    loss, grad = _on_cuda("bce_with_logits", dev, host, garbage, x, reduction, target, weight,
+                          pos_weight)
+    rloss, rgrad = ref.bce_with_logits(x, target, weight, pos_weight, reduction)
+    np.testing.assert_allclose(loss, rloss, rtol=2e-5, atol=2e-5)
+    close(grad, rgrad)
+    closs, cgrad = cpu._run("bce_with_logits", x, reduction, target, weight, pos_weight, None)
+    np.testing.assert_allclose(loss, closs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, cgrad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("loss_beta", cpu.POINTWISE, ids=str)
+def test_pointwise_loss_matches_reference_and_cpu(rng, dtype, close, dev, host, garbage, loss_beta,
+                                                  reduction):
+    name, beta = loss_beta
+    pred = rng.standard_normal((3, 5)).astype(dtype)
+    target = rng.standard_normal((3, 5)).astype(dtype)
+    target.flat[0] = pred.flat[0]
+    target.flat[1] = pred.flat[1] - dtype.type(beta)
+    loss, grad = _on_cuda("pointwise_loss", dev, host, garbage, pred, reduction, target, name,
+                          beta)
+    rloss, rgrad = ref.pointwise_loss(pred, target, name, beta, reduction)
+    np.testing.assert_allclose(loss, rloss, rtol=2e-5, atol=2e-5)
+    close(grad, rgrad, scale=1.0 / pred.size if reduction == "mean" else 1.0)
+    closs, cgrad = cpu._run("pointwise_loss", pred, reduction, target, name, beta)
+    np.testing.assert_allclose(loss, closs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, cgrad, rtol=1e-5, atol=1e-6)
