@@ -17,7 +17,7 @@ import numpy as np
 
 from numba import njit, prange
 
-from ._jit import parallel_kernel
+from ._jit import parallel_kernel, parallel_kernel_ordered
 from .elementwise import accumulate, add  # noqa: F401  (their old home)
 
 
@@ -86,7 +86,9 @@ def norm_mode(norm_type):
     return NORM_POW
 
 
-@parallel_kernel
+# NOTE: no reassociation: the serial and the parallel build vectorised the sums of |x| and
+# |x|^p differently (other float32 bits); in order, every build gives the same bits
+@parallel_kernel_ordered
 def _norm_partial(partial, x, p, mode):
     t = x.dtype.type
     pp = t(p)
