@@ -209,6 +209,22 @@ def test_resume_with_step_and_plateau_schedules_and_clipping_bit_for_bit(tmp_pat
     assert_same_state(straight, resumed)
 
 
+def test_a_malformed_plateau_state_is_refused_and_changes_nothing(tmp_path):
+    from fastnet.errors import FileFormatError
+    from fastnet.serialization import read_npz, write_npz
+
+    trainer, train_loader, val_loader = setup(0, schedule=ReduceLROnPlateau(),
+                                              checkpoint_dir=tmp_path)
+    trainer.fit(train_loader, val_loader, epochs=1)
+    meta, arrays = read_npz(tmp_path / "checkpoint.npz", "test", kind="checkpoint")
+    meta["schedule"]["state"]["num_bad_epochs"] = -3
+    write_npz(tmp_path / "bad.npz", meta, arrays, "test")
+    fresh, _, _ = setup(0, schedule=ReduceLROnPlateau())
+    with pytest.raises(FileFormatError, match="the counters must be ints >= 0"):
+        fresh.resume(tmp_path / "bad.npz")
+    assert fresh.epoch == 0 and fresh.schedule.last_epoch == 0
+
+
 def test_schedule_granularity_and_plateau_checks():
     """A callable with granularity "step" gets the run's step count before every step;
     a plateau schedule must match the monitor and needs validation data."""
