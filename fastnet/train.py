@@ -1,12 +1,14 @@
 """Training loops: ``Trainer(model, optimizer).fit(train_loader, val_loader, epochs)``.
 
 One epoch: for each batch, zero_grad, forward, loss, backward, optimizer step; then the
-validation loss and accuracy. Around it: a learning-rate schedule set per epoch, a tqdm
-progress bar, early stopping, and checkpoints.
+validation loss and accuracy. Around it: a learning-rate schedule (set per epoch, before
+every optimizer step, or after validation: ``granularity``), optional gradient clipping
+before every step, a tqdm progress bar, early stopping, and checkpoints.
 
 A checkpoint is one ``.npz`` file (fastnet's model format, extended): the model's
 architecture and parameters, the optimizer's buffers, step counts and hyper-parameters,
-the epoch, the history, the best epoch, fastnet's global RNG state, the DataLoaders'
+the epoch, the optimizer steps taken, the schedule's configuration and counters, the
+history, the best epoch, fastnet's global RNG state, the DataLoaders'
 shuffling generators, per-layer state such as Dropout's call counter, and the run's
 config. Resuming from it gives bit for bit the run that was not interrupted.
 ``fastnet.load`` reads the model out of a checkpoint.
