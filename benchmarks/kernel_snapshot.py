@@ -589,6 +589,25 @@ def add_case(shape, dt):
     return Case(name, ("add", "accumulate"), fn)
 
 
+def clip_case(shape, dt):
+    name = f"clip/{'x'.join(map(str, shape))}-{_tag(dt)}"
+
+    def fn(c):
+        x = c.rand(shape, dt)
+        got = {}
+        for p in (2.0, 1.0, float("inf"), 3.0):
+            out = c.out((1,), dt)
+            c.k("vector_norm")(out, x, p)
+            got[f"vector_norm.out.p{p}"] = out
+        c.k("scale")(x, 0.37)
+        got["scale.x"] = x
+        y = c.rand(shape, dt)
+        c.k("clamp")(y, -0.3, 0.4)
+        got["clamp.x"] = y
+        return got
+    return Case(name, ("vector_norm", "scale", "clamp"), fn)
+
+
 def misc_cases():
     big = (1 << 18) + 5  # past PARALLEL_MIN_WORK's default: vector loops with a tail
     cases = [mse_case(s, dt) for dt in (F32, F64) for s in [(1,), (7, 3), (5000,), (64, 10)]]
@@ -609,6 +628,7 @@ def misc_cases():
                                      ((3, 4, 5), 1e-2, True, 1), ((big,), 0.0, True, 10)]]
     cases += [add_case(s, dt) for dt in (F32, F64)
               for s in [(1,), (7, 9), (2, 3, 5, 7), (big,)]]
+    cases += [clip_case(s, dt) for dt in (F32, F64) for s in [(1,), (7, 9), (big,)]]
     return cases
 
 

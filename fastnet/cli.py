@@ -23,6 +23,7 @@ TEXT_DEFAULTS = {"epochs": 12, "batch_size": 64, "optimizer": "adam", "weight_de
                  "val_fraction": 0.05}
 TEXT_TEST_FRACTION = 0.05  # the text's last 5% tests
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+PLATEAU_PATIENCE = 2  # --schedule plateau: x0.1 after 3 epochs without a better --monitor
 
 
 def _fail(command, message) -> int:
@@ -132,13 +133,118 @@ def _write_outputs(trainer, model, out, save, write_metrics) -> int:
     return 0
 
 
+def _schedule_words(args):
+    """The schedule and clipping in the training run's first line."""
+    words = f"{args.schedule} schedule"
+    if args.warmup:
+        words += f", {args.warmup} warmup steps"
+    if args.clip_grad_norm is not None:
+        words += f", gradient norm clipped to {args.clip_grad_norm:g}"
+    return words
+
+
+def _schedule_problem(args):
+    """Why --schedule / --warmup / --clip-grad-norm cannot go together (checked before
+    anything is loaded), or None."""
+    if args.warmup and args.schedule not in ("cosine", "constant"):
+        return (f"--warmup is for --schedule cosine or constant (--schedule {args.schedule}"
+                + (" warms up by itself, over its first 30% of the steps)"
+                   if args.schedule == "onecycle" else ")"))
+    if args.schedule == "plateau" and args.val_fraction == 0:
+        return "--schedule plateau needs validation data: use --val-fraction > 0"
+    return None
+
+
+def _schedule(args, steps_per_epoch):
+    """The Trainer's schedule for --schedule and --warmup, or an error message (str)."""
+    from .train import CosineLR, OneCycleLR, ReduceLROnPlateau, StepLR, WarmupCosine
+
+    total = args.epochs * steps_per_epoch
+    if args.warmup:
+        if args.warmup >= total:
+            return (f"--warmup {args.warmup} must be below the run's {total} optimizer steps "
+                    f"({args.epochs} epochs of {steps_per_epoch})")
+        # constant: the cosine from lr to lr
+        return WarmupCosine(args.warmup, total,
+                            min_lr=args.lr if args.schedule == "constant" else 0.0)
+    return {"cosine": lambda: CosineLR(args.epochs),
+            "step": lambda: StepLR(max(1, args.epochs // 3), 0.1),
+            "onecycle": lambda: OneCycleLR(args.lr, total),
+            "plateau": lambda: ReduceLROnPlateau("min" if args.monitor == "val_loss" else "max",
+                                                 patience=PLATEAU_PATIENCE),
+            "constant": lambda: None}[args.schedule]()
+
+
+def _fit(args, out, resume, model, train_loader, val_loader, config, header, test,
+         bits_per_char=False) -> int:
+    """What train's image and text paths share: the optimizer, the schedule, the config
+    recorded in checkpoints and metrics.json, the Trainer, resuming, the run and its
+    errors, the test (``test(trainer)`` -> metrics, printed) and the files."""
+    from . import distributed as dist
+    from .optim import SGD, Adam
+    from .train import NonFiniteLossError, Trainer
+
+    fail = functools.partial(_fail, "train")
+    if args.optimizer == "sgd":
+        opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        opt = Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = _schedule(args, len(train_loader))
+    if isinstance(schedule, str):
+        return fail(schedule)
+    config = {**{k: getattr(args, k) for k in (
+        "model", "data", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
+        "warmup", "clip_grad_norm", "val_fraction", "patience", "monitor", "seed", "device",
+        "augment", "workers")},
+        **config}
+    test_metrics = None
+
+    def write_metrics(trainer, record=None):
+        if out is not None and dist.is_main():
+            _write_json(os.path.join(out, "metrics.json"), {
+                "config": config, "history": trainer.history, "best": trainer.best,
+                "stop_reason": trainer.stop_reason, "test": test_metrics})
+
+    trainer = Trainer(model, opt, schedule=schedule, device=args.device, progress=args.progress,
+                      checkpoint_dir=out, patience=args.patience, monitor=args.monitor,
+                      on_epoch_end=write_metrics, config=config, bits_per_char=bits_per_char,
+                      clip_grad_norm=args.clip_grad_norm)
+    if resume is not None:
+        try:
+            trainer.resume(resume)
+        except (ValueError, OSError) as e:
+            return fail(f"{e} (nothing was written; resume with the options of the run that "
+                        "wrote the checkpoint)")
+    print(header, flush=True)
+    if resume is not None:
+        print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
+    try:
+        # NumPy's overflow warnings from a diverging run would bury the one-line message
+        with np.errstate(over="ignore", invalid="ignore"):
+            trainer.fit(train_loader, val_loader, epochs=args.epochs)
+    except KeyboardInterrupt:
+        write_metrics(trainer)
+        where = f"; continue with --resume {out}" if out is not None else ""
+        if dist.is_main():  # (every rank got it: one says so)
+            print(f"fastnet train: interrupted{where}", file=sys.stderr)
+        return INTERRUPTED
+    except NonFiniteLossError as e:
+        write_metrics(trainer)
+        if dist.is_main():  # (the loss is summed over the ranks: all of them stop here)
+            print(f"fastnet train: {e}", file=sys.stderr)
+        return 1
+    test_metrics = test(trainer)
+    if not dist.is_main():  # rank 0 writes the files
+        return 0
+    return _write_outputs(trainer, model, out, args.save, write_metrics)
+
+
 def train(args) -> int:
     import fastnet
     from .data import ArrayDataset, DataLoader, train_val_split
     from .models import MODELS
-    from .optim import SGD, Adam
     from . import distributed as dist
-    from .train import CosineLR, NonFiniteLossError, StepLR, Trainer, _checkpoint_path
+    from .train import _checkpoint_path
 
     fail = functools.partial(_fail, "train")
     from .models import TEXT_MODELS
@@ -185,6 +291,8 @@ def train(args) -> int:
                         f"with --resume {out}, or choose another --out")
     if args.patience is not None and args.val_fraction == 0:
         return fail("--patience needs validation data: use --val-fraction > 0")
+    if (message := _schedule_problem(args)) is not None:
+        return fail(message)
     if args.lr is None:
         from .models import MODEL_LR
 
@@ -223,64 +331,23 @@ def train(args) -> int:
     in_shape = tuple(int(d) for d in x_train.shape[1:])
     num_classes = 10 if args.data in DATA_SETS else int(y_train.max()) + 1
     model = MODELS[args.model](in_shape=in_shape, num_classes=num_classes)
-    if args.optimizer == "sgd":
-        opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    else:
-        opt = Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = {"cosine": CosineLR(args.epochs), "step": StepLR(max(1, args.epochs // 3), 0.1),
-                "constant": None}[args.schedule]
-    config = {k: getattr(args, k) for k in (
-        "model", "data", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
-        "val_fraction", "patience", "monitor", "seed", "device", "augment", "workers")}
-    config["in_shape"] = list(in_shape)
-    test_metrics = None
-
-    def write_metrics(trainer, record=None):
-        if out is not None and dist.is_main():
-            _write_json(os.path.join(out, "metrics.json"), {
-                "config": config, "history": trainer.history, "best": trainer.best,
-                "stop_reason": trainer.stop_reason, "test": test_metrics})
-
-    trainer = Trainer(model, opt, schedule=schedule, device=args.device, progress=args.progress,
-                      checkpoint_dir=out, patience=args.patience, monitor=args.monitor,
-                      on_epoch_end=write_metrics, config=config)
-    if resume is not None:
-        try:
-            trainer.resume(resume)
-        except (ValueError, OSError) as e:
-            return fail(f"{e} (nothing was written; resume with the options of the run that "
-                        "wrote the checkpoint)")
     n_params = sum(p.data.size for p in model.parameters())
     batch = (f"batch {args.batch_size}" if world == 1 else
              f"batch {args.batch_size} per rank x {world} ranks = {args.batch_size * world}")
     sizes = f"{len(train_set)} train / " + (f"{len(val_set)} validation / " if val_set is not None else "")
-    print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
-          f"{_description(args.data, num_classes)}, {sizes}{len(x_test)} test images, {args.optimizer} "
-          f"lr={args.lr} ({args.schedule} schedule), {batch}, {args.epochs} "
-          f"epochs, on {args.device}", flush=True)
-    if resume is not None:
-        print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
-    try:
-        # NumPy's overflow warnings from a diverging run would bury the one-line message
-        with np.errstate(over="ignore", invalid="ignore"):
-            trainer.fit(train_loader, val_loader, epochs=args.epochs)
-    except KeyboardInterrupt:
-        write_metrics(trainer)
-        where = f"; continue with --resume {out}" if out is not None else ""
-        if dist.is_main():  # (every rank got it: one says so)
-            print(f"fastnet train: interrupted{where}", file=sys.stderr)
-        return INTERRUPTED
-    except NonFiniteLossError as e:
-        write_metrics(trainer)
-        if dist.is_main():  # (the loss is summed over the ranks: all of them stop here)
-            print(f"fastnet train: {e}", file=sys.stderr)
-        return 1
-    test_metrics = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), args.batch_size))
-    print(f"test accuracy: {100 * test_metrics['acc']:.2f}% ({len(x_test)} held-out images), "
-          f"test loss {test_metrics['loss']:.4f}")
-    if not dist.is_main():  # rank 0 writes the files
-        return 0
-    return _write_outputs(trainer, model, out, args.save, write_metrics)
+    header = (f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
+              f"{_description(args.data, num_classes)}, {sizes}{len(x_test)} test images, {args.optimizer} "
+              f"lr={args.lr} ({_schedule_words(args)}), {batch}, {args.epochs} "
+              f"epochs, on {args.device}")
+
+    def test(trainer):
+        metrics = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), args.batch_size))
+        print(f"test accuracy: {100 * metrics['acc']:.2f}% ({len(x_test)} held-out images), "
+              f"test loss {metrics['loss']:.4f}")
+        return metrics
+
+    return _fit(args, out, resume, model, train_loader, val_loader, {"in_shape": list(in_shape)},
+                header, test)
 
 
 DESCRIPTIONS = {"digits": "the 8x8 digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
@@ -335,9 +402,8 @@ def _train_text(args, out, resume) -> int:
     import fastnet
     from .data import DataLoader
     from .models import TEXT_MODELS
-    from .optim import SGD, Adam
     from . import distributed as dist
-    from .train import CosineLR, NonFiniteLossError, StepLR, Trainer, bits
+    from .train import bits
 
     fail = functools.partial(_fail, "train")
     world = dist.world_size()
@@ -352,66 +418,26 @@ def _train_text(args, out, resume) -> int:
     val_loader = (DataLoader(val_set, args.batch_size, int_features=True)
                   if val_set is not None else None)
     model = TEXT_MODELS[args.model](vocab.chars)
-    if args.optimizer == "sgd":
-        opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    else:
-        opt = Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = {"cosine": CosineLR(args.epochs), "step": StepLR(max(1, args.epochs // 3), 0.1),
-                "constant": None}[args.schedule]
-    config = {k: getattr(args, k) for k in (
-        "model", "data", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
-        "val_fraction", "patience", "monitor", "seed", "device", "seq_len")}
-    test_metrics = None
-
-    def write_metrics(trainer, record=None):
-        if out is not None and dist.is_main():
-            _write_json(os.path.join(out, "metrics.json"), {
-                "config": config, "history": trainer.history, "best": trainer.best,
-                "stop_reason": trainer.stop_reason, "test": test_metrics})
-
-    trainer = Trainer(model, opt, schedule=schedule, device=args.device, progress=args.progress,
-                      checkpoint_dir=out, patience=args.patience, monitor=args.monitor,
-                      on_epoch_end=write_metrics, config=config, bits_per_char=True)
-    if resume is not None:
-        try:
-            trainer.resume(resume)
-        except (ValueError, OSError) as e:
-            return fail(f"{e} (nothing was written; resume with the options of the run that "
-                        "wrote the checkpoint)")
     n_params = sum(p.data.size for p in model.parameters())
     chars = data["chars"]
     batch = (f"batch {args.batch_size}" if world == 1 else
              f"batch {args.batch_size} per rank x {world} ranks = {args.batch_size * world}")
-    print(f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
-          f"{DESCRIPTIONS['text']}, {len(vocab)} characters in the vocabulary, "
-          f"{chars[0]} train / {chars[1]} validation / {chars[2]} test characters, windows of "
-          f"{args.seq_len} ({len(train_set)} per epoch), {args.optimizer} lr={args.lr} "
-          f"({args.schedule} schedule), {batch}, {args.epochs} epochs, on {args.device}",
-          flush=True)
-    if resume is not None:
-        print(f"resumed from {resume} after epoch {trainer.epoch}", flush=True)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            trainer.fit(train_loader, val_loader, epochs=args.epochs)
-    except KeyboardInterrupt:
-        write_metrics(trainer)
-        where = f"; continue with --resume {out}" if out is not None else ""
-        if dist.is_main():
-            print(f"fastnet train: interrupted{where}", file=sys.stderr)
-        return INTERRUPTED
-    except NonFiniteLossError as e:
-        write_metrics(trainer)
-        if dist.is_main():
-            print(f"fastnet train: {e}", file=sys.stderr)
-        return 1
-    test_metrics = trainer.evaluate(DataLoader(test_set, args.batch_size, int_features=True))
-    test_metrics["bpc"] = bits(test_metrics["loss"])
-    print(f"test: {test_metrics['bpc']:.3f} bits/char (loss {test_metrics['loss']:.4f}), "
-          f"next-character accuracy {100 * test_metrics['acc']:.2f}% ({len(test_set)} held-out "
-          f"windows of {args.seq_len} characters)")
-    if not dist.is_main():
-        return 0
-    return _write_outputs(trainer, model, out, args.save, write_metrics)
+    header = (f"fastnet {fastnet.__version__}: training {args.model} ({n_params} parameters) on "
+              f"{DESCRIPTIONS['text']}, {len(vocab)} characters in the vocabulary, "
+              f"{chars[0]} train / {chars[1]} validation / {chars[2]} test characters, windows of "
+              f"{args.seq_len} ({len(train_set)} per epoch), {args.optimizer} lr={args.lr} "
+              f"({_schedule_words(args)}), {batch}, {args.epochs} epochs, on {args.device}")
+
+    def test(trainer):
+        metrics = trainer.evaluate(DataLoader(test_set, args.batch_size, int_features=True))
+        metrics["bpc"] = bits(metrics["loss"])
+        print(f"test: {metrics['bpc']:.3f} bits/char (loss {metrics['loss']:.4f}), "
+              f"next-character accuracy {100 * metrics['acc']:.2f}% ({len(test_set)} held-out "
+              f"windows of {args.seq_len} characters)")
+        return metrics
+
+    return _fit(args, out, resume, model, train_loader, val_loader, {"seq_len": args.seq_len},
+                header, test, bits_per_char=True)
 
 
 def generate(args) -> int:
@@ -759,9 +785,24 @@ def build_parser():
                         "lstm: 0.5 and 0.01; char-lstm: 1.0 and 0.003)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd (momentum 0.9) or adam (default: sgd; --data text: adam)")
-    t.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine",
-                   help="learning rate per epoch: cosine decay to 0 over --epochs, step (x0.1 "
-                        "every third of the epochs) or constant (default: %(default)s)")
+    t.add_argument("--schedule", choices=["cosine", "step", "constant", "onecycle", "plateau"],
+                   default="cosine",
+                   help="learning rate: cosine decay to 0 over --epochs (per epoch; per step "
+                        "with --warmup), step (x0.1 every third of the epochs), constant, "
+                        "onecycle (per step: up from lr/25 to --lr over the first 30%% of the "
+                        "steps, then down to lr/25e4; PyTorch's OneCycleLR without momentum "
+                        "cycling) or plateau (x0.1 after "
+                        f"{PLATEAU_PATIENCE + 1} epochs without a better --monitor value; needs "
+                        "validation data) (default: %(default)s)")
+    t.add_argument("--warmup", type=_int_at_least(0), default=0, metavar="STEPS",
+                   help="with --schedule cosine or constant: raise the lr linearly over the "
+                        "first STEPS optimizer steps (batches), lr*k/STEPS on step k, then "
+                        "decay it per step (cosine) or keep it (constant) (default: 0, no "
+                        "warmup)")
+    t.add_argument("--clip-grad-norm", type=_float(positive=True), default=None, metavar="MAX",
+                   help="before every optimizer step, scale the gradients so that their "
+                        "total 2-norm is at most MAX (PyTorch's clip_grad_norm_) (default: "
+                        "off)")
     t.add_argument("--weight-decay", type=_float(positive=False), default=None,
                    help="L2 weight decay (default: 0.0005; --data text: 0)")
     t.add_argument("--val-fraction", type=_fraction, default=None,

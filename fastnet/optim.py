@@ -3,6 +3,7 @@
 Semantics follow torch.optim (see fastnet/kernels/optim.py). Parameters whose ``.grad``
 is None (no backward reached them since ``zero_grad``) are skipped, as in PyTorch.
 """
+import math
 import numbers
 
 import numpy as np
@@ -211,3 +212,127 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# ---- gradient clipping (torch.nn.utils.clip_grad_norm_ / clip_grad_value_) ----------------
+def _grads(parameters, owner):
+    """The gradients of ``parameters`` (a Parameter or an iterable of them) that are not
+    None, in order."""
+    if isinstance(parameters, Parameter):
+        parameters = [parameters]
+    elif isinstance(parameters, Module):
+        raise TypeError(f"{owner}: expected parameters, got a {type(parameters).__name__} "
+                        "module; pass model.parameters()")
+    try:
+        parameters = list(parameters)
+    except TypeError:
+        raise TypeError(f"{owner}: expected a Parameter or an iterable of Parameters, got "
+                        f"{type(parameters).__name__}") from None
+    for i, p in enumerate(parameters):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"{owner}: parameter {i} is not a fastnet Parameter but "
+                            f"{type(p).__name__}")
+    return [g for p in parameters if (g := p.grad) is not None]
+
+
+def _norm_type(norm_type, owner):
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
+        raise TypeError(f"{owner}: norm_type must be a number (or inf), got {norm_type!r}")
+    p = float(norm_type)
+    if not p > 0:
+        raise ValueError(f"{owner}: norm_type must be > 0 (2, 1, inf or any p > 0), got "
+                         f"{norm_type!r}")
+    return p
+
+
+def _total_norm(norms, p, dtype):
+    """The p-norm of the per-array norms (PyTorch: vector_norm of their stack), in dtype."""
+    n = np.asarray(norms, dtype=dtype)
+    if p == math.inf:
+        return n.max()
+    if p == 1:
+        return n.sum(dtype=dtype)
+    if p == 2:
+        return np.sqrt((n * n).sum(dtype=dtype))
+    t = dtype.type
+    return (np.abs(n) ** t(p)).sum(dtype=dtype) ** (t(1) / t(p))
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False,
+                    foreach=None):
+    """Scale the gradients of ``parameters`` (a Parameter or an iterable) in place so that
+    their total ``norm_type``-norm is at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_``: the total is the norm of the per-gradient norms,
+    each gradient is multiplied by min(1, max_norm / (total + 1e-6)) (in the gradients'
+    dtype; nothing is written when that is exactly 1). Gradients that are None (frozen
+    parameters, or no backward since ``zero_grad``) are skipped.
+
+    Returns the total norm (before clipping) as a Python float, on every device (on CUDA:
+    one copy of the per-gradient norms to the host, which the clip coefficient needs
+    anyway); 0.0 when no parameter has a gradient. ``norm_type``: 2, 1, inf or any p > 0
+    (PyTorch also takes 0 and -inf; fastnet refuses them). ``error_if_nonfinite``: raise
+    RuntimeError when the total is NaN or inf (otherwise the gradients become NaN, as in
+    PyTorch). ``foreach`` is accepted for PyTorch's signature and ignored (every gradient
+    is one kernel call either way). A negative or NaN max_norm is refused (ValueError;
+    PyTorch would flip the gradients' sign). The norms are computed in a fixed order: the same
+    bits for any thread count or launch."""
+    owner = "clip_grad_norm_"
+    p = _norm_type(norm_type, owner)
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise TypeError(f"{owner}: max_norm must be a number, got {max_norm!r}")
+    if foreach is not None and not isinstance(foreach, bool):
+        raise TypeError(f"{owner}: foreach must be None, True or False, got {foreach!r}")
+    max_norm = float(max_norm)
+    if not max_norm >= 0:  # (PyTorch takes a negative max_norm and flips the gradients)
+        raise ValueError(f"{owner}: max_norm must be >= 0, got {max_norm!r}")
+    grads = _grads(parameters, owner)
+    if not grads:
+        return 0.0
+    # per (device, dtype): each gradient's norm into its slot of one array, one host copy
+    groups = {}
+    for g in grads:
+        groups.setdefault((device_of(g), g.dtype), []).append(g)
+    norms = []
+    for (dev, dtype), group in groups.items():
+        out = dev.empty((len(group),), dtype)
+        norm = _kernel("vector_norm", dev)
+        for j, g in enumerate(group):
+            norm(out[j:j + 1], g, p)
+        norms.append(to_numpy(out))
+    dtype = np.result_type(*(d for _, d in groups))
+    with np.errstate(all="ignore"):  # inf and NaN go on as in PyTorch
+        total = _total_norm(np.concatenate(norms), p, dtype)
+    if error_if_nonfinite and not np.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {p} for gradients from `parameters` is non-finite, so "
+            "it cannot be clipped. To disable this error and scale the gradients by the "
+            "non-finite norm anyway, set `error_if_nonfinite=False`")
+    t = dtype.type
+    # NOTE: PyTorch's steps in the norm's dtype: max_norm / (total + 1e-6) is
+    # reciprocal(total + 1e-6) * max_norm, then clamp(max=1) (a NaN stays NaN)
+    with np.errstate(all="ignore"):
+        coef = (t(1) / (total + t(1e-6))) * t(max_norm)
+    if coef > 1:
+        coef = t(1)
+    if coef != 1:  # (x * 1 is x: nothing to write)
+        for g in grads:
+            _kernel("scale", device_of(g))(g, float(coef))
+    return float(total)
+
+
+def clip_grad_value_(parameters, clip_value, foreach=None):
+    """Clamp the gradients of ``parameters`` (a Parameter or an iterable) in place to
+    [-clip_value, clip_value], as ``torch.nn.utils.clip_grad_value_`` (NaN stays NaN;
+    gradients that are None are skipped). Returns None. A negative or NaN clip_value is
+    refused (ValueError); PyTorch would set every gradient to -clip_value."""
+    owner = "clip_grad_value_"
+    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
+        raise TypeError(f"{owner}: clip_value must be a number, got {clip_value!r}")
+    if foreach is not None and not isinstance(foreach, bool):
+        raise TypeError(f"{owner}: foreach must be None, True or False, got {foreach!r}")
+    v = float(clip_value)
+    if not v >= 0:  # (PyTorch's clamp(min=v, max=-v) would set every gradient to -v)
+        raise ValueError(f"{owner}: clip_value must be >= 0, got {clip_value!r}")
+    for g in _grads(parameters, owner):
+        if v != math.inf:
+            _kernel("clamp", device_of(g))(g, -v, v)

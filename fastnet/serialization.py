@@ -388,6 +388,8 @@ def _hyperparameter(v):
 _CHECKPOINT_ENTRIES = {  # entry -> (what it must be, check); checked where present
     "epoch": ("an int >= 0", _is_int),
     "bad_epochs": ("an int >= 0", _is_int),
+    "steps": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "clip_grad_norm": ("null or a number > 0", lambda v: v is None or (_is_real(v) and v > 0)),
     "base_lr": ("a finite number", _is_real),
     "input_shape": (f"null or a list of 1 to 3 positive ints, each at most {MAX_INPUT_DIM}, "
                     f"at most {MAX_INPUT_SIZE} elements in all",

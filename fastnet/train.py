@@ -1,12 +1,14 @@
 """Training loops: ``Trainer(model, optimizer).fit(train_loader, val_loader, epochs)``.
 
 One epoch: for each batch, zero_grad, forward, loss, backward, optimizer step; then the
-validation loss and accuracy. Around it: a learning-rate schedule set per epoch, a tqdm
-progress bar, early stopping, and checkpoints.
+validation loss and accuracy. Around it: a learning-rate schedule (set per epoch, before
+every optimizer step, or after validation: ``granularity``), optional gradient clipping
+before every step, a tqdm progress bar, early stopping, and checkpoints.
 
 A checkpoint is one ``.npz`` file (fastnet's model format, extended): the model's
 architecture and parameters, the optimizer's buffers, step counts and hyper-parameters,
-the epoch, the history, the best epoch, fastnet's global RNG state, the DataLoaders'
+the epoch, the optimizer steps taken, the schedule's configuration and counters, the
+history, the best epoch, fastnet's global RNG state, the DataLoaders'
 shuffling generators, per-layer state such as Dropout's call counter, and the run's
 config. Resuming from it gives bit for bit the run that was not interrupted.
 ``fastnet.load`` reads the model out of a checkpoint.
@@ -14,6 +16,7 @@ config. Resuming from it gives bit for bit the run that was not interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -29,11 +32,13 @@ from .device import Device, to_numpy
 from .errors import FileFormatError
 from .kernels._jit import jit_seconds, on_first_compile
 from .losses import CrossEntropyLoss
+from .optim import clip_grad_norm_
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FORMAT, _describe,
                             _model_meta, check_checkpoint_meta, check_version,
                             input_shape_ok, load_with_meta, read_npz, same_layout, write_npz)
 
-__all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "evaluate", "load_model",
+__all__ = ["Trainer", "NonFiniteLossError", "StepLR", "CosineLR", "WarmupCosine", "OneCycleLR",
+           "ReduceLROnPlateau", "evaluate", "load_model",
            "plot_history", "progress_bar", "bits"]
 
 # Printed (through the Trainer's log) when kernels compile: on a first run, Numba compiles
@@ -60,6 +65,8 @@ class NonFiniteLossError(FloatingPointError):
 class StepLR:
     """lr = base_lr * gamma ** (epoch // step_size), as torch.optim.lr_scheduler.StepLR."""
 
+    granularity = "epoch"
+
     def __init__(self, step_size, gamma=0.1):
         if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) \
                 or step_size < 1:
@@ -79,6 +86,8 @@ class CosineLR:
     """Cosine decay from base_lr at epoch 0 towards min_lr at epoch total_epochs
     (PyTorch's CosineAnnealingLR with T_max=total_epochs, stepped once per epoch)."""
 
+    granularity = "epoch"
+
     def __init__(self, total_epochs, min_lr=0.0):
         if isinstance(total_epochs, bool) or not isinstance(total_epochs, numbers.Integral) \
                 or total_epochs < 1:
@@ -93,6 +102,216 @@ class CosineLR:
 
     def state_dict(self):
         return {"type": "CosineLR", "total_epochs": self.total_epochs, "min_lr": self.min_lr}
+
+
+def _positive_int(value, name, owner, lo=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"{owner}: {name} must be an int >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _real(value, name, owner, ok, want):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and ok(v)):
+        raise ValueError(f"{owner}: {name} must be {want}, got {value!r}")
+    return v
+
+
+# ---- per-step schedules: lr of optimizer step s (0-based, counted over the whole run) -----
+# ``granularity = "step"``: the Trainer calls schedule(step, base_lr) before every
+# optimizer step (the schedules above have "epoch": once per epoch, before its first step).
+class WarmupCosine:
+    """Linear warmup, then cosine decay, per optimizer step s (0-based):
+
+    s < warmup_steps:  lr = base_lr * (s + 1) / warmup_steps  (base_lr / warmup_steps on
+                       the first step, base_lr on step warmup_steps - 1; no step at lr 0)
+    then:              lr = min_lr + (base_lr - min_lr) * (1 + cos(pi * (s - warmup_steps)
+                       / (total_steps - warmup_steps))) / 2, min_lr from total_steps on.
+
+    PyTorch's equivalent is SequentialLR([LinearLR(start_factor=1 / warmup_steps,
+    total_iters=warmup_steps - 1), CosineAnnealingLR(T_max=total_steps - warmup_steps,
+    eta_min=min_lr)], milestones=[warmup_steps]) stepped after every optimizer step
+    (tests/data/make_torch_schedules.py); warmup_steps=0 is CosineAnnealingLR per step."""
+
+    granularity = "step"
+
+    def __init__(self, warmup_steps, total_steps, min_lr=0.0):
+        owner = "WarmupCosine"
+        self.warmup_steps = _positive_int(warmup_steps, "warmup_steps", owner, lo=0)
+        self.total_steps = _positive_int(total_steps, "total_steps", owner)
+        if self.warmup_steps >= self.total_steps:
+            raise ValueError(f"{owner}: warmup_steps ({warmup_steps}) must be below "
+                             f"total_steps ({total_steps})")
+        self.min_lr = _real(min_lr, "min_lr", owner, lambda v: v >= 0, "a number >= 0")
+
+    def __call__(self, step, base_lr):
+        w = self.warmup_steps
+        if step < w:
+            return base_lr * (step + 1) / w
+        t = min(step - w, self.total_steps - w) / (self.total_steps - w)
+        return self.min_lr + (base_lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
+
+    def state_dict(self):
+        return {"type": "WarmupCosine", "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "min_lr": self.min_lr}
+
+
+class OneCycleLR:
+    """The 1cycle policy per optimizer step, as torch.optim.lr_scheduler.OneCycleLR's
+    lr sequence (stepped after every optimizer step): from max_lr / div_factor up to
+    max_lr over the first pct_start of total_steps, then down to max_lr / div_factor /
+    final_div_factor (three_phase: back to the initial lr first, then down). The
+    optimizer's own lr is not used. anneal_strategy "cos" or "linear". PyTorch also
+    cycles the momentum (SGD's momentum, Adam's beta1) inversely by default; fastnet
+    does not (cycle_momentum=False in PyTorch terms). Stepping past total_steps raises
+    ValueError, as PyTorch does."""
+
+    granularity = "step"
+
+    def __init__(self, max_lr, total_steps, pct_start=0.3, anneal_strategy="cos",
+                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+        owner = "OneCycleLR"
+        self.max_lr = _real(max_lr, "max_lr", owner, lambda v: v > 0, "a number > 0")
+        self.total_steps = _positive_int(total_steps, "total_steps", owner)
+        self.pct_start = _real(pct_start, "pct_start", owner, lambda v: 0 <= v <= 1,
+                               "in [0, 1]")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"{owner}: anneal_strategy must be 'cos' or 'linear', got "
+                             f"{anneal_strategy!r}")
+        self.anneal_strategy = anneal_strategy
+        self.div_factor = _real(div_factor, "div_factor", owner, lambda v: v > 0, "> 0")
+        self.final_div_factor = _real(final_div_factor, "final_div_factor", owner,
+                                      lambda v: v > 0, "> 0")
+        self.three_phase = bool(three_phase)
+
+    def __call__(self, step, base_lr=None):
+        if step > self.total_steps:
+            raise ValueError(f"OneCycleLR: tried to step {step} times; the specified number "
+                             f"of total steps is {self.total_steps}")
+        initial = self.max_lr / self.div_factor
+        low = initial / self.final_div_factor
+        n, pct = self.total_steps, self.pct_start
+        if self.three_phase:
+            phases = [(float(pct * n) - 1, initial, self.max_lr),
+                      (float(2 * pct * n) - 2, self.max_lr, initial), (n - 1, initial, low)]
+        else:
+            phases = [(float(pct * n) - 1, initial, self.max_lr), (n - 1, self.max_lr, low)]
+        start = 0
+        for i, (end, lr0, lr1) in enumerate(phases):
+            if step <= end or i == len(phases) - 1:
+                t = (step - start) / (end - start)  # PyTorch's arithmetic, step by step
+                if self.anneal_strategy == "cos":
+                    return lr1 + (lr0 - lr1) / 2.0 * (math.cos(math.pi * t) + 1)
+                return (lr1 - lr0) * t + lr0
+            start = end
+
+    def state_dict(self):
+        return {"type": "OneCycleLR", "max_lr": self.max_lr, "total_steps": self.total_steps,
+                "pct_start": self.pct_start, "anneal_strategy": self.anneal_strategy,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor,
+                "three_phase": self.three_phase}
+
+
+class ReduceLROnPlateau:
+    """Reduce the lr by ``factor`` when a metric has stopped improving, with
+    torch.optim.lr_scheduler.ReduceLROnPlateau's decisions step by step (``granularity =
+    "plateau"``). ``step(metric, lr)`` takes one epoch's metric and the current lr and
+    returns the lr for the next epoch. The Trainer steps it after each epoch's validation
+    with its ``monitor`` (val_loss: mode "min"; val_acc: mode "max"); it needs a
+    validation loader. Its counters are in ``state_dict()`` (and the Trainer's
+    checkpoints)."""
+
+    granularity = "plateau"
+    _STATE = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
+
+    def __init__(self, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        owner = "ReduceLROnPlateau"
+        if mode not in ("min", "max"):
+            raise ValueError(f"{owner}: mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"{owner}: threshold_mode must be 'rel' or 'abs', got "
+                             f"{threshold_mode!r}")
+        self.mode, self.threshold_mode = mode, threshold_mode
+        self.factor = _real(factor, "factor", owner, lambda v: 0 <= v < 1, "in [0, 1)")
+        self.patience = _positive_int(patience, "patience", owner, lo=0)
+        self.threshold = _real(threshold, "threshold", owner, lambda v: v >= 0, ">= 0")
+        self.cooldown = _positive_int(cooldown, "cooldown", owner, lo=0)
+        self.min_lr = _real(min_lr, "min_lr", owner, lambda v: v >= 0, ">= 0")
+        self.eps = _real(eps, "eps", owner, lambda v: v >= 0, ">= 0")
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = self.last_epoch = 0
+
+    def _is_better(self, a, best):
+        if self.mode == "min":
+            return a < (best * (1.0 - self.threshold) if self.threshold_mode == "rel"
+                        else best - self.threshold)
+        return a > (best * (self.threshold + 1.0) if self.threshold_mode == "rel"
+                    else best + self.threshold)
+
+    def step(self, metric, lr):
+        """One epoch's ``metric``; returns the lr to continue with (``lr`` or reduced)."""
+        current = float(metric)
+        self.last_epoch += 1
+        if self._is_better(current, self.best):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0  # bad epochs in the cooldown do not count
+        if self.num_bad_epochs > self.patience:
+            new_lr = max(lr * self.factor, self.min_lr)
+            if lr - new_lr > self.eps:
+                lr = new_lr
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        return lr
+
+    def state_dict(self):
+        """The configuration and, under "state", the counters (JSON: inf as a string)."""
+        best = self.best if math.isfinite(self.best) else repr(self.best)
+        return {"type": "ReduceLROnPlateau", "mode": self.mode, "factor": self.factor,
+                "patience": self.patience, "threshold": self.threshold,
+                "threshold_mode": self.threshold_mode, "cooldown": self.cooldown,
+                "min_lr": self.min_lr, "eps": self.eps,
+                "state": {"best": best, "num_bad_epochs": self.num_bad_epochs,
+                          "cooldown_counter": self.cooldown_counter,
+                          "last_epoch": self.last_epoch}}
+
+    def load_state_dict(self, state):
+        """Restore the counters of ``state_dict()`` (its configuration is this object's);
+        ValueError for a malformed state, before anything changes."""
+        s = state.get("state") if isinstance(state, dict) else None
+        if not isinstance(s, dict) or set(s) != set(self._STATE):
+            raise ValueError(f"ReduceLROnPlateau.load_state_dict: expected a state with "
+                             f"{list(self._STATE)}, got {str(state)[:120]}")
+        best = s["best"]
+        if isinstance(best, str) and best in ("inf", "-inf", "nan"):
+            best = float(best)
+        if isinstance(best, bool) or not isinstance(best, numbers.Real):
+            raise ValueError(f"ReduceLROnPlateau.load_state_dict: best must be a number, got "
+                             f"{best!r}")
+        counts = [s[k] for k in self._STATE[1:]]
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0
+                   for c in counts):
+            raise ValueError(f"ReduceLROnPlateau.load_state_dict: the counters must be ints "
+                             f">= 0, got {counts}")
+        self.best = float(best)
+        self.num_bad_epochs, self.cooldown_counter, self.last_epoch = (int(c) for c in counts)
+
+
+def granularity(schedule):
+    """When the Trainer applies ``schedule``: "epoch" (a callable f(epoch, base_lr), the
+    default), "step" (f(step, base_lr) before every optimizer step) or "plateau"
+    (``step(metric, lr)`` after each validation)."""
+    return getattr(schedule, "granularity", "epoch")
+
+
+def _schedule_config(state):
+    """A schedule's state_dict without its counters: what the resume note compares."""
+    return {k: v for k, v in state.items() if k != "state"} if isinstance(state, dict) else state
 
 
 # ---- progress and plots ------------------------------------------------------------------
@@ -274,7 +493,13 @@ class Trainer:
     """Trains ``model`` with ``optimizer`` on classification batches (integer labels).
 
     loss_fn        default CrossEntropyLoss()
-    schedule       StepLR / CosineLR / any f(epoch, base_lr) -> lr; None keeps the lr
+    schedule       None keeps the lr; per epoch (before its first step): StepLR / CosineLR /
+                   any f(epoch, base_lr) -> lr; per optimizer step (before each):
+                   WarmupCosine / OneCycleLR / any f(step, base_lr) -> lr with
+                   ``granularity = "step"`` (step counts every step of the run from 0);
+                   after each validation: ReduceLROnPlateau, given the ``monitor`` metric
+    clip_grad_norm clip the gradients' total 2-norm to this before every optimizer step
+                   (fastnet.optim.clip_grad_norm_); None (default) does not clip
     device         "cpu" or "cuda": the model is moved there; batches stay NumPy
     progress       a tqdm bar per epoch with the running loss and samples/s
     checkpoint_dir write checkpoint.npz after every epoch and best.npz when the monitored
@@ -319,14 +544,30 @@ class Trainer:
     def __init__(self, model, optimizer, loss_fn=None, *, schedule=None, device="cpu",
                  progress=True, checkpoint_dir=None, patience=None, monitor="val_loss",
                  log=functools.partial(print, flush=True), on_epoch_end=None, config=None,
-                 bits_per_char=False):
+                 bits_per_char=False, clip_grad_norm=None):
         if monitor not in ("val_loss", "val_acc"):
             raise ValueError(f"Trainer: monitor must be 'val_loss' or 'val_acc', got {monitor!r}")
+        if clip_grad_norm is not None:
+            clip_grad_norm = _real(clip_grad_norm, "clip_grad_norm", "Trainer",
+                                   lambda v: v > 0, "a number > 0 or None")
         if patience is not None and (isinstance(patience, bool)
                                      or not isinstance(patience, numbers.Integral) or patience < 1):
             raise ValueError(f"Trainer: patience must be a positive int or None, got {patience!r}")
-        if schedule is not None and not callable(schedule):
-            raise TypeError(f"Trainer: schedule must be callable as schedule(epoch, base_lr), "
+        kind = granularity(schedule)
+        if kind not in ("epoch", "step", "plateau"):
+            raise ValueError(f"Trainer: a schedule's granularity must be 'epoch', 'step' or "
+                             f"'plateau', got {kind!r}")
+        if kind == "plateau":
+            if not callable(getattr(schedule, "step", None)):
+                raise TypeError(f"Trainer: a plateau schedule needs step(metric, lr), got "
+                                f"{schedule!r}")
+            mode = getattr(schedule, "mode", None)
+            if mode is not None and mode != ("min" if monitor == "val_loss" else "max"):
+                raise ValueError(f"Trainer: the ReduceLROnPlateau has mode {mode!r} and is "
+                                 f"stepped with monitor {monitor!r}: use mode "
+                                 f"{'min' if monitor == 'val_loss' else 'max'!r}")
+        elif schedule is not None and not callable(schedule):
+            raise TypeError(f"Trainer: schedule must be callable as schedule({kind}, base_lr), "
                             f"got {schedule!r}")
         from . import distributed as dist
 
@@ -355,6 +596,7 @@ class Trainer:
         self.optimizer = optimizer
         self.loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
         self.schedule = schedule
+        self.clip_grad_norm = clip_grad_norm
         self.progress = progress
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self.patience, self.monitor = patience, monitor
@@ -364,6 +606,7 @@ class Trainer:
         self.bits_per_char = bool(bits_per_char)
         self.base_lr = float(optimizer.lr)  # what the schedule scales
         self.epoch = 0                      # completed epochs
+        self.steps = 0                      # optimizer steps of the completed epochs
         self.history = []                   # one dict per completed epoch
         self.best = None                    # {"epoch", "monitor", "value"} of the best epoch
         self.best_state_dict = None         # its parameters (best epochs of this process only)
@@ -387,6 +630,9 @@ class Trainer:
             raise ValueError(f"Trainer.fit: epochs must be a positive int, got {epochs!r}")
         if self.patience is not None and val_loader is None:
             raise ValueError("Trainer.fit: early stopping (patience) needs a val_loader")
+        if granularity(self.schedule) == "plateau" and val_loader is None:
+            raise ValueError("Trainer.fit: a ReduceLROnPlateau schedule needs a val_loader "
+                             "(it is stepped with the validation metric)")
         if resume is not None:
             self.resume(resume)
         self._loaders = (train_loader, val_loader)
@@ -417,7 +663,11 @@ class Trainer:
                     record = self._run_epoch(train_loader, val_loader, epochs)
                 self._check_parameters()
                 self.epoch += 1
+                self.steps += record.pop("_steps")
                 self.history.append(record)
+                if granularity(self.schedule) == "plateau":  # the lr of the next epoch
+                    self.optimizer.lr = float(self.schedule.step(record[self.monitor],
+                                                                 self.optimizer.lr))
                 improved = self._update_best(record)
                 if self.patience is not None and self.bad_epochs >= self.patience \
                         and self.epoch < epochs:
@@ -477,8 +727,14 @@ class Trainer:
         return self.history
 
     def _run_epoch(self, train_loader, val_loader, epochs):
-        lr = self.schedule(self.epoch, self.base_lr) if self.schedule is not None else self.base_lr
-        self.optimizer.lr = float(lr)
+        kind = granularity(self.schedule)
+        if self.schedule is None:
+            self.optimizer.lr = self.base_lr
+        elif kind == "epoch":
+            self.optimizer.lr = float(self.schedule(self.epoch, self.base_lr))
+        # (per step: below, before every optimizer step; plateau: the lr fit() left)
+        per_step = self.schedule if kind == "step" else None
+        clip = self.clip_grad_norm
         model, loss_fn, opt = self.net, self.loss_fn, self.optimizer
         world = self.world
         if world > 1:
@@ -501,6 +757,7 @@ class Trainer:
         watch = Stopwatch()
         jit_seen, unpause = 0.0, getattr(bar, "unpause", lambda: None)
         batches = iter(train_loader)
+        step = 0
         try:
             for step, (xb, yb) in enumerate(batches, 1):
                 if self.input_shape is None:
@@ -525,6 +782,10 @@ class Trainer:
                         "rate).", epoch=self.epoch + 1, step=step, loss=loss, checkpoint=None)
                 if world == 1:
                     model.backward(loss_fn.backward(), input_grad=False)
+                if clip is not None:
+                    clip_grad_norm_(self.model.parameters(), clip)
+                if per_step is not None:
+                    opt.lr = float(per_step(self.steps + step - 1, self.base_lr))
                 opt.step()
                 count = _positions(yb)  # N, or N * T for a sequence's labels
                 total_loss += local_loss * count  # (summed over the ranks at the end)
@@ -555,7 +816,7 @@ class Trainer:
         record = {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
                   "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
                   "lr": self.optimizer.lr, "samples_per_s": samples / train_seconds,
-                  "seconds": watch.elapsed()}
+                  "seconds": watch.elapsed(), "_steps": step}
         if self.bits_per_char:
             record["train_bpc"], record["val_bpc"] = bits(record["train_loss"]), bits(val["loss"])
         if world > 1:
@@ -644,6 +905,7 @@ class Trainer:
                               "param_steps": opt["param_steps"]},
                 "base_lr": self.base_lr,
                 "schedule": getattr(self.schedule, "state_dict", lambda: None)(),
+                "steps": self.steps, "clip_grad_norm": self.clip_grad_norm,
                 "rng": _rng.get_state(),
                 "loaders": {key: loader.state_dict() if hasattr(loader, "state_dict") else None
                             for key, loader in zip(("train", "val"), self._loaders)},
@@ -769,9 +1031,21 @@ class Trainer:
             if state is not None:
                 DataLoader.check_state(state, who)  # the generator, the seed and epoch
         schedule = getattr(self.schedule, "state_dict", lambda: None)()
-        if meta["schedule"] != schedule:
-            self.log(f"note: {path} was trained with the schedule {meta['schedule']}; "
-                     f"continuing with {schedule}")
+        theirs = meta["schedule"]
+        if _schedule_config(theirs) != _schedule_config(schedule):
+            self.log(f"note: {path} was trained with the schedule {_schedule_config(theirs)}; "
+                     f"continuing with {_schedule_config(schedule)}")
+        # a stateful schedule (ReduceLROnPlateau) of the same type takes its counters back
+        load_schedule = (isinstance(theirs, dict) and "state" in theirs
+                         and theirs.get("type") == type(self.schedule).__name__
+                         and hasattr(self.schedule, "load_state_dict"))
+        if load_schedule:
+            copy.deepcopy(self.schedule).load_state_dict(theirs)  # validates
+        clip = meta.get("clip_grad_norm")
+        if clip != self.clip_grad_norm:
+            self.log(f"note: {path} was trained with clip_grad_norm {clip}; continuing with "
+                     f"{self.clip_grad_norm}")
+        steps = int(meta["steps"]) if "steps" in meta else max(opt["param_steps"], default=0)
         epoch, history = int(meta["epoch"]), [dict(r) for r in meta["history"]]
         best, bad_epochs, base_lr = meta["best"], int(meta["bad_epochs"]), float(meta["base_lr"])
 
@@ -783,6 +1057,9 @@ class Trainer:
                 modules[name].set_extra_state(state)
             _rng.set_state(meta["rng"])
             self.epoch, self.history, self.best, self.bad_epochs = epoch, history, best, bad_epochs
+            self.steps = steps
+            if load_schedule:
+                self.schedule.load_state_dict(theirs)
             self.base_lr, self.input_shape = base_lr, meta.get("input_shape")
             self.best_state_dict = None
             self._loader_states = loaders

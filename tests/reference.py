@@ -6,6 +6,8 @@ Every function returns new arrays. Arithmetic is done in float64 and the results
 cast back to the dtype of the first floating-point input only when returned.
 ``kernel_size``, ``stride`` and ``padding`` are ints or (h, w) pairs.
 """
+import math
+
 import numpy as np
 
 
@@ -496,6 +498,23 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
     p = p - (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
     t = param.dtype
     return p.astype(t), m.astype(t), v.astype(t)
+
+
+def vector_norm(x, norm_type):
+    """||x||_p in float64, from the sorted magnitudes (fsum): p > 0, or inf (max |x|,
+    NaN if any)"""
+    a = np.sort(np.abs(_f64(x)).ravel())
+    if np.isnan(a).any():
+        return np.nan
+    if norm_type == np.inf:
+        return a.max()
+    return math.fsum(a ** norm_type) ** (1.0 / norm_type)
+
+
+def clamp(x, lo, hi):
+    """x clamped to [lo, hi], NaN kept"""
+    return np.where(np.isnan(x), x, np.minimum(np.maximum(x, x.dtype.type(lo)),
+                                                x.dtype.type(hi))).astype(x.dtype)
 
 
 def accumulate(out, x):

@@ -509,3 +509,55 @@ def test_cli_trains_on_cuda(tmp_path, monkeypatch, capsys):
     assert "test accuracy" in out and (tmp_path / "run" / "checkpoint.npz").exists()
     model = fastnet.load(tmp_path / "run" / "checkpoint.npz")
     assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
+
+
+def test_clip_grad_norm_and_warmup_are_recorded_and_resume_notes_a_change(tmp_path, capsys):
+    """--clip-grad-norm and --warmup: in the first line, metrics.json's config and the
+    checkpoint (Trainer state and config); a resume with other values says so and goes on
+    with them. The lr rises linearly over the warmup steps (23 steps of 64 per epoch)."""
+    from fastnet.serialization import read_npz
+
+    args = ["train", "--model", "mlp", "--batch-size", "64", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main([*args, "--epochs", "1", "--warmup", "10", "--clip-grad-norm", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "(cosine schedule, 10 warmup steps, gradient norm clipped to 0.5)" in out
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["warmup"] == 10 and config["clip_grad_norm"] == 0.5
+    meta, _ = read_npz(tmp_path / "checkpoint.npz", "test", kind="checkpoint")
+    assert meta["clip_grad_norm"] == 0.5 and meta["steps"] == 21
+    assert meta["schedule"] == {"type": "WarmupCosine", "warmup_steps": 10, "total_steps": 21,
+                                "min_lr": 0.0}
+    assert main([*args, "--epochs", "2", "--warmup", "10", "--resume", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "was trained with the schedule {'type': 'WarmupCosine'" in out  # 42 steps now
+    assert "was trained with clip_grad_norm 0.5; continuing with None" in out
+    assert "epoch   2/2" in out
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "plateau"])
+def test_onecycle_and_plateau_schedules(tmp_path, capsys, schedule):
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--batch-size", "128",
+                 "--no-progress", "--schedule", schedule, "--out", str(tmp_path)]) == 0
+    assert f"({schedule} schedule)" in capsys.readouterr().out
+    meta, _ = fastnet.serialization.read_npz(tmp_path / "checkpoint.npz", "test", "checkpoint")
+    assert meta["schedule"]["type"] == {"onecycle": "OneCycleLR",
+                                        "plateau": "ReduceLROnPlateau"}[schedule]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--warmup", "5", "--schedule", "step"], "--warmup is for --schedule cosine or constant"),
+    (["--warmup", "5", "--schedule", "onecycle"], "warms up by itself"),
+    (["--schedule", "plateau", "--val-fraction", "0"], "--schedule plateau needs validation"),
+    (["--warmup", "500"], "--warmup 500 must be below the run's 21 optimizer steps"),
+])
+def test_schedule_options_that_do_not_fit_exit_2(argv, message, capsys):
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--batch-size", "64",
+                 "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_clip_grad_norm_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--clip-grad-norm", "0"])
+    assert e.value.code == 2 and "must be a positive finite number" in capsys.readouterr().err

@@ -251,6 +251,19 @@ def small_cli(monkeypatch):
                         lambda vocab: CharLSTM(vocab, embedding_dim=8, hidden_size=24))
 
 
+def test_cli_text_takes_clip_grad_norm_warmup_and_onecycle(small_cli, tmp_path, capsys):
+    """The character models' path shares the image path's schedule and clipping set-up."""
+    args = ["train", "--model", "char-lstm", "--data", "text", "--seq-len", "32",
+            "--batch-size", "64", "--epochs", "1", "--no-progress", "--clip-grad-norm", "1"]
+    assert main(args + ["--warmup", "3", "--out", str(tmp_path)]) == 0
+    assert "(cosine schedule, 3 warmup steps, gradient norm clipped to 1)" in \
+        capsys.readouterr().out
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["warmup"] == 3 and config["clip_grad_norm"] == 1.0 and config["seq_len"] == 32
+    assert main(args + ["--schedule", "onecycle", "--warmup", "3"]) == 2
+    assert "warms up by itself" in capsys.readouterr().err
+
+
 def test_cli_trains_reports_bits_per_char_resumes_and_generates(small_cli, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--model", "char-lstm", "--data", "text", "--seq-len", "32",

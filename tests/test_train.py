@@ -12,7 +12,8 @@ from fastnet.data import ArrayDataset, DataLoader, train_val_split
 from fastnet.layers import Conv2D, Dense, Dropout, Flatten, Sequential
 from fastnet.models import MODELS, vgg_small
 from fastnet.optim import SGD, Adam
-from fastnet.train import COMPILE_NOTICE, CosineLR, StepLR, Trainer, load_model, plot_history
+from fastnet.train import (COMPILE_NOTICE, CosineLR, OneCycleLR, ReduceLROnPlateau, StepLR,
+                           Trainer, WarmupCosine, load_model, plot_history)
 
 EPOCHS = 4
 
@@ -34,8 +35,8 @@ def setup(seed, optimizer=SGD, **trainer_kwargs):
                        Dense(32, 32, activation="relu"), Dropout(0.3), Dense(32, 4))
     opt = optimizer(model.parameters(), lr=0.1, momentum=0.9) if optimizer is SGD \
         else optimizer(model.parameters(), lr=0.01)
-    trainer = Trainer(model, opt, schedule=CosineLR(EPOCHS), progress=False, log=None,
-                      **trainer_kwargs)
+    trainer_kwargs.setdefault("schedule", CosineLR(EPOCHS))
+    trainer = Trainer(model, opt, progress=False, log=None, **trainer_kwargs)
     return trainer, DataLoader(TRAIN, 16, shuffle=True, seed=seed), DataLoader(VAL, 32)
 
 
@@ -171,6 +172,79 @@ def test_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, uninterrupted)
     assert_same_state(uninterrupted, second)
     np.testing.assert_array_equal(fastnet._rng.generator().integers(0, 2**62, 4),
                                   np.asarray(uninterrupted_rng_draw()))
+
+
+STEPS_PER_EPOCH = 6  # 96 training samples in batches of 16
+
+
+@pytest.mark.parametrize("schedule, clip", [
+    (lambda: OneCycleLR(0.3, 3 * STEPS_PER_EPOCH), 0.5),
+    (lambda: WarmupCosine(4, 3 * STEPS_PER_EPOCH, min_lr=0.001), None),
+    (lambda: ReduceLROnPlateau(factor=0.5, patience=0, threshold=0.05), 1.0)],
+    ids=["onecycle-clip", "warmup-cosine", "plateau-clip"])
+def test_resume_with_step_and_plateau_schedules_and_clipping_bit_for_bit(tmp_path, schedule, clip):
+    """Per-step and plateau schedules (their step count and counters in the checkpoint) and
+    clipping: 1 epoch + resume + 2 gives the uninterrupted 3 epochs, lr sequence included."""
+    def run(seed, epochs, **kw):
+        trainer, train_loader, val_loader = setup(seed, schedule=schedule(), clip_grad_norm=clip,
+                                                  **kw)
+        lrs = []
+        real_step = trainer.optimizer.step
+        trainer.optimizer.step = lambda: (lrs.append(trainer.optimizer.lr), real_step())
+        trainer.fit(train_loader, val_loader, epochs=epochs,
+                    resume=kw.get("checkpoint_dir") if seed == 99 else None)
+        return trainer, lrs
+
+    straight, lrs = run(0, 3)
+    assert straight.steps == len(lrs) == 3 * STEPS_PER_EPOCH
+    if isinstance(straight.schedule, ReduceLROnPlateau):
+        assert len(set(lrs)) > 1  # it did reduce the lr
+    else:
+        assert lrs == [straight.schedule(k, 0.1) for k in range(len(lrs))]
+    run(0, 1, checkpoint_dir=tmp_path)
+    resumed, rest = run(99, 3, checkpoint_dir=tmp_path)
+    assert rest == lrs[STEPS_PER_EPOCH:]
+    assert resumed.steps == straight.steps
+    assert resumed.schedule.state_dict() == straight.schedule.state_dict()
+    assert_same_state(straight, resumed)
+
+
+def test_a_malformed_plateau_state_is_refused_and_changes_nothing(tmp_path):
+    from fastnet.errors import FileFormatError
+    from fastnet.serialization import read_npz, write_npz
+
+    trainer, train_loader, val_loader = setup(0, schedule=ReduceLROnPlateau(),
+                                              checkpoint_dir=tmp_path)
+    trainer.fit(train_loader, val_loader, epochs=1)
+    meta, arrays = read_npz(tmp_path / "checkpoint.npz", "test", kind="checkpoint")
+    meta["schedule"]["state"]["num_bad_epochs"] = -3
+    write_npz(tmp_path / "bad.npz", meta, arrays, "test")
+    fresh, _, _ = setup(0, schedule=ReduceLROnPlateau())
+    with pytest.raises(FileFormatError, match="the counters must be ints >= 0"):
+        fresh.resume(tmp_path / "bad.npz")
+    assert fresh.epoch == 0 and fresh.schedule.last_epoch == 0
+
+
+def test_schedule_granularity_and_plateau_checks():
+    """A callable with granularity "step" gets the run's step count before every step;
+    a plateau schedule must match the monitor and needs validation data."""
+    calls = []
+
+    def per_step(step, base_lr):
+        calls.append(step)
+        return base_lr * 0.5
+
+    per_step.granularity = "step"
+    trainer, train_loader, val_loader = setup(0, schedule=per_step)
+    trainer.fit(train_loader, epochs=2)
+    assert calls == list(range(2 * STEPS_PER_EPOCH)) and trainer.optimizer.lr == 0.05
+    with pytest.raises(ValueError, match="mode 'min' and is stepped with monitor 'val_acc'"):
+        setup(0, schedule=ReduceLROnPlateau(), monitor="val_acc")
+    trainer, train_loader, _ = setup(0, schedule=ReduceLROnPlateau())
+    with pytest.raises(ValueError, match="ReduceLROnPlateau schedule needs a val_loader"):
+        trainer.fit(train_loader)
+    with pytest.raises(ValueError, match="clip_grad_norm must be a number > 0"):
+        setup(0, clip_grad_norm=0.0)
 
 
 def uninterrupted_rng_draw():
@@ -378,8 +452,8 @@ def _bn_setup(seed, **trainer_kwargs):
         Residual(Sequential(Conv2D(3, 3, 3, padding=1, bias=False), BatchNorm2D(3, momentum=None))),
         ReLU(), GlobalAvgPool2D(), Dense(3, 8), BatchNorm1D(8), ReLU(), Dense(8, 4))
     opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
-    trainer = Trainer(model, opt, schedule=CosineLR(EPOCHS), progress=False, log=None,
-                      **trainer_kwargs)
+    trainer_kwargs.setdefault("schedule", CosineLR(EPOCHS))
+    trainer = Trainer(model, opt, progress=False, log=None, **trainer_kwargs)
     return trainer, DataLoader(TRAIN, 16, shuffle=True, seed=seed), DataLoader(VAL, 32)
 
 

@@ -432,6 +432,15 @@ def _optim_inputs(label, spec, lr):
     return dict(params=params, grads={k: _normal(rng, v.shape) for k, v in params.items()}, lr=lr)
 
 
+def _clip_inputs(label, spec):
+    """Gradients of the vgg's parameters and a max_norm of half their total norm: every
+    call scales them (the first by about 1/2, later ones by max_norm / (max_norm + 1e-6))."""
+    rng = _rng(label)
+    grads = {k: _normal(rng, v.shape) for k, v in init_params(spec, rng).items()}
+    total = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    return dict(grads=grads, max_norm=total / 2)
+
+
 # LSTM forward / backward: batch 64, 32 timesteps, 128 input features, 128 hidden units
 LSTM_SHAPE = (64, 32, 128, 128)
 
@@ -650,6 +659,10 @@ def all_cases(quick: bool = False) -> list:
         cases.append(Case("optim", op, shape, "step", op + "_step",
                           partial(_optim_inputs, f"{op} {shape}", vgg, lr),
                           nbytes=F32 * streams * n_params))
+    # clip_grad_norm_: every gradient read for its norm, then read and written when scaled
+    cases.append(Case("optim", "clip_grad_norm", f"vgg-small {n_params} params", "step",
+                      "clip_grad_norm", partial(_clip_inputs, f"clip {n_params}", vgg),
+                      nbytes=F32 * 3 * n_params))
 
     cases += _lstm_pair(*((2, 3, 5, 4) if quick else LSTM_SHAPE))
     cases += _gru_pair(*((2, 3, 5, 4) if quick else GRU_SHAPE))

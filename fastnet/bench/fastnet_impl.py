@@ -13,7 +13,7 @@ from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, 
 from fastnet.layers import GRU, LSTM, Embedding
 from fastnet.models import CharLSTM
 from fastnet.losses import BCEWithLogitsLoss, CrossEntropyLoss
-from fastnet.optim import SGD, Adam
+from fastnet.optim import SGD, Adam, clip_grad_norm_
 
 from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias
 
@@ -146,6 +146,16 @@ def sgd_momentum_step(params, grads, lr, device="cpu"):
 
 def adam_step(params, grads, lr, device="cpu"):
     return _optimizer_step(lambda ps, lr: Adam(ps, lr=lr), params, grads, lr, device)
+
+
+def clip_grad_norm(grads, max_norm, device="cpu"):
+    ps = {k: Parameter(_on(device, np.zeros_like(g))) for k, g in grads.items()}
+    for k, p in ps.items():
+        p.grad = _on(device, grads[k].copy())
+    params = list(ps.values())
+    return Bench(run=lambda: clip_grad_norm_(params, max_norm),
+                 outputs=lambda total: {"total": np.array(total),
+                                        **{"grad." + k: _host(p.grad) for k, p in ps.items()}})
 
 
 def train_step(spec, params, x, labels, lr, device="cpu"):

@@ -485,6 +485,23 @@ def adam_step(params, grads, lr):
     return _optimizer_step(Adam(lr), params, grads)
 
 
+def clip_grad_norm(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_'s steps in NumPy: per-gradient norms, their norm, the
+    coefficient in float32, the gradients scaled in place."""
+    grads = {k: v.copy() for k, v in grads.items()}
+
+    def run():
+        norms = np.array([np.sqrt(np.dot(g.ravel(), g.ravel())) for g in grads.values()])
+        total = np.sqrt(np.dot(norms, norms))
+        coef = min(np.float32(max_norm) / (total + np.float32(1e-6)), np.float32(1))
+        for g in grads.values():
+            g *= coef
+        return total
+
+    return Bench(run=run, outputs=lambda total: {"total": np.array(total),
+                                                 **{"grad." + k: v for k, v in grads.items()}})
+
+
 def train_step(spec, params, x, labels, lr):
     model, opt = build(spec, params), SGD(lr, MOMENTUM)
 

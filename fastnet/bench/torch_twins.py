@@ -208,6 +208,16 @@ def adam_step(params, grads, lr, device="cpu"):
     return _optimizer_step(lambda ps, lr: torch.optim.Adam(ps, lr=lr), params, grads, lr, device)
 
 
+def clip_grad_norm(grads, max_norm, device="cpu"):
+    ps = {k: torch.zeros_like(_on(device, g)).requires_grad_() for k, g in grads.items()}
+    for k, p in ps.items():
+        p.grad = _on(device, grads[k].copy())
+    params = list(ps.values())
+    return Bench(run=lambda: torch.nn.utils.clip_grad_norm_(params, max_norm),
+                 outputs=lambda total: {"total": _np(total),
+                                        **{"grad." + k: _np(p.grad) for k, p in ps.items()}})
+
+
 def train_step(spec, params, x, labels, lr, device="cpu"):
     model, named = build(spec, params, device)
     xt, yt = _on(device, x), _on(device, labels)

@@ -139,6 +139,19 @@ class Real(Scalar):
         return value if isinstance(value, (int, float, np.number)) else v
 
 
+class NormOrder(Scalar):
+    """A vector norm's order p: a real number > 0 (not a bool), or inf."""
+
+    def check(self, op, name, value):
+        want = "a real number > 0 or inf"
+        if not _is_real(value):
+            raise TypeError(f"{op}: argument {name!r} must be {want}, got {value!r}")
+        v = float(value)
+        if not (v > 0):  # (NaN too)
+            raise ValueError(f"{op}: argument {name!r} must be {want}, got {value!r}")
+        return v
+
+
 class Integer(Scalar):
     """An int (Python or NumPy, not a bool) >= ``lo`` (any when None), passed on as a
     Python int; ``optional``: None is accepted too (and is the default)."""
@@ -627,6 +640,12 @@ def velocity_with_momentum(op, values, dims):
                          f"(got momentum={values['momentum']!r})")
 
 
+def lo_not_above_hi(op, values, dims):
+    if values["lo"] > values["hi"]:
+        raise ValueError(f"{op}: argument 'lo' ({values['lo']!r}) must not be above 'hi' "
+                         f"({values['hi']!r})")
+
+
 def batch_norm_state(op, values, dims):
     """Running statistics to normalise with outside training; momentum=None (a cumulative
     average) needs the batch counter, which must not be negative."""
@@ -774,6 +793,9 @@ SPECS = {
         param=InOut("*S"), m=InOut("*S"), v=InOut("*S"), grad=In("*S"), lr=Real(0),
         beta1=Real(0, 1, hi_open=True), beta2=Real(0, 1, hi_open=True), eps=Real(0),
         weight_decay=Real(0), step=Integer(1), decoupled=Flag()),
+    "vector_norm": Op(out=Out("1"), x=In("*S"), norm_type=NormOrder()),
+    "scale": Op(x=InOut("*S"), alpha=Real()),
+    "clamp": Op(x=InOut("*S"), lo=Real(), hi=Real(), rules=[lo_not_above_hi]),
     "accumulate": Op(out=InOut("*S"), x=In("*S"), inplace=[("out", "x")]),
     "add": Op(out=Out("*S"), a=In("*S"), b=In("*S"), inplace=[("out", "a"), ("out", "b")]),
     "batch_norm_forward": Op(

@@ -5,6 +5,9 @@ dampening 0 (a zero-initialised velocity gives PyTorch's first step, buf = g, ex
 Adam with L2 weight decay added to the gradient, AdamW with decoupled decay
 p *= 1 - lr * wd, both bias-corrected. Hyper-parameters arrive as Python floats and are
 cast to the parameter's dtype once, so float32 updates stay float32.
+Gradient clipping (``fastnet.optim.clip_grad_norm_`` / ``clip_grad_value_``):
+``vector_norm`` (one array's p-norm, in blocks of a fixed size summed in order: the same
+bits for any thread count), ``scale`` and ``clamp`` (in place).
 All arrays of one call are C-contiguous with the same shape. (``add`` and ``accumulate``
 live in ``elementwise.py``; imported here too, where they lived before.)
 """
@@ -12,9 +15,9 @@ import math
 
 import numpy as np
 
-from numba import prange
+from numba import njit, prange
 
-from ._jit import parallel_kernel
+from ._jit import parallel_kernel, parallel_kernel_ordered
 from .elementwise import accumulate, add  # noqa: F401  (their old home)
 
 
@@ -66,3 +69,102 @@ def adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, deco
     bc2 = 1.0 - beta2 ** step
     _adam(param.reshape(-1), m.reshape(-1), v.reshape(-1), grad.reshape(-1), lr, beta1,
           beta2, eps, weight_decay, decoupled, lr / bc1, 1.0 / math.sqrt(bc2))
+
+
+_BLOCK = 4096  # elements per partial sum of vector_norm (fixed: the order of the sum)
+NORM_SQUARES, NORM_ABS, NORM_MAX, NORM_POW = 0, 1, 2, 3  # vector_norm's reductions
+
+
+def norm_mode(norm_type):
+    """The reduction of a p-norm: sum of squares (2), of |x| (1), max |x| (inf), of |x|^p."""
+    if norm_type == 2:
+        return NORM_SQUARES
+    if norm_type == 1:
+        return NORM_ABS
+    if norm_type == math.inf:
+        return NORM_MAX
+    return NORM_POW
+
+
+# NOTE: no reassociation: the serial and the parallel build vectorised the sums of |x| and
+# |x|^p differently (other float32 bits); in order, every build gives the same bits
+@parallel_kernel_ordered
+def _norm_partial(partial, x, p, mode):
+    t = x.dtype.type
+    pp = t(p)
+    for blk in prange(partial.size):
+        i0, i1 = blk * _BLOCK, min((blk + 1) * _BLOCK, x.size)
+        v = x[i0:i1]
+        s = t(0)
+        if mode == NORM_SQUARES:
+            for i in range(v.size):
+                s += v[i] * v[i]
+        elif mode == NORM_ABS:
+            for i in range(v.size):
+                s += abs(v[i])
+        elif mode == NORM_MAX:
+            for i in range(v.size):
+                a = abs(v[i])
+                if a > s or a != a:  # NOTE: a NaN is kept (and a later NaN keeps it)
+                    s = a
+        else:
+            for i in range(v.size):
+                s += abs(v[i]) ** pp
+        partial[blk] = s
+
+
+@njit(cache=True)
+def _norm_finish(out, partial, p, mode):
+    t = partial.dtype.type
+    s = t(0)
+    for i in range(partial.size):  # in order
+        if mode == NORM_MAX:
+            a = partial[i]
+            if a > s or a != a:
+                s = a
+        else:
+            s += partial[i]
+    if mode == NORM_SQUARES:
+        s = np.sqrt(s)
+    elif mode == NORM_POW:
+        s = s ** (t(1) / t(p))
+    out[0] = s
+
+
+def vector_norm(out, x, norm_type):
+    """x (...) -> out (1,) = ||x||_p (norm_type p > 0, or inf: max |x|), in x's dtype"""
+    mode = norm_mode(norm_type)
+    p = 2.0 if mode != NORM_POW else float(norm_type)
+    partial = np.empty((x.size + _BLOCK - 1) // _BLOCK, dtype=x.dtype)
+    flat = x.reshape(-1)
+    _norm_partial(partial, flat, p, mode)
+    _norm_finish(out.reshape(-1), partial, p, mode)
+
+
+@parallel_kernel
+def _scale(x, alpha):
+    a = x.dtype.type(alpha)
+    for i in prange(x.size):
+        x[i] *= a
+
+
+def scale(x, alpha):
+    """x (...) *= alpha (cast to x's dtype): clip_grad_norm_'s clip coefficient"""
+    _scale(x.reshape(-1), alpha)
+
+
+@parallel_kernel
+def _clamp(x, lo, hi):
+    t = x.dtype.type
+    a, b = t(lo), t(hi)
+    for i in prange(x.size):
+        v = x[i]
+        if v < a:  # NOTE: a NaN stays NaN, as torch.clamp_
+            x[i] = a
+        elif v > b:
+            x[i] = b
+
+
+def clamp(x, lo, hi):
+    """x (...) clamped in place to [lo, hi] (NaN stays NaN): clip_grad_value_"""
+    _clamp(x.reshape(-1), lo, hi)

@@ -144,6 +144,7 @@ SGD_CONFIGS = {
     "nesterov": dict(momentum=0.8, weight_decay=0.0, nesterov=True),
     "nesterov-wd": dict(momentum=0.9, weight_decay=0.01, nesterov=True),
 }
+NORM_TYPES = [2.0, 1.0, float("inf"), 3.0]  # vector_norm's reductions: squares, |x|, max, |x|^p
 ADAM_CONFIGS = {
     "adam": dict(weight_decay=0.0, decoupled=False),
     "adam-l2": dict(weight_decay=0.1, decoupled=False),

@@ -11,7 +11,7 @@ argument, each with the exception it must raise.
 import numpy as np
 from hypothesis import strategies as st
 
-from fastnet.kernels.checks import SPECS, Array, Choice, Flag, Integer, Pair, Real
+from fastnet.kernels.checks import SPECS, Array, Choice, Flag, Integer, NormOrder, Pair, Real
 
 FLOATS = (np.float32, np.float64)
 LABEL_DTYPES = (np.int64, np.int32, np.uint8)
@@ -347,6 +347,16 @@ def _sgd(d):
                 momentum=momentum, weight_decay=d.real(0, 0.1), nesterov=d.flag())
 
 
+def _vector_norm(d):
+    norm_type = d.pick((2.0, 1.0, float("inf"))) if d.flag() else d.real(0.5, 4)
+    return dict(out=d.out(1), x=d.a(*d.any_shape()), norm_type=norm_type)
+
+
+def _clamp(d):
+    lo = d.real(-2, 1)
+    return dict(x=d.a(*d.any_shape()), lo=lo, hi=lo + d.real(0, 2))
+
+
 def _adam(d):
     shape = d.any_shape()
     return dict(param=d.a(*shape), m=d.a(*shape), v=np.asarray(np.abs(d.a(*shape))),
@@ -481,6 +491,9 @@ MAKERS = {
     "dropout_backward": lambda d: _dropout(d, True),
     "sgd_step": _sgd,
     "adam_step": _adam,
+    "vector_norm": _vector_norm,
+    "scale": lambda d: dict(x=d.a(*d.any_shape()), alpha=d.real(-2, 2)),
+    "clamp": _clamp,
     "accumulate": lambda d: _elementwise(d, ("out:out", "in:x"), ("out", "x")),
     "add": lambda d: _elementwise(d, ("out:out", "in:a", "in:b"), ("out", d.pick("ab"))),
     "batch_norm_forward": lambda d: _batch_norm(d, False),
@@ -564,6 +577,10 @@ def _bad_scalars(p):
         return [(1, TypeError), ("yes", TypeError), (None, TypeError)]
     if isinstance(p, Choice):
         return [("bogus", ValueError), (3, TypeError), (["relu"], TypeError)]
+    if isinstance(p, NormOrder):
+        return [(0.0, ValueError), (-2.0, ValueError), (float("-inf"), ValueError),
+                (float("nan"), ValueError), ("2", TypeError), (True, TypeError),
+                (None, TypeError)]
     raise AssertionError(p)
 
 

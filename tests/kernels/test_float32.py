@@ -157,6 +157,10 @@ def _exercise_float32():
              0.01, 1, decoupled)
     call("accumulate", p, a(10))
     call("add", np.empty_like(p), p, a(10))
+    for norm_type in (2.0, 1.0, float("inf"), 3.0):
+        call("vector_norm", np.empty(1, f), p, norm_type)
+    call("scale", p, 0.5)
+    call("clamp", p, -0.5, 0.5)
 
     x3, c3 = a(3, 4, 5), np.empty((4,), f)
     for training in (True, False):

@@ -1,13 +1,14 @@
 """Fused optimizer kernels (in place), torch.optim semantics:
 sgd_step(param, velocity, grad, lr, momentum, weight_decay, nesterov) and
-adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled)."""
+adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled); the
+gradient clipping kernels vector_norm(out, x, norm_type), scale(x, alpha), clamp(x, lo, hi)."""
 import numpy as np
 import pytest
 
 from fastnet.kernels import kernel
 from tests import reference as ref
 
-from .cases import ADAM_CONFIGS, OPTIM_SHAPES as SHAPES, SGD_CONFIGS
+from .cases import ADAM_CONFIGS, NORM_TYPES, OPTIM_SHAPES as SHAPES, SGD_CONFIGS
 
 STEPS = 5
 
@@ -79,3 +80,47 @@ def test_first_adam_step_is_lr_times_sign(rng):
     before = p.copy()
     kernel("adam_step")(p, np.zeros(100), np.zeros(100), g, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
     np.testing.assert_allclose(before - p, 1e-3 * g / (np.abs(g) + 1e-8), rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("norm_type", NORM_TYPES, ids=str)
+def test_vector_norm_matches_reference(rng, dtype, close, norm_type, shape):
+    """||x||_p in x's dtype (float32 sums in fixed blocks, within float32 rounding)."""
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    out = np.full(1, -1.0, dtype)
+    kernel("vector_norm")(out, x, norm_type)
+    close(out, np.array([ref.vector_norm(x, norm_type)]), err_msg=f"p={norm_type}")
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES, ids=str)
+def test_vector_norm_propagates_nan_and_inf_and_is_thread_independent(rng, norm_type):
+    """A NaN anywhere (also after a larger value, in a later block) gives NaN; an inf gives
+    inf; the serial and the parallel build give the same bits."""
+    from fastnet.kernels import optim
+
+    x = rng.standard_normal(10007).astype(np.float32)
+    out = np.empty(1, np.float32)
+    for where, value, want in ((9000, np.nan, np.nan), (5, np.inf, np.inf)):
+        y = x.copy()
+        y[where] = value
+        y[0] = 50.0  # the max before the NaN
+        kernel("vector_norm")(out, y, norm_type)
+        np.testing.assert_equal(out[0], want)
+    mode, p = optim.norm_mode(norm_type), float(norm_type) if norm_type != np.inf else 2.0
+    parts = [np.empty(3, np.float32) for _ in range(2)]
+    optim._norm_partial.serial(parts[0], x, p, mode)
+    optim._norm_partial.parallel(parts[1], x, p, mode)
+    np.testing.assert_array_equal(parts[0], parts[1])
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=str)
+def test_scale_and_clamp_in_place(rng, dtype, close, shape):
+    """scale: x * alpha in x's dtype; clamp: into [lo, hi], NaN kept."""
+    x = (rng.standard_normal(shape) * 2).astype(dtype)
+    x.reshape(-1)[0] = np.nan
+    y = x.copy()
+    kernel("scale")(y, 0.3)
+    np.testing.assert_array_equal(y, x * dtype.type(0.3))
+    z = x.copy()
+    kernel("clamp")(z, -0.5, 0.8)
+    np.testing.assert_array_equal(z, ref.clamp(x, -0.5, 0.8))

@@ -488,6 +488,9 @@ DEEP_CONFIG = "config nested 90000 deep"  # json.dumps cannot write it: written 
     (lambda m: m.update(epoch=float("inf")), "'epoch' must be an int >= 0, got inf", True),  # OverflowError
     (lambda m: m.update(epoch="x"), "'epoch' must be an int", True),
     (lambda m: m.update(bad_epochs=-1), "'bad_epochs' must be an int >= 0", True),
+    (lambda m: m.update(steps=-1), "'steps' must be an int >= 0", True),
+    (lambda m: m.update(steps=1.5), "'steps' must be an int >= 0", True),
+    (lambda m: m.update(clip_grad_norm=-1), "'clip_grad_norm' must be null or a number > 0", True),
     (lambda m: m.update(history=["ab"]), "'history' must be a list of dicts", True),
     (lambda m: m.update(best={"epoch": 1}), "'best' must be null or", True),
     (lambda m: m.update(input_shape=[1, "8"]), "'input_shape' must be null or a list", True),

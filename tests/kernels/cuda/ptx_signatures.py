@@ -118,7 +118,10 @@ def optim():
     m = _module("optim")
     return ([(m._sgd_step_kernel, (F1, velocity, F1, float32, float32, float32, boolean))
              for velocity in (F1, NONE)]
-            + [(m._adam_step_kernel, (F1, F1, F1, F1) + (float32,) * 9 + (boolean,))])
+            + [(m._adam_step_kernel, (F1, F1, F1, F1) + (float32,) * 9 + (boolean,)),
+               (m._norm_partial_kernel, (F1, F1, float32, int64)),
+               (m._norm_finish_kernel, (F1, F1, float32, int64)),
+               (m._scale_kernel, (F1, float32)), (m._clamp_kernel, (F1, float32, float32))])
 
 
 def elementwise():

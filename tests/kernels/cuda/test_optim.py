@@ -1,14 +1,14 @@
 """CUDA fused optimizer kernels (in place), torch.optim semantics:
 sgd_step(param, velocity, grad, lr, momentum, weight_decay, nesterov),
-adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled); against
-the reference and the CPU kernels."""
+adam_step(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, step, decoupled), and
+the clipping kernels vector_norm, scale, clamp; against the reference and the CPU kernels."""
 import numpy as np
 import pytest
 
 from fastnet.kernels import kernel
 from tests import reference as ref
 
-from ..cases import ADAM_CONFIGS, OPTIM_SHAPES, SGD_CONFIGS, cases_for
+from ..cases import ADAM_CONFIGS, NORM_TYPES, OPTIM_SHAPES, SGD_CONFIGS, cases_for
 
 STEPS = 3
 SHAPES = cases_for(OPTIM_SHAPES, "cuda")
@@ -71,3 +71,35 @@ def test_first_adam_step_is_lr_times_sign(rng, dev, host):
     kernel("adam_step", "cuda")(d, dev(np.zeros(100)), dev(np.zeros(100)), dev(g), 1e-3, 0.9,
                                 0.999, 1e-8, 0.0, 1, False)
     np.testing.assert_allclose(p - host(d), 1e-3 * g / (np.abs(g) + 1e-8), rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=str)  # one block; two (the simulator is slow)
+def test_vector_norm_matches_reference_and_cpu(rng, dtype, close, dev, host, shape):
+    """Every reduction (squares, |x|, max, |x|^p) against the reference and the CPU; a NaN
+    propagates."""
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    d_x = dev(x)
+    for p in NORM_TYPES:
+        d_out = dev(np.zeros(1, dtype))
+        kernel("vector_norm", "cuda")(d_out, d_x, p)
+        got = host(d_out)
+        close(got, np.array([ref.vector_norm(x, p)]), err_msg=f"p={p}")
+        cpu = np.empty(1, dtype)
+        kernel("vector_norm", "cpu")(cpu, x, p)
+        close(got, cpu, err_msg=f"p={p} vs cpu")
+    y = x.copy()
+    y.reshape(-1)[-1] = np.nan
+    d_out = dev(np.zeros(1, dtype))
+    kernel("vector_norm", "cuda")(d_out, dev(y), float("inf"))
+    assert np.isnan(host(d_out)[0])
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:2], ids=str)
+def test_scale_and_clamp_bitwise_as_cpu(rng, dtype, dev, host, shape):
+    x = (rng.standard_normal(shape) * 2).astype(dtype)
+    x.reshape(-1)[0] = np.nan
+    for op, args in (("scale", (0.3,)), ("clamp", (-0.5, 0.8))):
+        d, c = dev(x), x.copy()
+        kernel(op, "cuda")(d, *args)
+        kernel(op, "cpu")(c, *args)
+        np.testing.assert_array_equal(host(d), c, err_msg=op)
