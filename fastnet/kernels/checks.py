@@ -736,6 +736,13 @@ SPECS = {
         dx=Out("N C L", optional=True), dweight=Out("C", optional=True),
         dbias=Out("C", optional=True), dout=In("N C L"), x=In("N C L"), weight=_optional("C"),
         save_mean=In("C"), save_invstd=In("C"), rules=[together("dweight", "dbias")]),
+    "layer_norm_forward": Op(
+        out=Out("M D"), save_mean=Out("M"), save_rstd=Out("M"), x=In("M D"),
+        weight=_optional("D"), bias=_optional("D"), eps=Real(0)),
+    "layer_norm_backward": Op(
+        dx=Out("M D", optional=True), dweight=Out("D", optional=True),
+        dbias=Out("D", optional=True), dout=In("M D"), x=In("M D"), weight=_optional("D"),
+        save_mean=In("M"), save_rstd=In("M")),
     "lp_pool2d_forward": Op(
         out=Out("N C OH OW"), x=In("N C H W"), norm_type=Real(0), kernel_size=KERNEL_SIZE,
         stride=STRIDE, derive=unpadded_window, rules=[positive("norm_type")]),

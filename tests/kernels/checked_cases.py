@@ -328,6 +328,17 @@ def _batch_norm(d, backward):
                 eps=d.real(1e-6, 1e-3))
 
 
+def _layer_norm(d, backward):
+    m, dd = d.int(1, 5), d.int(1, 5)
+    weight = d.maybe(d.a(dd))
+    if backward:
+        return dict(dx=d.maybe(d.out(m, dd)), dweight=d.maybe(d.out(dd)),
+                    dbias=d.maybe(d.out(dd)), dout=d.a(m, dd), x=d.a(m, dd), weight=weight,
+                    save_mean=d.a(m), save_rstd=np.abs(d.a(m)) + 0.5)
+    return dict(out=d.out(m, dd), save_mean=d.out(m), save_rstd=d.out(m), x=d.a(m, dd),
+                weight=weight, bias=d.maybe(d.a(dd)), eps=d.real(1e-6, 1e-3))
+
+
 def _global_pool(d, backward):
     n, c, h, w = d.int(1, 3), d.int(1, 3), d.int(1, 4), d.int(1, 4)
     if backward:
@@ -428,6 +439,8 @@ MAKERS = {
     "add": lambda d: _elementwise(d, ("out:out", "in:a", "in:b"), ("out", d.pick("ab"))),
     "batch_norm_forward": lambda d: _batch_norm(d, False),
     "batch_norm_backward": lambda d: _batch_norm(d, True),
+    "layer_norm_forward": lambda d: _layer_norm(d, False),
+    "layer_norm_backward": lambda d: _layer_norm(d, True),
     "lp_pool2d_forward": lambda d: _lp_pool(d, False),
     "lp_pool2d_backward": lambda d: _lp_pool(d, True),
     "global_avg_pool2d_forward": lambda d: _global_pool(d, False),
