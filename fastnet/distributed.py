@@ -406,7 +406,11 @@ class _Reducer:
         self.next_launch = 0
         for b in self.buckets:
             b.launched, b.late, b.request = False, False, None
-            b.ready = (sum(1 for p in b.params if self.expected[id(p)] == 0)
+            # ready from the start: the parameters no call is expected for, and the frozen
+            # ones (requires_grad=False: backward writes no gradient for them), so that a
+            # bucket holding one is never waited for in backward
+            b.ready = (sum(1 for p in b.params
+                           if not p.requires_grad or self.expected[id(p)] == 0)
                        if self.expected is not None else 0)
         self.active = True
 
@@ -492,6 +496,12 @@ class _Reducer:
             for i, (p, off) in enumerate(zip(b.params, b.offsets)):
                 g = p._grad
                 size = int(np.prod(p.shape, dtype=np.int64))
+                if g is not None and not p.requires_grad:
+                    # frozen: its gradient (from before the freezing) is neither sent nor
+                    # replaced; taken out of the bucket, which is overwritten below
+                    if g is b.views[i]:
+                        p._grad = g.copy()
+                    g = None
                 if g is None:
                     buf[off:off + size] = 0
                     flags[i] = 0
@@ -519,7 +529,7 @@ class _Reducer:
         flags = np.zeros(len(b.params), dtype=b.buffer.dtype)
         for i, (p, off) in enumerate(zip(b.params, b.offsets)):
             size = int(np.prod(p.shape, dtype=np.int64))
-            if p._grad is None:
+            if p._grad is None or not p.requires_grad:  # (frozen: as in _launch)
                 dev[off:off + size].copy_to_device(np.zeros(size, dtype=b.buffer.dtype))
             else:
                 dev[off:off + size].copy_to_device(p._grad.reshape(size))
@@ -645,7 +655,9 @@ class DistributedDataParallel(Module):
       end). The first read of a gradient (the optimizer's step, ``zero_grad``, anything
       reading ``.grad``) and the next ``forward`` wait for the rest.
     - A parameter that no rank's backward reached keeps ``.grad`` None; one reached on
-      some ranks only counts as zero on the others.
+      some ranks only counts as zero on the others. A frozen parameter
+      (``requires_grad=False``) is neither reduced nor waited for: its bucket leaves as
+      soon as its other gradients are written, and its ``.grad`` stays as it was.
     - With ``broadcast_buffers`` (PyTorch's default), each training forward first
       broadcasts rank 0's buffers (BatchNorm's running statistics): BatchNorm still
       normalises each rank's batch share by its own statistics (no SyncBatchNorm).

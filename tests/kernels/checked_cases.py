@@ -167,8 +167,8 @@ def _dense(d, backward):
     if not backward:
         return dict(out=d.out(n, o), x=x, w=w, b=d.maybe(d.a(o)), activation=act)
     out = d.a(n, o) if act else d.maybe(d.a(n, o))
-    return dict(dx=d.maybe(d.out(n, i)), dw=d.out(o, i), db=d.maybe(d.out(o)), dout=d.a(n, o),
-                x=x, w=w, out=out, activation=act)
+    return dict(dx=d.maybe(d.out(n, i)), dw=d.maybe(d.out(o, i)), db=d.maybe(d.out(o)),
+                dout=d.a(n, o), x=x, w=w, out=out, activation=act)
 
 
 def _cols(d, backward):
@@ -193,8 +193,8 @@ def _conv(d, backward):
         return dict(out=d.out(n, o, oh, ow), x=x, w=wt, b=d.maybe(d.a(o)), stride=stride,
                     padding=pad, activation=act)
     out = d.a(n, o, oh, ow) if act else d.maybe(d.a(n, o, oh, ow))
-    return dict(dx=d.maybe(d.out(n, c, h, w)), dw=d.out(o, c, *ks), db=d.maybe(d.out(o)),
-                dout=d.a(n, o, oh, ow), x=x, w=wt, out=out, stride=stride, padding=pad,
+    return dict(dx=d.maybe(d.out(n, c, h, w)), dw=d.maybe(d.out(o, c, *ks)),
+                db=d.maybe(d.out(o)), dout=d.a(n, o, oh, ow), x=x, w=wt, out=out, stride=stride, padding=pad,
                 activation=act)
 
 
@@ -372,8 +372,8 @@ def _recurrent(d, cell, backward):
     grads = dict(dx=d.maybe(d.out(n, t, f)), dh0=d.maybe(d.out(n, h)))
     if cell == "lstm":
         grads["dc0"] = d.maybe(d.out(n, h))
-    grads.update(dw_ih=d.out(g, f), dw_hh=d.out(g, h), db_ih=d.maybe(d.out(g)),
-                 db_hh=d.maybe(d.out(g)), dout=d.maybe(d.a(n, t, h)), dh_n=d.maybe(d.a(n, h)))
+    grads.update(dw_ih=d.maybe(d.out(g, f)), dw_hh=d.maybe(d.out(g, h)),
+                 db_ih=d.maybe(d.out(g)), db_hh=d.maybe(d.out(g)), dout=d.maybe(d.a(n, t, h)), dh_n=d.maybe(d.a(n, h)))
     if cell == "rnn":
         return dict(**grads, x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, out=out, nonlinearity=act)
     if cell == "lstm":
