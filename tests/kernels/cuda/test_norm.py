@@ -104,9 +104,12 @@ def _maybe(dev, a):
     return None if a is None else dev(a)
 
 
-@pytest.mark.parametrize("case", cases_for(LAYER_NORM_SHAPES, "cuda"))
-@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)],
-                         ids=["affine", "weight-only", "plain"])
+# every shape with weight and bias; without bias / without both on the first
+@pytest.mark.parametrize("case, affine",
+                         [(c, (True, True)) for c in cases_for(LAYER_NORM_SHAPES, "cuda")]
+                         + [("m3-d5", (True, False)), ("m3-d5", (False, False))],
+                         ids=lambda v: v if isinstance(v, str) else
+                         {(True, True): "affine", (True, False): "weight-only"}.get(v, "plain"))
 def test_layer_norm_forward_and_backward(rng, dtype, dev, host, garbage, case, affine):
     """Forward against the reference, backward against the reference and the CPU kernel,
     each gradient output also on its own (a frozen weight or bias)."""
