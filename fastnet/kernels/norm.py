@@ -236,10 +236,8 @@ def _layer_norm_sum_partials(dweight, dbias, part_w, part_b):
         for k in range(nb):
             sw += part_w[k, j]
             sb += part_b[k, j]
-        if dweight is not None:
-            dweight[j] = sw
-        if dbias is not None:
-            dbias[j] = sb
+        dweight[j] = sw
+        dbias[j] = sb
 
 
 def layer_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_rstd):
@@ -254,4 +252,8 @@ def layer_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_rst
         part_b = np.empty((nb, d), x.dtype)
         _layer_norm_partials(part_w, part_b, dout, x, save_mean, save_rstd,
                              LAYER_NORM_ROW_BLOCK)
-        _layer_norm_sum_partials(dweight, dbias, part_w, part_b)
+        # (one compiled sum for every case: a frozen weight's or bias's goes to scratch,
+        # so the other's bits do not depend on it)
+        _layer_norm_sum_partials(np.empty(d, x.dtype) if dweight is None else dweight,
+                                 np.empty(d, x.dtype) if dbias is None else dbias,
+                                 part_w, part_b)
