@@ -754,7 +754,8 @@ def cpu_cases():
     return (dense_cases() + im2col_cases() + conv_cases() + pool_cases()
             + [gap_case(s, dt) for dt in (F32, F64) for s in [(1, 1, 1, 1), (3, 5, 7, 9),
                                                              (17, 32, 4, 4)]]
-            + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases() + ln_cases() + rnn_cases()
+            + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases()
+            + ln_cases() + rnn_cases()
             + lp_pool_cases()
             + [hardsigmoid_case(s, dt, sp) for dt in (F32, F64)
                for s, sp in [((7,), None), ((128, 1000), None), ((5, 37), "nonfinite")]]

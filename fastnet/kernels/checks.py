@@ -762,7 +762,8 @@ SPECS = {
         nonlinearity=Choice(("tanh", "relu"))),
     "rnn_backward": Op(
         dx=Out("N T F", optional=True), dh0=Out("N H", optional=True),
-        dw_ih=Out("H F", optional=True), dw_hh=Out("H H", optional=True), db_ih=Out("H", optional=True), db_hh=Out("H", optional=True),
+        dw_ih=Out("H F", optional=True), dw_hh=Out("H H", optional=True),
+        db_ih=Out("H", optional=True), db_hh=Out("H", optional=True),
         dout=_optional("N T H"), dh_n=_optional("N H"), x=In("N T F"), h0=_optional("N H"),
         w_ih=In("H F"), w_hh=In("H H"), out=In("N T H"),
         nonlinearity=Choice(("tanh", "relu"))),
@@ -785,7 +786,8 @@ SPECS = {
         w_hh=In("3*H H"), b_ih=_optional("3*H"), b_hh=_optional("3*H")),
     "gru_backward": Op(
         dx=Out("N T F", optional=True), dh0=Out("N H", optional=True),
-        dw_ih=Out("3*H F", optional=True), dw_hh=Out("3*H H", optional=True), db_ih=Out("3*H", optional=True), db_hh=Out("3*H", optional=True),
+        dw_ih=Out("3*H F", optional=True), dw_hh=Out("3*H H", optional=True),
+        db_ih=Out("3*H", optional=True), db_hh=Out("3*H", optional=True),
         dout=_optional("N T H"), dh_n=_optional("N H"), x=In("N T F"), h0=_optional("N H"),
         w_ih=In("3*H F"), w_hh=In("3*H H"), out=In("N T H"), gates=In("N T 3*H"),
         hn=In("N T H")),

@@ -162,7 +162,8 @@ def _dx(dx, d, w, hp, wp, ph, pw, ln):
 
 
 def backward(dx, dw, db, dout, x, w, out, padding, code):
-    """dx, dw (None: frozen), db (None: no bias) of a stride-1 conv2d_forward of a one-channel input."""
+    """dx, dw (None: frozen), db (None: no bias) of a stride-1 conv2d_forward of a
+    one-channel input."""
     o_, c_, kh, kw = w.shape
     oh, ow = dout.shape[2], dout.shape[3]
     k = c_ * kh * kw

@@ -218,7 +218,8 @@ def _dx_plan(o_, kh, kw, stride, padding, h, w, oh, ow):
 
 
 def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
-    """dx (None: not wanted), dw (None: frozen), db (None: no bias) of conv2d_forward (conv2d_backward)."""
+    """dx (None: not wanted), dw (None: frozen), db (None: no bias) of conv2d_forward
+    (conv2d_backward)."""
     o_, c_, kh, kw = w.shape
     n_, _, oh, ow = dout.shape
     sh, sw = stride
