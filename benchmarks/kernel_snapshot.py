@@ -676,6 +676,40 @@ def bn_cases():
     return cases
 
 
+# layer norm ------------------------------------------------------------------------------
+
+def ln_case(shape, dt, weight=True, bias=True, want=(True, True, True)):
+    name = (f"layer_norm/{'x'.join(map(str, shape))}-{'w' if weight else 'now'}"
+            f"-{'b' if bias else 'nob'}-{''.join('1' if k else '0' for k in want)}-{_tag(dt)}")
+    ops = ("layer_norm_forward", "layer_norm_backward")
+
+    def fn(c):
+        m, d = shape
+        x = c.rand(shape, dt, 2.0, 0.5)
+        w = c.rand(d, dt, 0.2, 1.0) if weight else None
+        b = c.rand(d, dt) if bias else None
+        out, mean, rstd = c.out(shape, dt), c.out(m, dt), c.out(m, dt)
+        c.k("layer_norm_forward")(out, mean, rstd, x, w, b, 1e-5)
+        dout = c.rand(shape, dt)
+        dx = c.out(shape, dt) if want[0] else None
+        dw = c.out(d, dt) if want[1] else None
+        db = c.out(d, dt) if want[2] else None
+        c.k("layer_norm_backward")(dx, dw, db, dout, x, w, mean, rstd)
+        return {"layer_norm_forward.out": out, "layer_norm_forward.save_mean": mean,
+                "layer_norm_forward.save_rstd": rstd, "layer_norm_backward.dx": dx,
+                "layer_norm_backward.dweight": dw, "layer_norm_backward.dbias": db}
+    return Case(name, ops, fn)
+
+
+def ln_cases():
+    cases = []
+    for dt in (F32, F64):
+        cases += [ln_case((3, 5), dt), ln_case((1, 9), dt, weight=False, bias=False),
+                  ln_case((37, 70), dt, bias=False, want=(False, True, False)),
+                  ln_case((130, 513), dt, want=(True, False, True))]
+    return cases
+
+
 # recurrent ------------------------------------------------------------------------------
 
 CELLS = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -784,7 +818,8 @@ def cpu_cases():
     return (dense_cases() + im2col_cases() + conv_cases() + pool_cases()
             + [gap_case(s, dt) for dt in (F32, F64) for s in [(1, 1, 1, 1), (3, 5, 7, 9),
                                                              (17, 32, 4, 4)]]
-            + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases() + rnn_cases()
+            + elementwise_cases() + rowwise_cases() + misc_cases() + bn_cases()
+            + ln_cases() + rnn_cases()
             + lp_pool_cases()
             + [hardsigmoid_case(s, dt, sp) for dt in (F32, F64)
                for s, sp in [((7,), None), ((128, 1000), None), ((5, 37), "nonfinite")]]

@@ -328,7 +328,8 @@ class _Bucket:
     (the reduced flag says whether any rank had one)."""
 
     __slots__ = ("index", "params", "offsets", "total", "buffer", "device_buffer",
-                 "request", "ready", "launched", "late", "views", "late_parts", "reduced")
+                 "request", "ready", "launched", "late", "views", "late_parts", "reduced",
+                 "handed")
 
     def __init__(self, index, params, dtype):
         self.index, self.params = index, params
@@ -343,6 +344,10 @@ class _Bucket:
         self.views = [self.buffer[off:off + int(np.prod(p.shape, dtype=np.int64))].reshape(p.shape)
                       for p, off in zip(params, self.offsets)]
         self.late_parts = {}  # parameter index -> contributions that came after the send
+        # indices whose view slot_for handed out in this backward: a kernel writes all its
+        # slots before its layer reports any (grad_done), so when another gradient of the
+        # same layer completes the bucket first, the view already holds this one
+        self.handed = set()
         self.reduced = None   # the first send's sum, while the late parts are sent
         self.device_buffer = None
         self.request = None
@@ -406,7 +411,12 @@ class _Reducer:
         self.next_launch = 0
         for b in self.buckets:
             b.launched, b.late, b.request = False, False, None
-            b.ready = (sum(1 for p in b.params if self.expected[id(p)] == 0)
+            b.handed.clear()
+            # ready from the start: the parameters no call is expected for, and the frozen
+            # ones (requires_grad=False: backward writes no gradient for them), so that a
+            # bucket holding one is never waited for in backward
+            b.ready = (sum(1 for p in b.params
+                           if not p.requires_grad or self.expected[id(p)] == 0)
                        if self.expected is not None else 0)
         self.active = True
 
@@ -419,6 +429,7 @@ class _Reducer:
         b, i = self.bucket_of[id(p)]
         if b.launched or p.dtype != b.buffer.dtype or p.shape != b.views[i].shape:
             return None
+        b.handed.add(i)
         return b.views[i]
 
     def intercept(self, p, slot):
@@ -430,6 +441,11 @@ class _Reducer:
         b, i = self.bucket_of[id(p)]
         if not b.launched:
             return False
+        if slot is b.views[i] and i in b.handed:
+            # written before its bucket left and sent with it (see _launch): only counted
+            b.handed.discard(i)
+            self.calls[id(p)] += 1
+            return True
         part = b.late_parts.get(i)
         if part is None:
             b.late_parts[i] = slot
@@ -492,7 +508,16 @@ class _Reducer:
             for i, (p, off) in enumerate(zip(b.params, b.offsets)):
                 g = p._grad
                 size = int(np.prod(p.shape, dtype=np.int64))
-                if g is None:
+                if g is not None and not p.requires_grad:
+                    # frozen: its gradient (from before the freezing) is neither sent nor
+                    # replaced; taken out of the bucket, which is overwritten below
+                    if g is b.views[i]:
+                        p._grad = g.copy()
+                    g = None
+                if g is None and i in b.handed:
+                    # its kernel wrote it in place; its grad_done comes next (intercept)
+                    flags[i] = 1
+                elif g is None:
                     buf[off:off + size] = 0
                     flags[i] = 0
                 else:
@@ -519,7 +544,7 @@ class _Reducer:
         flags = np.zeros(len(b.params), dtype=b.buffer.dtype)
         for i, (p, off) in enumerate(zip(b.params, b.offsets)):
             size = int(np.prod(p.shape, dtype=np.int64))
-            if p._grad is None:
+            if p._grad is None or not p.requires_grad:  # (frozen: as in _launch)
                 dev[off:off + size].copy_to_device(np.zeros(size, dtype=b.buffer.dtype))
             else:
                 dev[off:off + size].copy_to_device(p._grad.reshape(size))
@@ -625,6 +650,7 @@ class _Reducer:
                 b.request.Wait()
                 b.request = None
             b.late_parts.clear()
+            b.handed.clear()
             b.reduced = None
         self.pending = False
 
@@ -645,7 +671,9 @@ class DistributedDataParallel(Module):
       end). The first read of a gradient (the optimizer's step, ``zero_grad``, anything
       reading ``.grad``) and the next ``forward`` wait for the rest.
     - A parameter that no rank's backward reached keeps ``.grad`` None; one reached on
-      some ranks only counts as zero on the others.
+      some ranks only counts as zero on the others. A frozen parameter
+      (``requires_grad=False``) is neither reduced nor waited for: its bucket leaves as
+      soon as its other gradients are written, and its ``.grad`` stays as it was.
     - With ``broadcast_buffers`` (PyTorch's default), each training forward first
       broadcasts rank 0's buffers (BatchNorm's running statistics): BatchNorm still
       normalises each rank's batch share by its own statistics (no SyncBatchNorm).

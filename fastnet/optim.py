@@ -1,7 +1,9 @@
 """Optimizers over fastnet Parameters, each step one fused kernel per parameter.
 
 Semantics follow torch.optim (see fastnet/kernels/optim.py). Parameters whose ``.grad``
-is None (no backward reached them since ``zero_grad``) are skipped, as in PyTorch.
+is None (no backward reached them since ``zero_grad``) are skipped, as in PyTorch; so are
+frozen ones (``requires_grad=False``): no update, no state created, no weight decay, even
+when a gradient from before the freezing is still there (PyTorch would apply that one).
 """
 import math
 import numbers
@@ -96,7 +98,8 @@ class Optimizer:
 
     def zero_grad(self):
         for p in self.params:
-            p.grad = None
+            if p.requires_grad:  # a frozen parameter is left alone, as by Module.zero_grad
+                p.grad = None
 
     def _buffer(self, i, name):
         """State array ``name`` of parameter i: zeros at first, then kept; converted (not
@@ -110,8 +113,11 @@ class Optimizer:
         return buf
 
     def _updates(self):
-        """(index, parameter, its step count) for each parameter with a gradient, counted."""
+        """(index, parameter, its step count) for each parameter with a gradient that is not
+        frozen, counted."""
         for i, p in enumerate(self.params):
+            if not p.requires_grad:
+                continue
             g = p.grad
             if g is None:
                 continue

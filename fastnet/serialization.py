@@ -155,6 +155,22 @@ def _batch_norm_state(c, where):
     return state
 
 
+def _layer_norm_state(c, where):
+    value = c["normalized_shape"]
+    shape = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(shape, list) and shape
+            and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in shape)):
+        raise _Bad(f"{where}.normalized_shape", f"expected a positive int or a list of 1 to 4 "
+                                                f"positive ints, got {_short(value)}")
+    for name in ("elementwise_affine", "bias"):
+        if not isinstance(c[name], bool):
+            raise _Bad(f"{where}.{name}", f"expected true or false, got {_short(c[name])}")
+    shape = tuple(shape)
+    if not c["elementwise_affine"]:
+        return {}
+    return {"weight": shape, **({"bias": shape} if c["bias"] else {})}
+
+
 # NOTE: num_layers sizes no array, yet it counts them: the shapes a file's description
 # implies are listed before any array is compared, so a file may stack at most this many
 # layers (a few bytes of JSON must not list millions of entries).
@@ -212,6 +228,7 @@ def _char_lstm_state(c, where):
 _STATE_SHAPES = {
     _layers.Dense: _dense_state, _layers.Conv2D: _conv_state,
     _layers.BatchNorm1D: _batch_norm_state, _layers.BatchNorm2D: _batch_norm_state,
+    _layers.LayerNorm: _layer_norm_state,
     _layers.Embedding: _embedding_state,
     **{cls: _recurrent_state(cls) for cls in (_layers.RNN, _layers.LSTM, _layers.GRU)},
     CharLSTM: _char_lstm_state,

@@ -589,6 +589,43 @@ def batch_norm_backward(dout, x, weight, eps):
     return dx.astype(t), dweight.astype(t), dbias.astype(t)
 
 
+# layer normalisation over the rows of x (M, D)
+
+def layer_norm_forward(x, weight, bias, eps):
+    """torch.nn.functional.layer_norm over the last axis of (M, D), from the definition in
+    float64 (np.var, the biased variance) -> (out, mean, rstd)."""
+    v = _f64(x)
+    mean = v.mean(axis=1)
+    rstd = 1.0 / np.sqrt(v.var(axis=1) + eps)
+    out = (v - mean[:, None]) * rstd[:, None]
+    if weight is not None:
+        out = out * _f64(weight)
+    if bias is not None:
+        out = out + _f64(bias)
+    t = np.asarray(x).dtype
+    return out.astype(t), mean.astype(t), rstd.astype(t)
+
+
+def layer_norm_backward(dout, x, weight, eps):
+    """Gradients of layer_norm through each row's explicit Jacobian of xhat:
+    -> (dx, dweight, dbias)."""
+    d, v = _f64(dout), _f64(x)
+    m, n = v.shape
+    w = np.ones(n) if weight is None else _f64(weight)
+    eye = np.eye(n)
+    dx = np.empty_like(v)
+    xhats = np.empty_like(v)
+    for r in range(m):
+        mu = v[r].mean()
+        s = 1.0 / np.sqrt(((v[r] - mu) ** 2).mean() + eps)
+        xhat = (v[r] - mu) * s
+        xhats[r] = xhat
+        jac = s * (eye - 1.0 / n - np.outer(xhat, xhat) / n)  # d xhat_i / d x_j
+        dx[r] = (d[r] * w) @ jac
+    t = np.asarray(x).dtype
+    return dx.astype(t), np.einsum("rj,rj->j", d, xhats).astype(t), d.sum(axis=0).astype(t)
+
+
 def global_avg_pool2d_forward(x):
     """(N, C, H, W) -> (N, C) means over H, W"""
     return _f64(x).mean(axis=(2, 3)).astype(np.asarray(x).dtype)

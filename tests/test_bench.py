@@ -47,7 +47,8 @@ def test_cases_cover_the_issue():
                  "train vgg-small 128x3x32x32 step", "lstm 64x32x128->128 forward",
                  "lstm 64x32x128->128 backward", "batch_norm2d 128x32x16x16 forward",
                  "batch_norm2d 128x32x16x16 backward", "batch_norm1d 128x256 forward",
-                 "batch_norm1d 128x256 backward", "dropout 128x4096 p0.5 forward",
+                 "batch_norm1d 128x256 backward", "layer_norm 128x16x512 forward",
+                 "layer_norm 128x16x512 backward", "dropout 128x4096 p0.5 forward",
                  "dropout 128x4096 p0.5 backward", "embedding 128x64 ids 10000x128 forward",
                  "embedding 128x64 ids 10000x128 backward",
                  # the issue's headline: four training steps at batch 128, and inference
@@ -71,7 +72,8 @@ def test_cases_cover_the_issue():
                              (1024 if "1024x" in c.shape else 128))
     # ONNX Runtime: inference, and the forwards of layers eval mode computes the same
     assert {c.family for c in full if c.ort} == {"dense", "conv", "pool", "activation",
-                                                 "embedding", "inference"}
+                                                 "embedding", "inference", "norm"}
+    assert {c.op for c in full if c.family == "norm" and c.ort} == {"layer_norm"}
     assert all(c.direction in ("forward", "inference") for c in full if c.ort)
     # the issue's models: 784-256-256-10 on 1x28x28; LeNet-5's 400 features into its head
     train = {c.op: c.inputs()["params"] for c in full if c.family == "train"}

@@ -20,6 +20,7 @@ into its own layers:
     ("global_avgpool",)              mean over H and W: (N, C, H, W) -> (N, C)
     ("batchnorm1d", c) / ("batchnorm2d", c)  PyTorch's eps and momentum (training mode
                                      in a training step, running statistics in eval mode)
+    ("layernorm", d)                 layer norm over the last axis of size d (PyTorch's eps)
     ("residual", block, shortcut)    block(x) + shortcut(x), both specs; shortcut None: + x
     ("relu",) ("sigmoid",) ("tanh",) ("hardsigmoid",) ("softmax",) ("flatten",)
 
@@ -267,6 +268,8 @@ def _param_shapes(spec, outer=""):
             entries = [("weight", (c,), "around one"), ("bias", (c,), "around zero"),
                        ("running_mean", (c,), "zeros"), ("running_var", (c,), "ones"),
                        ("num_batches_tracked", (), "count")]
+        elif s[0] == "layernorm":
+            entries = [("weight", (s[1],), "around one"), ("bias", (s[1],), "around zero")]
         elif s[0] == "residual":
             for name, branch in zip(("block", "shortcut"), s[1:]):
                 if branch is not None:
@@ -311,12 +314,15 @@ def _dims(shape):
 # ---- the cases --------------------------------------------------------------------------
 
 # the layer families whose forward computes in training mode what eval mode computes: their
-# forward cases get an ONNX Runtime twin (not batch norm, dropout or the LSTM)
+# forward cases get an ONNX Runtime twin (not batch norm, dropout or the LSTM; layer norm
+# is asked for by its case)
 ORT_FAMILIES = ("dense", "conv", "pool", "activation")
 
 
-def _layer_pair(family, op, shape, spec, x_shape, compute_bound):
-    """The forward and the backward case of one layer (a spec of one entry)."""
+def _layer_pair(family, op, shape, spec, x_shape, compute_bound, ort=None):
+    """The forward and the backward case of one layer (a spec of one entry); ``ort``: an
+    ONNX Runtime twin of the forward (by default for the ORT_FAMILIES)."""
+    ort = family in ORT_FAMILIES if ort is None else ort
     label = f"{op} {shape}"
     y_shape, macs = trace(spec, x_shape)[-1]
     x_size, y_size = math.prod(x_shape), math.prod(y_shape)
@@ -334,7 +340,7 @@ def _layer_pair(family, op, shape, spec, x_shape, compute_bound):
         return kw
 
     return [Case(family, op, shape, direction, "layer_" + direction, partial(inputs, backward),
-                 samples=x_shape[0], ort=not backward and family in ORT_FAMILIES, **w)
+                 samples=x_shape[0], ort=not backward and ort, **w)
             for direction, backward, w in (("forward", False, work[0]), ("backward", True, work[1]))]
 
 
@@ -648,6 +654,11 @@ def all_cases(quick: bool = False) -> list:
         kind = "batchnorm2d" if len(shape) == 4 else "batchnorm1d"
         cases += _layer_pair("norm", "batch_norm" + kind[-2:], _dims(shape),
                              [(kind, shape[1])], shape, False)
+    # layer norm over the features of a batch of sequences: (N, T, D), 2048 rows of 512
+    ln = (n, 3, 8) if quick else (n, 16, 512)
+    # (no running statistics: eval mode computes the same, ONNX's LayerNormalization too)
+    cases += _layer_pair("norm", "layer_norm", _dims(ln), [("layernorm", ln[-1])], ln, False,
+                         ort=True)
     cases += _dropout_pair((n, 64) if quick else (n, 4096), DROPOUT_P)
 
     vgg = _vgg(4, 8, 8 * 2 * 2, 16) if quick else _vgg(32, 64, 64 * 8 * 8, 256)

@@ -10,7 +10,7 @@ from fastnet.kernels import _kernel
 from fastnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
                             Flatten, GlobalAvgPool2D, Hardsigmoid, LPPool2D, MaxPool2D, Parameter, ReLU, Residual,
                             Sequential, Sigmoid, Softmax, Tanh)
-from fastnet.layers import GRU, LSTM, Embedding
+from fastnet.layers import GRU, LSTM, Embedding, LayerNorm
 from fastnet.models import CharLSTM
 from fastnet.losses import BCEWithLogitsLoss, CrossEntropyLoss
 from fastnet.optim import SGD, Adam, clip_grad_norm_
@@ -20,7 +20,8 @@ from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias
 _SIMPLE = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax,
            "flatten": Flatten, "maxpool": MaxPool2D, "avgpool": AvgPool2D,
            "global_avgpool": GlobalAvgPool2D, "batchnorm1d": BatchNorm1D,
-           "batchnorm2d": BatchNorm2D, "hardsigmoid": Hardsigmoid, "lppool": LPPool2D}
+           "batchnorm2d": BatchNorm2D, "hardsigmoid": Hardsigmoid, "lppool": LPPool2D,
+           "layernorm": LayerNorm}
 
 
 def _layer(s):

@@ -194,6 +194,29 @@ class BatchNorm(Layer):
         return k * (count * g - dbias.reshape(b) - xhat * dweight.reshape(b))
 
 
+class LayerNorm(Layer):
+    """Layer normalisation over the last axis, as PyTorch (eps 1e-5, biased variance)."""
+
+    eps = 1e-5
+
+    def forward(self, x):
+        mean = x.mean(axis=-1, keepdims=True)
+        var = x.var(axis=-1, keepdims=True)
+        self.rstd = (1 / np.sqrt(var + np.float32(self.eps))).astype(x.dtype)
+        self.xhat = (x - mean) * self.rstd
+        return self.xhat * self.params["weight"] + self.params["bias"]
+
+    def backward(self, g, input_grad=True):
+        xhat = self.xhat
+        axes = tuple(range(g.ndim - 1))
+        self.grads = {"weight": (g * xhat).sum(axis=axes), "bias": g.sum(axis=axes)}
+        if not input_grad:
+            return None
+        gw = g * self.params["weight"]
+        return self.rstd * (gw - gw.mean(axis=-1, keepdims=True)
+                            - xhat * (gw * xhat).mean(axis=-1, keepdims=True))
+
+
 class _Elementwise(Layer):
     def forward(self, x):
         self.y = self.f(x)
@@ -317,7 +340,8 @@ _LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:7]),
            "lppool": lambda s: LPPool2D(s[1], s[2]), "hardsigmoid": lambda s: Hardsigmoid(),
            "relu": lambda s: ReLU(), "sigmoid": lambda s: Sigmoid(), "tanh": lambda s: Tanh(),
            "softmax": lambda s: Softmax(), "flatten": lambda s: Flatten(),
-           "batchnorm1d": lambda s: BatchNorm(), "batchnorm2d": lambda s: BatchNorm()}
+           "batchnorm1d": lambda s: BatchNorm(), "batchnorm2d": lambda s: BatchNorm(),
+           "layernorm": lambda s: LayerNorm()}
 
 
 def build(spec, params, outer=""):

@@ -78,6 +78,10 @@ class _Graph:
                 x = self.node("HardSigmoid", [x], alpha=1 / 6, beta=0.5)
             elif kind == "softmax":
                 x = self.node("Softmax", [x], axis=-1)
+            elif kind == "layernorm":  # PyTorch's eps
+                x = self.node("LayerNormalization", [x, self.weight(at + "weight"),
+                                                     self.weight(at + "bias")],
+                              axis=-1, epsilon=1e-5)
             elif kind in _SIMPLE:
                 x = self.node(_SIMPLE[kind], [x])
             else:

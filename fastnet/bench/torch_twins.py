@@ -14,7 +14,8 @@ from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias, key_prefix
 
 _SIMPLE = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "flatten": nn.Flatten,
            "maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d, "batchnorm1d": nn.BatchNorm1d,
-           "batchnorm2d": nn.BatchNorm2d, "hardsigmoid": nn.Hardsigmoid, "lppool": nn.LPPool2d}
+           "batchnorm2d": nn.BatchNorm2d, "hardsigmoid": nn.Hardsigmoid, "lppool": nn.LPPool2d,
+           "layernorm": nn.LayerNorm}
 
 
 def set_threads(n):

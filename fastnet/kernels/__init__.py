@@ -87,6 +87,8 @@ KERNELS = {
     "add":                           {"cpu": elementwise.add,                   "cuda": CudaKernel("elementwise", "add")},
     "batch_norm_forward":            {"cpu": norm.batch_norm_forward,           "cuda": CudaKernel("norm", "batch_norm_forward")},
     "batch_norm_backward":           {"cpu": norm.batch_norm_backward,          "cuda": CudaKernel("norm", "batch_norm_backward")},
+    "layer_norm_forward":            {"cpu": norm.layer_norm_forward,           "cuda": CudaKernel("norm", "layer_norm_forward")},
+    "layer_norm_backward":           {"cpu": norm.layer_norm_backward,          "cuda": CudaKernel("norm", "layer_norm_backward")},
     "lp_pool2d_forward":             {"cpu": pool.lp_pool2d_forward,            "cuda": CudaKernel("pool", "lp_pool2d_forward")},
     "lp_pool2d_backward":            {"cpu": pool.lp_pool2d_backward,           "cuda": CudaKernel("pool", "lp_pool2d_backward")},
     "global_avg_pool2d_forward":     {"cpu": pool.global_avg_pool2d_forward,    "cuda": CudaKernel("pool", "global_avg_pool2d_forward")},

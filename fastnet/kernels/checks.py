@@ -700,7 +700,8 @@ SPECS = {
         out=Out("N OUT"), x=In("N IN"), w=In("OUT IN"), b=_optional("OUT"),
         activation=ACTIVATION),
     "dense_backward": Op(
-        dx=Out("N IN", optional=True), dw=Out("OUT IN"), db=Out("OUT", optional=True),
+        dx=Out("N IN", optional=True), dw=Out("OUT IN", optional=True),
+        db=Out("OUT", optional=True),
         dout=In("N OUT"), x=In("N IN"), w=In("OUT IN"), out=_optional("N OUT"),
         activation=ACTIVATION, rules=[output_with_activation("out")]),
     "im2col": Op(
@@ -712,7 +713,8 @@ SPECS = {
         stride=STRIDE, padding=PADDING, activation=Choice(ACTIVATIONS, default=None),
         derive=window),
     "conv2d_backward": Op(
-        dx=Out("N C H W", optional=True), dw=Out("O C KH KW"), db=Out("O", optional=True),
+        dx=Out("N C H W", optional=True), dw=Out("O C KH KW", optional=True),
+        db=Out("O", optional=True),
         dout=In("N O OH OW"), x=In("N C H W"), w=In("O C KH KW"), out=_optional("N O OH OW"),
         stride=STRIDE, padding=PADDING, activation=Choice(ACTIVATIONS, default=None),
         derive=window, rules=[output_with_activation("out")]),
@@ -810,6 +812,13 @@ SPECS = {
         dx=Out("N C L", optional=True), dweight=Out("C", optional=True),
         dbias=Out("C", optional=True), dout=In("N C L"), x=In("N C L"), weight=_optional("C"),
         save_mean=In("C"), save_invstd=In("C"), rules=[together("dweight", "dbias")]),
+    "layer_norm_forward": Op(
+        out=Out("M D"), save_mean=Out("M"), save_rstd=Out("M"), x=In("M D"),
+        weight=_optional("D"), bias=_optional("D"), eps=Real(0)),
+    "layer_norm_backward": Op(
+        dx=Out("M D", optional=True), dweight=Out("D", optional=True),
+        dbias=Out("D", optional=True), dout=In("M D"), x=In("M D"), weight=_optional("D"),
+        save_mean=In("M"), save_rstd=In("M")),
     "lp_pool2d_forward": Op(
         out=Out("N C OH OW"), x=In("N C H W"), norm_type=Real(0), kernel_size=KERNEL_SIZE,
         stride=STRIDE, derive=unpadded_window, rules=[positive("norm_type")]),
@@ -826,8 +835,9 @@ SPECS = {
         w_ih=In("H F"), w_hh=In("H H"), b_ih=_optional("H"), b_hh=_optional("H"),
         nonlinearity=Choice(("tanh", "relu"))),
     "rnn_backward": Op(
-        dx=Out("N T F", optional=True), dh0=Out("N H", optional=True), dw_ih=Out("H F"),
-        dw_hh=Out("H H"), db_ih=Out("H", optional=True), db_hh=Out("H", optional=True),
+        dx=Out("N T F", optional=True), dh0=Out("N H", optional=True),
+        dw_ih=Out("H F", optional=True), dw_hh=Out("H H", optional=True),
+        db_ih=Out("H", optional=True), db_hh=Out("H", optional=True),
         dout=_optional("N T H"), dh_n=_optional("N H"), x=In("N T F"), h0=_optional("N H"),
         w_ih=In("H F"), w_hh=In("H H"), out=In("N T H"),
         nonlinearity=Choice(("tanh", "relu"))),
@@ -838,7 +848,8 @@ SPECS = {
         b_hh=_optional("4*H")),
     "lstm_backward": Op(
         dx=Out("N T F", optional=True), dh0=Out("N H", optional=True),
-        dc0=Out("N H", optional=True), dw_ih=Out("4*H F"), dw_hh=Out("4*H H"),
+        dc0=Out("N H", optional=True), dw_ih=Out("4*H F", optional=True),
+        dw_hh=Out("4*H H", optional=True),
         db_ih=Out("4*H", optional=True), db_hh=Out("4*H", optional=True),
         dout=_optional("N T H"), dh_n=_optional("N H"), dc_n=_optional("N H"), x=In("N T F"),
         h0=_optional("N H"), c0=_optional("N H"), w_ih=In("4*H F"), w_hh=In("4*H H"),
@@ -848,8 +859,9 @@ SPECS = {
         hn=Out("N T H"), x=In("N T F"), h0=_optional("N H"), w_ih=In("3*H F"),
         w_hh=In("3*H H"), b_ih=_optional("3*H"), b_hh=_optional("3*H")),
     "gru_backward": Op(
-        dx=Out("N T F", optional=True), dh0=Out("N H", optional=True), dw_ih=Out("3*H F"),
-        dw_hh=Out("3*H H"), db_ih=Out("3*H", optional=True), db_hh=Out("3*H", optional=True),
+        dx=Out("N T F", optional=True), dh0=Out("N H", optional=True),
+        dw_ih=Out("3*H F", optional=True), dw_hh=Out("3*H H", optional=True),
+        db_ih=Out("3*H", optional=True), db_hh=Out("3*H", optional=True),
         dout=_optional("N T H"), dh_n=_optional("N H"), x=In("N T F"), h0=_optional("N H"),
         w_ih=In("3*H F"), w_hh=In("3*H H"), out=In("N T H"), gates=In("N T 3*H"),
         hn=In("N T H")),

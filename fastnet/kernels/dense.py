@@ -77,7 +77,7 @@ def dense_forward(out, x, w, b, activation):
 
 def dense_backward(dx, dw, db, dout, x, w, out, activation):
     """dout (N, OUT), x (N, IN), w (OUT, IN), out (N, OUT) -> dx (N, IN) | None,
-    dw (OUT, IN), db (OUT,) | None; ``out`` (the forward output) may be None without
+    dw (OUT, IN) | None, db (OUT,) | None; ``out`` (the forward output) may be None without
     activation"""
     code = ACTIVATIONS[activation]
     g = dout
@@ -86,6 +86,7 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
     if code != 0 or db is not None:
         act = -1 if code in (IDENTITY, RELU) else code
         _activation_and_bias_grad[act](g, db, dout, dout if out is None else out, code == RELU)
-    matmul_tn(dw, g, x)
+    if dw is not None:  # (None: a frozen weight)
+        matmul_tn(dw, g, x)
     if dx is not None:
         matmul_nn(dx, g, w)

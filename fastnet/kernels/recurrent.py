@@ -94,8 +94,10 @@ def _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, h_prev, w_ih):
     gh = dgx.shape[2]
     gx2 = dgx.reshape(n * t, gh)
     gh2 = dgh.reshape(n * t, gh)
-    matmul_tn(dw_ih, gx2, x.reshape(n * t, f))
-    matmul_tn(dw_hh, gh2, h_prev.reshape(n * t, h_prev.shape[2]))
+    if dw_ih is not None:  # (None: a frozen weight)
+        matmul_tn(dw_ih, gx2, x.reshape(n * t, f))
+    if dw_hh is not None:
+        matmul_tn(dw_hh, gh2, h_prev.reshape(n * t, h_prev.shape[2]))
     if db_ih is not None:
         _column_sums(db_ih, gx2)
     if db_hh is not None:
@@ -340,7 +342,8 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
 def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  nonlinearity):
     """dout (N, T, H) | None, dh_n (N, H) | None, x, h0, w_ih, w_hh, out as in forward ->
-    dx (N, T, F) | None, dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
+    dx (N, T, F) | None, dh0 (N, H) | None, dw_ih | None, dw_hh | None, db_ih | None,
+    db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
     dg = np.empty(out.shape, out.dtype)  # C order: the micro-kernel reads flat rows
@@ -491,7 +494,7 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x, h0, c0,
                   w_ih, w_hh, out, gates, cells):
     """dout (N, T, H) | None, dh_n, dc_n (N, H) | None, the rest as in forward -> dx (N, T, F) |
-    None, dh0, dc0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
+    None, dh0, dc0 (N, H) | None, dw_ih | None, dw_hh | None, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
     dg = np.empty(gates.shape, gates.dtype)  # C order: the micro-kernel reads flat rows
@@ -648,7 +651,7 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
 def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  gates, hn):
     """dout (N, T, H) | None, dh_n (N, H) | None, the rest as in forward -> dx (N, T, F) | None,
-    dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
+    dh0 (N, H) | None, dw_ih | None, dw_hh | None, db_ih | None, db_hh | None"""
     n, t, f = x.shape
     hs = out.shape[2]
     dgx = np.empty(gates.shape, gates.dtype)

@@ -1,7 +1,7 @@
 from ..device import CPU
 from ..kernels import _kernel
 from .activation import ReLU
-from .module import Module, Parameter, _float_dtype, check_grad, check_input
+from .module import Module, Parameter, _float_dtype, check_grad, check_input, grad_slot
 from .plan import Step
 from ._init import kaiming_uniform
 from ._args import check_activation, positive_int
@@ -38,11 +38,14 @@ class _FusedAffine(Module):
         x, out, out_shape = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out_shape, x.dtype)
         dx = self.device.empty(x.shape, x.dtype) if input_grad else None
-        dw = self.weight.grad_slot(self.device)
-        db = None if self.bias is None else self.bias.grad_slot(self.device)
+        dw = grad_slot(self.weight, self.device)
+        db = grad_slot(self.bias, self.device)
+        if dx is None and dw is None and db is None:
+            return None  # all frozen, and no input gradient wanted: nothing to compute
         _kernel(self.op + "_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data,
                                                     out, *self._geometry(), self.activation)
-        self.weight.grad_done(dw, self.device)
+        if dw is not None:
+            self.weight.grad_done(dw, self.device)
         if db is not None:
             self.bias.grad_done(db, self.device)
         return dx

@@ -4,7 +4,7 @@ from ..device import to_numpy
 from ..kernels import _kernel
 from .._rng import generator
 from ._args import is_int, positive_int
-from .module import Module, Parameter, _float_dtype, check_grad
+from .module import Module, Parameter, _float_dtype, check_grad, grad_slot
 
 
 class Embedding(Module):
@@ -79,8 +79,9 @@ class Embedding(Module):
     def backward(self, grad_out, input_grad=True):
         flat, out_shape, dtype = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, out_shape, dtype)
-        dw = self.weight.grad_slot(self.device)
-        _kernel("embedding_backward", self.device)(
-            dw, grad_out.reshape(flat.size, self.embedding_dim), flat, self.padding_idx)
-        self.weight.grad_done(dw, self.device)
+        dw = grad_slot(self.weight, self.device)
+        if dw is not None:  # (frozen: nothing to compute)
+            _kernel("embedding_backward", self.device)(
+                dw, grad_out.reshape(flat.size, self.embedding_dim), flat, self.padding_idx)
+            self.weight.grad_done(dw, self.device)
         return None  # indices have no gradient

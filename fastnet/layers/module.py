@@ -23,13 +23,22 @@ class Parameter:
     accumulates into it. Assigning ``.data`` or ``.grad`` keeps the shape fixed and
     stores a C-contiguous float array (a transposed view is copied), because kernels
     index the raw buffer.
+
+    ``requires_grad`` (default True, as in PyTorch) freezes the parameter when False: the
+    layers' backward passes compute no gradient for it (its ``.grad`` stays as it was,
+    None for a parameter frozen from the start), ``zero_grad()`` and the optimizers
+    leave it alone (no update, no state, no weight decay), and a DistributedDataParallel
+    neither reduces nor waits for it. The input's gradient is still computed. Freezing
+    does not change ``state_dict()``.
     """
 
-    __slots__ = ("_data", "_grad", "_reducer")
+    __slots__ = ("_data", "_grad", "_reducer", "_requires_grad")
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad=True):
         self._data = None
         self._grad = None
+        self._requires_grad = True
+        self.requires_grad = requires_grad
         # a DistributedDataParallel's gradient averaging (fastnet/distributed.py): told
         # when a backward wrote this gradient, waited for when the gradient is read
         self._reducer = None
@@ -43,6 +52,21 @@ class Parameter:
     def data(self, value):
         self._data = self._checked(value, "data")
         GENERATION[0] += 1
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"Parameter.requires_grad: expected a bool, got {flag!r}")
+        self._requires_grad = bool(flag)
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` in place and return the parameter, as PyTorch's method."""
+        self.requires_grad = requires_grad
+        return self
 
     @property
     def grad(self):
@@ -106,13 +130,25 @@ class Parameter:
             self._reducer.grad_ready(self)
 
     def __getstate__(self):  # copies and pickles leave the gradient averaging behind
-        return {"_data": self._data, "_grad": self.grad}
+        return {"_data": self._data, "_grad": self.grad, "requires_grad": self._requires_grad}
 
     def __setstate__(self, state):
         self._data, self._grad, self._reducer = state["_data"], state["_grad"], None
+        self._requires_grad = bool(state.get("requires_grad", True))
 
     def __repr__(self):
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+        frozen = "" if self._requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}{frozen})"
+
+
+def grad_slot(param, device):
+    """Where a layer's backward kernel writes ``param``'s gradient (``Parameter.grad_slot``),
+    or None, which the kernels take as "not needed", for an absent parameter (a layer
+    without bias) or a frozen one (``requires_grad=False``). Pass each non-None slot to
+    ``param.grad_done`` after the kernel."""
+    if param is None or not param._requires_grad:
+        return None
+    return param.grad_slot(device)
 
 
 class Buffer:
@@ -355,8 +391,30 @@ class Module:
         self._saved = None
 
     def zero_grad(self):
+        """Drop the gradients (``.grad = None``) of the parameters that require them; a
+        frozen parameter (``requires_grad=False``) is left alone."""
         for p in self.parameters():
-            p.grad = None
+            if p.requires_grad:
+                p.grad = None
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` on every parameter of this module and its children (False
+        freezes the whole module); returns self, as PyTorch's method."""
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.requires_grad_: expected a bool, got "
+                            f"{requires_grad!r}")
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every child module (recursively, each child's children
+        first), then on this module; returns self, as PyTorch's ``Module.apply``
+        (e.g. re-initialising every Dense layer's weights)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def to(self, target):
         """Move to a device ("cpu", "cuda") or convert to a dtype (np.float32 / np.float64).

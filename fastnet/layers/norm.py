@@ -1,8 +1,11 @@
 import numpy as np
 
+from ..device import CPU
 from ..kernels import _kernel
-from ._args import positive_int, real
-from .module import Buffer, Module, Parameter, _float_dtype, check_grad, check_input
+from ._args import is_int, positive_int, real
+from .module import (Buffer, Module, Parameter, _float_dtype, check_grad, check_input,
+                     grad_slot)
+from .plan import Step
 
 
 class _BatchNorm(Module):
@@ -83,15 +86,21 @@ class _BatchNorm(Module):
         x3, mean, invstd, shape = self._saved_for_backward()
         grad_out = check_grad(self, grad_out, shape, x3.dtype)
         dx = self.device.empty(shape, x3.dtype) if input_grad else None
-        if dx is None and self.weight is None:
+        dw = grad_slot(self.weight, self.device)
+        db = grad_slot(self.bias, self.device)
+        if dx is None and dw is None and db is None:
             return None
-        dw = None if self.weight is None else self.weight.grad_slot(self.device)
-        db = None if self.bias is None else self.bias.grad_slot(self.device)
+        # (the kernel writes dweight and dbias together: a frozen one's goes to scratch)
+        kw, kb = dw, db
+        if (kw is None) != (kb is None):
+            scratch = self.device.empty((self.num_features,), x3.dtype)
+            kw, kb = (scratch, kb) if kw is None else (kw, scratch)
         _kernel("batch_norm_backward", self.device)(
-            None if dx is None else dx.reshape(x3.shape), dw, db, grad_out.reshape(x3.shape),
+            None if dx is None else dx.reshape(x3.shape), kw, kb, grad_out.reshape(x3.shape),
             x3, None if self.weight is None else self.weight.data, mean, invstd)
         if dw is not None:
             self.weight.grad_done(dw, self.device)
+        if db is not None:
             self.bias.grad_done(db, self.device)
         return dx
 
@@ -113,3 +122,103 @@ class BatchNorm2D(_BatchNorm):
     (see BatchNorm1D)."""
 
     shapes = ((None, None, None, None),)
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the trailing ``normalized_shape`` axes of the input, as
+    torch.nn.LayerNorm: each sample's last len(normalized_shape) axes normalised by their
+    own mean and biased variance, out = (x - mean) / sqrt(var + eps) * weight + bias, the
+    same in training and eval mode (no running statistics). ``normalized_shape`` is an int
+    or a tuple of ints; ``weight`` (ones) and ``bias`` (zeros) have that shape
+    (``elementwise_affine=False``: neither; ``bias=False``: no bias). The input is
+    (*, *normalized_shape), any number of leading axes (none: one sample). In training
+    mode forward keeps a reference to its input for backward: do not modify that array in
+    place before backward."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 dtype="float32"):
+        name = type(self).__name__
+        shape = (normalized_shape,) if is_int(normalized_shape) else normalized_shape
+        if not isinstance(shape, (tuple, list)) or not shape:
+            raise TypeError(f"{name}: normalized_shape must be a positive int or a non-empty "
+                            f"tuple of positive ints, got {normalized_shape!r}")
+        self.normalized_shape = tuple(positive_int(s, "normalized_shape", name) for s in shape)
+        self.eps = real(eps, "eps", name)
+        if self.eps < 0:
+            raise ValueError(f"{name}: eps must be >= 0, got {eps!r}")
+        if not isinstance(elementwise_affine, bool) or not isinstance(bias, bool):
+            raise TypeError(f"{name}: elementwise_affine and bias must be bools, got "
+                            f"{elementwise_affine!r} and {bias!r}")
+        self.elementwise_affine = elementwise_affine
+        self.has_bias = bias  # (``bias`` is the Parameter, as in PyTorch)
+        dtype = _float_dtype(dtype, name)
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if elementwise_affine else None
+        self.bias = (Parameter(np.zeros(self.normalized_shape, dtype))
+                     if elementwise_affine and bias else None)
+
+    def config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.has_bias}
+
+    def _param_dtype(self):
+        return None if self.weight is None else self.weight.dtype
+
+    def _arrays(self):
+        return (None if self.weight is None else self.weight.data,
+                None if self.bias is None else self.bias.data)
+
+    def forward(self, x):
+        k = len(self.normalized_shape)
+        ndim = getattr(x, "ndim", None)
+        if ndim is not None and ndim < k:
+            want = ", ".join(["*"] + [str(s) for s in self.normalized_shape])
+            raise ValueError(f"{self!r}: expected input of shape ({want}), got "
+                             f"{tuple(x.shape)}")
+        lead = k + 1 if ndim is None else ndim
+        x = check_input(self, x, (None,) * (lead - k) + self.normalized_shape,
+                        self._param_dtype())
+        d = int(np.prod(self.normalized_shape))
+        m = x.size // d
+        x2 = x.reshape(m, d)
+        out = self.device.empty(x.shape, x.dtype)
+        mean = self.device.empty((m,), x.dtype)
+        rstd = self.device.empty((m,), x.dtype)
+        w, b = self._arrays()
+        _kernel("layer_norm_forward", self.device)(
+            out.reshape(m, d), mean, rstd, x2, None if w is None else w.reshape(d),
+            None if b is None else b.reshape(d), self.eps)
+        if self.training:
+            self._saved = (x2, mean, rstd, x.shape)
+        return out
+
+    def _plan_step(self, shape, dtype, following):
+        d = int(np.prod(self.normalized_shape))
+        m = int(np.prod(shape)) // d
+        w, b = self._arrays()
+        w = None if w is None else w.reshape(d)
+        b = None if b is None else b.reshape(d)
+        k, eps = _kernel("layer_norm_forward", CPU), self.eps
+
+        def run(out, x, mean, rstd):
+            k(out.reshape(m, d), mean, rstd, x.reshape(m, d), w, b, eps)
+        return Step(run, shape, dtype, scratch=(((m,), dtype), ((m,), dtype))), 0
+
+    def backward(self, grad_out, input_grad=True):
+        x2, mean, rstd, shape = self._saved_for_backward()
+        grad_out = check_grad(self, grad_out, shape, x2.dtype)
+        dx = self.device.empty(shape, x2.dtype) if input_grad else None
+        dw = grad_slot(self.weight, self.device)
+        db = grad_slot(self.bias, self.device)
+        if dx is None and dw is None and db is None:
+            return None
+        d = x2.shape[1]
+        w = self.weight
+        _kernel("layer_norm_backward", self.device)(
+            None if dx is None else dx.reshape(x2.shape), None if dw is None else dw.reshape(d),
+            None if db is None else db.reshape(d), grad_out.reshape(x2.shape), x2,
+            None if w is None else w.data.reshape(d), mean, rstd)
+        if dw is not None:
+            self.weight.grad_done(dw, self.device)
+        if db is not None:
+            self.bias.grad_done(db, self.device)
+        return dx

@@ -9,7 +9,7 @@ from .. import _rng
 from ..kernels import _kernel
 from ._args import positive_int, real
 from ._init import kaiming_uniform
-from .module import Module, Parameter, _float_dtype, check_grad, check_input
+from .module import Module, Parameter, _float_dtype, check_grad, check_input, grad_slot
 
 
 class _Recurrent(Module):
@@ -232,11 +232,11 @@ class _Recurrent(Module):
         gradients of the states (N, H) views or None); accumulates the parameters' grads."""
         dev = self.device
         params = self._cell(k, d)
-        slots = [None if p is None else p.grad_slot(dev) for p in params]
+        slots = [grad_slot(p, dev) for p in params]  # (None: no bias, or frozen)
         _kernel(self.backward_op, dev)(dx, *dinit, *slots, dout, *dfinal, x, *inits,
                                        params[0].data, params[1].data, out, *saved)
         for p, s in zip(params, slots):
-            if p is not None:
+            if s is not None:
                 p.grad_done(s, dev)
 
     def _backward(self, grads, input_grad):

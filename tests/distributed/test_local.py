@@ -191,3 +191,92 @@ def test_a_huge_world_size_costs_only_the_share():
         tracemalloc.stop()
     assert len(loader) == 1 and batches == [[7 % 5]]
     assert peak < 10**6
+
+
+class _FakeRequest:
+    def Wait(self):
+        pass
+
+
+class _FakeMPI:
+    """What _Reducer uses of mpi4py's MPI, for ``size`` ranks that all hold this rank's
+    gradients: the in-place sums are this rank's values times ``size``."""
+
+    IN_PLACE, SUM, MAX = object(), "sum", "max"
+
+    class Request:
+        @staticmethod
+        def Testall(requests):
+            return True
+
+        @staticmethod
+        def Waitall(requests):
+            pass
+
+
+class _FakeComm:
+    def __init__(self, size):
+        self.size, self.sent = size, []
+
+    def Get_size(self):
+        return self.size
+
+    def Iallreduce(self, _, buf, op):
+        self.sent.append(buf.size)
+        buf *= self.size  # (flags too: a rank that has one, all have one)
+        return _FakeRequest()
+
+    def Allreduce(self, _, buf, op):
+        pass
+
+
+def test_reducer_neither_waits_for_nor_sends_frozen_gradients(rng):
+    """_Reducer (the gradient averaging of DistributedDataParallel) with frozen
+    parameters, freezing changed between steps: no backward waits for a frozen gradient
+    (every bucket leaves during backward once the reducer has learned the calls), a frozen
+    parameter's gradient is neither averaged nor replaced, and the averages of the others
+    are the one-process gradients."""
+    from fastnet.layers import Dense, LayerNorm, ReLU, Sequential
+
+    model = Sequential(Dense(4, 6), LayerNorm(6), ReLU(), Dense(6, 3))
+    plain = copy.deepcopy(model)
+    params = model.parameters()
+    # tiny buckets: the frozen parameters share buckets with trained ones
+    reducer = dist._Reducer(_FakeComm(2), _FakeMPI, params, 64, True, False)
+    for p in params:
+        p._reducer = reducer
+    loss_fn = CrossEntropyLoss()
+
+    def step(m, x, y, r=None):
+        loss_fn(m(x), y)
+        if r is not None:
+            r.begin()
+        m.backward(loss_fn.backward(), input_grad=False)
+        if r is not None:
+            r.end()
+
+    kept = None
+    for k, frozen in enumerate([(), (), ("0.weight", "1.bias"), ("0.weight", "1.bias"), ()]):
+        for m in (model, plain):
+            for name, p in m.named_parameters():
+                p.requires_grad = name not in frozen
+            m.zero_grad()
+        x = rng.standard_normal((5, 4)).astype(np.float32)
+        y = rng.integers(0, 3, 5)
+        reducer.reset_stats()
+        step(model, x, y, reducer)
+        step(plain, x, y)
+        if k >= 1 and frozen == ():  # learned: all buckets left inside backward
+            assert reducer.stats["launched_in_backward"] == len(reducer.buckets)
+        if k == 3:  # frozen for the second time: the frozen ones are not waited for
+            assert reducer.stats["launched_in_backward"] == len(reducer.buckets)
+        for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+            if name in frozen:
+                # the gradient from before the freezing, unchanged (taken out of its bucket,
+                # which the next sends overwrite)
+                np.testing.assert_array_equal(p.grad, kept[name], err_msg=name)
+            else:
+                np.testing.assert_allclose(p.grad, q.grad, rtol=1e-6, err_msg=name)
+        if k == 1:
+            kept = {name: p.grad.copy() for name, p in model.named_parameters()}
+    reducer.finish()

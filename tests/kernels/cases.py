@@ -132,6 +132,18 @@ NORM_SHAPES = {
     "parallel-n8-c33-l130": (8, 33, 130),
 }
 
+# layer norm: (M rows, D normalised values): one value per row, one row, odd sizes, rows
+# that span several simulator strides and row blocks of the weight sums (32 rows), and
+# one sized for the CPU's parallel build
+LAYER_NORM_SHAPES = {
+    "m3-d5": (3, 5),
+    "d1": (4, 1),
+    "one-row-d9": (1, 9),
+    "two-row-blocks-m33-d6": (33, 6),
+    "odd-m37-d70": (37, 70),
+    "parallel-m130-d513": (130, 513),
+}
+
 # ---- optim and elementwise: parameter shapes (one CUDA block; several blocks; the CPU's
 # parallel size)
 OPTIM_SHAPES = [(7,), (3, 4, 5), (2, 151), (10007,)]
@@ -183,6 +195,7 @@ LARGE = {
     "EMBEDDING_CASES": {"parallel-m3000-v97-d33"},
     "MSE_SHAPES": {(4097,), (3, 4099)},
     "NORM_SHAPES": {"parallel-n8-c33-l130"},
+    "LAYER_NORM_SHAPES": {"odd-m37-d70", "parallel-m130-d513"},
     "OPTIM_SHAPES": {(10007,)},
     "ELEMENTWISE_SHAPES": {(10007,)},
     "SEQUENCE_COPY_CASES": {(70, 40, 64, 128, 0, 64, 64, True, True, False)},

@@ -167,8 +167,8 @@ def _dense(d, backward):
     if not backward:
         return dict(out=d.out(n, o), x=x, w=w, b=d.maybe(d.a(o)), activation=act)
     out = d.a(n, o) if act else d.maybe(d.a(n, o))
-    return dict(dx=d.maybe(d.out(n, i)), dw=d.out(o, i), db=d.maybe(d.out(o)), dout=d.a(n, o),
-                x=x, w=w, out=out, activation=act)
+    return dict(dx=d.maybe(d.out(n, i)), dw=d.maybe(d.out(o, i)), db=d.maybe(d.out(o)),
+                dout=d.a(n, o), x=x, w=w, out=out, activation=act)
 
 
 def _cols(d, backward):
@@ -193,8 +193,8 @@ def _conv(d, backward):
         return dict(out=d.out(n, o, oh, ow), x=x, w=wt, b=d.maybe(d.a(o)), stride=stride,
                     padding=pad, activation=act)
     out = d.a(n, o, oh, ow) if act else d.maybe(d.a(n, o, oh, ow))
-    return dict(dx=d.maybe(d.out(n, c, h, w)), dw=d.out(o, c, *ks), db=d.maybe(d.out(o)),
-                dout=d.a(n, o, oh, ow), x=x, w=wt, out=out, stride=stride, padding=pad,
+    return dict(dx=d.maybe(d.out(n, c, h, w)), dw=d.maybe(d.out(o, c, *ks)),
+                db=d.maybe(d.out(o)), dout=d.a(n, o, oh, ow), x=x, w=wt, out=out, stride=stride, padding=pad,
                 activation=act)
 
 
@@ -389,6 +389,17 @@ def _batch_norm(d, backward):
                 eps=d.real(1e-6, 1e-3))
 
 
+def _layer_norm(d, backward):
+    m, dd = d.int(1, 5), d.int(1, 5)
+    weight = d.maybe(d.a(dd))
+    if backward:
+        return dict(dx=d.maybe(d.out(m, dd)), dweight=d.maybe(d.out(dd)),
+                    dbias=d.maybe(d.out(dd)), dout=d.a(m, dd), x=d.a(m, dd), weight=weight,
+                    save_mean=d.a(m), save_rstd=np.abs(d.a(m)) + 0.5)
+    return dict(out=d.out(m, dd), save_mean=d.out(m), save_rstd=d.out(m), x=d.a(m, dd),
+                weight=weight, bias=d.maybe(d.a(dd)), eps=d.real(1e-6, 1e-3))
+
+
 def _global_pool(d, backward):
     n, c, h, w = d.int(1, 3), d.int(1, 3), d.int(1, 4), d.int(1, 4)
     if backward:
@@ -422,8 +433,8 @@ def _recurrent(d, cell, backward):
     grads = dict(dx=d.maybe(d.out(n, t, f)), dh0=d.maybe(d.out(n, h)))
     if cell == "lstm":
         grads["dc0"] = d.maybe(d.out(n, h))
-    grads.update(dw_ih=d.out(g, f), dw_hh=d.out(g, h), db_ih=d.maybe(d.out(g)),
-                 db_hh=d.maybe(d.out(g)), dout=d.maybe(d.a(n, t, h)), dh_n=d.maybe(d.a(n, h)))
+    grads.update(dw_ih=d.maybe(d.out(g, f)), dw_hh=d.maybe(d.out(g, h)),
+                 db_ih=d.maybe(d.out(g)), db_hh=d.maybe(d.out(g)), dout=d.maybe(d.a(n, t, h)), dh_n=d.maybe(d.a(n, h)))
     if cell == "rnn":
         return dict(**grads, x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, out=out, nonlinearity=act)
     if cell == "lstm":
@@ -498,6 +509,8 @@ MAKERS = {
     "add": lambda d: _elementwise(d, ("out:out", "in:a", "in:b"), ("out", d.pick("ab"))),
     "batch_norm_forward": lambda d: _batch_norm(d, False),
     "batch_norm_backward": lambda d: _batch_norm(d, True),
+    "layer_norm_forward": lambda d: _layer_norm(d, False),
+    "layer_norm_backward": lambda d: _layer_norm(d, True),
     "lp_pool2d_forward": lambda d: _lp_pool(d, False),
     "lp_pool2d_backward": lambda d: _lp_pool(d, True),
     "global_avg_pool2d_forward": lambda d: _global_pool(d, False),

@@ -176,6 +176,12 @@ def _exercise_float32():
             for dx in (np.empty_like(x3), None):
                 dwb = (np.empty(4, f), np.empty(4, f)) if affine else (None, None)
                 call("batch_norm_backward", dx, *dwb, a(3, 4, 5), x3, wb[0], c3, np.ones(4, f))
+    x2, m2 = a(3, 5), np.empty(3, f)
+    for wb in ((a(5), a(5)), (a(5), None), (None, None)):
+        call("layer_norm_forward", np.empty_like(x2), m2, np.ones(3, f), x2, *wb, 1e-5)
+        for outs in ((np.empty_like(x2), np.empty(5, f), np.empty(5, f)),
+                     (None, np.empty(5, f), None), (None, None, np.empty(5, f))):
+            call("layer_norm_backward", *outs, a(3, 5), x2, wb[0], m2, np.ones(3, f))
     call("global_avg_pool2d_forward", np.empty((2, 3), f), xi)
     call("global_avg_pool2d_backward", np.empty_like(xi), a(2, 3))
 

@@ -1,4 +1,4 @@
-"""Batch norm kernels over x (N, C, L):
+"""Batch norm kernels over x (N, C, L), then the layer norm kernels over x (M, D) (below):
 batch_norm_forward(out, save_mean, save_invstd, running_mean, running_var,
 num_batches_tracked, x, weight, bias, training, momentum, eps) and
 batch_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_invstd).
@@ -10,7 +10,7 @@ from fastnet.kernels import kernel
 from tests import reference as ref
 from tests.gradcheck import check_backward
 
-from .cases import NORM_SHAPES
+from .cases import LAYER_NORM_SHAPES, NORM_SHAPES
 
 SHAPES = NORM_SHAPES
 IDS = list(SHAPES)
@@ -159,3 +159,114 @@ def test_deterministic(rng):
     for _ in range(2):
         for g, r in zip(_forward(x, w, b, running, True, 0.1), a):
             np.testing.assert_array_equal(g, r)
+
+
+# ---- layer norm: layer_norm_forward(out, save_mean, save_rstd, x, weight, bias, eps),
+# layer_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_rstd) over x (M, D)
+
+LN_SHAPES = LAYER_NORM_SHAPES
+AFFINE = {"affine": (True, True), "weight-only": (True, False), "plain": (False, False)}
+
+
+def _ln_inputs(rng, shape, dtype, affine="affine"):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    has_w, has_b = AFFINE[affine]
+    w = rng.uniform(0.5, 1.5, shape[1]).astype(dtype) if has_w else None
+    b = rng.standard_normal(shape[1]).astype(dtype) if has_b else None
+    return x, w, b
+
+
+def _ln_forward(x, w, b, eps=1e-5):
+    m = x.shape[0]
+    out = np.full(x.shape, np.nan, x.dtype)
+    mean, rstd = np.full(m, np.nan, x.dtype), np.full(m, np.nan, x.dtype)
+    kernel("layer_norm_forward")(out, mean, rstd, x, w, b, eps)
+    return out, mean, rstd
+
+
+def _ln_backward(dout, x, w, mean, rstd, want=(True, True, True)):
+    d = x.shape[1]
+    dx = np.full(x.shape, np.nan, x.dtype) if want[0] else None
+    dw = np.full(d, np.nan, x.dtype) if want[1] else None
+    db = np.full(d, np.nan, x.dtype) if want[2] else None
+    kernel("layer_norm_backward")(dx, dw, db, dout, x, w, mean, rstd)
+    return dx, dw, db
+
+
+@pytest.mark.parametrize("shape", LN_SHAPES.values(), ids=list(LN_SHAPES))
+@pytest.mark.parametrize("affine", list(AFFINE))
+def test_layer_norm_forward_matches_reference(rng, dtype, shape, affine):
+    x, w, b = _ln_inputs(rng, shape, dtype, affine)
+    got = _ln_forward(x, w, b)
+    want = ref.layer_norm_forward(x, w, b, 1e-5)
+    for name, g, r in zip(["out", "mean", "rstd"], got, want):
+        assert g.dtype == dtype, name
+        np.testing.assert_allclose(g, r, **TOL[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize("shape", LN_SHAPES.values(), ids=list(LN_SHAPES))
+@pytest.mark.parametrize("affine", ["affine", "plain"])
+def test_layer_norm_backward_matches_reference(rng, dtype, shape, affine):
+    x, w, b = _ln_inputs(rng, shape, dtype, affine)
+    _, mean, rstd = _ln_forward(x, w, b)
+    dout = rng.standard_normal(shape).astype(dtype)
+    dx, dw, db = _ln_backward(dout, x, w, mean, rstd)
+    rdx, rdw, rdb = ref.layer_norm_backward(dout, x, w, 1e-5)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    for name, g, r in zip(["dx", "dweight", "dbias"], (dx, dw, db), (rdx, rdw, rdb)):
+        assert g.dtype == dtype, name
+        np.testing.assert_allclose(g, r, **tol, err_msg=name)
+    # each output on its own (a frozen weight or bias, dx of a first layer): the same bits
+    for want in [(True, False, False), (False, True, False), (False, False, True)]:
+        got = _ln_backward(dout, x, w, mean, rstd, want)
+        for g, full in zip(got, (dx, dw, db)):
+            if g is not None:
+                np.testing.assert_array_equal(g, full)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (1, 5), (2, 1)], ids=["m3-d4", "one-row", "d1"])
+def test_layer_norm_backward_matches_finite_differences(rng, shape):
+    x, w, b = _ln_inputs(rng, shape, np.float64)
+
+    def forward(x, w, b):
+        return _ln_forward(x, w, b)[0]
+
+    def backward(dout, x, w, b):
+        _, mean, rstd = _ln_forward(x, w, b)
+        return _ln_backward(dout, x, w, mean, rstd)
+
+    check_backward(forward, backward, [x, w, b], rng, names=["x", "weight", "bias"])
+
+
+def test_layer_norm_large_mean_does_not_cancel(dtype):
+    r = np.random.default_rng(6)
+    x = (1e4 + r.standard_normal((5, 256))).astype(dtype)
+    _, mean, rstd = _ln_forward(x, None, None)
+    var = x.astype(np.float64).var(axis=1)
+    np.testing.assert_allclose(1 / rstd.astype(np.float64) ** 2 - 1e-5, var, rtol=1e-3)
+
+
+def test_layer_norm_is_independent_of_the_thread_count(rng, monkeypatch):
+    """Each row on one thread, the weight sums over fixed blocks of rows: the parallel
+    build gives the same bits on one thread as on all of them."""
+    import numba
+
+    from fastnet.kernels import _jit
+
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_WORK", 0)
+    x, w, b = _ln_inputs(rng, LN_SHAPES["parallel-m130-d513"], np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+
+    def run():
+        out, mean, rstd = _ln_forward(x, w, b)
+        return (out, mean, rstd) + _ln_backward(dout, x, w, mean, rstd)
+
+    threads = numba.get_num_threads()
+    everyone = run()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+    finally:
+        numba.set_num_threads(threads)
+    for g, r in zip(one, everyone):
+        np.testing.assert_array_equal(g, r)

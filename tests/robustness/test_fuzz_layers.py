@@ -27,6 +27,8 @@ CONSTRUCTORS = {
     "LPPool2D": lambda a: L.LPPool2D(a[0], a[1], a[2], a[3]),
     "BatchNorm1D": lambda a: L.BatchNorm1D(a[0], eps=a[1], momentum=a[2]),
     "BatchNorm2D": lambda a: L.BatchNorm2D(a[0], eps=a[1], momentum=a[2]),
+    "LayerNorm": lambda a: L.LayerNorm(a[0], eps=a[1], elementwise_affine=a[2] is not False,
+                                       bias=a[3] if isinstance(a[3], bool) else True),
     "Dropout": lambda a: L.Dropout(a[0]),
     "LeakyReLU": lambda a: L.LeakyReLU(a[0]),
     "RNN": lambda a: L.RNN(a[0], a[1]),

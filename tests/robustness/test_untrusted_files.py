@@ -304,6 +304,10 @@ def test_idx_readers_still_read_what_they_wrote(tmp_path):
     ({"type": ["Dense"]}, r"unknown layer type \['Dense'\]"),
     ({"type": "Module", "config": {}}, "unknown layer type 'Module'"),
     ({"type": "Sequential", "layers": [], "extra": 1}, "unexpected key 'extra'"),
+    ({"type": "LayerNorm", "config": {"normalized_shape": [3, 0]}},
+     "normalized_shape: expected a positive int or a list"),
+    ({"type": "LayerNorm", "config": {"normalized_shape": 4, "bias": 1}},
+     "bias: expected true or false"),
     ({"type": "Conv2D", "config": {"in_channels": 1, "out_channels": 1, "kernel_size": [3, 3, 3]}},
      "kernel_size: expected an int or a pair"),
 ])
@@ -436,6 +440,8 @@ def test_valid_files_of_every_layer_still_load(tmp_path):
         L.GRU(4, 3).to(np.float64),
         L.Sequential(L.Embedding(9, 4, padding_idx=-1), L.LSTM(4, 3), L.LastHidden()),
         CharLSTM("ab\n", embedding_dim=3, hidden_size=4, num_layers=3, dropout=0.1),
+        L.Sequential(L.LayerNorm((2, 3)), L.Flatten(), L.LayerNorm(6, bias=False),
+                     L.LayerNorm(6, elementwise_affine=False)),
     ]
     seen = set()
     for i, model in enumerate(models):

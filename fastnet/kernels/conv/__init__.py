@@ -42,7 +42,8 @@ def conv2d_forward(out, x, w, b, stride, padding, activation=None):
 
 def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=None):
     """dout (N, O, OH, OW), x (N, C, H, W), w (O, C, KH, KW), out (the forward output;
-    None without activation) -> dx (N, C, H, W) | None, dw (O, C, KH, KW), db (O,) | None"""
+    None without activation) -> dx (N, C, H, W) | None, dw (O, C, KH, KW) | None (a frozen
+    weight), db (O,) | None"""
     code = ACTIVATIONS[activation]
     if dx is not None and direct.takes_dx(stride, w.shape):
         direct.backward(dx, dw, db, dout, x, w, out, padding, code)
@@ -50,7 +51,7 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
         implicit_gemm.backward(dx, dw, db, dout, x, w, out, stride, padding, code)
     # NOTE: NaN / inf as PyTorch: the fast paths multiply junk-column inputs by zero
     # gradients, so a non-finite input can make dw NaN where it is finite or +-inf
-    if not exact_dw.all_finite(dw):
+    if dw is not None and not exact_dw.all_finite(dw):
         exact_dw.weight_grad(dw, dout, x, dout if out is None else out, stride, padding, code)
 
 

@@ -162,7 +162,8 @@ def _dx(dx, d, w, hp, wp, ph, pw, ln):
 
 
 def backward(dx, dw, db, dout, x, w, out, padding, code):
-    """dx, dw, db (None: no bias) of a stride-1 conv2d_forward of a one-channel input."""
+    """dx, dw (None: frozen), db (None: no bias) of a stride-1 conv2d_forward of a
+    one-channel input."""
     o_, c_, kh, kw = w.shape
     oh, ow = dout.shape[2], dout.shape[3]
     k = c_ * kh * kw
@@ -171,8 +172,9 @@ def backward(dx, dw, db, dout, x, w, out, padding, code):
     n_ = x.shape[0]
     d = workspace("y", o_ * n_ * ln, x.dtype).reshape(o_, n_ * ln)
     _shifted_gradient(d, db, dout, dout if out is None else out, code, True, wp, ln)
-    groups = -(-n_ // DW_GROUP)
-    part = workspace("dw_groups", groups * o_ * k, x.dtype).reshape(groups, o_, k)
-    _dw(part, d, xp, kh, kw, ln, DW_GROUP)
-    np.sum(part, axis=0, out=dw.reshape(o_, k))
+    if dw is not None:  # (None: a frozen weight)
+        groups = -(-n_ // DW_GROUP)
+        part = workspace("dw_groups", groups * o_ * k, x.dtype).reshape(groups, o_, k)
+        _dw(part, d, xp, kh, kw, ln, DW_GROUP)
+        np.sum(part, axis=0, out=dw.reshape(o_, k))
     _dx(dx, d, w, hp, wp, padding[0], padding[1], ln)

@@ -218,7 +218,8 @@ def _dx_plan(o_, kh, kw, stride, padding, h, w, oh, ow):
 
 
 def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
-    """dx (None: not wanted), dw, db (None: no bias) of conv2d_forward (conv2d_backward)."""
+    """dx (None: not wanted), dw (None: frozen), db (None: no bias) of conv2d_forward
+    (conv2d_backward)."""
     o_, c_, kh, kw = w.shape
     n_, _, oh, ow = dout.shape
     sh, sw = stride
@@ -244,7 +245,9 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, code):
     if db is not None:
         np.sum(dbp, axis=0, out=db)
     pa, pb = phases_of(stride, (kh, kw))
-    weight_grad(dw, layout, x, stride, padding, (kh, kw), c_ * pa * pb * hq * wq, hq, wq, ln)
+    if dw is not None:  # (None: a frozen weight)
+        weight_grad(dw, layout, x, stride, padding, (kh, kw), c_ * pa * pb * hq * wq, hq, wq,
+                    ln)
 
     if dx is None:
         return

@@ -125,7 +125,7 @@ def conv2d_forward(out, x, w, b, stride, padding, activation=None):
 
 def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=None):
     """dout (N, O, OH, OW), x (N, C, H, W), w (O, C, KH, KW), out (the forward output,
-    may be None without activation) -> dx (N, C, H, W) | None, dw (O, C, KH, KW),
+    may be None without activation) -> dx (N, C, H, W) | None, dw (O, C, KH, KW) | None,
     db (O,) | None"""
     o, c, kh, kw = w.shape
     n, _, oh, ow = dout.shape
@@ -139,9 +139,10 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
     if db is not None:
         _row_sum_kernel[o, THREADS](db, g)
     cols = empty((ckk, n * p), x.dtype)
-    im2col(cols, x, (kh, kw), stride, padding)
     w2 = w.reshape(o, ckk)
-    gemm(flat(dw), g, cols, tb=True)             # (O, N*P) @ (N*P, CKK)
+    if dw is not None:                           # (None: a frozen weight)
+        im2col(cols, x, (kh, kw), stride, padding)
+        gemm(flat(dw), g, cols, tb=True)         # (O, N*P) @ (N*P, CKK)
     if dx is not None:
         gemm(flat(cols), w2, g, ta=True)         # dcols (CKK, N*P), into cols' memory
         col2im(dx, cols, (kh, kw), stride, padding)

@@ -51,7 +51,7 @@ def dense_forward(out, x, w, b, activation):
 
 def dense_backward(dx, dw, db, dout, x, w, out, activation):
     """dout (N, OUT), x (N, IN), w (OUT, IN), out (N, OUT) -> dx (N, IN) | None,
-    dw (OUT, IN), db (OUT,) | None; ``out`` (the forward output) may be None without
+    dw (OUT, IN) | None, db (OUT,) | None; ``out`` (the forward output) may be None without
     activation"""
     code = ACTIVATIONS[activation]
     g = dout
@@ -61,6 +61,7 @@ def dense_backward(dx, dw, db, dout, x, w, out, activation):
         m = dout.shape[1]
         _activation_grad_colsum_kernel[(-(-m // _COLS),), (_COLS, _ROWS)](g, db, dout, dout if out is None else out,
                                                  code, code != 0)
-    gemm(flat(dw), g, x, ta=True)       # (OUT, N) @ (N, IN)
+    if dw is not None:                  # (None: a frozen weight)
+        gemm(flat(dw), g, x, ta=True)   # (OUT, N) @ (N, IN)
     if dx is not None:
         gemm(flat(dx), g, w)            # (N, OUT) @ (OUT, IN)

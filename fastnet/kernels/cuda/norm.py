@@ -1,4 +1,6 @@
-"""Batch normalisation kernels (CUDA), x viewed as (N, C, L), the CPU kernels' semantics
+"""Normalisation kernels (CUDA): batch norm, then layer norm (at the end).
+
+Batch norm: x viewed as (N, C, L), the CPU kernels' semantics
 (see fastnet/kernels/norm.py): batch mean and biased variance for normalising, running
 statistics updated in the same kernel with the unbiased variance, ``momentum=None`` a
 cumulative average over ``num_batches_tracked``.
@@ -15,9 +17,10 @@ import math
 
 from numba import cuda
 
+from ..norm import LAYER_NORM_ROW_BLOCK
 from . import _launch
-from ._device import block_sum
-from ._launch import THREADS, launch_1d
+from ._device import block_sum, row_of_thread
+from ._launch import THREADS, launch_1d, launch_rows
 
 
 @cuda.jit
@@ -158,3 +161,142 @@ def batch_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_inv
         grid, threads = launch_1d(x.size)
         _batch_norm_dx_kernel[grid, threads](dx, dout, x, save_mean, save_invstd,
                                              weight if affine else save_mean, sums, affine)
+
+
+# ---- layer normalisation ------------------------------------------------------------------
+# x viewed as (M, D), the CPU kernels' semantics (fastnet/kernels/norm.py). Row statistics
+# and the dx sums run t threads per row (launch_rows), each a fixed strided share of the
+# row, added by a fixed shared-memory tree; dweight / dbias are summed over fixed blocks
+# of rows (one thread per (block, column), rows in order), then over the blocks in order:
+# no atomics, the same result for any GPU.
+
+
+@cuda.jit
+def _layer_norm_forward_kernel(out, save_mean, save_rstd, x, weight, bias, has_weight,
+                               has_bias, eps, t):
+    sh = cuda.shared.array(THREADS, x.dtype)
+    tid, lane, row = row_of_thread(t)
+    m_, d_ = x.shape
+    valid = row < m_
+    ty = x.dtype.type
+    count = ty(d_)
+    s = ty(0)
+    if valid:
+        for j in range(lane, d_, t):
+            s += x[row, j]
+    mean = block_sum(sh, tid, lane, t, s) / count
+    q = ty(0)
+    if valid:
+        for j in range(lane, d_, t):
+            v = x[row, j] - mean
+            q += v * v
+    q = block_sum(sh, tid, lane, t, q)
+    if valid:
+        rstd = ty(1) / math.sqrt(q / count + eps)
+        if lane == 0:
+            save_mean[row] = mean
+            save_rstd[row] = rstd
+        for j in range(lane, d_, t):
+            v = (x[row, j] - mean) * rstd
+            if has_weight:
+                v = v * weight[j]
+            if has_bias:
+                v = v + bias[j]
+            out[row, j] = v
+
+
+def layer_norm_forward(out, save_mean, save_rstd, x, weight, bias, eps):
+    """x (M, D), weight, bias (D,) | None -> out (M, D), save_mean, save_rstd (M,)"""
+    grid, threads, t = launch_rows(*x.shape)
+    has_w, has_b = weight is not None, bias is not None
+    _layer_norm_forward_kernel[grid, threads](
+        out, save_mean, save_rstd, x, weight if has_w else save_mean,
+        bias if has_b else save_mean, has_w, has_b, _launch.scalar(eps, x.dtype), t)
+
+
+@cuda.jit
+def _layer_norm_dx_kernel(dx, dout, x, weight, has_weight, mean, rstd, t):
+    sh = cuda.shared.array(THREADS, x.dtype)
+    tid, lane, row = row_of_thread(t)
+    m_, d_ = x.shape
+    valid = row < m_
+    ty = x.dtype.type
+    a = ty(0)
+    b = ty(0)
+    mu = ty(0)
+    s = ty(0)
+    if valid:
+        mu = mean[row]
+        s = rstd[row]
+        for j in range(lane, d_, t):
+            g = dout[row, j]
+            if has_weight:
+                g = g * weight[j]
+            a += g
+            b += g * ((x[row, j] - mu) * s)
+    inv_count = ty(1) / ty(d_)
+    a = block_sum(sh, tid, lane, t, a) * inv_count
+    b = block_sum(sh, tid, lane, t, b) * inv_count
+    if valid:
+        for j in range(lane, d_, t):
+            g = dout[row, j]
+            if has_weight:
+                g = g * weight[j]
+            dx[row, j] = s * (g - a - (x[row, j] - mu) * s * b)
+
+
+@cuda.jit
+def _layer_norm_partials_kernel(part_w, part_b, dout, x, mean, rstd, rows):
+    # part_w[k, j] = sum(dy * xhat), part_b[k, j] = sum(dy) over the k-th block of rows
+    m_, d_ = x.shape
+    nb = part_w.shape[0]
+    ty = x.dtype.type
+    for e in range(cuda.grid(1), nb * d_, cuda.gridsize(1)):
+        k = e // d_
+        j = e % d_
+        sw = ty(0)
+        sb = ty(0)
+        for r in range(k * rows, min(m_, (k + 1) * rows)):
+            g = dout[r, j]
+            sb += g
+            sw += g * ((x[r, j] - mean[r]) * rstd[r])
+        part_w[k, j] = sw
+        part_b[k, j] = sb
+
+
+@cuda.jit
+def _layer_norm_sum_partials_kernel(dweight, dbias, part_w, part_b, has_dweight, has_dbias):
+    nb, d_ = part_w.shape
+    for j in range(cuda.grid(1), d_, cuda.gridsize(1)):
+        sw = part_w.dtype.type(0)
+        sb = part_w.dtype.type(0)
+        for k in range(nb):
+            sw += part_w[k, j]
+            sb += part_b[k, j]
+        if has_dweight:
+            dweight[j] = sw
+        if has_dbias:
+            dbias[j] = sb
+
+
+def layer_norm_backward(dx, dweight, dbias, dout, x, weight, save_mean, save_rstd):
+    """dout (M, D), x (M, D), weight (D,) | None, save_mean, save_rstd (M,) from the
+    forward -> dx (M, D) | None, dweight (D,) | None, dbias (D,) | None"""
+    m, d = x.shape
+    if dx is not None:
+        grid, threads, t = launch_rows(m, d)
+        has_w = weight is not None
+        _layer_norm_dx_kernel[grid, threads](dx, dout, x, weight if has_w else save_mean,
+                                             has_w, save_mean, save_rstd, t)
+    if dweight is not None or dbias is not None:
+        nb = -(-m // LAYER_NORM_ROW_BLOCK)
+        part_w = _launch.empty((nb, d), x.dtype)
+        part_b = _launch.empty((nb, d), x.dtype)
+        grid, threads = launch_1d(nb * d)
+        _layer_norm_partials_kernel[grid, threads](part_w, part_b, dout, x, save_mean,
+                                                   save_rstd, LAYER_NORM_ROW_BLOCK)
+        has_dw, has_db = dweight is not None, dbias is not None
+        grid, threads = launch_1d(d)
+        _layer_norm_sum_partials_kernel[grid, threads](
+            dweight if has_dw else part_w[0], dbias if has_db else part_w[0], part_w, part_b,
+            has_dw, has_db)

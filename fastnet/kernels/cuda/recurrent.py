@@ -84,11 +84,13 @@ def _weight_grads(dx, dw_ih, dw_hh, db_ih, db_hh, dgx, dgh, x, out, h0, w_ih):
     g = dgx.shape[2]
     gx2 = dgx.reshape(n * t, g)
     gh2 = dgh.reshape(n * t, g)
-    h_prev = empty(out.shape, out.dtype)
-    grid, threads = launch_1d(out.size)
-    _shift_kernel[grid, threads](h_prev, out, h0)
-    gemm(flat(dw_ih), gx2, x.reshape(n * t, f), ta=True)                      # (G*H, F)
-    gemm(flat(dw_hh), gh2, h_prev.reshape(n * t, out.shape[2]), ta=True)      # (G*H, H)
+    if dw_ih is not None:  # (None: a frozen weight)
+        gemm(flat(dw_ih), gx2, x.reshape(n * t, f), ta=True)                  # (G*H, F)
+    if dw_hh is not None:
+        h_prev = empty(out.shape, out.dtype)
+        grid, threads = launch_1d(out.size)
+        _shift_kernel[grid, threads](h_prev, out, h0)
+        gemm(flat(dw_hh), gh2, h_prev.reshape(n * t, out.shape[2]), ta=True)  # (G*H, H)
     if db_ih is not None:
         _column_sums(db_ih, gx2)
     if db_hh is not None:
@@ -152,7 +154,8 @@ def rnn_forward(out, h_n, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
 def rnn_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  nonlinearity):
     """dout (N, T, H) | None, dh_n (N, H) | None, x, h0, w_ih, w_hh, out as in forward ->
-    dx (N, T, F) | None, dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
+    dx (N, T, F) | None, dh0 (N, H) | None, dw_ih | None, dw_hh | None, db_ih | None,
+    db_hh | None"""
     n, t, _ = x.shape
     hs = out.shape[2]
     code, one = ACTIVATIONS[nonlinearity], scalar(1, x.dtype)
@@ -263,7 +266,7 @@ def lstm_forward(out, h_n, c_n, gates, cells, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, dc_n, x, h0, c0,
                   w_ih, w_hh, out, gates, cells):
     """dout (N, T, H) | None, dh_n, dc_n (N, H) | None, the rest as in forward -> dx (N, T, F) |
-    None, dh0, dc0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
+    None, dh0, dc0 (N, H) | None, dw_ih | None, dw_hh | None, db_ih | None, db_hh | None"""
     n, t, _ = x.shape
     hs = out.shape[2]
     one = scalar(1, x.dtype)
@@ -370,7 +373,7 @@ def gru_forward(out, h_n, gates, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
 def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dout, dh_n, x, h0, w_ih, w_hh, out,
                  gates, hn):
     """dout (N, T, H) | None, dh_n (N, H) | None, the rest as in forward -> dx (N, T, F) | None,
-    dh0 (N, H) | None, dw_ih, dw_hh, db_ih | None, db_hh | None"""
+    dh0 (N, H) | None, dw_ih | None, dw_hh | None, db_ih | None, db_hh | None"""
     n, t, _ = x.shape
     hs = out.shape[2]
     one = scalar(1, x.dtype)

@@ -138,6 +138,11 @@ def norm():
         (m._normalise_kernel, (F3, F3, F1, F1, F1, F1, boolean)),
         (m._batch_norm_sums_kernel, (F2, F1, F1, F3, F3, F1, F1, boolean)),
         (m._batch_norm_dx_kernel, (F3, F3, F3, F1, F1, F1, F2, boolean)),
+        (m._layer_norm_forward_kernel,
+         (F2, F1, F1, F2, F1, F1, boolean, boolean, float32, int64)),
+        (m._layer_norm_dx_kernel, (F2, F2, F2, F1, boolean, F1, F1, int64)),
+        (m._layer_norm_partials_kernel, (F2, F2, F2, F2, F1, F1, int64)),
+        (m._layer_norm_sum_partials_kernel, (F1, F1, F2, F2, boolean, boolean)),
     ]
 
 
