@@ -266,7 +266,7 @@ def _cross_entropy_total_kernel(buf, row_loss, mean):
     if tid == 0:
         # all ignored or of weight 0: NaN, as PyTorch (also where label smoothing's term
         # alone would give s / 0 = inf)
-        buf[0] = (s / buf[1] if buf[1] != 0 else math.nan) if mean else s
+        buf[0] = (s / buf[1] if buf[1] != 0 else row_loss.dtype.type(math.nan)) if mean else s
 
 
 def _cross_entropy(out, grad, dout, logits, labels, weight, ignore_index, label_smoothing,
