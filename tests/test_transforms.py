@@ -293,3 +293,13 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_threads():
 def test_loader_transform_and_worker_arguments_are_checked(kwargs, error, message):
     with pytest.raises(error, match=message):
         DataLoader(square_set(), 4, **kwargs)
+
+
+def test_a_keyword_only_rng_is_given_the_batch_generator():
+    """``def f(x, *, rng)`` is given the generator (it was called as f(x): TypeError)."""
+    def shift(x, *, rng):
+        return x + rng.random()
+
+    x = np.zeros((2, 1, 3, 3), np.float32)
+    want = np.random.default_rng(7).random()
+    np.testing.assert_allclose(transforms.apply(shift, x, np.random.default_rng(7)), x + want)
