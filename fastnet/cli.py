@@ -369,7 +369,37 @@ def _user_data_problem(args):
         return (f"--data-dir is where mnist / fashion-mnist are kept; --data {args.data} "
                 "names the data itself")
     args.data = os.path.abspath(args.data)
+    # NOTE: the user's files are only read: --save or --out naming one of them (a swapped
+    # pair of arguments) would replace the data with a model file
+    targets = [("--save", args.save)] if getattr(args, "save", None) else []
+    if getattr(args, "out", None):
+        targets += [("--out", os.path.join(args.out, name)) for name in OUTPUT_FILES]
+    for flag, target in targets:
+        for data_file in _data_files(args.data):
+            if _same_file(target, data_file):
+                return (f"{flag} {args.save if flag == '--save' else args.out} would write over "
+                        f"{data_file}, your data (--data): choose another path")
     return None
+
+
+# what train writes into --out (the Trainer's checkpoints, then _write_outputs')
+OUTPUT_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "curves.png")
+
+
+def _data_files(path):
+    """The user's files of ``--data PATH``: the .npz, or the directory's IDX files."""
+    if not os.path.isdir(path):
+        return [path]
+    from .data.files import IDX_FILES
+
+    return [os.path.join(path, name + gz) for name in IDX_FILES.values() for gz in ("", ".gz")]
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 # --augment: the transforms of the training batches (fastnet.data.transforms)

@@ -78,3 +78,16 @@ def test_none_backward_defaults_to_ones():
     a, b = losses.MSELoss(reduction="none"), losses.MSELoss(reduction="sum")
     a(x, target), b(x, target)
     np.testing.assert_allclose(a.backward(), b.backward(), rtol=1e-15)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2, 1.0])
+def test_mean_over_zero_total_weight_is_nan(device, eps):
+    """Every target of class weight 0 (as all ignored): "mean" divides by a total weight of
+    0, and PyTorch gives NaN with label smoothing too ((1 - eps) * 0 / 0 + smooth / 0), not
+    the inf of the smoothing term alone; the gradient is NaN, as PyTorch's."""
+    dev = Device(device)
+    x = np.array([[0.1, 0.5, -0.3], [1.0, 2.0, 3.0]], dtype=np.float32)
+    fn = losses.CrossEntropyLoss(np.array([0.0, 1.0, 1.0]), label_smoothing=eps)
+    loss = float(fn(dev.asarray(x), np.array([0, 0])))
+    assert np.isnan(loss)
+    assert np.isnan(to_numpy(fn.backward())).all()

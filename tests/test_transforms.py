@@ -293,3 +293,32 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_threads():
 def test_loader_transform_and_worker_arguments_are_checked(kwargs, error, message):
     with pytest.raises(error, match=message):
         DataLoader(square_set(), 4, **kwargs)
+
+
+def test_a_keyword_only_rng_is_given_the_batch_generator():
+    """``def f(x, *, rng)`` is given the generator (it was called as f(x): TypeError)."""
+    def shift(x, *, rng):
+        return x + rng.random()
+
+    x = np.zeros((2, 1, 3, 3), np.float32)
+    want = np.random.default_rng(7).random()
+    np.testing.assert_allclose(transforms.apply(shift, x, np.random.default_rng(7)), x + want)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stop_iteration_in_a_transform_is_an_error_not_the_end_of_the_epoch(workers):
+    """With background threads a StopIteration of batch 3 ended the loop quietly after 3 of
+    10 batches (re-raised by __next__); without them it is PEP 479's RuntimeError."""
+    def take(x):
+        if x[0, 0, 0, 0] == 6:  # batch 3 (sample i holds i)
+            next(iter(()))
+        return x
+
+    x = np.broadcast_to(np.arange(20, dtype=np.float32)[:, None, None, None], (20, 1, 2, 2))
+    loader = DataLoader(ArrayDataset(x, np.zeros(20, int)), batch_size=2, transform=take,
+                        num_workers=workers)
+    seen = []
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        for batch in loader:
+            seen.append(batch)
+    assert len(seen) == 3

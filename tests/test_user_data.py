@@ -154,3 +154,20 @@ def test_cli_data_path_errors(tmp_path, capsys):
     assert "train-images-idx3-ubyte (or train-images-idx3-ubyte.gz) is missing" in \
         capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_refuses_to_write_a_model_over_the_users_data(tmp_path, capsys):
+    """--save or --out naming the data (arguments swapped) is refused before training: the
+    model file replaced the user's .npz (or an IDX file) without a word."""
+    np.savez(tmp_path / "mine.npz", **arrays())
+    folder = idx_dir(tmp_path / "idx", arrays())
+    before = state(tmp_path)
+    for args in (["--data", str(tmp_path / "mine.npz"), "--save", str(tmp_path / "mine.npz")],
+                 ["--data", str(folder), "--save", str(folder / "t10k-images-idx3-ubyte.gz")],
+                 ["--data", str(tmp_path / "best.npz"), "--out", str(tmp_path)]):
+        if args[1].endswith("best.npz"):
+            os.link(tmp_path / "mine.npz", tmp_path / "best.npz")
+            before = state(tmp_path)
+        assert main(["train", *args, *QUICK]) == 2
+        assert "your data (--data): choose another path" in capsys.readouterr().err
+        assert state(tmp_path) == before

@@ -392,6 +392,10 @@ class _PrefetchState:
                 self.next_task += 1
             try:
                 item = (True, self.make(i))
+            except StopIteration as e:  # raised by __next__ it would end the loop quietly
+                err = RuntimeError(f"a batch raised StopIteration: {e!r}")
+                err.__cause__ = e
+                item = (False, err)     # (num_workers=0's generator: RuntimeError, PEP 479)
             except BaseException as e:  # raised in the consumer's thread, at batch i
                 item = (False, e)
             with self.cond:

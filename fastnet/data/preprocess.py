@@ -5,8 +5,10 @@ anti-aliased) and centring it by its centre of mass in a 28x28 field. A digit dr
 large canvas, off-centre, resized whole to 28x28 looks like none of them (a model is then
 confidently wrong); ``mnist_style`` repeats MNIST's steps:
 
-1. background: the median of the image's border pixels; a light background (> 0.5: dark
-   ink on paper) is inverted, ``1 - x``, so that ink is light on dark as in MNIST;
+1. background: the median of the image's border pixels; dark ink (the darkest pixel
+   farther below the background than the lightest is above it: ink on white or grey
+   paper, whatever the paper's shade) is inverted, ``1 - x``, so that ink is light on dark
+   as in MNIST;
 2. contrast: ``(x - background) / (max - background)``, clipped to [0, 1] (ink reaches 1
    as MNIST's strokes do); an image whose ink differs from the background by less than
    ``MIN_CONTRAST`` is refused (ValueError: nothing drawn);
@@ -59,7 +61,9 @@ def mnist_style(image, size=(28, 28), box=MNIST_BOX):
         raise ValueError(f"mnist_style: box must be in (0, 1], got {box!r}")
     border = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
     background = np.median(border)
-    if background > 0.5:  # dark ink on a light ground
+    # NOTE: the ink's polarity from its distance to the background, not from the
+    # background's shade: a photo of paper is often grey (0.4), its ink darker still
+    if background - a.min() > a.max() - background:  # dark ink on a lighter ground
         a, background = 1.0 - a, 1.0 - background
     contrast = a.max() - background
     if contrast < MIN_CONTRAST:

@@ -13,7 +13,8 @@ but for the whole batch at once). A transform is:
 
 * one of these classes, or ``Compose`` of them, called as ``t(x, rng)``;
 * any callable ``f``. It is called as ``f(x, rng)`` when it takes a second positional
-  argument without a default (or one named ``rng``), else as ``f(x)``. It must return an
+  argument without a default (or one named ``rng``), as ``f(x, rng=rng)`` when it takes a
+  keyword-only ``rng``, else as ``f(x)``. It must return an
   array of the same number of samples; it is cast back to the loader's dtype.
 
 Transforms run in the DataLoader's background thread when ``num_workers > 0``: keep them
@@ -62,6 +63,16 @@ def takes_rng(f):
     return any(p.kind == p.VAR_POSITIONAL for p in params) and len(positional) <= 1
 
 
+def _rng_keyword(f):
+    """Whether ``f`` takes a keyword-only ``rng`` (``def f(x, *, rng)``): then ``apply``
+    calls ``f(x, rng=rng)``."""
+    try:
+        p = inspect.signature(f).parameters.get("rng")
+    except (TypeError, ValueError):
+        return False
+    return p is not None and p.kind == p.KEYWORD_ONLY
+
+
 def check_transform(t, who):
     if not callable(t):
         raise TypeError(f"{who}: transform must be callable as f(x, rng) or f(x), got "
@@ -71,7 +82,7 @@ def check_transform(t, who):
 
 def apply(t, x, rng, who="transform"):
     """``t`` applied to the batch ``x`` with the generator ``rng``; the result checked."""
-    out = t(x, rng) if takes_rng(t) else t(x)
+    out = t(x, rng) if takes_rng(t) else t(x, rng=rng) if _rng_keyword(t) else t(x)
     if not isinstance(out, np.ndarray) or out.ndim < 1 or len(out) != len(x) \
             or out.dtype.kind not in "biuf":
         got = (f"a {out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray)

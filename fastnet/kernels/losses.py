@@ -232,7 +232,10 @@ def cross_entropy_forward(out, grad, logits, labels, weight, ignore_index, label
         if reduction == "none":
             return None
         if reduction == "mean":
-            return float(dtype(total) / wsum)  # all ignored: 0 / 0 = NaN, as PyTorch
+            # no weight to divide by (all ignored, or all their weights 0): NaN, as PyTorch
+            # (its mean is (1 - eps) * 0 / 0 + eps / C * smooth / 0, NaN also when the
+            # smoothing term alone would give inf)
+            return float(dtype(total) / wsum) if wsum != 0 else float("nan")
         return float(total)
 
 

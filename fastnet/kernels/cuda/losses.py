@@ -264,7 +264,9 @@ def _cross_entropy_total_kernel(buf, row_loss, mean):
         s += row_loss[i]
     s = block_sum(sh, tid, tid, t, s)
     if tid == 0:
-        buf[0] = s / buf[1] if mean else s  # all ignored: 0 / 0 = NaN, as PyTorch
+        # all ignored or of weight 0: NaN, as PyTorch (also where label smoothing's term
+        # alone would give s / 0 = inf)
+        buf[0] = (s / buf[1] if buf[1] != 0 else row_loss.dtype.type(math.nan)) if mean else s
 
 
 def _cross_entropy(out, grad, dout, logits, labels, weight, ignore_index, label_smoothing,
