@@ -425,15 +425,52 @@ def load_model(path):
     return model, (meta if meta["format"] == CHECKPOINT_FORMAT else {})
 
 
-def _correct(logits, labels):
+def _correct(logits, labels, keep=None):
     # NOTE: logits may live on the GPU: bring them to the host before argmax.
-    return int((to_numpy(logits).argmax(axis=1) == np.asarray(labels)).sum())
+    hits = to_numpy(logits).argmax(axis=1) == np.asarray(labels)
+    return int((hits if keep is None else hits & keep).sum())
 
 
 def _positions(labels):
     """The labelled positions of a batch: N for labels (N,), N * T for a sequence's (N, T)
     (the loss is their mean, and the accuracy counts each of them)."""
     return int(labels.size) if hasattr(labels, "size") else len(labels)
+
+
+def check_loss(loss_fn, who):
+    """A loss the Trainer can sum over batches: a scalar per batch ("mean" or "sum")."""
+    if getattr(loss_fn, "reduction", "mean") not in ("mean", "sum"):
+        raise ValueError(f"{who}: the loss must return one number per batch (reduction "
+                         f"'mean' or 'sum'), got {loss_fn!r}")
+    return loss_fn
+
+
+def _targets(loss_fn, labels):
+    """(what the batch's loss is a mean over, the positions the accuracy counts, their mask
+    or None) of a batch: the positions, or for a class loss with ``ignore_index`` / ``weight``
+    (CrossEntropyLoss, NLLLoss) the total weight of the targets not ignored (the "mean"'s
+    divisor, as PyTorch) and those targets. A batch's reported loss times its weight sums
+    to the whole set's mean: an ignored position counts for nothing, nor does a batch
+    whose every target is ignored (its loss is NaN, its gradient 0)."""
+    from .losses import _ClassLoss
+
+    count = _positions(labels)
+    if not isinstance(loss_fn, _ClassLoss):
+        return count, count, None
+    y = np.asarray(labels)
+    keep = y != loss_fn.ignore_index
+    kept = int(keep.sum())
+    if loss_fn.weight is None:
+        return kept, kept, (None if kept == count else keep)
+    return float(loss_fn.weight.astype(np.float64)[y[keep]].sum()), kept, keep
+
+
+def _weighted(loss, loss_fn, weight):
+    """The batch's share of the summed loss: 0 for a batch with no weight (its "mean" is
+    NaN: 0 / 0), the loss itself for a "sum", else loss * weight."""
+    if weight == 0:
+        return 0.0
+    return loss if getattr(loss_fn, "reduction", "mean") == "sum" else loss * weight
 
 
 def _rank_batches(loader, rank, world):
@@ -466,22 +503,27 @@ def evaluate(model, loader, loss_fn=None, distributed=None):
         model = model.module
     was_training = model.training
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    check_loss(loss_fn, "evaluate")
+    total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
     batches = _rank_batches(loader, dist.rank(), world) if world > 1 else loader
     try:
         for xb, yb in batches:
             logits = model(xb)
-            count = _positions(yb)
-            total_loss += float(loss_fn(logits, yb)) * count
-            correct += _correct(logits, yb)
+            weight, count, keep = _targets(loss_fn, yb)
+            total_loss += _weighted(float(loss_fn(logits, yb)), loss_fn, weight)
+            total_weight += weight
+            correct += _correct(logits, yb, keep)
             seen += count
     finally:
         model.train(was_training)
     if world > 1:
-        total_loss, correct, seen = dist.all_sum([total_loss, correct, seen])
+        total_loss, total_weight, correct, seen = dist.all_sum(
+            [total_loss, total_weight, correct, seen])
     if seen == 0:
-        raise ValueError("evaluate: the loader gave no samples")
-    return {"loss": total_loss / seen, "acc": correct / seen}
+        raise ValueError("evaluate: the loader gave no samples, or only targets the loss "
+                         "ignores (ignore_index)")
+    return {"loss": total_loss / total_weight if total_weight else math.nan,
+            "acc": correct / seen}
 
 
 def bits(loss):
@@ -594,7 +636,7 @@ class Trainer:
         if self.world > 1 and self.rank != 0:  # one rank speaks for the job
             log, progress = None, False
         self.optimizer = optimizer
-        self.loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+        self.loss_fn = check_loss(CrossEntropyLoss() if loss_fn is None else loss_fn, "Trainer")
         self.schedule = schedule
         self.clip_grad_norm = clip_grad_norm
         self.progress = progress
@@ -753,7 +795,7 @@ class Trainer:
         model.train()
         self._bar = bar = progress_bar(len(train_loader), f"epoch {self.epoch + 1}/{epochs}",
                                        self.progress)
-        total_loss, correct, seen, samples = 0.0, 0, 0, 0
+        total_loss, total_weight, correct, seen, samples = 0.0, 0.0, 0, 0, 0
         watch = Stopwatch()
         jit_seen, unpause = 0.0, getattr(bar, "unpause", lambda: None)
         batches = iter(train_loader)
@@ -765,16 +807,20 @@ class Trainer:
                 opt.zero_grad()
                 logits = model(xb)
                 loss = local_loss = float(loss_fn(logits, yb))  # a host float on any device
+                # N, or N * T for a sequence's labels; fewer where the loss ignores targets
+                weight, count, keep = _targets(loss_fn, yb)
+                counted = weight != 0  # (a batch whose every target is ignored: NaN, grad 0)
                 if world > 1:
                     # the batch's loss over all ranks, summed while backward runs: every
                     # rank then takes the same decision below, before the optimizer's step
-                    total = dist.all_sum_start([loss * len(yb), len(yb)])
+                    total = dist.all_sum_start([_weighted(loss, loss_fn, weight), weight])
                     model.backward(loss_fn.backward(), input_grad=False)
-                    loss_sum, count = total.wait()
-                    loss = loss_sum / count
-                    if not math.isfinite(loss):
+                    loss_sum, weight_sum = total.wait()
+                    counted = weight_sum != 0
+                    loss = loss_sum / weight_sum if counted else math.nan
+                    if counted and not math.isfinite(loss):
                         model.finish()  # (every rank: no reduction left open)
-                if not math.isfinite(loss):
+                if counted and not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"Trainer: the training loss is {loss} at epoch {self.epoch + 1}, step "
                         f"{step} of {len(train_loader)}; stopped before updating the weights "
@@ -787,9 +833,9 @@ class Trainer:
                 if per_step is not None:
                     opt.lr = float(per_step(self.steps + step - 1, self.base_lr))
                 opt.step()
-                count = _positions(yb)  # N, or N * T for a sequence's labels
-                total_loss += local_loss * count  # (summed over the ranks at the end)
-                correct += _correct(logits, yb)
+                total_loss += _weighted(local_loss, loss_fn, weight)  # (summed over the ranks
+                total_weight += weight                                 # at the end)
+                correct += _correct(logits, yb, keep)
                 seen += count
                 samples += len(yb)
                 if (jit := watch.jit()) != jit_seen:
@@ -808,13 +854,14 @@ class Trainer:
             getattr(batches, "close", lambda: None)()
         train_seconds = watch.working()  # without the JIT's seconds
         if world > 1:  # over all ranks; the slowest rank's time
-            total_loss, correct, seen, samples = dist.all_sum([total_loss, correct, seen,
-                                                               samples])
+            total_loss, total_weight, correct, seen, samples = dist.all_sum(
+                [total_loss, total_weight, correct, seen, samples])
             train_seconds = dist.all_max(train_seconds)
         val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "acc": None}
         self._epoch_jit = watch.jit()
-        record = {"epoch": self.epoch + 1, "train_loss": total_loss / seen,
-                  "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
+        record = {"epoch": self.epoch + 1,
+                  "train_loss": total_loss / total_weight if total_weight else math.nan,
+                  "train_acc": correct / seen if seen else math.nan, "val_loss": val["loss"], "val_acc": val["acc"],
                   "lr": self.optimizer.lr, "samples_per_s": samples / train_seconds,
                   "seconds": watch.elapsed(), "_steps": step}
         if self.bits_per_char:

@@ -474,3 +474,57 @@ def test_resume_restores_batch_norm_running_statistics_bit_for_bit(tmp_path):
     model = fastnet.load(tmp_path / "checkpoint.npz")  # the checkpoint's model keeps its buffers
     np.testing.assert_array_equal(model.state_dict()["6.bias"], b["6.bias"])
     np.testing.assert_array_equal(model.state_dict()["7.running_mean"], b["7.running_mean"])
+
+
+def _small_classifier(seed=0):
+    fastnet.manual_seed(seed)
+    return Sequential(Dense(6, 5))
+
+
+def test_evaluate_with_ignored_targets_and_class_weights_is_the_whole_sets_loss():
+    """A loss with ignore_index / weight: evaluate's loss is the whole set's (the batches
+    weighted by their targets' total weight, as the loss's "mean" divides by it), its
+    accuracy counts only the targets not ignored, and a batch with every target ignored
+    counts for nothing (its own loss is NaN)."""
+    from fastnet.losses import CrossEntropyLoss
+    from fastnet.train import evaluate
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 6)).astype(np.float32)
+    y = rng.integers(0, 5, 16)
+    y[[1, 4, 5, 9]] = -100
+    y[12:] = -100  # the last batch of 4: every target ignored
+    model = _small_classifier()
+    for loss_fn in (CrossEntropyLoss(), CrossEntropyLoss(np.array([1.0, 2, 0.5, 0, 3]))):
+        whole = loss_fn(model(x), y)
+        got = evaluate(model, DataLoader(ArrayDataset(x, y), 4), loss_fn)
+        assert got["loss"] == pytest.approx(whole, rel=1e-6)
+        kept = y != -100
+        assert got["acc"] == ((model(x).argmax(1) == y)[kept]).mean()
+    total = evaluate(model, DataLoader(ArrayDataset(x, y), 4), CrossEntropyLoss(reduction="sum"))
+    assert total["loss"] == pytest.approx(whole_mean := CrossEntropyLoss()(model(x), y), rel=1e-6)
+    assert np.isfinite(whole_mean)
+
+
+def test_a_training_batch_with_every_target_ignored_is_not_a_non_finite_loss():
+    from fastnet.losses import CrossEntropyLoss
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 6)).astype(np.float32)
+    y = rng.integers(0, 5, 12)
+    y[:4] = -100  # the first (unshuffled) batch: nothing to learn from, gradient 0
+    model = _small_classifier()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), CrossEntropyLoss(), progress=False)
+    (record,) = trainer.fit(DataLoader(ArrayDataset(x, y), 4), epochs=1)
+    assert np.isfinite(record["train_loss"]) and 0 <= record["train_acc"] <= 1
+
+
+def test_a_loss_without_one_number_per_batch_is_refused():
+    from fastnet.losses import CrossEntropyLoss
+    from fastnet.train import evaluate
+
+    model = _small_classifier()
+    with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
+        Trainer(model, SGD(model.parameters(), lr=0.1), CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
+        evaluate(model, [], CrossEntropyLoss(reduction="none"))
