@@ -1,0 +1,219 @@
+"""A direct convolution for dilation > 1 or groups > 1 (torch.nn.Conv2d's ``dilation`` and
+``groups``), the depthwise convolution (groups == C, O a multiple of C) its fast case.
+
+Output (oh, ow) of channel o reads input channels [g*CG, (g+1)*CG) of its group
+g = o // (O / groups), at rows oh*SH - PH + i*DH and columns ow*SW - PW + j*DW. Every
+kernel works on whole rows: the inner loop runs over the output columns that a tap
+(i, j) reads inside the input (no padded copy, no junk columns: only the valid products,
+so NaN / inf propagate as in PyTorch), contiguous at stride 1 and vectorised.
+
+* forward: parallel over (image, output channel); per output row, the taps of the
+  group's CG input channels accumulated into the row, then bias and activation.
+* dx: parallel over (image, input channel), each thread owning its plane of dx: the
+  gradient rows of the group's output channels scattered through the taps.
+* dw: parallel over (output channel, input channel of its group), each a serial sum
+  over the images in order (and rows and taps): the result does not depend on the
+  thread count. db: parallel over output channels, the same order.
+
+Measured on the depthwise 3x3 bench case (``fastnet/bench/cases.py``); the general
+grouped / dilated conv is correct but has no register blocking (a lead for the speed
+work: per-group implicit GEMMs).
+"""
+import numpy as np
+from numba import prange
+
+from .._jit import compute_family, compute_kernel, parallel_family
+from ..activations import apply_activation, through_activation
+from .layout import workspace
+
+
+def takes(dilation, groups):
+    """Whether a conv goes here rather than to the implicit GEMM (which takes neither)."""
+    return groups != 1 or dilation[0] != 1 or dilation[1] != 1
+
+
+def out_size(size, k, s, p, d):
+    """PyTorch's output size: (size + 2p - d*(k-1) - 1) // s + 1."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@compute_family
+def _forward(code):
+    """out = act(conv(x, w) + b) for one activation ``code``:
+    ``_forward[code](out, x, w, b, sh, sw, ph, pw, dh, dw, groups)``."""
+    def kernel(out, x, w, b, sh, sw, ph, pw, dh, dw, groups):
+        n_, o_, oh_, ow_ = out.shape
+        h_, w_ = x.shape[2], x.shape[3]
+        cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+        opg = o_ // groups
+        zero = out.dtype.type(0)
+        for t in prange(n_ * o_):
+            n = t // o_
+            o = t - n * o_
+            c0 = (o // opg) * cg
+            bo = b[o] if b is not None else zero
+            for r in range(oh_):
+                row = out[n, o, r]
+                for u in range(ow_):
+                    row[u] = zero
+                for c in range(cg):
+                    for i in range(kh):
+                        iy = r * sh - ph + i * dh
+                        if iy < 0 or iy >= h_:
+                            continue
+                        xr = x[n, c0 + c, iy]
+                        for j in range(kw):
+                            wv = w[o, c, i, j]
+                            off = j * dw - pw
+                            # the output columns u with 0 <= u*sw + off < W
+                            lo = (-off + sw - 1) // sw if off < 0 else 0
+                            hi = min(ow_, (w_ - 1 - off) // sw + 1) if w_ - 1 - off >= 0 else 0
+                            if hi <= lo:
+                                continue
+                            d = row[lo:hi]
+                            if sw == 1:
+                                s = xr[lo + off:hi + off]
+                                for u in range(hi - lo):
+                                    d[u] += wv * s[u]
+                            else:
+                                s = xr[lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                                for u in range(hi - lo):
+                                    d[u] += wv * s[u]
+                for u in range(ow_):
+                    row[u] = apply_activation(row[u] + bo, code)
+    return kernel
+
+
+@parallel_family
+def _gradient(code):
+    """g = dout * act'(out) (N, O, OH, OW), for one activation ``code`` (not 0)."""
+    def kernel(g, dout, out):
+        gf, df, yf = g.ravel(), dout.ravel(), out.ravel()
+        for k in prange(gf.size):
+            gf[k] = through_activation(df[k], yf[k], code)
+    return kernel
+
+
+@compute_kernel
+def _dx(dx, g, w, sh, sw, ph, pw, dh, dw, groups):
+    # g (N, O, OH, OW), w (O, CG, KH, KW) -> dx (N, C, H, W): per (image, input channel),
+    # the gradient rows of its group's output channels scattered through the taps
+    n_, c_, h_, w_ = dx.shape
+    o_, oh_, ow_ = g.shape[1], g.shape[2], g.shape[3]
+    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    opg = o_ // groups
+    zero = dx.dtype.type(0)
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        grp = c // cg
+        cl = c - grp * cg
+        for y in range(h_):
+            for u in range(w_):
+                dx[n, c, y, u] = zero
+        for o in range(grp * opg, (grp + 1) * opg):
+            for r in range(oh_):
+                gr = g[n, o, r]
+                for i in range(kh):
+                    iy = r * sh - ph + i * dh
+                    if iy < 0 or iy >= h_:
+                        continue
+                    dr = dx[n, c, iy]
+                    for j in range(kw):
+                        wv = w[o, cl, i, j]
+                        off = j * dw - pw
+                        lo = (-off + sw - 1) // sw if off < 0 else 0
+                        hi = min(ow_, (w_ - 1 - off) // sw + 1) if w_ - 1 - off >= 0 else 0
+                        if hi <= lo:
+                            continue
+                        s = gr[lo:hi]
+                        if sw == 1:
+                            d = dr[lo + off:hi + off]
+                            for u in range(hi - lo):
+                                d[u] += wv * s[u]
+                        else:
+                            d = dr[lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                            for u in range(hi - lo):
+                                d[u] += wv * s[u]
+
+
+@compute_kernel
+def _dw(dwt, g, x, sh, sw, ph, pw, dh, dw, groups):
+    # g (N, O, OH, OW), x (N, C, H, W) -> dwt (O, CG, KH, KW): per (output channel, input
+    # channel of its group), a serial sum over images, rows and taps.
+    # NOTE: each weight's sum runs in one thread in a fixed order (images, then rows):
+    # the result does not depend on the thread count.
+    o_, cg, kh, kw = dwt.shape
+    n_, oh_, ow_ = g.shape[0], g.shape[2], g.shape[3]
+    h_, w_ = x.shape[2], x.shape[3]
+    opg = o_ // groups
+    zero = dwt.dtype.type(0)
+    for t in prange(o_ * cg):
+        o = t // cg
+        cl = t - o * cg
+        c = (o // opg) * cg + cl
+        acc = np.zeros(kh * kw, dwt.dtype)
+        for n in range(n_):
+            for r in range(oh_):
+                gr = g[n, o, r]
+                for i in range(kh):
+                    iy = r * sh - ph + i * dh
+                    if iy < 0 or iy >= h_:
+                        continue
+                    xr = x[n, c, iy]
+                    for j in range(kw):
+                        off = j * dw - pw
+                        lo = (-off + sw - 1) // sw if off < 0 else 0
+                        hi = min(ow_, (w_ - 1 - off) // sw + 1) if w_ - 1 - off >= 0 else 0
+                        if hi <= lo:
+                            continue
+                        a = gr[lo:hi]
+                        s = zero
+                        if sw == 1:
+                            b = xr[lo + off:hi + off]
+                            for u in range(hi - lo):
+                                s += a[u] * b[u]
+                        else:
+                            b = xr[lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                            for u in range(hi - lo):
+                                s += a[u] * b[u]
+                        acc[i * kw + j] += s
+        for i in range(kh):
+            for j in range(kw):
+                dwt[o, cl, i, j] = acc[i * kw + j]
+
+
+@compute_kernel
+def _db(db, g):
+    # g (N, O, OH, OW) -> db (O,): per channel, images then rows in order
+    n_, o_, oh_, ow_ = g.shape
+    for o in prange(o_):
+        s = db.dtype.type(0)
+        for n in range(n_):
+            for r in range(oh_):
+                gr = g[n, o, r]
+                t = db.dtype.type(0)
+                for u in range(ow_):
+                    t += gr[u]
+                s += t
+        db[o] = s
+
+
+def forward(out, x, w, b, stride, padding, dilation, groups, code):
+    """out = act(conv(x, w) + b), w (O, C/groups, KH, KW) (conv2d_forward)."""
+    _forward[code](out, np.ascontiguousarray(x), w, b, stride[0], stride[1], padding[0],
+                   padding[1], dilation[0], dilation[1], groups)
+
+
+def backward(dx, dw, db, dout, x, w, out, stride, padding, dilation, groups, code):
+    """dx (None: not wanted), dw, db (None: no bias) of ``forward`` (conv2d_backward)."""
+    g = dout
+    if code != 0:
+        g = workspace("gg", dout.size, dout.dtype).reshape(dout.shape)
+        _gradient[code](g, dout, out)
+    geo = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups)
+    if db is not None:
+        _db(db, g)
+    _dw(dw, g, np.ascontiguousarray(x), *geo)
+    if dx is not None:
+        _dx(dx, g, w, *geo)
