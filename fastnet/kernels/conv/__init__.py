@@ -75,11 +75,10 @@ def conv2d_forward_plan(x_shape, w_shape, dtype, stride, padding, activation=Non
     ``run(out, x, w, b)``, bitwise what conv2d_forward computes, for C-contiguous x of
     ``x_shape`` and ``dtype`` (the caller has checked them), with per-thread buffers."""
     if grouped.takes(dilation, groups):
-        kern = grouped._forward[ACTIVATIONS[activation]]
-        geo = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups)
+        code = ACTIVATIONS[activation]
 
         def run(out, x, w, b):
-            kern(out, x, w, b, *geo)
+            grouped.forward(out, x, w, b, stride, padding, dilation, groups, code)
         return run
     return implicit_gemm.forward_plan(x_shape, w_shape, dtype, stride, padding,
                                       ACTIVATIONS[activation])

@@ -51,7 +51,7 @@ def _forward(code):
             n = t // o_
             o = t - n * o_
             c0 = (o // opg) * cg
-            bo = b[o] if b is not None else zero
+            bo = b[o]
             for r in range(oh_):
                 row = out[n, o, r]
                 for u in range(ow_):
@@ -201,8 +201,13 @@ def _db(db, g):
 
 def forward(out, x, w, b, stride, padding, dilation, groups, code):
     """out = act(conv(x, w) + b), w (O, C/groups, KH, KW) (conv2d_forward)."""
-    _forward[code](out, np.ascontiguousarray(x), w, b, stride[0], stride[1], padding[0],
-                   padding[1], dilation[0], dilation[1], groups)
+    # a zero bias, not None: one compiled kernel for both
+    _forward[code](out, np.ascontiguousarray(x), w, _bias(b, w), stride[0], stride[1],
+                   padding[0], padding[1], dilation[0], dilation[1], groups)
+
+
+def _bias(b, w):
+    return np.zeros(w.shape[0], w.dtype) if b is None else b
 
 
 def backward(dx, dw, db, dout, x, w, out, stride, padding, dilation, groups, code):
