@@ -496,7 +496,7 @@ def conv_window(op, dims, values, source):
         if size % groups:
             raise ValueError(f"{op}: the {size} {name}put channels (from {frm!r}) are not "
                              f"divisible by groups={groups}")
-    dims["CG"], source["CG"] = c // groups, "the groups"
+    dims["CG"], source["CG"] = c // groups, f"the channels of 'x' / groups={groups}"
     window(op, dims, values, source)
 
 
