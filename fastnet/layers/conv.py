@@ -20,7 +20,7 @@ class Conv2D(_FusedAffine):
     op = "conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 bias=True, activation=None, dtype="float32", dilation=1, groups=1):
+                 dilation=1, groups=1, bias=True, activation=None, dtype="float32"):
         self.in_channels = positive_int(in_channels, "in_channels", "Conv2D")
         self.out_channels = positive_int(out_channels, "out_channels", "Conv2D")
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", 1)
@@ -45,9 +45,8 @@ class Conv2D(_FusedAffine):
         # (a file written before dilation and groups existed loads with their defaults)
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
-                "padding": self.padding, "bias": self.bias is not None,
-                "activation": self.activation, "dilation": self.dilation,
-                "groups": self.groups}
+                "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
+                "bias": self.bias is not None, "activation": self.activation}
 
     def forward(self, x):
         w = self.weight.data

@@ -129,3 +129,9 @@ def test_a_dilated_file_may_pad_by_its_span(tmp_path):
     assert (layer.padding, layer.dilation, layer.groups) == ((5, 5), (2, 2), 2)
     with pytest.raises(ValueError, match="cannot write this model"):
         fastnet.save(Conv2D(4, 4, 3, dilation=65), tmp_path / "far.npz")
+
+
+def test_pytorch_argument_order():
+    """nn.Conv2d(in, out, k, stride, padding, dilation, groups, bias) positionally."""
+    layer = Conv2D(4, 8, 3, 1, 2, 2, 4, False)
+    assert (layer.padding, layer.dilation, layer.groups, layer.bias) == ((2, 2), (2, 2), 4, None)
