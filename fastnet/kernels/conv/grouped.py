@@ -24,6 +24,8 @@ from numba import prange
 
 from .._jit import compute_family, compute_kernel, parallel_family
 from ..activations import apply_activation, through_activation
+from ..codes import RELU
+from .implicit_gemm import act_key
 from .layout import workspace
 
 
@@ -38,10 +40,11 @@ def out_size(size, k, s, p, d):
 
 
 @compute_family
-def _forward(code):
-    """out = act(conv(x, w) + b) for one activation ``code``:
-    ``_forward[code](out, x, w, b, sh, sw, ph, pw, dh, dw, groups)``."""
-    def kernel(out, x, w, b, sh, sw, ph, pw, dh, dw, groups):
+def _forward(act):
+    """out = act(conv(x, w) + b) for activation key ``act`` (implicit_gemm.act_key: -1
+    serves no activation and ReLU, picked by ``relu``):
+    ``_forward[act](out, x, w, b, sh, sw, ph, pw, dh, dw, groups, relu)``."""
+    def kernel(out, x, w, b, sh, sw, ph, pw, dh, dw, groups, relu):
         n_, o_, oh_, ow_ = out.shape
         h_, w_ = x.shape[2], x.shape[3]
         cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
@@ -79,8 +82,14 @@ def _forward(code):
                                 s = xr[lo * sw + off:(hi - 1) * sw + off + 1:sw]
                                 for u in range(hi - lo):
                                     d[u] += wv * s[u]
-                for u in range(ow_):
-                    row[u] = apply_activation(row[u] + bo, code)
+                if act == -1:
+                    for u in range(ow_):
+                        v = row[u] + bo
+                        # NOTE: "<= 0 gives 0": a NaN stays NaN, as in PyTorch
+                        row[u] = (zero if v <= 0 else v) if relu else v
+                else:
+                    for u in range(ow_):
+                        row[u] = apply_activation(row[u] + bo, act)
     return kernel
 
 
@@ -202,8 +211,9 @@ def _db(db, g):
 def forward(out, x, w, b, stride, padding, dilation, groups, code):
     """out = act(conv(x, w) + b), w (O, C/groups, KH, KW) (conv2d_forward)."""
     # a zero bias, not None: one compiled kernel for both
-    _forward[code](out, np.ascontiguousarray(x), w, _bias(b, w), stride[0], stride[1],
-                   padding[0], padding[1], dilation[0], dilation[1], groups)
+    _forward[act_key(code)](out, np.ascontiguousarray(x), w, _bias(b, w), stride[0], stride[1],
+                            padding[0], padding[1], dilation[0], dilation[1], groups,
+                            code == RELU)
 
 
 def _bias(b, w):
