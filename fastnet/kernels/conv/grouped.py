@@ -118,22 +118,24 @@ def _dx(dx, g, w, sh, sw, ph, pw, dh, dw, groups):
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     opg = o_ // groups
     zero = dx.dtype.type(0)
+    df = dx.ravel()  # flat unsigned indices, as in the forward
+    gf = g.ravel()
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
         grp = c // cg
         cl = c - grp * cg
-        for y in range(h_):
-            for u in range(w_):
-                dx[n, c, y, u] = zero
+        p0 = np.uint64(t * h_ * w_)
+        for u in range(h_ * w_):
+            df[p0 + np.uint64(u)] = zero
         for o in range(grp * opg, (grp + 1) * opg):
             for r in range(oh_):
-                gr = g[n, o, r]
+                g0 = np.uint64(((n * o_ + o) * oh_ + r) * ow_)
                 for i in range(kh):
                     iy = r * sh - ph + i * dh
                     if iy < 0 or iy >= h_:
                         continue
-                    dr = dx[n, c, iy]
+                    x0 = (t * h_ + iy) * w_
                     for j in range(kw):
                         wv = w[o, cl, i, j]
                         off = j * dw - pw
@@ -141,15 +143,15 @@ def _dx(dx, g, w, sh, sw, ph, pw, dh, dw, groups):
                         hi = min(ow_, (w_ - 1 - off) // sw + 1) if w_ - 1 - off >= 0 else 0
                         if hi <= lo:
                             continue
-                        s = gr[lo:hi]
+                        s0 = g0 + np.uint64(lo)
+                        d0 = np.uint64(x0 + lo * sw + off)
                         if sw == 1:
-                            d = dr[lo + off:hi + off]
                             for u in range(hi - lo):
-                                d[u] += wv * s[u]
+                                df[d0 + np.uint64(u)] += wv * gf[s0 + np.uint64(u)]
                         else:
-                            d = dr[lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                            swu = np.uint64(sw)
                             for u in range(hi - lo):
-                                d[u] += wv * s[u]
+                                df[d0 + swu * np.uint64(u)] += wv * gf[s0 + np.uint64(u)]
 
 
 @compute_kernel
@@ -160,9 +162,11 @@ def _dw(dwt, g, x, sh, sw, ph, pw, dh, dw, groups):
     # the result does not depend on the thread count.
     o_, cg, kh, kw = dwt.shape
     n_, oh_, ow_ = g.shape[0], g.shape[2], g.shape[3]
-    h_, w_ = x.shape[2], x.shape[3]
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     opg = o_ // groups
     zero = dwt.dtype.type(0)
+    gf = g.ravel()  # flat unsigned indices, as in the forward
+    xf = x.ravel()
     for t in prange(o_ * cg):
         o = t // cg
         cl = t - o * cg
@@ -170,28 +174,28 @@ def _dw(dwt, g, x, sh, sw, ph, pw, dh, dw, groups):
         acc = np.zeros(kh * kw, dwt.dtype)
         for n in range(n_):
             for r in range(oh_):
-                gr = g[n, o, r]
+                g0 = np.uint64(((n * o_ + o) * oh_ + r) * ow_)
                 for i in range(kh):
                     iy = r * sh - ph + i * dh
                     if iy < 0 or iy >= h_:
                         continue
-                    xr = x[n, c, iy]
+                    x0 = ((n * c_ + c) * h_ + iy) * w_
                     for j in range(kw):
                         off = j * dw - pw
                         lo = (-off + sw - 1) // sw if off < 0 else 0
                         hi = min(ow_, (w_ - 1 - off) // sw + 1) if w_ - 1 - off >= 0 else 0
                         if hi <= lo:
                             continue
-                        a = gr[lo:hi]
+                        a0 = g0 + np.uint64(lo)
+                        b0 = np.uint64(x0 + lo * sw + off)
                         s = zero
                         if sw == 1:
-                            b = xr[lo + off:hi + off]
                             for u in range(hi - lo):
-                                s += a[u] * b[u]
+                                s += gf[a0 + np.uint64(u)] * xf[b0 + np.uint64(u)]
                         else:
-                            b = xr[lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                            swu = np.uint64(sw)
                             for u in range(hi - lo):
-                                s += a[u] * b[u]
+                                s += gf[a0 + np.uint64(u)] * xf[b0 + swu * np.uint64(u)]
                         acc[i * kw + j] += s
         for i in range(kh):
             for j in range(kw):
