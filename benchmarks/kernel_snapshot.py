@@ -171,27 +171,33 @@ def im2col_case(x_shape, ks, stride, pad, dt):
     return Case(name, ("im2col", "col2im"), fn)
 
 
-def conv_case(n, ch, hw, o, ks, stride, pad, act, dt, bias=True, want_dx=True, pass_out=False):
+def conv_case(n, ch, hw, o, ks, stride, pad, act, dt, bias=True, want_dx=True, pass_out=False,
+              dilation=(1, 1), groups=1):
     h, w = hw
-    oh, ow = _out_size(h, ks[0], stride[0], pad[0]), _out_size(w, ks[1], stride[1], pad[1])
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, ks)]
+    oh, ow = _out_size(h, span[0], stride[0], pad[0]), _out_size(w, span[1], stride[1], pad[1])
     assert oh > 0 and ow > 0, (hw, ks, stride, pad)
+    # dilation and groups (conv/grouped.py) in the name and the call only where not the
+    # defaults: the other cases keep their names and calls
+    extra = () if (tuple(dilation), groups) == ((1, 1), 1) else (tuple(dilation), groups)
     name = (f"conv2d/n{n}-c{ch}-{h}x{w}-o{o}-k{ks[0]}x{ks[1]}-s{_geom(stride)}-p{_geom(pad)}"
-            f"-{act}-{'b' if bias else 'nob'}-{'dx' if want_dx else 'nodx'}"
+            + (f"-d{_geom(dilation)}-g{groups}" if extra else "")
+            + f"-{act}-{'b' if bias else 'nob'}-{'dx' if want_dx else 'nodx'}"
             f"{'-out' if pass_out else ''}-{_tag(dt)}")
 
     def fn(c):
         x = c.rand((n, ch, h, w), dt)
-        wt = c.rand((o, ch) + tuple(ks), dt, 1.0 / np.sqrt(ch * ks[0] * ks[1]))
+        wt = c.rand((o, ch // groups) + tuple(ks), dt, 1.0 / np.sqrt(ch // groups * ks[0] * ks[1]))
         b = c.rand(o, dt) if bias else None
         out = c.out((n, o, oh, ow), dt)
-        c.k("conv2d_forward")(out, x, wt, b, stride, pad, act)
+        c.k("conv2d_forward")(out, x, wt, b, stride, pad, act, *extra)
         dout = c.rand((n, o, oh, ow), dt)
         dx = c.out((n, ch, h, w), dt) if want_dx else None
-        dw = c.out((o, ch) + tuple(ks), dt)
+        dw = c.out((o, ch // groups) + tuple(ks), dt)
         db = c.out(o, dt) if bias else None
         give_out = act is not None or pass_out
         c.k("conv2d_backward")(dx, dw, db, dout, x, wt, out if give_out else None,
-                               stride, pad, act)
+                               stride, pad, act, *extra)
         return {"conv2d_forward.out": out, "conv2d_backward.dx": dx,
                 "conv2d_backward.dw": dw, "conv2d_backward.db": db}
     return Case(name, ("conv2d_forward", "conv2d_backward"), fn)
@@ -256,6 +262,14 @@ def conv_cases():
         # the activation axis on one geometry per dtype
         *[conv_case(3, 6, (10, 9), 12, (3, 3), (1, 1), (1, 1), a, dt)
           for dt in (F32, F64) for a in ACTS],
+        # dilation and groups (conv/grouped.py): depthwise, depthwise x2 strided, groups
+        # with dilation, dilation alone, padding past the dilated span
+        conv_case(3, 8, (12, 11), 8, (3, 3), (1, 1), (1, 1), "relu", F32, groups=8),
+        conv_case(2, 3, (11, 12), 6, (3, 3), (2, 2), (1, 1), None, F64, groups=3, want_dx=False),
+        conv_case(3, 6, (13, 10), 4, (3, 2), (1, 2), (2, 1), "tanh", F32, dilation=(2, 3), groups=2),
+        conv_case(1, 3, (14, 13), 5, (3, 3), (2, 1), (0, 2), "sigmoid", F64, dilation=(3, 2), bias=False),
+        conv_case(2, 4, (6, 7), 4, (2, 2), (1, 1), (4, 3), None, F32, dilation=(2, 1), groups=4,
+                  pass_out=True),
     ]
     return cases
 
@@ -840,6 +854,7 @@ def cuda_cases():
         conv_case(2, 2, (7, 6), 3, (1, 1), (3, 3), (0, 0), "sigmoid", d),
         conv_case(1, 3, (6, 7), 35, (2, 3), (1, 2), (2, 2), "relu", d),
         conv_case(3, 1, (5, 5), 2, (5, 5), (1, 1), (2, 2), None, d, pass_out=True),
+        conv_case(1, 2, (5, 4), 4, (3, 2), (1, 2), (2, 1), "relu", d, dilation=(2, 1), groups=2),
         pool_case((2, 2, 5, 6), (2, 2), (2, 2), (0, 0), d),
         pool_case((1, 2, 5, 5), (3, 3), (2, 2), (1, 1), d),
         pool_case((1, 2, 6, 7), (2, 3), (1, 2), (1, 0), d),

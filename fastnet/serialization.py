@@ -132,19 +132,34 @@ def _dense_state(c, where):
     return {"weight": (out, inp), **({"bias": (out,)} if c["bias"] else {})}
 
 
+# the largest dilation a file may give a Conv2D (see _conv_state)
+MAX_FILE_DILATION = 64
+
+
 def _conv_state(c, where):
     out, inp = _positive(c, "out_channels", where), _positive(c, "in_channels", where)
     kernel = _pair(c, "kernel_size", where)
+    groups = _positive(c, "groups", where)
+    for name, size in (("in_channels", inp), ("out_channels", out)):
+        if size % groups:
+            raise _Bad(f"{where}.groups", f"{name}={size} is not divisible by groups={groups}")
+    dilation = _pair(c, "dilation", where)
+    if any(d > MAX_FILE_DILATION for d in dilation):
+        raise _Bad(f"{where}.dilation", f"expected a dilation of at most {MAX_FILE_DILATION}, "
+                                        f"got {list(dilation)}")
     # NOTE: the padding is not stored in any array, yet it sizes every output: [20000,
-    # 20000] made evaluate allocate terabytes. Padding past the kernel only adds outputs
-    # that see nothing but zeros, so a file may pad at most by the kernel size (the layer's
-    # constructor, like PyTorch's, takes more).
+    # 20000] made evaluate allocate terabytes. Padding past the (dilated) kernel's span
+    # d*(k-1) + 1 only adds outputs that see nothing but zeros, so a file may pad at most
+    # by that span, its dilation at most MAX_FILE_DILATION (the layer's constructor, like
+    # PyTorch's, takes more).
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
     padding = _pair(c, "padding", where, minimum=0)
-    if any(p > k for p, k in zip(padding, kernel)):
-        raise _Bad(f"{where}.padding", f"padding {list(padding)} is larger than the kernel "
-                                       f"size {list(kernel)}; a fastnet file pads a Conv2D by "
-                                       "at most its kernel size on each axis")
-    return {"weight": (out, inp, *kernel), **({"bias": (out,)} if c["bias"] else {})}
+    if any(p > k for p, k in zip(padding, span)):
+        what = "kernel size" if dilation == (1, 1) else "dilated kernel's span"
+        raise _Bad(f"{where}.padding", f"padding {list(padding)} is larger than the {what} "
+                                       f"{span}; a fastnet file pads a Conv2D by at most its "
+                                       f"{what} on each axis")
+    return {"weight": (out, inp // groups, *kernel), **({"bias": (out,)} if c["bias"] else {})}
 
 
 def _batch_norm_state(c, where):

@@ -172,28 +172,34 @@ def _window(a, i, j, oh, ow, sh, sw):
     return a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
 
 
-def conv2d_forward(x, w, b, stride, padding, activation=None):
-    """act(sum over kernel offsets (i, j) of einsum(x_shifted, w[:, :, i, j]) + b)."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+def conv2d_forward(x, w, b, stride, padding, activation=None, dilation=1, groups=1):
+    """act(sum over kernel offsets (i, j) of einsum(x_shifted, w[:, :, i, j]) + b), group by
+    group (w (O, C/groups, KH, KW)); offset (i, j) reads the input (i*DH, j*DW) away."""
+    (sh, sw), (ph, pw), (dh, dw_) = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(wd, kw, sw, pw)
+    o, cg, kh, kw = w.shape
+    oh = conv_output_size(h, dh * (kh - 1) + 1, sh, ph)
+    ow = conv_output_size(wd, dw_ * (kw - 1) + 1, sw, pw)
     xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     w64 = _f64(w)
     y = np.zeros((n, o, oh, ow))
-    for i in range(kh):
-        for j in range(kw):
-            y += np.einsum("nchw,oc->nohw", _window(xp, i, j, oh, ow, sh, sw), w64[:, :, i, j])
+    og = o // groups
+    for g in range(groups):
+        xg, wg = xp[:, g * cg:(g + 1) * cg], w64[g * og:(g + 1) * og]
+        for i in range(kh):
+            for j in range(kw):
+                y[:, g * og:(g + 1) * og] += np.einsum(
+                    "nchw,oc->nohw", _window(xg, i * dh, j * dw_, oh, ow, sh, sw), wg[:, :, i, j])
     if b is not None:
         y += _f64(b)[None, :, None, None]
     return _act64(y, activation).astype(x.dtype)
 
 
-def conv2d_backward(dout, x, w, stride, padding, y=None, activation=None):
+def conv2d_backward(dout, x, w, stride, padding, y=None, activation=None, dilation=1, groups=1):
     """-> (dx, dw, db); ``y`` is the forward output (needed with an activation)"""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    (sh, sw), (ph, pw), (dh, dw_) = _pair(stride), _pair(padding), _pair(dilation)
     _, _, h, wd = x.shape
-    _, _, kh, kw = w.shape
+    o, cg, kh, kw = w.shape
     _, _, oh, ow = dout.shape
     xp = np.pad(_f64(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     g, w64 = _f64(dout), _f64(w)
@@ -201,10 +207,16 @@ def conv2d_backward(dout, x, w, stride, padding, y=None, activation=None):
         g = _act_backward64(g, _f64(y), activation)
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w64)
-    for i in range(kh):
-        for j in range(kw):
-            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", g, _window(xp, i, j, oh, ow, sh, sw))
-            _window(dxp, i, j, oh, ow, sh, sw)[...] += np.einsum("nohw,oc->nchw", g, w64[:, :, i, j])
+    og = o // groups
+    for q in range(groups):
+        gq, wq = g[:, q * og:(q + 1) * og], w64[q * og:(q + 1) * og]
+        xq, dxq = xp[:, q * cg:(q + 1) * cg], dxp[:, q * cg:(q + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                dw[q * og:(q + 1) * og, :, i, j] = np.einsum(
+                    "nohw,nchw->oc", gq, _window(xq, i * dh, j * dw_, oh, ow, sh, sw))
+                _window(dxq, i * dh, j * dw_, oh, ow, sh, sw)[...] += np.einsum(
+                    "nohw,oc->nchw", gq, wq[:, :, i, j])
     dx = dxp[:, :, ph:ph + h, pw:pw + wd]
     db = g.sum(axis=(0, 2, 3))
     t = dout.dtype

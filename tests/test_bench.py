@@ -58,7 +58,10 @@ def test_cases_cover_the_issue():
                  # issue 21: the character model's step, a bidirectional GRU
                  "train char-lstm 64x100 chars 96-64-2x256-96 step",
                  "gru 64x32x128->2x128 bidirectional forward",
-                 "gru 64x32x128->2x128 bidirectional backward"]:
+                 "gru 64x32x128->2x128 bidirectional backward",
+                 # issue 22: a depthwise 3x3 conv of MobileNet's size
+                 "depthwise_conv2d 32x64x56x56 k3 p1 forward",
+                 "depthwise_conv2d 32x64x56x56 k3 p1 backward"]:
         assert name in names
     ops = {c.op for c in full}
     assert {"sgd_momentum", "adam", "train mlp"} <= ops
@@ -69,6 +72,7 @@ def test_cases_cover_the_issue():
             continue
         batch_64 = c.family == "recurrent" or c.op == "train char-lstm"
         assert c.samples == (0 if c.family == "optim" else 64 if batch_64 else
+                             32 if c.op == "depthwise_conv2d" else
                              (1024 if "1024x" in c.shape else 128))
     # ONNX Runtime: inference, and the forwards of layers eval mode computes the same
     assert {c.family for c in full if c.ort} == {"dense", "conv", "pool", "activation",

@@ -14,7 +14,8 @@ Layers and models are written once as a *spec*, a list of tuples each backend tu
 into its own layers:
 
     ("dense", in, out, activation)   activation None or "relu" (fastnet fuses it)
-    ("conv", in, out, k, stride, padding, activation[, bias])   bias True unless given
+    ("conv", in, out, k, stride, padding, activation[, bias[, groups[, dilation]]])
+                                     bias True, groups and dilation 1 unless given
     ("maxpool", k) / ("avgpool", k)  window k, stride k, no padding
     ("lppool", p, k)                 power-average pooling of norm p, window k, stride k
     ("global_avgpool",)              mean over H and W: (N, C, H, W) -> (N, C)
@@ -216,8 +217,10 @@ def trace(spec, shape):
             macs, shape = n * s[1] * s[2], (n, s[2])
         elif kind == "conv":
             cin, cout, k, stride, pad = s[1:6]
-            oh, ow = ((d + 2 * pad - k) // stride + 1 for d in shape[2:])
-            macs, shape = n * cout * oh * ow * cin * k * k, (n, cout, oh, ow)
+            span = conv_dilation(s) * (k - 1) + 1
+            oh, ow = ((d + 2 * pad - span) // stride + 1 for d in shape[2:])
+            macs = n * cout * oh * ow * cin // conv_groups(s) * k * k
+            shape = (n, cout, oh, ow)
         elif kind in ("maxpool", "avgpool"):
             shape = shape[:2] + tuple(d // s[1] for d in shape[2:])
         elif kind == "lppool":
@@ -237,6 +240,16 @@ def trace(spec, shape):
 def conv_bias(s) -> bool:
     """Whether the conv spec entry ``s`` has a bias."""
     return len(s) < 8 or s[7]
+
+
+def conv_groups(s) -> int:
+    """The groups of the conv spec entry ``s`` (1 unless given)."""
+    return s[8] if len(s) > 8 else 1
+
+
+def conv_dilation(s) -> int:
+    """The dilation of the conv spec entry ``s`` (1 unless given)."""
+    return s[9] if len(s) > 9 else 1
 
 
 def key_prefix(spec, i, outer=""):
@@ -260,8 +273,9 @@ def _param_shapes(spec, outer=""):
         if s[0] == "dense":
             entries = [("weight", (s[2], s[1]), s[1]), ("bias", (s[2],), s[1])]
         elif s[0] == "conv":
-            fan_in = s[1] * s[3] * s[3]
-            entries = [("weight", (s[2], s[1], s[3], s[3]), fan_in)]
+            cg = s[1] // conv_groups(s)
+            fan_in = cg * s[3] * s[3]
+            entries = [("weight", (s[2], cg, s[3], s[3]), fan_in)]
             entries += [("bias", (s[2],), fan_in)] if conv_bias(s) else []
         elif s[0] in ("batchnorm1d", "batchnorm2d"):
             c = s[1]
@@ -620,6 +634,11 @@ def all_cases(quick: bool = False) -> list:
         geometry = f"k{k}" + (f" s{s}" if s > 1 else "") + (f" p{p}" if p else "")
         cases += _layer_pair("conv", "conv2d", f"{_dims((n, c, h, w))}->{o} {geometry}",
                              [("conv", c, o, k, s, p, None)], (n, c, h, w), compute_bound=True)
+    # a depthwise 3x3 conv (groups = channels) of MobileNet's size, padding 1
+    c, h = (4, 8) if quick else (64, 56)
+    dw_n = n if quick else 32
+    cases += _layer_pair("conv", "depthwise_conv2d", f"{_dims((dw_n, c, h, h))} k3 p1",
+                         [("conv", c, c, 3, 1, 1, None, True, c)], (dw_n, c, h, h), False)
     big = (n, 3, 8, 8) if quick else (n, 32, 32, 32)
     pools = [big, (n, 2, 6, 6) if quick else (n, 6, 28, 28)]
     for op, kind in (("max_pool2d", "maxpool"), ("avg_pool2d", "avgpool")):

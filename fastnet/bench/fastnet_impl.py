@@ -15,7 +15,7 @@ from fastnet.models import CharLSTM
 from fastnet.losses import BCEWithLogitsLoss, CrossEntropyLoss
 from fastnet.optim import SGD, Adam, clip_grad_norm_
 
-from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias
+from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias, conv_dilation, conv_groups
 
 _SIMPLE = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax,
            "flatten": Flatten, "maxpool": MaxPool2D, "avgpool": AvgPool2D,
@@ -29,7 +29,7 @@ def _layer(s):
         return Dense(s[1], s[2], activation=s[3])
     if s[0] == "conv":
         return Conv2D(s[1], s[2], s[3], stride=s[4], padding=s[5], activation=s[6],
-                      bias=conv_bias(s))
+                      bias=conv_bias(s), groups=conv_groups(s), dilation=conv_dilation(s))
     if s[0] == "residual":
         return Residual(_net(s[1]), None if s[2] is None else _net(s[2]))
     return _SIMPLE[s[0]](*s[1:])

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .cases import MOMENTUM, Bench, key_prefix
+from .cases import MOMENTUM, Bench, conv_dilation, conv_groups, key_prefix
 
 
 class Layer:
@@ -87,6 +87,69 @@ class Conv2D(_Weighted):
             for j in range(k):
                 dxp[:, :, i:i + s * oh:s, j:j + s * ow:s] += dcols[..., i, j].transpose(0, 3, 1, 2)
         return dxp[:, :, p:p + h, p:p + w]
+
+
+class DepthwiseConv2D(_Weighted):
+    """groups == channels == out channels: a sum of KxK shifted (strided, dilated) slices
+    of the padded batch, each scaled by its tap's per-channel weight, vectorised over the
+    whole batch (products into one scratch array, no per-tap allocation)."""
+
+    def __init__(self, k, stride, padding, activation, dilation):
+        super().__init__(activation)
+        self.k, self.s, self.p, self.d = k, stride, padding, dilation
+
+    def _taps(self, a, oh, ow):
+        """(i, j, the slice of ``a`` (padded) that tap (i, j) reads)."""
+        k, s, d = self.k, self.s, self.d
+        for i in range(k):
+            for j in range(k):
+                yield i, j, a[:, :, d * i:d * i + s * (oh - 1) + 1:s, d * j:d * j + s * (ow - 1) + 1:s]
+
+    def forward(self, x):
+        k, s, p, d = self.k, self.s, self.p, self.d
+        n, c, h, w = x.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
+        oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+        weight = self.params["weight"][:, 0]  # (C, k, k)
+        y, tmp = np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), x.dtype)
+        for i, j, win in self._taps(xp, oh, ow):
+            if i == 0 and j == 0:
+                np.multiply(win, weight[None, :, i, j, None, None], out=y)
+            else:
+                np.multiply(win, weight[None, :, i, j, None, None], out=tmp)
+                y += tmp
+        if "bias" in self.params:
+            y += self.params["bias"][None, :, None, None]
+        self.xp, self.x_shape = xp, x.shape
+        return self._activate(y)
+
+    def backward(self, g, input_grad=True):
+        p = self.p
+        n, c, h, w = self.x_shape
+        weight = self.params["weight"]
+        g = self._activation_grad(g)
+        oh, ow = g.shape[2:]
+        dw = np.empty_like(weight)
+        for i, j, win in self._taps(self.xp, oh, ow):
+            dw[:, 0, i, j] = np.einsum("nchw,nchw->c", g, win)
+        self.grads = {"weight": dw}
+        if "bias" in self.params:
+            self.grads["bias"] = g.sum(axis=(0, 2, 3))
+        if not input_grad:
+            return None
+        dxp = np.zeros((n, c, h + 2 * p, w + 2 * p), g.dtype)
+        tmp = np.empty_like(g)
+        for i, j, win in self._taps(dxp, oh, ow):
+            np.multiply(g, weight[None, :, 0, i, j, None, None], out=tmp)
+            win += tmp
+        return dxp[:, :, p:p + h, p:p + w]
+
+
+def _conv(s):
+    if conv_groups(s) == 1 and conv_dilation(s) == 1:
+        return Conv2D(*s[3:7])
+    assert conv_groups(s) == s[1] == s[2], "the NumPy twin's grouped conv is the depthwise one"
+    return DepthwiseConv2D(*s[3:7], conv_dilation(s))
 
 
 class _Pool(Layer):
@@ -334,7 +397,7 @@ class Residual(_Container):
         return dx + ds if input_grad else None
 
 
-_LAYERS = {"dense": lambda s: Dense(s[3]), "conv": lambda s: Conv2D(*s[3:7]),
+_LAYERS = {"dense": lambda s: Dense(s[3]), "conv": _conv,
            "maxpool": lambda s: MaxPool2D(s[1]), "avgpool": lambda s: AvgPool2D(s[1]),
            "global_avgpool": lambda s: GlobalAvgPool2D(),
            "lppool": lambda s: LPPool2D(s[1], s[2]), "hardsigmoid": lambda s: Hardsigmoid(),

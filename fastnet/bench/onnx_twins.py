@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .cases import Bench, conv_bias, key_prefix, trace
+from .cases import Bench, conv_bias, conv_dilation, conv_groups, key_prefix, trace
 
 # the newest opset the installed onnx knows (onnx 1.23's 28 runs on onnxruntime 1.32), with
 # the oldest IR version that carries it, so that an onnxruntime older than onnx reads it
@@ -67,7 +67,8 @@ class _Graph:
                 inputs = [x, self.weight(at + "weight")]
                 inputs += [self.weight(at + "bias")] if conv_bias(s) else []
                 x = self.relu(self.node("Conv", inputs, kernel_shape=[k, k], strides=[stride] * 2,
-                                        pads=[pad] * 4), s[6])
+                                        pads=[pad] * 4, group=conv_groups(s),
+                                        dilations=[conv_dilation(s)] * 2), s[6])
             elif kind in ("maxpool", "avgpool"):
                 op = "MaxPool" if kind == "maxpool" else "AveragePool"
                 x = self.node(op, [x], kernel_shape=[s[1]] * 2, strides=[s[1]] * 2)

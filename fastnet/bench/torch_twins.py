@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias, key_prefix
+from .cases import LAUNCHES, MOMENTUM, Bench, conv_bias, conv_dilation, conv_groups, key_prefix
 
 _SIMPLE = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "flatten": nn.Flatten,
            "maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d, "batchnorm1d": nn.BatchNorm1d,
@@ -60,7 +60,8 @@ def _modules(s, params, at, dev, named):
     if s[0] == "dense":
         group = [nn.Linear(s[1], s[2])] + ([nn.ReLU()] if s[3] == "relu" else [])
     elif s[0] == "conv":
-        group = [nn.Conv2d(s[1], s[2], s[3], stride=s[4], padding=s[5], bias=conv_bias(s))] + \
+        group = [nn.Conv2d(s[1], s[2], s[3], stride=s[4], padding=s[5], bias=conv_bias(s),
+                           groups=conv_groups(s), dilation=conv_dilation(s))] + \
             ([nn.ReLU()] if s[6] == "relu" else [])
     elif s[0] == "softmax":
         group = [nn.Softmax(dim=-1)]

@@ -97,8 +97,8 @@ def _is_real(v):
 class Pair(Scalar):
     """A (h, w) pair of ints >= ``minimum`` (tuple or list), binding ``binds`` symbols."""
 
-    def __init__(self, minimum, binds=""):
-        self.minimum, self.binds = minimum, tuple(binds.split())
+    def __init__(self, minimum, binds="", default=_NO_DEFAULT):
+        self.minimum, self.binds, self.default = minimum, tuple(binds.split()), default
 
     def check(self, op, name, value):
         want = f"a pair (h, w) of ints in [{self.minimum}, {MAX_INT}]"
@@ -156,10 +156,12 @@ class Integer(Scalar):
     """An int (Python or NumPy, not a bool) >= ``lo`` (any when None), passed on as a
     Python int; ``optional``: None is accepted too (and is the default)."""
 
-    def __init__(self, lo=None, optional=False):
+    def __init__(self, lo=None, optional=False, default=_NO_DEFAULT):
         self.lo, self.optional = lo, optional
         if optional:
             self.default = None
+        elif default is not _NO_DEFAULT:
+            self.default = default
 
     def check(self, op, name, value):
         if value is None and self.optional:
@@ -475,13 +477,19 @@ def check(op, device, args, kwargs):
 
 # ---- derived shapes and rules -------------------------------------------------------------
 
-DERIVED = ("OH", "OW")
+DERIVED = ("OH", "OW", "CG")
 
 
 def window(op, dims, values, source):
-    """OH, OW of a sliding window over the (H, W) plane."""
+    """OH, OW of a sliding window over the (H, W) plane (a dilated window: its span
+    DH*(KH-1) + 1 x DW*(KW-1) + 1)."""
     (sh, sw), (ph, pw) = values["stride"], values["padding"]
     h, w, kh, kw = dims["H"], dims["W"], dims["KH"], dims["KW"]
+    dh, dw = values.get("dilation", (1, 1))
+    if dh * (kh - 1) + 1 > MAX_INT or dw * (kw - 1) + 1 > MAX_INT:
+        raise ValueError(f"{op}: the dilated window ({dh}*({kh} - 1) + 1) x ({dw}*({kw} - 1) "
+                         f"+ 1) is larger than {MAX_INT}")
+    kh, kw = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if h + 2 * ph > MAX_INT or w + 2 * pw > MAX_INT:
         raise ValueError(f"{op}: the padded plane ({h} + 2*{ph}) x ({w} + 2*{pw}) is larger "
                          f"than {MAX_INT}")
@@ -491,6 +499,18 @@ def window(op, dims, values, source):
                          f"{ph}x{pw} is smaller than the {kh}x{kw} window")
     dims["OH"], dims["OW"] = oh, ow
     source["OH"] = source["OW"] = "the window"
+
+
+def conv_window(op, dims, values, source):
+    """A conv's groups: C and O divisible by groups, CG = C / groups (the weight's second
+    axis); then its (dilated) window."""
+    groups, c, o = values["groups"], dims["C"], dims["O"]
+    for name, size, frm in (("in", c, "x"), ("out", o, "w")):
+        if size % groups:
+            raise ValueError(f"{op}: the {size} {name}put channels (from {frm!r}) are not "
+                             f"divisible by groups={groups}")
+    dims["CG"], source["CG"] = c // groups, f"the channels of 'x' / groups={groups}"
+    window(op, dims, values, source)
 
 
 def unpadded_window(op, dims, values, source):
@@ -671,6 +691,8 @@ POINTWISE_LOSSES = ("l1", "mse", "smooth_l1", "huber")
 KERNEL_SIZE = Pair(1, binds="KH KW")
 STRIDE = Pair(1)
 PADDING = Pair(0)
+DILATION = Pair(1, default=(1, 1))
+GROUPS = Integer(lo=1, default=1)
 GEOMETRY = dict(kernel_size=KERNEL_SIZE, stride=STRIDE, padding=PADDING)
 
 
@@ -709,15 +731,16 @@ SPECS = {
     "col2im": Op(
         dx=Out("N C H W"), cols=In("C*KH*KW N*OH*OW"), **GEOMETRY, derive=window),
     "conv2d_forward": Op(
-        out=Out("N O OH OW"), x=In("N C H W"), w=In("O C KH KW"), b=_optional("O"),
+        out=Out("N O OH OW"), x=In("N C H W"), w=In("O CG KH KW"), b=_optional("O"),
         stride=STRIDE, padding=PADDING, activation=Choice(ACTIVATIONS, default=None),
-        derive=window),
+        dilation=DILATION, groups=GROUPS, derive=conv_window),
     "conv2d_backward": Op(
-        dx=Out("N C H W", optional=True), dw=Out("O C KH KW", optional=True),
+        dx=Out("N C H W", optional=True), dw=Out("O CG KH KW", optional=True),
         db=Out("O", optional=True),
-        dout=In("N O OH OW"), x=In("N C H W"), w=In("O C KH KW"), out=_optional("N O OH OW"),
+        dout=In("N O OH OW"), x=In("N C H W"), w=In("O CG KH KW"), out=_optional("N O OH OW"),
         stride=STRIDE, padding=PADDING, activation=Choice(ACTIVATIONS, default=None),
-        derive=window, rules=[output_with_activation("out")]),
+        dilation=DILATION, groups=GROUPS, derive=conv_window,
+        rules=[output_with_activation("out")]),
     "max_pool2d_forward": Op(
         out=Out("N C OH OW", strided=True), argmax=Out("N C OH OW", kind="index", strided=True),
         x=In("N C H W", strided=True), **GEOMETRY, derive=window,

@@ -39,15 +39,24 @@ def pair(value, name, owner, minimum):
     return (int(v[0]), int(v[1]))
 
 
-def check_spatial(layer, x, kernel_size, stride, padding):
-    """Output (OH, OW) of a sliding window over x (N, C, H, W); ValueError if empty."""
+def window_size(size, kernel, stride, padding, dilation=1):
+    """PyTorch's output size along one axis: (size + 2p - d*(k-1) - 1) // s + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def check_spatial(layer, x, kernel_size, stride, padding, dilation=(1, 1)):
+    """Output (OH, OW) of a (dilated) sliding window over x (N, C, H, W); ValueError if
+    empty."""
     h, w = x.shape[2], x.shape[3]
-    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    oh = window_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
+    ow = window_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
     if oh < 1 or ow < 1:
+        dilated = (f" dilated by {dilation[0]}x{dilation[1]}" if tuple(dilation) != (1, 1)
+                   else "")
         raise ValueError(
             f"{layer!r}: input of {h}x{w} is smaller than the {kernel_size[0]}x{kernel_size[1]} "
-            f"window with padding {padding[0]}x{padding[1]}; got input shape {tuple(x.shape)}"
+            f"window{dilated} with padding {padding[0]}x{padding[1]}; got input shape "
+            f"{tuple(x.shape)}"
         )
     return oh, ow
 

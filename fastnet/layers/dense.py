@@ -9,18 +9,23 @@ from ._args import check_activation, positive_int
 
 class _FusedAffine(Module):
     """Shared by Dense and Conv2D: act(op(x, weight) + bias) through the kernels
-    ``{op}_forward(out, x, w, b, *geometry, activation)`` and
-    ``{op}_backward(dx, dw, db, dout, x, w, out, *geometry, activation)``."""
+    ``{op}_forward(out, x, w, b, *geometry, activation, *options)`` and
+    ``{op}_backward(dx, dw, db, dout, x, w, out, *geometry, activation, *options)``."""
 
     op = None
 
     def _geometry(self):
         return ()
 
+    def _options(self):
+        """The kernels' scalars after the activation (a Conv2D's dilation and groups)."""
+        return ()
+
     def _run_forward(self, x, out):
         b = None if self.bias is None else self.bias.data
         _kernel(self.op + "_forward", self.device)(out, x, self.weight.data, b,
-                                                   *self._geometry(), self.activation)
+                                                   *self._geometry(), self.activation,
+                                                   *self._options())
         if self.training:  # the output only matters to backward through an activation
             self._saved = (x, out if self.activation else None, out.shape)
         return out
@@ -43,7 +48,8 @@ class _FusedAffine(Module):
         if dx is None and dw is None and db is None:
             return None  # all frozen, and no input gradient wanted: nothing to compute
         _kernel(self.op + "_backward", self.device)(dx, dw, db, grad_out, x, self.weight.data,
-                                                    out, *self._geometry(), self.activation)
+                                                    out, *self._geometry(), self.activation,
+                                                    *self._options())
         if dw is not None:
             self.weight.grad_done(dw, self.device)
         if db is not None:

@@ -53,6 +53,18 @@ LP_POOL_CASES = {
     "p2-3x3-s2-blocks": ((2, 6, 10, 10), (3, 3), (2, 2), 2),
     "p2-large-batch9-c5": ((9, 5, 17, 15), (3, 2), (2, 1), 2),
 }
+# ---- conv with dilation and groups: (x shape, w shape (O, C/groups, KH, KW), stride,
+# padding, dilation, groups); w's first axis a multiple of groups
+GROUPED_CONV_CASES = {
+    "depthwise-3x3-p1": ((2, 4, 7, 6), (4, 1, 3, 3), (1, 1), (1, 1), (1, 1), 4),
+    "depthwise-x2-s2": ((2, 3, 8, 7), (6, 1, 3, 3), (2, 2), (1, 1), (1, 1), 3),
+    "groups2-dilation2": ((2, 4, 9, 8), (6, 2, 3, 2), (1, 1), (2, 1), (2, 2), 2),
+    "dilation2x3-s2x1": ((1, 3, 10, 11), (4, 3, 3, 3), (2, 1), (2, 3), (2, 3), 1),
+    "depthwise-dilation3x1-s1x2": ((3, 2, 9, 5), (2, 1, 2, 3), (1, 2), (0, 2), (3, 1), 2),
+    "groups3-1x1-batch1": ((1, 6, 4, 5), (3, 2, 1, 1), (1, 1), (0, 0), (1, 1), 3),
+    "padding-past-span": ((2, 2, 3, 4), (2, 1, 2, 2), (1, 1), (3, 2), (2, 1), 2),
+    "depthwise-parallel": ((9, 8, 13, 17), (8, 1, 3, 3), (1, 1), (1, 1), (1, 1), 8),
+}
 # global average pooling (N, C, H, W) -> (N, C)
 GLOBAL_POOL_SHAPES = {"small": (2, 3, 4, 5), "1x1": (1, 1, 1, 1), "column": (3, 2, 7, 1),
                       "blocks": (2, 3, 5, 7), "parallel": (9, 40, 11, 13)}
@@ -188,6 +200,7 @@ LARGE = {
     "GLOBAL_POOL_SHAPES": {"parallel"},
     "LP_POOL_CASES": {"p2-large-batch9-c5"},
     "CONV_CASES": {"large-batch9-c5", "batch11-s1-p1x2", "wide-o70-s1-p2x1", "wide-o70-s2-p1"},
+    "GROUPED_CONV_CASES": {"depthwise-parallel", "dilation2x3-s2x1"},
     "ACTIVATION_SHAPES": {(2049, 13)},
     "SOFTMAX_SHAPES": {(130, 257)},
     "DENSE_SHAPES": {(130, 257, 300)},

@@ -184,18 +184,25 @@ def _cols(d, backward):
 
 
 def _conv(d, backward):
+    """The default path, or (one draw in two) dilation and groups: conv/grouped.py."""
     ks, stride, pad = _geometry(d, False)
     n, c, o = d.int(1, 3), d.int(1, 3), d.int(1, 5)
-    h, w, oh, ow = _plane(d, ks, stride, pad)
+    dil, groups = (1, 1), 1
+    if d.flag():
+        dil, groups = (d.int(1, 3), d.int(1, 3)), d.int(1, 3)
+        c, o = c * groups, o * groups
+    extra = dict(dilation=dil, groups=groups)
+    span = tuple(dd * (k - 1) + 1 for dd, k in zip(dil, ks))
+    h, w, oh, ow = _plane(d, span, stride, pad)
     act = d.pick(ACTS)
-    x, wt = d.a(n, c, h, w), d.a(o, c, *ks)
+    x, wt = d.a(n, c, h, w), d.a(o, c // groups, *ks)
     if not backward:
         return dict(out=d.out(n, o, oh, ow), x=x, w=wt, b=d.maybe(d.a(o)), stride=stride,
-                    padding=pad, activation=act)
+                    padding=pad, activation=act, **extra)
     out = d.a(n, o, oh, ow) if act else d.maybe(d.a(n, o, oh, ow))
-    return dict(dx=d.maybe(d.out(n, c, h, w)), dw=d.maybe(d.out(o, c, *ks)),
-                db=d.maybe(d.out(o)), dout=d.a(n, o, oh, ow), x=x, w=wt, out=out, stride=stride, padding=pad,
-                activation=act)
+    return dict(dx=d.maybe(d.out(n, c, h, w)), dw=d.maybe(d.out(o, c // groups, *ks)),
+                db=d.maybe(d.out(o)), dout=d.a(n, o, oh, ow), x=x, w=wt, out=out, stride=stride,
+                padding=pad, activation=act, **extra)
 
 
 def _pool(d, kind, backward):

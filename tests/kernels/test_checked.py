@@ -119,6 +119,8 @@ def test_keyword_arguments_and_defaults():
                              activation="relu")
     with pytest.raises(TypeError, match="conv2d_forward: missing argument 'padding'"):
         kernel("conv2d_forward")(out, x, w, None, (1, 1))
+    kernel("conv2d_forward")(out, x, w, None, (1, 1), (0, 0), None, (1, 1), 1)  # the defaults
+    np.testing.assert_array_equal(out, ref)
     with pytest.raises(TypeError, match="unexpected argument 'bias'"):
         kernel("conv2d_forward")(out, x, w, None, (1, 1), (0, 0), bias=None)
     with pytest.raises(TypeError, match="takes 2 arguments"):
@@ -181,7 +183,8 @@ def test_probe_conv2d_forward_wrong_in_channels():
     w = np.ones((4, 2, 3, 3), np.float32)
     out = np.full((2, 4, 3, 3), 9.0, np.float32)
     with pytest.raises(ValueError, match=r"conv2d_forward: argument 'w' must have shape "
-                                         r"\(O=4, C=3, KH=3, KW=3\) \(C from 'x'\), got "
+                                         r"\(O=4, CG=3, KH=3, KW=3\) \(CG from the channels of "
+                                         r"'x' / groups=1\), got "
                                          r"\(4, 2, 3, 3\)"):
         kernel("conv2d_forward")(out, x, w, None, (1, 1), (0, 0))
     assert np.all(out == 9.0)
@@ -233,6 +236,18 @@ def test_partial_overlap_is_refused_even_where_in_place_is_allowed():
     (lambda f: kernel("conv2d_forward")(f(1, 1, 1, 1), f(1, 1, 2, 2), f(1, 1, 3, 3), None,
                                         (1, 1), (0, 0)),
      "the 2x2 plane \\(from 'x'\\) with padding 0x0 is smaller than the 3x3 window"),
+    (lambda f: kernel("conv2d_forward")(f(1, 1, 1, 1), f(1, 1, 4, 4), f(1, 1, 2, 2), None,
+                                        (1, 1), (0, 0), None, (4, 4)),
+     "the 4x4 plane \\(from 'x'\\) with padding 0x0 is smaller than the 5x5 window"),
+    (lambda f: kernel("conv2d_backward")(None, f(4, 1, 3, 3), None, f(1, 4, 3, 3), f(1, 6, 5, 5),
+                                         f(4, 1, 3, 3), None, (1, 1), (0, 0), None, (1, 1), 4),
+     "the 6 input channels \\(from 'x'\\) are not divisible by groups=4"),
+    (lambda f: kernel("conv2d_forward")(f(1, 3, 3, 3), f(1, 4, 5, 5), f(3, 2, 3, 3), None,
+                                        (1, 1), (0, 0), None, (1, 1), 2),
+     "the 3 output channels \\(from 'w'\\) are not divisible by groups=2"),
+    (lambda f: kernel("conv2d_forward")(f(1, 4, 3, 3), f(1, 4, 5, 5), f(4, 4, 3, 3), None,
+                                        (1, 1), (0, 0), None, (1, 1), 2),
+     "argument 'w' must have shape \\(O=4, CG=2, KH=3, KW=3\\)"),
     (lambda f: kernel("mse_forward")(None, f(0, 3), f(0, 3)),
      "mse_forward: argument 'pred' must not be empty"),
     (lambda f: kernel("softmax_forward")(f(2, 0), f(2, 0)),

@@ -382,3 +382,141 @@ def test_dw_does_not_depend_on_thread_count(rng, monkeypatch, path, o):
     for a, c in zip(*got):
         np.testing.assert_array_equal(a, c)
 
+
+
+# ---- dilation and groups (conv/grouped.py) -------------------------------------------------
+
+from fastnet.kernels.conv import grouped  # noqa: E402
+from tests.kernels.cases import GROUPED_CONV_CASES as GROUPED  # noqa: E402
+
+# each case with one fused activation and bias or none, in turn
+GROUPED_ACT = {c: (None, "relu", "tanh", "sigmoid")[i % 4] for i, c in enumerate(GROUPED)}
+GROUPED_BIAS = {c: i % 3 != 2 for i, c in enumerate(GROUPED)}
+
+
+def _grouped_out_shape(x_shape, w_shape, stride, padding, dilation):
+    return (x_shape[0], w_shape[0]) + tuple(
+        grouped.out_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a])
+        for a in (0, 1))
+
+
+def _gforward(x, w, b, stride, padding, dilation, groups, activation=None):
+    out = np.full(_grouped_out_shape(x.shape, w.shape, stride, padding, dilation), 123.0, x.dtype)
+    kernel("conv2d_forward")(out, x, w, b, stride, padding, activation, dilation, groups)
+    return out
+
+
+def _gbackward(dout, x, w, out, stride, padding, dilation, groups, activation=None, bias=True,
+               want_dx=True):
+    dx = np.full(x.shape, 123.0, x.dtype) if want_dx else None
+    dw = np.full(w.shape, 123.0, x.dtype)
+    db = np.full(w.shape[0], 123.0, x.dtype) if bias else None
+    kernel("conv2d_backward")(dx, dw, db, dout, x, w, out, stride, padding, activation,
+                              dilation, groups)
+    return dx, dw, db
+
+
+@pytest.mark.parametrize("case", list(GROUPED))
+def test_grouped_matches_reference(rng, dtype, close, case):
+    """dilation / groups: forward (fused activation, bias or none) and dx, dw, db against
+    the group-by-group reference."""
+    x_shape, w_shape, stride, padding, dilation, groups = GROUPED[case]
+    act, bias = GROUPED_ACT[case], GROUPED_BIAS[case]
+    x, w, b = _data(rng, dtype, x_shape, w_shape)
+    b = b if bias else None
+    k = np.prod(w_shape[1:])
+    out = _gforward(x, w, b, stride, padding, dilation, groups, act)
+    close(out, ref.conv2d_forward(x, w, b, stride, padding, act, dilation, groups),
+          scale=np.sqrt(k), err_msg="out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    got = _gbackward(dout, x, w, out if act else None, stride, padding, dilation, groups, act,
+                     bias)
+    want = ref.conv2d_backward(dout, x, w, stride, padding, out, act, dilation, groups)
+    m = np.sqrt(out.shape[0] * out.shape[2] * out.shape[3])
+    for g, r, name, scale in zip(got, want, ("dx", "dw", "db"), (np.sqrt(w_shape[0] * k), m, m)):
+        if g is not None:
+            close(g, r, scale=scale, err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["depthwise-x2-s2", "groups2-dilation2", "dilation2x3-s2x1",
+                                  "padding-past-span"])
+def test_grouped_backward_matches_finite_differences(rng, case):
+    """float64 central differences for x, w and b, through a tanh for one case."""
+    x_shape, w_shape, stride, padding, dilation, groups = GROUPED[case]
+    x_shape = (1,) + x_shape[1:]
+    x, w, b = _data(rng, np.float64, x_shape, w_shape)
+    act = "tanh" if case == "groups2-dilation2" else None
+
+    def forward(x, w, b):
+        return _gforward(x, w, b, stride, padding, dilation, groups, act)
+
+    def backward(dout, x, w, b):
+        return _gbackward(dout, x, w, forward(x, w, b), stride, padding, dilation, groups, act)
+
+    check_backward(forward, backward, [x, w, b], rng, names=["x", "w", "b"])
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None)
+@given(n=st.integers(1, 2), cg=st.integers(1, 2), og=st.integers(1, 2), groups=st.integers(1, 3),
+       kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), dh=st.integers(1, 3), dw=st.integers(1, 3),
+       eh=st.integers(0, 4), ew=st.integers(0, 4), seed=st.integers(0, 2**16))
+def test_property_grouped_random_geometry(n, cg, og, groups, kh, kw, sh, sw, ph, pw, dh, dw, eh,
+                                          ew, seed):
+    """Any geometry whose dilated window fits the padded input (float64): forward and
+    backward match the reference (the defaults (1, 1), 1 included: the implicit GEMM)."""
+    h = max(dh * (kh - 1) + 1 - 2 * ph, 1) + eh
+    wd = max(dw * (kw - 1) + 1 - 2 * pw, 1) + ew
+    rng = np.random.default_rng(seed)
+    x, w, b = _data(rng, np.float64, (n, cg * groups, h, wd), (og * groups, cg, kh, kw))
+    geo = ((sh, sw), (ph, pw), (dh, dw), groups)
+    out = _gforward(x, w, b, *geo)
+    np.testing.assert_allclose(out, ref.conv2d_forward(x, w, b, geo[0], geo[1], None, *geo[2:]),
+                               rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    for got, want in zip(_gbackward(dout, x, w, None, *geo),
+                         ref.conv2d_backward(dout, x, w, geo[0], geo[1], None, None, *geo[2:])):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_grouped_builds_agree_bitwise(rng, monkeypatch):
+    """Serial and parallel builds give the same bits (dw and db summed in a fixed order
+    per weight, whatever the threads), and the defaults passed explicitly are the
+    implicit GEMM's result bit for bit."""
+    from fastnet.kernels import _jit
+
+    x_shape, w_shape, stride, padding, dilation, groups = GROUPED["depthwise-parallel"]
+    x, w, b = _data(rng, np.float32, x_shape, w_shape)
+    results = []
+    for threshold in (0, 1 << 62):
+        monkeypatch.setattr(_jit, "PARALLEL_MIN_WORK", threshold)
+        out = _gforward(x, w, b, stride, padding, dilation, groups, "relu")
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+        results.append((out,) + _gbackward(dout, x, w, out, stride, padding, dilation, groups,
+                                           "relu"))
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+    wf = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    x4 = np.ascontiguousarray(x[:, :4])
+    plain = _forward(x4, wf, None, (1, 1), (1, 1))
+    np.testing.assert_array_equal(_gforward(x4, wf, None, (1, 1), (1, 1), (1, 1), 1), plain)
+
+
+def test_grouped_nonfinite_as_reference():
+    """A NaN and an inf in x reach the outputs, dx and dw that their windows touch, and
+    only those (only the valid products are taken; no padding junk)."""
+    x_shape, w_shape, stride, padding, dilation, groups = GROUPED["groups2-dilation2"]
+    rng = np.random.default_rng(5)
+    x, w, b = _data(rng, np.float64, x_shape, w_shape)
+    x[0, 1, 4, 3] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    out = _gforward(x, w, b, stride, padding, dilation, groups)
+    want = ref.conv2d_forward(x, w, b, stride, padding, None, dilation, groups)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    for got, r in zip(_gbackward(dout, x, w, None, stride, padding, dilation, groups),
+                      ref.conv2d_backward(dout, x, w, stride, padding, None, None, dilation,
+                                          groups)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(r))
+        np.testing.assert_allclose(got, r, rtol=1e-10, atol=1e-10)

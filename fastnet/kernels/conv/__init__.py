@@ -8,8 +8,14 @@
 - ``im2col.py``: im2col / col2im, public ops for the CUDA twins (no CPU conv uses them).
 - ``exact_dw.py``: dw from the valid products only, when the fast dw is not finite (an
   inf or NaN input would otherwise spread NaN through the junk columns; see there).
+- ``grouped.py``: every conv with dilation > 1 or groups > 1 (torch.nn.Conv2d's options),
+  a direct kernel on whole rows; the depthwise conv (groups == C) is its fast case.
 
-``kernel_size``, ``stride`` and ``padding`` are (h, w) pairs. Backward kernels overwrite
+With dilation (1, 1) and groups 1 (the defaults) the paths above run exactly as before
+these options came (bitwise the same results).
+
+``kernel_size``, ``stride``, ``padding`` and ``dilation`` are (h, w) pairs; ``groups``
+splits the channels as in torch.nn.Conv2d: w is (O, C/groups, KH, KW). Backward kernels overwrite
 their outputs; pass ``None`` for an output that is not needed (dx; db without bias).
 
 Measured in the restructuring of 2026-12 (2-core AVX-512 development machine, medians of
@@ -27,24 +33,32 @@ alternating runs; the removed code is in git history before commit 45c1ad4):
   the speed work.
 """
 from ..codes import ACTIVATIONS
-from . import direct, exact_dw, implicit_gemm
+from . import direct, exact_dw, grouped, implicit_gemm
 from .im2col import col2im, conv_output_size, im2col
 
 __all__ = ["conv2d_forward", "conv2d_forward_plan", "conv2d_backward", "im2col", "col2im",
            "conv_output_size"]
 
 
-def conv2d_forward(out, x, w, b, stride, padding, activation=None):
-    """x (N, C, H, W), w (O, C, KH, KW), b (O,) | None -> out (N, O, OH, OW)
+def conv2d_forward(out, x, w, b, stride, padding, activation=None, dilation=(1, 1), groups=1):
+    """x (N, C, H, W), w (O, C/groups, KH, KW), b (O,) | None -> out (N, O, OH, OW)
     = act(conv(x, w) + b); ``activation`` as for dense (None, "relu", ...)."""
+    if grouped.takes(dilation, groups):
+        grouped.forward(out, x, w, b, stride, padding, dilation, groups, ACTIVATIONS[activation])
+        return
     implicit_gemm.forward(out, x, w, b, stride, padding, ACTIVATIONS[activation])
 
 
-def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=None):
-    """dout (N, O, OH, OW), x (N, C, H, W), w (O, C, KH, KW), out (the forward output;
-    None without activation) -> dx (N, C, H, W) | None, dw (O, C, KH, KW) | None (a frozen
-    weight), db (O,) | None"""
+def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=None,
+                    dilation=(1, 1), groups=1):
+    """dout (N, O, OH, OW), x (N, C, H, W), w (O, C/groups, KH, KW), out (the forward
+    output; None without activation) -> dx (N, C, H, W) | None, dw (O, C/groups, KH, KW) |
+    None (a frozen weight), db (O,) | None"""
     code = ACTIVATIONS[activation]
+    if grouped.takes(dilation, groups):
+        # only the valid products: NaN / inf as PyTorch without exact_dw
+        grouped.backward(dx, dw, db, dout, x, w, out, stride, padding, dilation, groups, code)
+        return
     if dx is not None and direct.takes_dx(stride, w.shape):
         direct.backward(dx, dw, db, dout, x, w, out, padding, code)
     else:
@@ -55,9 +69,16 @@ def conv2d_backward(dx, dw, db, dout, x, w, out, stride, padding, activation=Non
         exact_dw.weight_grad(dw, dout, x, dout if out is None else out, stride, padding, code)
 
 
-def conv2d_forward_plan(x_shape, w_shape, dtype, stride, padding, activation=None):
+def conv2d_forward_plan(x_shape, w_shape, dtype, stride, padding, activation=None,
+                        dilation=(1, 1), groups=1):
     """conv2d_forward for one geometry, prepared once (an inference plan's step): returns
     ``run(out, x, w, b)``, bitwise what conv2d_forward computes, for C-contiguous x of
     ``x_shape`` and ``dtype`` (the caller has checked them), with per-thread buffers."""
+    if grouped.takes(dilation, groups):
+        code = ACTIVATIONS[activation]
+
+        def run(out, x, w, b):
+            grouped.forward(out, x, w, b, stride, padding, dilation, groups, code)
+        return run
     return implicit_gemm.forward_plan(x_shape, w_shape, dtype, stride, padding,
                                       ACTIVATIONS[activation])

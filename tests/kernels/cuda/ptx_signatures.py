@@ -46,6 +46,9 @@ def conv():
         (m._col2im_kernel, (F4, F2) + ints),
         (m._nchw_to_gemm_kernel, (F2, F3, F3, int64)),
         (m._row_sum_kernel, (F1, F2)),
+        (m._grouped_forward_kernel, (F4, F4, F4, F1, boolean) + (int64,) * 8),
+        (m._grouped_dx_kernel, (F4, F2, F4) + (int64,) * 9),
+        (m._grouped_dw_kernel, (F4, F2, F4) + (int64,) * 9),
     ]
 
 

@@ -100,3 +100,77 @@ def test_backward_matches_finite_differences(rng, dev, host):
         return _backward(dev, host, dout, x, w, forward(x, w, b), stride, padding, "tanh")
 
     check_backward(forward, backward, [x, w, b], rng, names=["x", "w", "b"])
+
+
+# ---- dilation and groups: the direct kernels --------------------------------------------
+
+from ..cases import GROUPED_CONV_CASES  # noqa: E402
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+# the simulator runs a thread per element: a few cases, each in one dtype (the stored
+# PyTorch results of tests/test_torch_conv.py run every option in both on this device)
+GROUPED_RUNS = [("depthwise-x2-s2", F32), ("groups2-dilation2", F32),
+                ("depthwise-dilation3x1-s1x2", F32), ("groups3-1x1-batch1", F64),
+                ("padding-past-span", F32)]
+GROUPED_ACT = {c: (None, "relu", "tanh", "sigmoid")[i % 4] for i, c in enumerate(GROUPED_CONV_CASES)}
+
+
+def _grouped_out_shape(x_shape, w_shape, stride, padding, dilation):
+    return (x_shape[0], w_shape[0]) + tuple(
+        ref.conv_output_size(x_shape[2 + a], dilation[a] * (w_shape[2 + a] - 1) + 1, stride[a],
+                             padding[a]) for a in (0, 1))
+
+
+@pytest.mark.parametrize("case, dtype", GROUPED_RUNS, ids=[c for c, _ in GROUPED_RUNS])
+def test_grouped_matches_reference_and_cpu(rng, dtype, close, dev, host, case):
+    """dilation / groups: forward (fused activation) and dx, dw, db against the reference
+    and the CPU."""
+    x_shape, w_shape, stride, padding, dilation, groups = GROUPED_CONV_CASES[case]
+    act = GROUPED_ACT[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    k = np.prod(w_shape[1:])
+    y = dev(np.full(_grouped_out_shape(x_shape, w_shape, stride, padding, dilation), np.nan, dtype))
+    kernel("conv2d_forward", "cuda")(y, dev(x), dev(w), dev(b), stride, padding, act, dilation,
+                                     groups)
+    y = host(y)
+    close(y, ref.conv2d_forward(x, w, b, stride, padding, act, dilation, groups), scale=np.sqrt(k))
+    y_cpu = np.empty_like(y)
+    kernel("conv2d_forward")(y_cpu, x, w, b, stride, padding, act, dilation, groups)
+    close(y, y_cpu, scale=np.sqrt(k), err_msg="cuda vs cpu")
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = (dev(np.full(s, np.nan, dtype)) for s in (x_shape, w_shape, w_shape[:1]))
+    kernel("conv2d_backward", "cuda")(dx, dw, db, dev(dout), dev(x), dev(w), dev(y), stride,
+                                      padding, act, dilation, groups)
+    want = ref.conv2d_backward(dout, x, w, stride, padding, y, act, dilation, groups)
+    m = np.sqrt(y.shape[0] * y.shape[2] * y.shape[3])
+    for g, r, name, scale in zip((dx, dw, db), want, ("dx", "dw", "db"),
+                                 (np.sqrt(w_shape[0] * k), m, m)):
+        close(host(g), r, scale=scale, err_msg=name)
+
+
+def test_grouped_backward_matches_finite_differences(rng, dev, host):
+    """float64 differences through a depthwise x2, dilated, strided conv (no bias, no dx
+    when not asked for)."""
+    stride, padding, dilation, groups = (2, 1), (1, 2), (1, 2), 2
+    x = rng.standard_normal((1, 2, 3, 3))
+    w = rng.standard_normal((4, 1, 2, 2))
+
+    def forward(x, w):
+        y = dev(np.full(_grouped_out_shape(x.shape, w.shape, stride, padding, dilation), np.nan))
+        kernel("conv2d_forward", "cuda")(y, dev(x), dev(w), None, stride, padding, None,
+                                         dilation, groups)
+        return host(y)
+
+    def backward(dout, x, w):
+        dx, dw = dev(np.full(x.shape, np.nan)), dev(np.full(w.shape, np.nan))
+        kernel("conv2d_backward", "cuda")(dx, dw, None, dev(dout), dev(x), dev(w), None, stride,
+                                          padding, None, dilation, groups)
+        dw_only = dev(np.full(w.shape, np.nan))
+        kernel("conv2d_backward", "cuda")(None, dw_only, None, dev(dout), dev(x), dev(w), None,
+                                          stride, padding, None, dilation, groups)
+        np.testing.assert_array_equal(host(dw_only), host(dw))
+        return host(dx), host(dw)
+
+    check_backward(forward, backward, [x, w], rng, names=["x", "w"])
