@@ -51,6 +51,8 @@ CASES = {
     "dense-all": (lambda: Dense(3, 4), (2, 3), ["weight", "bias"], False),
     "conv-one-channel": (lambda: Conv2D(1, 2, 3, padding=1), (2, 1, 4, 4), ["weight"], False),
     "conv-strided": (lambda: Conv2D(2, 3, 3, stride=2), (2, 2, 5, 5), ["weight"], False),
+    "conv-depthwise": (lambda: Conv2D(2, 4, 3, padding=2, dilation=2, groups=2), (2, 2, 4, 4),
+                       ["weight"], False),
     "batch-norm-weight": (lambda: BatchNorm1D(3), (4, 3), ["weight"], False),
     "batch-norm-bias": (lambda: BatchNorm1D(3), (4, 3), ["bias"], False),
     "layer-norm-weight": (lambda: LayerNorm(4), (3, 4), ["weight"], False),
@@ -63,8 +65,8 @@ CASES = {
 
 
 # in the simulator, one case per changed CUDA path (dense, conv and recurrent weight
-# gradients skipped, layer norm's optional outputs; batch norm's scratch is the layer's)
-CUDA_CASES = {"dense-relu", "conv-strided", "gru", "layer-norm-weight"}
+# gradients skipped (conv: both paths), layer norm's optional outputs; batch norm's scratch is the layer's)
+CUDA_CASES = {"dense-relu", "conv-strided", "conv-depthwise", "gru", "layer-norm-weight"}
 
 
 def _run(layer, x, dout, input_grad=True):
