@@ -63,13 +63,22 @@ def _exercise_conv_float32(call, a, xi, wc, st, pd, oh, ow):
             call("conv2d_forward", out1, xi1, wc1, None, (1, 1), pd1, "relu")
             call("conv2d_backward", np.empty_like(xi1), np.empty_like(wc1), np.empty(wc1.shape[0], f),
                  a(*out1.shape), xi1, wc1, out1, (1, 1), pd1, "relu")
-    # dilation and groups (conv/grouped.py): depthwise x2, every activation, no bias, no dx
+    # dilation and groups (conv/grouped.py): depthwise x2 (dx, dw and db in one pass), every
+    # activation
     xg, wg = a(2, 2, 7, 6), a(4, 1, 3, 2)
     outg = np.empty((2, 4, 3, 3), f)
     for act in (None, "relu", "sigmoid", "tanh"):
         call("conv2d_forward", outg, xg, wg, None, (1, 2), (0, 1), act, (2, 2), 2)
         call("conv2d_backward", np.empty_like(xg), np.empty_like(wg), np.empty(4, f),
              a(*outg.shape), xg, wg, outg if act else None, (1, 2), (0, 1), act, (2, 2), 2)
+    # depthwise without dw (a frozen weight: dx alone) and without db; two input channels
+    # per group (the general dw, dx and db kernels)
+    call("conv2d_backward", np.empty_like(xg), None, None, a(*outg.shape), xg, wg, None, (1, 2),
+         (0, 1), None, (2, 2), 2)
+    xg2, wg2 = a(2, 4, 7, 6), a(4, 2, 3, 2)
+    call("conv2d_forward", outg, xg2, wg2, None, (1, 2), (0, 1), None, (2, 2), 2)
+    call("conv2d_backward", np.empty_like(xg2), np.empty_like(wg2), np.empty(4, f),
+         a(*outg.shape), xg2, wg2, None, (1, 2), (0, 1), None, (2, 2), 2)
 
 
 def _exercise_float32():

@@ -203,6 +203,106 @@ def _dw(dwt, g, x, sh, sw, ph, pw, dh, dw, groups):
 
 
 @compute_kernel
+def _depthwise_backward(dx, part, bpart, g, x, w, sh, sw, ph, pw, dh, dw, want_dx, want_dw,
+                        want_db):
+    # The depthwise case (one input channel per group, O = m * C): per (image, input
+    # channel), one pass over the gradient rows of its m output channels gives both dx
+    # (if want_dx), the per-image partial sums of dw, part (N, O, KH*KW) (if want_dw), and
+    # of db, bpart (N, O) (if want_db). One kernel for every combination: freezing the
+    # weight leaves db's and dx's bits as they were.
+    # NOTE: the weight gradient's products accumulate per output column into acc (a
+    # vector add per tap, no horizontal sum per row), summed over the columns in order at
+    # the end of the plane; _sum_images then adds the images in order: the result does not
+    # depend on the thread count. One pass reads g and x once for both gradients.
+    n_, o_, oh_, ow_ = g.shape
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    kk = kh * kw
+    opg = o_ // c_
+    zero = part.dtype.type(0)
+    df = dx.ravel()  # flat unsigned indices, as in the forward
+    gf = g.ravel()
+    xf = x.ravel()
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        if want_dx:
+            p0 = np.uint64(t * h_ * w_)
+            for u in range(h_ * w_):
+                df[p0 + np.uint64(u)] = zero
+        acc = np.empty((kk + 1) * ow_, part.dtype)  # (the last row: db's)
+        b0 = np.uint64(kk * ow_)
+        for o in range(c * opg, (c + 1) * opg):
+            for u in range((kk + 1) * ow_):
+                acc[u] = zero
+            for r in range(oh_):
+                g0 = np.uint64(((n * o_ + o) * oh_ + r) * ow_)
+                if want_db:
+                    for u in range(ow_):
+                        acc[b0 + np.uint64(u)] += gf[g0 + np.uint64(u)]
+                for i in range(kh):
+                    iy = r * sh - ph + i * dh
+                    if iy < 0 or iy >= h_:
+                        continue
+                    x0 = (t * h_ + iy) * w_
+                    for j in range(kw):
+                        wv = w[o, 0, i, j]
+                        off = j * dw - pw
+                        lo = (-off + sw - 1) // sw if off < 0 else 0
+                        hi = min(ow_, (w_ - 1 - off) // sw + 1) if w_ - 1 - off >= 0 else 0
+                        if hi <= lo:
+                            continue
+                        a0 = np.uint64((i * kw + j) * ow_ + lo)
+                        s0 = g0 + np.uint64(lo)
+                        d0 = np.uint64(x0 + lo * sw + off)
+                        swu = np.uint64(sw)
+                        if not want_dw:
+                            if want_dx:
+                                for u in range(hi - lo):
+                                    df[d0 + swu * np.uint64(u)] += wv * gf[s0 + np.uint64(u)]
+                        elif sw == 1:
+                            if want_dx:
+                                for u in range(hi - lo):
+                                    gv = gf[s0 + np.uint64(u)]
+                                    acc[a0 + np.uint64(u)] += gv * xf[d0 + np.uint64(u)]
+                                    df[d0 + np.uint64(u)] += wv * gv
+                            else:
+                                for u in range(hi - lo):
+                                    acc[a0 + np.uint64(u)] += (gf[s0 + np.uint64(u)]
+                                                               * xf[d0 + np.uint64(u)])
+                        else:
+                            for u in range(hi - lo):
+                                gv = gf[s0 + np.uint64(u)]
+                                acc[a0 + np.uint64(u)] += gv * xf[d0 + swu * np.uint64(u)]
+                                if want_dx:
+                                    df[d0 + swu * np.uint64(u)] += wv * gv
+            for k in range(kk if want_dw else 0):
+                s = zero
+                for u in range(ow_):
+                    s += acc[k * ow_ + u]
+                part[n, o, k] = s
+            if want_db:
+                s = zero
+                for u in range(ow_):
+                    s += acc[b0 + np.uint64(u)]
+                bpart[n, o] = s
+
+
+@compute_kernel
+def _sum_images(out, part):
+    # part (N, ...) -> out (...): the images summed in order
+    n_ = part.shape[0]
+    m = out.size
+    of = out.reshape(m)
+    pf = part.reshape(n_, m)
+    for t in prange(m):
+        s = pf[0, t]
+        for n in range(1, n_):
+            s += pf[n, t]
+        of[t] = s
+
+
+@compute_kernel
 def _db(db, g):
     # g (N, O, OH, OW) -> db (O,): per channel, images then rows in order
     n_, o_, oh_, ow_ = g.shape
@@ -230,6 +330,10 @@ def _bias(b, w):
     return np.zeros(w.shape[0], w.dtype) if b is None else b
 
 
+# dx when it is not wanted: one compiled kernel for both cases
+_NO_DX = {np.dtype(t).num: np.empty((0, 0, 0, 0), t) for t in (np.float32, np.float64)}
+
+
 def backward(dx, dw, db, dout, x, w, out, stride, padding, dilation, groups, code):
     """dx (None: not wanted), dw (None: a frozen weight), db (None: no bias) of ``forward``
     (conv2d_backward)."""
@@ -238,6 +342,19 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, dilation, groups, cod
         g = workspace("gg", dout.size, dout.dtype).reshape(dout.shape)
         _gradient[code](g, dout, out)
     geo = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups)
+    if w.shape[1] == 1:  # depthwise: dx, dw and db in one pass over g
+        n, o = dout.shape[0], w.shape[0]
+        part = np.empty((n, o, w.shape[2] * w.shape[3]) if dw is not None else (0, 0, 0),
+                        w.dtype)
+        bpart = np.empty((n, o) if db is not None else (0, 0), w.dtype)
+        _depthwise_backward(dx if dx is not None else _NO_DX[dout.dtype.num], part, bpart, g,
+                            np.ascontiguousarray(x), w, *geo[:-1], dx is not None,
+                            dw is not None, db is not None)
+        if dw is not None:
+            _sum_images(dw, part)
+        if db is not None:
+            _sum_images(db, bpart)
+        return
     if db is not None:
         _db(db, g)
     if dw is not None:
