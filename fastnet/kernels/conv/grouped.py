@@ -290,16 +290,13 @@ def _depthwise_backward(dx, part, bpart, g, x, w, sh, sw, ph, pw, dh, dw, want_d
 
 @compute_kernel
 def _sum_images(out, part):
-    # part (N, ...) -> out (...): the images summed in order
-    n_ = part.shape[0]
-    m = out.size
-    of = out.reshape(m)
-    pf = part.reshape(n_, m)
+    # part (N, M) -> out (M,): the images summed in order
+    n_, m = part.shape
     for t in prange(m):
-        s = pf[0, t]
+        s = part[0, t]
         for n in range(1, n_):
-            s += pf[n, t]
-        of[t] = s
+            s += part[n, t]
+        out[t] = s
 
 
 @compute_kernel
@@ -351,7 +348,7 @@ def backward(dx, dw, db, dout, x, w, out, stride, padding, dilation, groups, cod
                             np.ascontiguousarray(x), w, *geo[:-1], dx is not None,
                             dw is not None, db is not None)
         if dw is not None:
-            _sum_images(dw, part)
+            _sum_images(dw.reshape(dw.size), part.reshape(n, part[0].size))
         if db is not None:
             _sum_images(db, bpart)
         return
