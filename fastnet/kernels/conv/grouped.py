@@ -14,6 +14,12 @@ so NaN / inf propagate as in PyTorch), contiguous at stride 1 and vectorised.
 * dw: parallel over (output channel, input channel of its group), each a serial sum
   over the images in order (and rows and taps): the result does not depend on the
   thread count. db: parallel over output channels, the same order.
+* the depthwise backward (one input channel per group) is one pass instead of these
+  three: per (image, input channel), each gradient row read once for dx (the taps'
+  scatter), dw (the products added per output column into one row per tap, summed over
+  the columns at the end of the plane) and db; the per-image partial sums of dw and db
+  are then added over the images in order (``_sum_images``). On the bench case it runs
+  1.4x the three passes (reading the gradient and the input once, not twice).
 
 Measured on the depthwise 3x3 bench case (``fastnet/bench/cases.py``); the general
 grouped / dilated conv is correct but has no register blocking (a lead for the speed
