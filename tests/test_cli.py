@@ -469,11 +469,18 @@ def test_ctrl_c_outside_training_exits_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "fastnet train: interrupted\n"
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_to_a_real_process(tmp_path):
     """As a user presses Ctrl-C: SIGINT after the first epoch line, exit 130, no traceback."""
+    # (SIGINT's default disposition in the child, which Python turns into KeyboardInterrupt,
+    # also where the tests run with it ignored: a shell's background job)
     proc = subprocess.Popen([sys.executable, "-m", "fastnet", "train",  # LeNet: tuples in its config
                              "--epochs", "100000", "--no-progress", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         for line in proc.stdout:
             if line.startswith("epoch   2/"):

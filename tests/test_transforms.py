@@ -274,13 +274,21 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_threads():
         time.sleep(0.2)
         return x
 
-    timer = threading.Timer(0.05, _thread.interrupt_main)
-    it = iter(DataLoader(square_set(), 2, transform=slow, num_workers=1))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        next(it)
-        time.sleep(1)  # (when the interrupt came after the first batch)
-    timer.join()
+    import signal
+
+    # Python's Ctrl-C handler, also where the run was started with SIGINT ignored (a
+    # background job of a shell): interrupt_main does nothing without it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.05, _thread.interrupt_main)
+        it = iter(DataLoader(square_set(), 2, transform=slow, num_workers=1))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            next(it)
+            time.sleep(1)  # (when the interrupt came after the first batch)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     del it
     assert loader_threads() == []
 
