@@ -223,7 +223,8 @@ class AdamW(Adam):
 # ---- gradient clipping (torch.nn.utils.clip_grad_norm_ / clip_grad_value_) ----------------
 def _grads(parameters, owner):
     """The gradients of ``parameters`` (a Parameter or an iterable of them) that are not
-    None, in order."""
+    None, in order, frozen parameters left out: ``zero_grad`` keeps a frozen parameter's
+    stale gradient, which PyTorch's zero_grad would have dropped (so neither counts it)."""
     if isinstance(parameters, Parameter):
         parameters = [parameters]
     elif isinstance(parameters, Module):
@@ -238,7 +239,7 @@ def _grads(parameters, owner):
         if not isinstance(p, Parameter):
             raise TypeError(f"{owner}: parameter {i} is not a fastnet Parameter but "
                             f"{type(p).__name__}")
-    return [g for p in parameters if (g := p.grad) is not None]
+    return [g for p in parameters if p.requires_grad and (g := p.grad) is not None]
 
 
 def _norm_type(norm_type, owner):
@@ -270,8 +271,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     their total ``norm_type``-norm is at most ``max_norm``, as
     ``torch.nn.utils.clip_grad_norm_``: the total is the norm of the per-gradient norms,
     each gradient is multiplied by min(1, max_norm / (total + 1e-6)) (in the gradients'
-    dtype; nothing is written when that is exactly 1). Gradients that are None (frozen
-    parameters, or no backward since ``zero_grad``) are skipped.
+    dtype; nothing is written when that is exactly 1). Gradients that are None (no
+    backward since ``zero_grad``) and those of frozen parameters (``requires_grad=False``:
+    a stale one that ``zero_grad`` kept) are skipped.
 
     Returns the total norm (before clipping) as a Python float, on every device (on CUDA:
     one copy of the per-gradient norms to the host, which the clip coefficient needs
@@ -329,7 +331,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 def clip_grad_value_(parameters, clip_value, foreach=None):
     """Clamp the gradients of ``parameters`` (a Parameter or an iterable) in place to
     [-clip_value, clip_value], as ``torch.nn.utils.clip_grad_value_`` (NaN stays NaN;
-    gradients that are None are skipped). Returns None. A negative or NaN clip_value is
+    gradients that are None or frozen are skipped). Returns None. A negative or NaN clip_value is
     refused (ValueError); PyTorch would set every gradient to -clip_value."""
     owner = "clip_grad_value_"
     if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):

@@ -185,6 +185,11 @@ class OneCycleLR:
         self.final_div_factor = _real(final_div_factor, "final_div_factor", owner,
                                       lambda v: v > 0, "> 0")
         self.three_phase = bool(three_phase)
+        if float(self.pct_start * self.total_steps) - 1 == 0:
+            # (PyTorch's first step divides by this phase's length: ZeroDivisionError)
+            raise ValueError(f"{owner}: pct_start * total_steps must not be 1 (the warm-up "
+                             f"phase would have no length), got pct_start={pct_start!r} and "
+                             f"total_steps={total_steps!r}")
 
     def __call__(self, step, base_lr=None):
         if step > self.total_steps:

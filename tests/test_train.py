@@ -528,3 +528,13 @@ def test_a_loss_without_one_number_per_batch_is_refused():
         Trainer(model, SGD(model.parameters(), lr=0.1), CrossEntropyLoss(reduction="none"))
     with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
         evaluate(model, [], CrossEntropyLoss(reduction="none"))
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_one_cycle_with_an_empty_warm_up_phase_is_refused_when_built(three_phase):
+    """pct_start * total_steps == 1 gives the first phase no length: a ValueError naming
+    the arguments at construction, not a ZeroDivisionError at the first step of a fit."""
+    with pytest.raises(ValueError, match="pct_start"):
+        OneCycleLR(0.3, 10, pct_start=0.1, three_phase=three_phase)
+    assert OneCycleLR(0.3, 10, pct_start=0.15, three_phase=three_phase)(0) == \
+        pytest.approx(0.3 / 25)

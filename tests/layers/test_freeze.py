@@ -208,3 +208,20 @@ def test_apply_visits_children_first_then_self_and_returns_self():
     model.apply(init)
     for m in (model[0], model[1][1]):
         assert np.all(m.weight.data == 0.5) and np.all(m.bias.data == 0)
+
+
+def test_clipping_skips_the_stale_gradient_of_a_frozen_parameter(rng):
+    """zero_grad keeps a frozen parameter's old gradient (PyTorch's would drop it): the
+    clipping functions neither count nor scale it, so the norm is the trained ones'."""
+    from fastnet.optim import clip_grad_norm_, clip_grad_value_
+    frozen = Parameter(np.ones(2, np.float32))
+    frozen.grad = np.float32([30.0, 40.0])
+    frozen.requires_grad_(False)
+    live = Parameter(np.ones(2, np.float32))
+    live.grad = np.float32([3.0, 4.0])
+    assert clip_grad_norm_([frozen, live], 1.0) == 5.0
+    np.testing.assert_array_equal(frozen.grad, [30.0, 40.0])
+    np.testing.assert_allclose(live.grad, [0.6, 0.8], rtol=1e-6)
+    clip_grad_value_([frozen, live], 0.5)
+    np.testing.assert_array_equal(frozen.grad, [30.0, 40.0])
+    assert clip_grad_norm_([frozen], 1.0) == 0.0
