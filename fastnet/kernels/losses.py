@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import parallel_family, parallel_family_ordered, parallel_kernel
+from ._simd.math import fast_exp, fast_log1p_unit
 from .activations import max_sum_exp, softmax_row
 
 _BLOCK = 4096
@@ -269,10 +270,10 @@ def _bce_with_logits(with_grad, with_out):
                 for j in range(c):
                     v = x[i, j]
                     y = target[i, j]
-                    e = np.exp(-np.abs(v))
+                    e = fast_exp(-np.abs(v))
                     pw = pos_weight[j * pstep]
                     lw = one + (pw - one) * y
-                    logsig = min(v, zero) - np.log1p(e)
+                    logsig = min(v, zero) - fast_log1p_unit(e)
                     if v != v:
                         logsig = v
                     w = weight[(i * c + j) * wstep]

@@ -7,7 +7,7 @@ from numba import njit
 
 from fastnet.kernels import activations
 from fastnet.kernels._jit import FASTMATH
-from fastnet.kernels._simd.math import fast_exp, fast_tanh, row_max
+from fastnet.kernels._simd.math import fast_exp, fast_log1p_unit, fast_tanh, row_max
 
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625,
                     88.72, 88.7229, 89.0, -87.3, -87.4, -100.0, 20.0, -20.0], np.float32)
@@ -23,6 +23,12 @@ def _exp_loop(out, x):
 def _tanh_loop(out, x):
     for i in range(x.size):
         out[i] = fast_tanh(x[i])
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _log1p_loop(out, x):
+    for i in range(x.size):
+        out[i] = fast_log1p_unit(x[i])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")
@@ -102,9 +108,25 @@ def test_sigmoid_float32_accuracy_and_ends():
     assert np.isnan(got[0]) and got[1] == 1 and got[2] == 0 and got[3] == 0.5
 
 
-@pytest.mark.parametrize("fn, ref", [(_exp_loop, np.exp), (_tanh_loop, np.tanh)])
+def test_log1p_unit_float32_within_3_ulp_on_0_1():
+    """log1p(e) for e in [0, 1] (the stable log-sigmoid's e = exp(-|x|)): every float32
+    there (every 61st), within 3 ulp, tiny e keeping its relative accuracy (log1p(e) ~ e);
+    NaN stays NaN."""
+    x = every_float32()
+    x = np.concatenate([x[(x >= 0) & (x <= 1)], np.float32([0, 1, np.nan])])
+    got = np.empty_like(x)
+    _log1p_loop(got, x)
+    exact = np.log1p(x.astype(np.float64))
+    assert got[-3] == 0 and np.isnan(got[-1])
+    normal = exact[:-1] > 1.2e-38
+    assert ulps(got[:-1][normal], exact[:-1][normal]).max() <= 3
+
+
+@pytest.mark.parametrize("fn, ref", [(_exp_loop, np.exp), (_tanh_loop, np.tanh),
+                                     (_log1p_loop, np.log1p)])
 def test_float64_keeps_libm(fn, ref):
     x = np.random.default_rng(0).uniform(-30, 30, 1001)
+    x = np.abs(x) / 30 if fn is _log1p_loop else x
     got = np.empty_like(x)
     fn(got, x)
     np.testing.assert_allclose(got, ref(x), rtol=5e-16, atol=0)  # libm and NumPy may differ by an ulp
