@@ -86,8 +86,13 @@ def norm_mode(norm_type):
     return NORM_POW
 
 
-# NOTE: no reassociation: the serial and the parallel build vectorised the sums of |x| and
-# |x|^p differently (other float32 bits); in order, every build gives the same bits
+_LANES = 16  # independent partial sums per block: vector code without reassociation
+
+
+# NOTE: no reassociation (the serial and the parallel build vectorised the sums of |x| and
+# |x|^p differently: other float32 bits). Instead, _LANES sums side by side (element i of a
+# block into lane i % _LANES), which LLVM vectorises as they are, then the lanes added in
+# order: every build gives the same bits, and a sum is not one long chain of dependent adds.
 @parallel_kernel_ordered
 def _norm_partial(partial, x, p, mode):
     t = x.dtype.type
@@ -95,21 +100,36 @@ def _norm_partial(partial, x, p, mode):
     for blk in prange(partial.size):
         i0, i1 = blk * _BLOCK, min((blk + 1) * _BLOCK, x.size)
         v = x[i0:i1]
-        s = t(0)
-        if mode == NORM_SQUARES:
-            for i in range(v.size):
-                s += v[i] * v[i]
-        elif mode == NORM_ABS:
-            for i in range(v.size):
-                s += abs(v[i])
-        elif mode == NORM_MAX:
+        n = v.size - v.size % _LANES
+        lanes = np.zeros(_LANES, x.dtype)
+        if mode == NORM_MAX:
+            s = t(0)
             for i in range(v.size):
                 a = abs(v[i])
                 if a > s or a != a:  # NOTE: a NaN is kept (and a later NaN keeps it)
                     s = a
-        else:
-            for i in range(v.size):
-                s += abs(v[i]) ** pp
+            partial[blk] = s
+            continue
+        for i0 in range(0, n, _LANES):
+            for k in range(_LANES):
+                a = v[i0 + k]
+                if mode == NORM_SQUARES:
+                    lanes[k] += a * a
+                elif mode == NORM_ABS:
+                    lanes[k] += abs(a)
+                else:
+                    lanes[k] += abs(a) ** pp
+        for i in range(n, v.size):  # the tail, into the first lanes
+            a = v[i]
+            if mode == NORM_SQUARES:
+                lanes[i - n] += a * a
+            elif mode == NORM_ABS:
+                lanes[i - n] += abs(a)
+            else:
+                lanes[i - n] += abs(a) ** pp
+        s = t(0)
+        for k in range(_LANES):
+            s += lanes[k]
         partial[blk] = s
 
 
