@@ -151,6 +151,21 @@ def _bad_labels(labels, c, ignore_index):
     return None if i.size == 0 else labels.reshape(-1)[i[0]]
 
 
+def _class_rows(device, rows, logits, labels, shape):
+    """(logits as (M, C) rows of classes, labels as (M,), the positions per sample or None):
+    (N, C, R) logits -> (N*R, C) (``rows``: their (N, R, C) view, taken as it is; else a
+    copy), (N, C) ones as they are."""
+    if len(shape) <= 2:
+        return logits, labels, None
+    n, c = shape[0], shape[1]
+    positions = labels.size // n
+    if rows is not None:
+        logits = rows.reshape(-1, c)
+    else:
+        logits = device.swap_last_axes(logits.reshape(n, c, positions)).reshape(-1, c)
+    return logits, labels.reshape(labels.size), positions
+
+
 class _ClassLoss(_Loss):
     """CrossEntropyLoss and NLLLoss: rows of classes (N, C) or (N, C, d1, ...) against
     integer labels (N,) / (N, d1, ...), class weights, ignore_index."""
@@ -227,16 +242,7 @@ class _ClassLoss(_Loss):
                                  f"[0, {c}) and is not ignore_index ({self.ignore_index})")
             if isinstance(labels, np.ndarray):
                 labels = device.asarray(labels, dtype=np.int64)
-        positions = None
-        if len(shape) > 2:  # rows of classes: (N, C, R) -> (N*R, C)
-            positions = labels.size // n
-            if rows is not None:
-                x = rows.reshape(-1, c)
-            else:
-                x = device.swap_last_axes(logits.reshape(n, c, positions)).reshape(-1, c)
-            labels = labels.reshape(labels.size)
-        else:
-            x = logits
+        x, labels, positions = _class_rows(device, rows, logits, labels, shape)
 
         def unrows(g):  # the gradient of the rows in the logits' layout
             if rows is not None:
@@ -297,14 +303,7 @@ class CrossEntropyLoss(_ClassLoss):
                 return self._general(device, rows, logits, labels, shape, n, c)
         host_labels, whole = labels, logits
         labels = device.asarray(labels, dtype=np.int64)
-        positions = None
-        if len(shape) > 2:  # rows of classes: (N, C, R) -> (N*R, C)
-            positions = labels.size // n
-            if rows is not None:
-                logits = rows.reshape(-1, c)
-            else:
-                logits = device.swap_last_axes(logits.reshape(n, c, positions)).reshape(-1, c)
-            labels = labels.reshape(labels.size)
+        logits, labels, positions = _class_rows(device, rows, logits, labels, shape)
         grad = device.empty(logits.shape, logits.dtype)
         try:
             loss = _kernel("softmax_cross_entropy_forward", device)(grad, logits, labels)
